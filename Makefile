@@ -1,0 +1,34 @@
+# Two entry points (see README): `make study` and `make test`. Both build .venv from scratch when it is missing.
+# torch is pinned to the CPU wheel that lies on this kind of machine; it must be installed before the project,
+# otherwise pip resolves an unpinned torch to a multi-GB CUDA build.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install install-test study test lint bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+install: $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e .
+
+install-test: $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "warning: could not install Debian's chromium; the report-rendering test will be skipped"
+
+study: install
+	$(BIN)/sparsealign study
+
+# pytest exits 5 when it collected no tests: that must fail, not pass silently.
+test: install-test
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
+
+lint: $(BIN)/python
+	$(BIN)/ruff check src tests benchmarks

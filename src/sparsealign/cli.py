@@ -1,0 +1,84 @@
+"""`sparsealign` command line. Verbs mirror the stages: data -> align -> sparsify -> eval -> study.
+
+Each stage contributes its verbs through `register(cli)` in its own `cli.py`; those modules import only click and
+the stdlib at module level, so `--help`, `data inspect` and `sandbox run` start without torch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from sparsealign import __version__
+from sparsealign.errors import UserError
+from sparsealign.settings import DATA_DIR_ENV, RUNS_DIR_ENV
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="sparsealign")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help=f"Directory that relative dataset names resolve against (env ${DATA_DIR_ENV}; default ../shared/data).")
+@click.option("--runs-dir", type=click.Path(file_okay=False), default=None,
+              help=f"Where run directories are created (env ${RUNS_DIR_ENV}; default ./runs).")
+def cli(data_dir: str | None, runs_dir: str | None) -> None:
+    """Preference alignment (DPO, ORPO, SimPO, RDPO, RORPO) under PowerInfer-style activation-sparse inference
+    with dynamic thresholds, across model sizes.
+
+    \b
+    Pipeline: data -> align -> sparsify -> eval -> study.
+    `sparsealign study` runs it all; every stage is also a verb of its own that reads and writes files in
+    runs/<name>/, so it can run alone.
+    """
+    if data_dir is not None:
+        os.environ[DATA_DIR_ENV] = data_dir
+    if runs_dir is not None:
+        os.environ[RUNS_DIR_ENV] = runs_dir
+
+
+def _register_stages() -> None:
+    from sparsealign.align import cli as align_cli
+    from sparsealign.data import cli as data_cli
+    from sparsealign.evaluate import cli as eval_cli
+    from sparsealign.models import cli as models_cli
+    from sparsealign.sparse import cli as sparse_cli
+    from sparsealign.study import cli as study_cli
+
+    for module in (data_cli, align_cli, sparse_cli, eval_cli, study_cli, models_cli):
+        module.register(cli)
+
+
+_register_stages()
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors become one line on stderr and a non-zero exit, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="sparsealign", standalone_mode=False)
+    except UserError as exc:
+        return _fail(str(exc), exc.exit_code)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        return _fail("interrupted", 130)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        where = exc.filename or ""
+        return _fail(f"{where}: {exc.strerror or exc}" if where else str(exc))
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Typed configs: pydantic models loaded from YAML, with `--set key=value` overrides.
+
+Validation errors are one line and name the file, the dotted field and, where the field has a closed set of values,
+the allowed ones.  Every stage defines its own `StageConfig` subclass; the resolved config is written into the run
+directory and hashed, so a changed config is detected instead of being mixed into finished results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import typing
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from sparsealign.errors import ConfigError
+
+C = TypeVar("C", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for every config: unknown fields are errors (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def parse_overrides(pairs: Iterable[str], *, source: str = "--set") -> dict[str, Any]:
+    """`["a.b=1", "c=[x, y]"]` -> nested dict; values are parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"{source} {pair!r}: expected key=value", hint="write e.g. --set align.beta=0.1")
+        key, raw = pair.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"{source} {pair!r}: empty key", hint="write e.g. --set align.beta=0.1")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source} {pair!r}: {part} is set both as a value and as a section")
+        node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found", hint="pass an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}{line}: invalid YAML ({problem})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def _allowed_values(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    """Walk the model's annotations along `loc` to find a Literal/Enum and return its values (or field names)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return sorted(current.model_fields)
+            current = field.annotation
+            while typing.get_origin(current) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+                args = [a for a in typing.get_args(current) if a is not type(None)]
+                current = args[0] if args else current
+                if not args:
+                    break
+            while typing.get_origin(current) in (list, tuple, set, dict):
+                args = typing.get_args(current)
+                current = args[-1] if args else current
+        else:
+            return None
+    if typing.get_origin(current) is typing.Literal:
+        return [repr(v) for v in typing.get_args(current)]
+    import enum
+
+    if isinstance(current, type) and issubclass(current, enum.Enum):
+        return [repr(m.value) for m in current]
+    return None
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
+    err = exc.errors()[0]
+    loc = tuple(err.get("loc", ()))
+    field = ".".join(str(p) for p in loc) or "(top level)"
+    msg = err.get("msg", "invalid value")
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    if err.get("type") == "extra_forbidden":
+        allowed = _allowed_values(model, loc)
+        hint = f"; allowed fields here: {', '.join(allowed)}" if allowed else ""
+        return f"{source}: unknown field '{field}'{hint}{more}"
+    allowed = _allowed_values(model, loc)
+    got = err.get("input")
+    got_s = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+    hint = f"; allowed values: {', '.join(allowed)}" if allowed and "Input should be" not in msg else ""
+    return f"{source}: field '{field}': {msg}{got_s}{hint}{more}"
+
+
+def build_config(model: type[C], data: dict[str, Any], *, source: str) -> C:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, model, source)) from None
+
+
+def load_config(
+    model: type[C],
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    base: dict[str, Any] | None = None,
+) -> C:
+    """Defaults <- `base` (e.g. CLI flags) <- YAML file <- `--set` overrides, validated once."""
+    data: dict[str, Any] = dict(base or {})
+    source = "defaults"
+    if path is not None:
+        data = deep_merge(data, read_yaml(path))
+        source = str(path)
+    overrides = list(overrides)
+    if overrides:
+        data = deep_merge(data, parse_overrides(overrides))
+        source = f"{source} + --set" if path is not None else "--set"
+    return build_config(model, data, source=source)
+
+
+def config_hash(config: BaseModel | dict[str, Any]) -> str:
+    """Stable short hash of a config (sorted JSON of its resolved values)."""
+    payload = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    blob = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def dump_yaml(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def diff_configs(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ (for the 'config changed' message)."""
+    keys = sorted(set(old) | set(new))
+    out: list[str] = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(diff_configs(a, b, prefix=f"{name}."))
+        elif a != b:
+            out.append(name)
+    return out

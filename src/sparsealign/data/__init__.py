@@ -1,0 +1,1 @@
+"""Stage 1 — data: preference pairs and MBPP tasks, read from their original formats into one normalised record."""

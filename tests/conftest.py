@@ -1,0 +1,65 @@
+"""Shared fixtures: the real shared data directory, and a runner for the real `sparsealign` console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sparsealign.settings import data_dir as resolve_data_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = resolve_data_dir()
+    if not (path / "mbpp" / "mbpp.jsonl").exists():
+        pytest.fail(f"shared data not found at {path}; set SPARSEALIGN_DATA_DIR or put ../shared beside the checkout")
+    return path
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict:
+        return json.loads(self.stdout)
+
+
+def sparsealign_exe() -> list[str]:
+    exe = Path(sys.executable).parent / "sparsealign"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "sparsealign.cli"]
+
+
+@pytest.fixture
+def cli(tmp_path: Path, data_dir: Path):
+    """Run the real console script in a subprocess (cwd = tmp_path, runs under tmp_path/runs)."""
+
+    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 600) -> CliResult:
+        full_env = {**os.environ, "SPARSEALIGN_DATA_DIR": str(data_dir), "SPARSEALIGN_RUNS_DIR": str(tmp_path / "runs")}
+        full_env.update(env or {})
+        proc = subprocess.run(
+            [*sparsealign_exe(), *args], cwd=cwd or tmp_path, env=full_env, capture_output=True, text=True,
+            timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+def assert_one_line_error(result: CliResult, *needles: str) -> None:
+    """A user error: non-zero exit, no traceback, one line on stderr naming what is wrong."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip() and not ln.startswith("warning:")]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
