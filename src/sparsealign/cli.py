@@ -39,16 +39,40 @@ def cli(data_dir: str | None, runs_dir: str | None) -> None:
         os.environ[RUNS_DIR_ENV] = runs_dir
 
 
-def _register_stages() -> None:
-    from sparsealign.align import cli as align_cli
-    from sparsealign.data import cli as data_cli
-    from sparsealign.evaluate import cli as eval_cli
-    from sparsealign.models import cli as models_cli
-    from sparsealign.sparse import cli as sparse_cli
-    from sparsealign.study import cli as study_cli
+# Verb groups whose commands come from several modules (each module adds its own commands to them).
+GROUPS = {
+    "data": "Read, check and prepare preference pairs and MBPP tasks (`data inspect`, `data prepare`).",
+    "rationales": "Generate rationales that explain why the chosen response is preferred (for RDPO/RORPO/RSimPO).",
+    "sparsify": "Profile, calibrate, apply and benchmark activation sparsity (static, predictor, dynamic).",
+    "sandbox": "Run untrusted Python programs under the evaluation sandbox.",
+    "eval": "Evaluate models: MBPP pass@k, preference metrics and divergence, judge win rates.",
+    "convert": "Convert external checkpoints (llama2.c) into Hugging Face models.",
+}
 
-    for module in (data_cli, align_cli, sparse_cli, eval_cli, study_cli, models_cli):
-        module.register(cli)
+# Modules that contribute verbs, in pipeline order; each defines `register(cli: click.Group)` and imports no torch.
+STAGE_CLI_MODULES = [
+    "sparsealign.data.cli",
+    "sparsealign.align.cli",
+    "sparsealign.align.rationales_cli",
+    "sparsealign.sparse.cli",
+    "sparsealign.sparse.bench_cli",
+    "sparsealign.evaluate.sandbox_cli",
+    "sparsealign.evaluate.mbpp_cli",
+    "sparsealign.evaluate.preference_cli",
+    "sparsealign.evaluate.winrate_cli",
+    "sparsealign.models.convert_cli",
+    "sparsealign.models.pretrain_cli",
+    "sparsealign.study.cli",
+]
+
+
+def _register_stages() -> None:
+    import importlib
+
+    for name, help_text in GROUPS.items():
+        cli.add_command(click.Group(name, help=help_text, context_settings=CONTEXT, no_args_is_help=True))
+    for module in STAGE_CLI_MODULES:
+        importlib.import_module(module).register(cli)
 
 
 _register_stages()

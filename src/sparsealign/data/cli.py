@@ -1,4 +1,4 @@
-"""CLI verbs of this stage (filled in by its issue)."""
+"""CLI verbs of this module (filled in by its issue)."""
 
 from __future__ import annotations
 
@@ -6,4 +6,4 @@ import click
 
 
 def register(cli: click.Group) -> None:
-    """Add this stage's verbs to the top-level group."""
+    """Add verbs to the top-level group (`cli.commands[\"<group>\"]` for shared groups)."""
