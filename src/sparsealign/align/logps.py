@@ -1,0 +1,244 @@
+"""Tokenising preference pairs and scoring sequences: the shared entry point for training and evaluation.
+
+Layout of one pair: `prompt_ids` then a response (`chosen_ids` / `rejected_ids`), tokenised separately so the
+response tokens are exactly what the model would generate after the prompt (no merge across the boundary).
+With a chat template the prompt is the rendered conversation up to the generation prompt and the response is the rest
+of the rendered assistant turn; without one it is `<bos> prompt` and `response <eos>`.
+
+Truncation (explicit, counted): when prompt + longest response exceeds `max_length`, the prompt keeps its *last*
+`max_prompt_length` tokens (the question sits at the end of a dialogue) and responses keep their *first* tokens.
+
+Rationale methods score a third sequence: a prompt that shows the question, both responses and which one is
+preferred, followed by the rationale.  The order of the two responses is randomised per pair (seeded by
+`rationale_seed` and the pair id): the authors' code always shows the chosen one first, a position bias.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+RATIONALE_TEMPLATE = (
+    "Question:\n{question}\n\nResponse A:\n{a}\n\nResponse B:\n{b}\n\n"
+    "Response {better} is better. Explain why.\nRationale:"
+)
+
+
+@dataclass(frozen=True)
+class TokenizeSettings:
+    max_length: int = 512  # prompt + response
+    max_prompt_length: int = 256  # prompt tokens kept (from the end) when a pair is too long
+    max_rationale_tokens: int = 128  # rationale tokens kept (from the start)
+    rationale_max_length: int = 1024  # whole third sequence: question + both responses + rationale
+    chat_template: bool = True  # use the tokenizer's chat template when it has one
+    randomize_rationale_order: bool = True
+    rationale_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_prompt_length < self.max_length:
+            raise ValueError("max_prompt_length must be positive and smaller than max_length")
+
+
+def _uses_template(tok: Any, settings: TokenizeSettings) -> bool:
+    return bool(settings.chat_template and getattr(tok, "chat_template", None))
+
+
+def _messages(prompt: str, messages: list[dict[str, str]] | None) -> list[dict[str, str]]:
+    return list(messages) if messages else [{"role": "user", "content": prompt}]
+
+
+def encode_prompt(tok: Any, prompt: str, settings: TokenizeSettings, messages: list | None = None) -> list[int]:
+    if _uses_template(tok, settings):
+        text = tok.apply_chat_template(_messages(prompt, messages), add_generation_prompt=True, tokenize=False)
+        return tok(text, add_special_tokens=False)["input_ids"]
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    return ([tok.bos_token_id] if tok.bos_token_id is not None else []) + ids
+
+
+def encode_response(
+    tok: Any, prompt: str, response: str, settings: TokenizeSettings, messages: list | None = None
+) -> list[int]:
+    if _uses_template(tok, settings):
+        msgs = _messages(prompt, messages)
+        head = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        full = tok.apply_chat_template([*msgs, {"role": "assistant", "content": response}], tokenize=False)
+        if full.startswith(head):  # the rest of the rendered assistant turn, end-of-turn tokens included
+            return tok(full[len(head):], add_special_tokens=False)["input_ids"]
+    ids = tok(response, add_special_tokens=False)["input_ids"]
+    return ids + ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+
+
+def truncate_pair(
+    prompt: list[int], chosen: list[int], rejected: list[int], settings: TokenizeSettings
+) -> tuple[list[int], list[int], list[int], bool]:
+    """Apply the truncation policy; the flag says whether anything was cut."""
+    if len(prompt) + max(len(chosen), len(rejected)) <= settings.max_length:
+        return prompt, chosen, rejected, False
+    prompt = prompt[-settings.max_prompt_length:]
+    budget = settings.max_length - len(prompt)
+    return prompt, chosen[:budget], rejected[:budget], True
+
+
+def _clip_text(tok: Any, text: str, n: int, keep_end: bool = False) -> str:
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= n:
+        return text
+    return tok.decode(ids[-n:] if keep_end else ids[:n])
+
+
+def rationale_order(pair_id: str, settings: TokenizeSettings) -> bool:
+    """True when the chosen response is shown first (as 'Response A')."""
+    if not settings.randomize_rationale_order:
+        return True
+    return random.Random(f"{settings.rationale_seed}:{pair_id}").random() < 0.5
+
+
+def encode_rationale(tok: Any, pair: Any, settings: TokenizeSettings) -> tuple[list[int], list[int]]:
+    """(context_ids, rationale_ids) of the third sequence; context shows question, both responses, the winner."""
+    rationale = tok(" " + pair.rationale.strip(), add_special_tokens=False)["input_ids"][: settings.max_rationale_tokens]
+    rationale = rationale + ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+    budget = settings.rationale_max_length - len(rationale) - 48  # 48: template words and chat markup
+    question = _clip_text(tok, pair.prompt, min(settings.max_prompt_length, budget // 3), keep_end=True)
+    share = max(1, (budget - len(tok(question, add_special_tokens=False)["input_ids"])) // 2)
+    chosen, rejected = _clip_text(tok, pair.chosen, share), _clip_text(tok, pair.rejected, share)
+    chosen_first = rationale_order(pair.id, settings)
+    a, b = (chosen, rejected) if chosen_first else (rejected, chosen)
+    text = RATIONALE_TEMPLATE.format(question=question.strip(), a=a.strip(), b=b.strip(),
+                                     better="A" if chosen_first else "B")
+    context = encode_prompt(tok, text, settings)
+    limit = settings.rationale_max_length - len(rationale)
+    return context[-limit:], rationale
+
+
+def encode_pairs(
+    tok: Any, pairs: Sequence[Any], settings: TokenizeSettings, *, rationale: bool = False
+) -> tuple[list[dict[str, Any]], int]:
+    """Tokenise `PreferencePair`s into features for `PairCollator`; returns (features, number truncated)."""
+    feats, n_truncated = [], 0
+    for pair in pairs:
+        prompt = encode_prompt(tok, pair.prompt, settings, pair.messages)
+        chosen = encode_response(tok, pair.prompt, pair.chosen, settings, pair.messages)
+        rejected = encode_response(tok, pair.prompt, pair.rejected, settings, pair.messages)
+        prompt, chosen, rejected, cut = truncate_pair(prompt, chosen, rejected, settings)
+        n_truncated += cut
+        feat: dict[str, Any] = {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}
+        if rationale:
+            feat["rationale_context_ids"], feat["rationale_ids"] = encode_rationale(tok, pair, settings)
+        feats.append(feat)
+    return feats, n_truncated
+
+
+def pad_sequences(
+    parts: Sequence[tuple[list[int], list[int]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad (context, target) pairs -> input_ids, attention_mask, target_mask, each [N, T].
+
+    Right padding keeps position ids equal to token positions, so scores match unpadded single-sequence scoring.
+    """
+    width = max(len(c) + len(t) for c, t in parts)
+    ids = torch.full((len(parts), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(parts), width), dtype=torch.long)
+    target = torch.zeros((len(parts), width), dtype=torch.long)
+    for i, (ctx, tgt) in enumerate(parts):
+        n = len(ctx) + len(tgt)
+        ids[i, :n] = torch.tensor(ctx + tgt, dtype=torch.long)
+        attn[i, :n] = 1
+        target[i, len(ctx):n] = 1
+    return ids, attn, target
+
+
+@dataclass
+class PairCollator:
+    """Batch of B pairs -> `input_ids` [2B, T] (B chosen rows, then B rejected rows) + masks, ref log-probs and
+    the rationale sequence [B, T_r] when present."""
+
+    pad_id: int
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        parts = [(f["prompt_ids"], f["chosen_ids"]) for f in features]
+        parts += [(f["prompt_ids"], f["rejected_ids"]) for f in features]
+        batch: dict[str, torch.Tensor] = dict(zip(("input_ids", "attention_mask", "completion_mask"),
+                                                  pad_sequences(parts, self.pad_id), strict=True))
+        if "ref_chosen_logps" in features[0]:
+            batch["ref_chosen_logps"] = torch.tensor([f["ref_chosen_logps"] for f in features], dtype=torch.float32)
+            batch["ref_rejected_logps"] = torch.tensor([f["ref_rejected_logps"] for f in features],
+                                                       dtype=torch.float32)
+        if "rationale_ids" in features[0]:
+            r = pad_sequences([(f["rationale_context_ids"], f["rationale_ids"]) for f in features], self.pad_id)
+            batch.update(zip(("rationale_input_ids", "rationale_attention_mask", "rationale_mask"), r, strict=True))
+        return batch
+
+
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    inner = model
+    while hasattr(inner, "module"):  # DDP / FSDP / DeepSpeed wrappers
+        inner = inner.module
+    if hasattr(inner, "get_base_model"):  # PEFT
+        inner = inner.get_base_model()
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
+def sequence_logps(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-prob of the tokens where `labels_mask` is 1, and how many there are: ([N] float32, [N] long).
+
+    Only logits from the first scored position on are materialised (`logits_to_keep`), and the log-softmax is taken
+    only at scored positions, in float32.
+    """
+    input_ids, attention_mask, labels_mask = (t.to(model.device) if hasattr(model, "device") else t
+                                              for t in (input_ids, attention_mask, labels_mask))
+    mask = labels_mask[:, 1:].bool()  # [N, T-1]: token t+1 is predicted from position t
+    targets = input_ids[:, 1:]
+    kwargs: dict[str, Any] = {}
+    if mask.any() and _accepts_logits_to_keep(model):
+        first = int(mask.any(0).nonzero()[0])
+        kwargs["logits_to_keep"] = input_ids.size(1) - first  # keeps positions first..T-1
+        mask, targets = mask[:, first:], targets[:, first:]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
+    logits = logits[:, : mask.size(1)]  # [N, T', V]: drop the last position (it predicts nothing)
+    picked = logits[mask].float()  # [M, V], M = scored tokens in the batch
+    token_logp = picked.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(picked, dim=-1)
+    rows = mask.nonzero()[:, 0]
+    total = torch.zeros(input_ids.size(0), dtype=torch.float32, device=logits.device).index_add(0, rows, token_logp)
+    return total, mask.sum(1)
+
+
+@torch.no_grad()
+def score_features(
+    model: torch.nn.Module, features: list[dict[str, Any]], pad_id: int, batch_size: int = 8
+) -> dict[str, torch.Tensor]:
+    """No-grad scores of encoded pairs: chosen/rejected summed log-probs and token counts, each [len(features)]."""
+    collate = PairCollator(pad_id)
+    cols: dict[str, list[torch.Tensor]] = {k: [] for k in ("chosen_logps", "chosen_n", "rejected_logps", "rejected_n")}
+    for start in range(0, len(features), batch_size):
+        chunk = [{k: f[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
+                 for f in features[start:start + batch_size]]
+        batch = collate(chunk)
+        logp, n = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        (cw, cl), (nw, nl) = logp.cpu().chunk(2), n.cpu().chunk(2)
+        for key, val in zip(cols, (cw, nw, cl, nl), strict=True):
+            cols[key].append(val)
+    return {k: torch.cat(v) for k, v in cols.items()}
+
+
+def score_pairs(
+    model: torch.nn.Module, tok: Any, pairs: Sequence[Any], settings: TokenizeSettings | None = None,
+    batch_size: int = 8,
+) -> dict[str, torch.Tensor]:
+    """Score `PreferencePair`s with `model` (eval mode, no grad); adds `n_truncated` (0-dim tensor)."""
+    settings = settings or TokenizeSettings()
+    feats, n_truncated = encode_pairs(tok, pairs, settings)
+    was_training = model.training
+    model.eval()
+    try:
+        out = score_features(model, feats, tok.pad_token_id or 0, batch_size)
+    finally:
+        model.train(was_training)
+    out["n_truncated"] = torch.tensor(n_truncated)
+    return out
