@@ -1,0 +1,121 @@
+"""Batched generation with HF `generate`: left padding, stop strings, greedy or n seeded samples.
+
+Prompts are sorted by length before batching (less padding) and results are returned in the caller's order.
+Each batch reseeds torch with `seed + batch index`, so a run is reproducible for a given batch size.  Prompts longer
+than the model's context minus `max_new_tokens` are cut from the left (as lm-evaluation-harness does) and flagged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydantic import Field, model_validator
+
+from sparsealign.config import StrictModel
+
+log = logging.getLogger("sparsealign.evaluate")
+
+
+class SamplingConfig(StrictModel):
+    """How completions are drawn. temperature 0 means greedy decoding (then n must be 1)."""
+
+    n: int = Field(1, ge=1, description="completions per prompt")
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(512, ge=1)
+    batch_size: int = Field(8, ge=1, description="prompts per generate call (each yields n sequences)")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _greedy_is_single(self) -> SamplingConfig:
+        if self.temperature == 0.0 and self.n > 1:
+            raise ValueError("n > 1 needs sampling: set temperature > 0 (greedy decoding gives n identical samples)")
+        return self
+
+
+@dataclass
+class Generation:
+    text: str  # decoded completion, special tokens removed, cut at the first stop string
+    completion_ids: list[int]  # sampled token ids up to and including the first EOS
+    prompt_ids: list[int]  # the (possibly left-truncated) prompt as fed to the model
+    prompt_truncated: bool
+
+
+def _context_length(model) -> int | None:
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def _until_eos(ids: list[int], eos: set[int]) -> list[int]:
+    for i, tok in enumerate(ids):
+        if tok in eos:
+            return ids[: i + 1]
+    return ids
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config is not None else None
+    ids = ids if ids is not None else tokenizer.eos_token_id
+    if ids is None:
+        return set()
+    return set(ids) if isinstance(ids, (list, tuple)) else {int(ids)}
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    cfg: SamplingConfig,
+    *,
+    stop: Sequence[str] = (),
+    progress: bool = False,
+) -> list[list[Generation]]:
+    """`cfg.n` completions for each prompt, in prompt order: result[i][j] is sample j of prompt i."""
+    import torch
+    from tqdm import tqdm
+
+    from sparsealign.evaluate.extract import truncate_at_stop
+
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = _eos_ids(model, tokenizer)
+    ctx = _context_length(model)
+    max_prompt = None if ctx is None else ctx - cfg.max_new_tokens
+    if max_prompt is not None and max_prompt < 1:
+        raise ValueError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in a {ctx}-token context")
+
+    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    truncated = [max_prompt is not None and len(ids) > max_prompt for ids in encoded]
+    encoded = [ids[-max_prompt:] if cut else ids for ids, cut in zip(encoded, truncated, strict=True)]
+    if any(truncated):
+        log.warning("%d of %d prompts were longer than %s tokens and were cut from the left",
+                    sum(truncated), len(prompts), max_prompt)
+
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    results: list[list[Generation]] = [[] for _ in prompts]
+    sampling = cfg.temperature > 0
+    gen_kwargs = {"max_new_tokens": cfg.max_new_tokens, "do_sample": sampling, "num_return_sequences": cfg.n,
+                  "pad_token_id": pad_id}
+    if sampling:
+        gen_kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
+    if stop:
+        gen_kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
+    batches = [order[i: i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    for b, batch in enumerate(tqdm(batches, desc="generate", disable=not progress, leave=False)):
+        width = max(len(encoded[i]) for i in batch)
+        # (batch, width) left-padded ids and mask: the last prompt token of every row sits at column width-1
+        input_ids = torch.tensor([[pad_id] * (width - len(encoded[i])) + encoded[i] for i in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch], device=device)
+        torch.manual_seed(cfg.seed + b)
+        with torch.no_grad():
+            out = model.generate(input_ids=input_ids, attention_mask=mask, **gen_kwargs)
+        new_tokens = out[:, width:].tolist()  # (batch * n, new) rows grouped by prompt
+        for row, ids in enumerate(new_tokens):
+            i = batch[row // cfg.n]
+            ids = _until_eos(ids, eos)
+            while ids and ids[-1] == pad_id and pad_id not in eos:  # rows that stopped early are padded
+                ids.pop()
+            text = truncate_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
+            results[i].append(Generation(text, ids, list(encoded[i]), truncated[i]))
+    return results
