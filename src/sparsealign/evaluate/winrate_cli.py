@@ -1,9 +1,173 @@
-"""CLI verbs of this module (filled in by its issue)."""
+"""`sparsealign eval winrate` (LLM or reward-model judge) and `sparsealign eval train-reward-model`."""
 
 from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
 
 import click
 
 
+def _items(candidate: str | None, baseline: str | None, pairs: str | None, limit: int | None):
+    from sparsealign.errors import UserError
+    from sparsealign.evaluate.winrate import items_from_files, items_from_pairs
+
+    if pairs and (candidate or baseline):
+        raise UserError("pass either --pairs or --candidate with --baseline, not both")
+    if pairs:
+        from sparsealign.data.preference import load_pairs
+
+        items = items_from_pairs(load_pairs(pairs, limit=limit).pairs)
+    elif candidate and baseline:
+        from sparsealign.settings import resolve_data_path
+
+        items = items_from_files(resolve_data_path(candidate), resolve_data_path(baseline))
+    else:
+        raise UserError("nothing to judge", hint="pass --candidate C.jsonl --baseline B.jsonl, or --pairs P.jsonl")
+    return items[:limit] if limit else items
+
+
+@click.command("winrate")
+@click.option("--judge", type=click.Choice(["llm", "reward-model"]), required=True,
+              help="llm: pairwise judge through an OpenAI-compatible endpoint (both orders); reward-model: an HF "
+                   "sequence-classification reward model (higher reward wins).")
+@click.option("--candidate", default=None, help="JSONL of {id, prompt, response} from the system under test.")
+@click.option("--baseline", default=None, help="JSONL of {id, prompt, response} from the baseline (matched by id, "
+              "else by prompt).")
+@click.option("--pairs", default=None, help="A pairs file instead: candidate = chosen, baseline = rejected (the win "
+              "rate is then the judge's agreement with the labels).")
+@click.option("--model", default=None, help="Judge model name at the endpoint (--judge llm).")
+@click.option("--reward-model", default=None, help="Reward model path or hub id (--judge reward-model).")
+@click.option("--base-url", default="https://api.openai.com/v1", show_default=True,
+              help="OpenAI-compatible API root, ending in /v1.")
+@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
+              help="NAME of the environment variable holding the API key; `none` sends no key.")
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 256), help="Parallel requests.")
+@click.option("--max-retries", default=5, show_default=True, type=click.IntRange(0, 100),
+              help="Retries per request on 429/5xx/timeouts/connection errors.")
+@click.option("--retry-backoff", default=1.0, show_default=True, type=click.FloatRange(0),
+              help="Base seconds of the exponential backoff (Retry-After wins).")
+@click.option("--request-timeout", default=120.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds per HTTP request.")
+@click.option("--cache", default=None, type=click.Path(dir_okay=False),
+              help="SQLite response cache [default: <cache dir>/chat_responses.sqlite].")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the response cache.")
+@click.option("--max-tokens", default=1024, show_default=True, type=click.IntRange(1),
+              help="Maximum tokens of each judgement.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Reward-model batch.")
+@click.option("--max-length", default=1024, show_default=True, type=click.IntRange(8),
+              help="Reward-model tokens per text (truncated from the left).")
+@click.option("--device", default="auto", show_default=True, help="Reward-model device (auto, cpu, cuda).")
+@click.option("--ci", "ci", type=click.Choice(["bootstrap", "wilson"]), default="bootstrap", show_default=True,
+              help="Confidence interval: percentile bootstrap over items, or Wilson (ties as half a win).")
+@click.option("--level", default=0.95, show_default=True, type=click.FloatRange(0.5, 0.999), help="CI level.")
+@click.option("--seed", default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N items.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Per-item verdicts as JSONL (atomic).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object on stdout.")
+def winrate(judge: str, candidate: str | None, baseline: str | None, pairs: str | None, model: str | None,
+            reward_model: str | None, base_url: str, api_key_env: str, concurrency: int, max_retries: int,
+            retry_backoff: float, request_timeout: float, cache: str | None, no_cache: bool, max_tokens: int,
+            batch_size: int, max_length: int, device: str, ci: str, level: float, seed: int, limit: int | None,
+            out: str | None, as_json: bool) -> None:
+    """Win rate of candidate responses against baseline responses, judged by an LLM or a reward model.
+
+    Win rate = (wins + ties/2) / n with a confidence interval. The LLM judge sees every item twice (candidate as A,
+    then as B); verdicts that disagree across the two orders count as ties.
+
+    \b
+    Examples:
+      sparsealign eval winrate --judge llm --model gpt-4o --candidate dpo.jsonl --baseline sft.jsonl --json
+      sparsealign eval winrate --judge reward-model --reward-model runs/rm --candidate dpo.jsonl --baseline sft.jsonl
+    """
+    from sparsealign.errors import UserError
+    from sparsealign.evaluate import winrate as W
+
+    if judge == "llm" and not model:
+        raise UserError("--judge llm needs --model", hint="pass the judge model name, e.g. --model gpt-4o")
+    if judge == "reward-model" and not reward_model:
+        raise UserError("--judge reward-model needs --reward-model PATH",
+                        hint="train one with `sparsealign eval train-reward-model` or pass a hub id")
+    items = _items(candidate, baseline, pairs, limit)
+    extra: dict[str, object] = {"judge": judge}
+    if judge == "llm":
+        from sparsealign.clients import ChatClient
+        from sparsealign.settings import cache_dir
+
+        client = ChatClient(base_url, model, api_key_env=api_key_env, concurrency=concurrency,
+                            max_retries=max_retries, timeout_s=request_timeout, backoff_base_s=retry_backoff,
+                            seed=seed, cache_path=None if no_cache else Path(cache) if cache
+                            else cache_dir() / "chat_responses.sqlite")
+        records = W.llm_judge(client, items, temperature=0.0, max_tokens=max_tokens)
+        client.close()
+        extra.update(model=model, requests=client.stats.requests, cache_hits=client.stats.cache_hits,
+                     inconsistent=sum(not r["consistent"] for r in records),
+                     unparsed=sum(r[k] is None for r in records
+                                  for k in ("verdict_candidate_first", "verdict_candidate_second")))
+    else:
+        from sparsealign.evaluate.reward_model import RewardScorer, load_reward_model
+
+        rm, tok = load_reward_model(reward_model, device=device)
+        records = W.reward_model_judge(RewardScorer(rm, tok, batch_size=batch_size, max_length=max_length), items)
+        extra["model"] = reward_model
+    summary = {**extra, **W.winrate_summary([r["outcome"] for r in records], ci=ci, level=level, seed=seed)}
+    if out:
+        from sparsealign.io import atomic_write_text
+
+        rows = W.record_dicts(items, records)
+        atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        summary["out"] = out
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        print(f"win rate {summary['win_rate']:.3f} [{summary['ci_low']:.3f}, {summary['ci_high']:.3f}] "
+              f"({summary['wins']} wins, {summary['ties']} ties, {summary['losses']} losses, n={summary['n']})")
+
+
+@click.command("train-reward-model")
+@click.option("--data", required=True, help="Preference pairs to train on (any format `data inspect` reads).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Directory for the trained reward model (safetensors + tokenizer), written atomically.")
+@click.option("--base-model", default="tiny", show_default=True,
+              help="HF checkpoint (path or hub id; a causal LM gets a new score head) or `tiny` (a small local "
+                   "Llama with a tokenizer trained on the pairs).")
+@click.option("--eval-data", default=None, help="Held-out pairs for accuracy before/after.")
+@click.option("--epochs", default=1, show_default=True, type=click.IntRange(1), help="Passes over the pairs.")
+@click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(0, min_open=True), help="AdamW rate.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Pairs per step.")
+@click.option("--max-length", default=512, show_default=True, type=click.IntRange(8),
+              help="Tokens per text (truncated from the left).")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N training pairs.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda.")
+@click.option("--seed", default=0, show_default=True, help="Seed (init, shuffling).")
+@click.option("--threads", default=None, type=click.IntRange(1), help="torch CPU threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the training metrics as one JSON object.")
+def train_reward_model_cmd(data: str, out: str, base_model: str, eval_data: str | None, epochs: int, lr: float,
+                           batch_size: int, max_length: int, limit: int | None, device: str, seed: int,
+                           threads: int | None, as_json: bool) -> None:
+    """Train a reward model with the Bradley-Terry objective -log sigma(r(chosen) - r(rejected))."""
+    from sparsealign.data.preference import load_pairs
+    from sparsealign.evaluate.reward_model import train_reward_model
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    pairs = load_pairs(data, limit=limit).pairs
+    held_out = load_pairs(eval_data).pairs if eval_data else None
+    _, _, metrics = train_reward_model(pairs, base_model, out_dir=out, epochs=epochs, lr=lr, batch_size=batch_size,
+                                       max_length=max_length, seed=seed, eval_pairs=held_out, device=device)
+    metrics["out"] = out
+    if as_json:
+        print(json.dumps(metrics))
+    else:
+        print(f"wrote {out}: pair accuracy {metrics['train_accuracy_start']:.3f} -> "
+              f"{metrics['train_accuracy_end']:.3f} on {metrics['pairs']} training pairs", file=sys.stderr)
+
+
 def register(cli: click.Group) -> None:
-    """Add verbs to the top-level group (`cli.commands[\"<group>\"]` for shared groups)."""
+    """Add `eval winrate` and `eval train-reward-model` to the shared `eval` group."""
+    group = cli.commands["eval"]
+    group.add_command(winrate)  # type: ignore[attr-defined]
+    group.add_command(train_reward_model_cmd)  # type: ignore[attr-defined]
