@@ -51,8 +51,11 @@ class MbppTask:
         return dataclasses.asdict(self)
 
     def test_program(self, solution: str) -> str:
-        """The program the sandbox runs: imports, setup code, the candidate solution, then the asserts."""
-        parts = [*self.test_imports, self.test_setup_code, solution, *self.test_list]
+        """The program the sandbox runs: imports, the candidate solution, setup code, then the asserts.
+
+        Setup code comes after the solution: MBPP's setup code (tasks 367, 927) builds trees with the `Node` class
+        that the solution defines."""
+        parts = [*self.test_imports, solution, self.test_setup_code, *self.test_list]
         return "\n".join(p for p in parts if p) + "\n"
 
 
