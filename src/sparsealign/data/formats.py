@@ -112,6 +112,8 @@ def _response(value: Any, key: str) -> tuple[str, list[Message] | None]:
     messages, if any, are the prompt turns)."""
     if isinstance(value, str):
         return value, None
+    if not isinstance(value, list):
+        raise RowProblem("wrong_type", f"field '{key}' must be a string or a message list, got {type(value).__name__}")
     msgs = _messages(value, key)
     if not msgs or msgs[-1]["role"] != "assistant":
         raise RowProblem("wrong_type", f"field '{key}' must end with an assistant message")

@@ -169,13 +169,14 @@ def _csv_rows(path: Path) -> Iterator[Row]:
     header: list[str] | None = None
     index = 0
     while True:
+        start = reader.line_num + 1  # a quoted field may span lines: report where the record starts
         try:
             fields = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
             index += 1
-            yield Row(index, reader.line_num, error="invalid_csv", detail=f"invalid CSV ({exc})")
+            yield Row(index, start, error="invalid_csv", detail=f"invalid CSV ({exc})")
             return
         if not any(f.strip() for f in fields):
             continue
@@ -184,10 +185,10 @@ def _csv_rows(path: Path) -> Iterator[Row]:
             continue
         index += 1
         if len(fields) != len(header):
-            yield Row(index, reader.line_num, error="wrong_type",
+            yield Row(index, start, error="wrong_type",
                       detail=f"row has {len(fields)} fields, the header has {len(header)}")
             continue
-        yield Row(index, reader.line_num, dict(zip(header, fields, strict=True)))
+        yield Row(index, start, dict(zip(header, fields, strict=True)))
 
 
 def _parquet_rows(path: Path) -> Iterator[Row]:
