@@ -1,0 +1,143 @@
+"""Rationales through a real OpenAI-compatible HTTP server on 127.0.0.1: retries, cache, resume, key hygiene."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_one_line_error
+from llm_server import FakeOpenAI
+from sparsealign.align.rationales import chosen_shown_first, rationale_messages
+from sparsealign.clients import ChatClient, EndpointError
+from sparsealign.clients.openai_compat import backoff_s, retry_after_s
+from sparsealign.data.preference import load_pairs
+
+HH = "hh-rlhf/helpful-base/test.jsonl.gz"
+SECRET = "sk-test-7f3a9c1e5b"
+
+
+def _args(server: FakeOpenAI, out: Path, cache: Path, *extra: str) -> list[str]:
+    return ["rationales", "generate", "--data", HH, "--out", str(out), "--source", "openai", "--model", "fake-judge",
+            "--base-url", server.url, "--api-key-env", "SA_TEST_KEY", "--cache", str(cache), "--concurrency", "3",
+            "--retry-backoff", "0.01", "--json", *extra]
+
+
+def _expected(pair) -> str:
+    return f"the preferred response ({len(pair.chosen.strip())} chars) begins {' '.join(pair.chosen.split()[:4])!r}."
+
+
+def test_generate_openai_retries_cache_and_resume(cli, tmp_path: Path):
+    out, cache = tmp_path / "rationales.jsonl", tmp_path / "cache.sqlite"
+    env = {"SA_TEST_KEY": SECRET}
+    with FakeOpenAI(api_key=SECRET, fail_plan=[429, 500, 503]) as server:
+        first = cli(*_args(server, out, cache, "--limit", "3"), env=env)
+        assert first.returncode == 0, first.stderr
+        s1 = first.json()
+        assert (s1["generated"], s1["with_rationale"], s1["reused"]) == (3, 3, 0)
+        assert s1["retries"] == 3 and s1["requests"] == 6 and len(server.bodies) == 3
+
+        # resume: a larger run keeps the 3 finished rationales and asks only for the 3 new pairs
+        second = cli(*_args(server, out, cache, "--limit", "6"), env=env)
+        assert second.returncode == 0, second.stderr
+        s2 = second.json()
+        assert (s2["reused"], s2["generated"], s2["with_rationale"], s2["requests"]) == (3, 3, 6, 3)
+        assert len(server.bodies) == 6
+
+        # a fresh output file is served entirely from the cache: no request reaches the server
+        out2 = tmp_path / "again.jsonl"
+        third = cli(*_args(server, out2, cache, "--limit", "6"), env=env)
+        assert third.returncode == 0, third.stderr
+        assert third.json()["cache_hits"] == 6 and third.json()["requests"] == 0
+        assert server.attempts == 9
+
+    pairs = load_pairs(out).pairs
+    assert len(pairs) == 6 and out.read_text() == out2.read_text()
+    for pair in pairs:  # the server computed each rationale from the response the prompt marked as preferred
+        assert pair.rationale == _expected(pair), pair.rationale
+        assert pair.meta["rationale_source"] == "openai:fake-judge"
+    # the prompt shows the question and both responses, in a per-pair order; the key never leaves the environment
+    users = [body["messages"][-1]["content"] for body in server.bodies]
+    for pair in pairs:
+        assert sum(pair.prompt.strip() in u and pair.chosen.strip() in u and pair.rejected.strip() in u
+                   for u in users) == 1
+    orders = {chosen_shown_first(p.id) for p in pairs}
+    assert orders == {True, False}, "6 pairs should include both orders"
+    for path in (out, out2, cache, *tmp_path.glob("cache.sqlite*")):
+        assert SECRET.encode() not in path.read_bytes()
+    for res in (first, second, third):
+        assert SECRET not in res.stdout + res.stderr
+
+
+def test_rationale_prompt_shows_both_responses_and_marks_preferred(data_dir: Path):
+    for pair in load_pairs(HH, limit=4).pairs:
+        user = rationale_messages(pair)[-1]["content"]
+        first = chosen_shown_first(pair.id)
+        a, b = user.index("[Response A]"), user.index("[Response B]")
+        chosen_at, rejected_at = user.index(pair.chosen.strip()), user.index(pair.rejected.strip())
+        assert pair.prompt.strip() in user and user.index("[Question]") < a < b
+        assert (a < chosen_at < b < rejected_at) if first else (a < rejected_at < b < chosen_at)
+        assert f"judged Response {'A' if first else 'B'} to be better" in user
+
+
+def test_missing_api_key_env_is_one_line_error(cli, tmp_path: Path):
+    res = cli("rationales", "generate", "--data", HH, "--out", str(tmp_path / "o.jsonl"), "--source", "openai",
+              "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--api-key-env", "SA_MISSING_KEY", "--limit", "2",
+              env={"SA_MISSING_KEY": ""})
+    assert_one_line_error(res, "SA_MISSING_KEY")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_base_url_fails_after_retries(cli, tmp_path: Path):
+    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    res = cli("rationales", "generate", "--data", HH, "--out", str(tmp_path / "o.jsonl"), "--source", "openai",
+              "--model", "m", "--base-url", url, "--api-key-env", "SA_TEST_KEY", "--limit", "2", "--max-retries", "2",
+              "--retry-backoff", "0.01", "--no-cache", env={"SA_TEST_KEY": SECRET})
+    assert_one_line_error(res, url, "after 3 attempts")
+    assert SECRET not in res.stderr
+
+
+def test_client_wrong_key_is_not_retried_and_not_leaked(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("SA_TEST_KEY", SECRET)
+    with FakeOpenAI(api_key="sk-other") as server:
+        client = ChatClient(server.url, "m", api_key_env="SA_TEST_KEY", max_retries=4, backoff_base_s=0.01)
+        with pytest.raises(EndpointError) as err:
+            client.complete([{"role": "user", "content": "hi"}])
+        assert server.attempts == 1 and "HTTP 401" in str(err.value) and "SA_TEST_KEY" in str(err.value)
+        assert SECRET not in str(err.value)
+
+
+def test_client_many_keeps_order_and_caches(monkeypatch, tmp_path: Path, data_dir: Path):
+    monkeypatch.setenv("SA_TEST_KEY", SECRET)
+    pairs = load_pairs(HH, limit=5).pairs
+    requests = [rationale_messages(p) for p in pairs]
+    with FakeOpenAI(api_key=SECRET, fail_plan=[500, 500]) as server:
+        client = ChatClient(server.url, "m", api_key_env="SA_TEST_KEY", concurrency=4, backoff_base_s=0.01,
+                            cache_path=tmp_path / "c.sqlite")
+        done: list[int] = []
+        got = client.complete_many(requests, on_done=lambda i, c: done.append(i), max_tokens=64)
+        assert [c.text for c in got] == ["Rationale: " + _expected(p) for p in pairs]
+        assert sorted(done) == list(range(5)) and client.stats.retries == 2
+        # different params are a different cache key; same params are hits
+        assert not client.complete(requests[0], max_tokens=65).cached
+        assert client.complete(requests[0], max_tokens=64).cached
+        assert json.loads(json.dumps(server.bodies[0]))["max_tokens"] == 64
+
+
+def test_retry_after_and_backoff_bounds():
+    import random
+
+    assert retry_after_s("2.5") == 2.5 and retry_after_s(None) is None and retry_after_s("soon") is None
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: retry now
+    rng = random.Random(0)
+    for attempt in range(8):
+        cap = min(8.0, 0.5 * 2**attempt)
+        assert all(cap / 2 <= backoff_s(attempt, 0.5, 8.0, rng) <= cap for _ in range(50))
