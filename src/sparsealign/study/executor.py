@@ -1,0 +1,88 @@
+"""Executors run the cell DAG: `local` (sequential, the default) or `ray` (cells as Ray tasks with resources).
+
+Both go through the same `run_one`, which consults the ledger: a finished cell is skipped, a failed dependency
+marks the cell failed without running it, and an exception in one cell is recorded without losing the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sparsealign.ledger import Ledger
+from sparsealign.study.cells import Cell
+
+log = logging.getLogger("sparsealign.study")
+CellFn = Callable[[Cell], dict[str, Any] | tuple[dict[str, Any], dict[str, Any]]]
+
+
+def run_one(ledger_path: Path, cell: Cell, config_hash: str, fn: CellFn) -> str:
+    """Run one cell through the ledger; returns 'done', 'skipped' or 'failed'."""
+    with Ledger(ledger_path) as ledger:
+        for dep in cell.deps:
+            stage, key = dep.split(":", 1)
+            row = ledger.get(stage, key)
+            if row is None or row.status != "done":
+                ledger.start(cell.stage, cell.key, config_hash)
+                ledger.fail(cell.stage, cell.key, f"dependency {dep} did not finish")
+                return "failed"
+        try:
+            _, ran = ledger.run_cell(cell.stage, cell.key, config_hash, lambda: fn(cell))
+        except Exception as exc:  # recorded by the ledger; the study goes on with the other cells
+            log.error("cell %s failed: %s", cell.id, exc)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return "failed"
+        return "done" if ran else "skipped"
+
+
+def run_local(cells: list[Cell], ledger_path: Path, config_hash: str, fn: CellFn, *, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    bar = tqdm(cells, desc="study", unit="cell", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    for cell in bar:
+        bar.set_postfix_str(cell.id[:60])
+        counts[run_one(ledger_path, cell, config_hash, fn)] += 1
+    return counts
+
+
+def run_ray(
+    cells: list[Cell],
+    ledger_path: Path,
+    config_hash: str,
+    fn: CellFn,
+    *,
+    address: str | None = None,
+    cpus_per_cell: float = 1.0,
+    gpus_per_cell: float = 0.0,
+    num_cpus: int | None = None,
+) -> dict:
+    """Each cell is a Ray task; dependencies are passed as object refs so Ray schedules them in DAG order."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+        ray.init(ignore_reinit_error=True, log_to_driver=False, **kwargs)
+
+    @ray.remote
+    def task(cell: Cell, *dep_statuses: str) -> str:
+        return run_one(ledger_path, cell, config_hash, fn)
+
+    refs: dict[str, Any] = {}
+    for cell in cells:
+        opts = {"num_cpus": cpus_per_cell, "num_gpus": gpus_per_cell}
+        if cell.stage == "pretrain" or cell.stage == "calibrate":
+            opts["num_cpus"] = max(cpus_per_cell, 1.0)
+        refs[cell.id] = task.options(**opts).remote(cell, *[refs[d] for d in cell.deps if d in refs])
+    statuses = ray.get(list(refs.values()))
+    if started_here:
+        ray.shutdown()
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    for status in statuses:
+        counts[status] += 1
+    return counts
