@@ -154,23 +154,22 @@ def pad_sequences(
 
 @dataclass
 class PairCollator:
-    """Batch of B pairs -> `input_ids` [2B, T] (B chosen rows, then B rejected rows) + masks, ref log-probs and
-    the rationale sequence [B, T_r] when present."""
+    """Batch of B pairs -> one right-padded `input_ids` [k·B, T]: B chosen rows, B rejected rows and, for rationale
+    methods, B rationale rows (k = 3), so the policy runs a single forward per step (what DDP/FSDP expect);
+    `completion_mask` marks the scored tokens.  Cached reference log-probs ride along as `ref_*_logps` [B]."""
 
     pad_id: int
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         parts = [(f["prompt_ids"], f["chosen_ids"]) for f in features]
         parts += [(f["prompt_ids"], f["rejected_ids"]) for f in features]
+        if "rationale_ids" in features[0]:
+            parts += [(f["rationale_context_ids"], f["rationale_ids"]) for f in features]
         batch: dict[str, torch.Tensor] = dict(zip(("input_ids", "attention_mask", "completion_mask"),
                                                   pad_sequences(parts, self.pad_id), strict=True))
         if "ref_chosen_logps" in features[0]:
-            batch["ref_chosen_logps"] = torch.tensor([f["ref_chosen_logps"] for f in features], dtype=torch.float32)
-            batch["ref_rejected_logps"] = torch.tensor([f["ref_rejected_logps"] for f in features],
-                                                       dtype=torch.float32)
-        if "rationale_ids" in features[0]:
-            r = pad_sequences([(f["rationale_context_ids"], f["rationale_ids"]) for f in features], self.pad_id)
-            batch.update(zip(("rationale_input_ids", "rationale_attention_mask", "rationale_mask"), r, strict=True))
+            for key in ("ref_chosen_logps", "ref_rejected_logps"):
+                batch[key] = torch.tensor([f[key] for f in features], dtype=torch.float32)
         return batch
 
 

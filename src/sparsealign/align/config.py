@@ -1,0 +1,87 @@
+"""`AlignConfig`: everything one alignment cell needs (light module: pydantic only, no torch)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from sparsealign.config import StrictModel
+
+Method = Literal["dpo", "orpo", "simpo", "rdpo", "rorpo", "rsimpo"]
+DEFAULT_BETA = {"dpo": 0.1, "simpo": 2.0, "orpo": 0.1}  # SimPO paper: β in [2, 2.5] with γ/β = 0.5
+
+
+class LoraSettings(StrictModel):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+
+
+class AlignConfig(StrictModel):
+    model_config = ConfigDict(**StrictModel.model_config, populate_by_name=True)
+
+    method: Method = "dpo"
+    model: str = Field(..., description="local path or hub id of a causal LM")
+    ref_model: str | None = Field(None, description="reference for DPO/RDPO; default: the initial policy")
+    data: str = Field(..., description="preference pairs (file or hub id, see `data inspect`)")
+    data_split: str | None = None
+    eval_data: str | None = None
+    eval_split: str | None = None
+    max_pairs: int | None = Field(None, gt=0)
+    max_eval_pairs: int | None = Field(None, gt=0)
+    # loss
+    beta: float | None = Field(None, gt=0, description="DPO/SimPO β; default 0.1 (DPO) or 2.0 (SimPO)")
+    lam: float = Field(0.1, ge=0, alias="lambda", description="ORPO λ (weight of the odds-ratio term)")
+    gamma_beta_ratio: float = Field(0.5, ge=0, description="SimPO γ/β (TRL's simpo_gamma is the absolute γ)")
+    rationale_weight: float = Field(1.0, ge=0, description="γ_r of the rationale NLL term")
+    rationale_norm: Literal["mean", "sum"] = "mean"
+    randomize_rationale_order: bool = True
+    # tokenisation
+    max_length: int = Field(512, gt=1)
+    max_prompt_length: int = Field(256, gt=0)
+    max_rationale_tokens: int = Field(128, gt=0)
+    rationale_max_length: int = Field(1024, gt=1)
+    chat_template: bool = True
+    # optimisation
+    lr: float = Field(5e-6, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = -1
+    batch_size: int = Field(4, gt=0, description="per-device pairs per step")
+    eval_batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    warmup: float = Field(0.0, ge=0, description="warmup steps (int) or ratio of total steps (<1)")
+    lr_scheduler: str = "linear"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    lora: LoraSettings | None = None
+    gradient_checkpointing: bool = False
+    bf16: bool | None = Field(None, description="bf16 mixed precision; default: when the hardware has it")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    seed: int = 0
+    # bookkeeping
+    logging_steps: int = Field(10, gt=0)
+    eval_steps: int | None = Field(None, gt=0, description="evaluate every N steps (default: start and end only)")
+    save_steps: int = Field(200, gt=0)
+    save_total_limit: int = Field(2, gt=0)
+    report_to: list[str] = Field(default_factory=list, description="tensorboard, wandb, mlflow, ...")
+    cell: str | None = Field(None, description="ledger cell / output folder name (default: the method)")
+
+    @model_validator(mode="after")
+    def _check(self) -> AlignConfig:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length})")
+        return self
+
+    @property
+    def base_method(self) -> str:
+        return self.method[1:] if self.method.startswith("r") else self.method
+
+    @property
+    def resolved_beta(self) -> float:
+        return self.beta if self.beta is not None else DEFAULT_BETA[self.base_method]
+
+    @property
+    def cell_name(self) -> str:
+        return self.cell or self.method

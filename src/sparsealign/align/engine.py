@@ -1,0 +1,255 @@
+"""`run_align`: one alignment cell end to end, the same under plain Python, `accelerate launch` (DDP, FSDP,
+DeepSpeed ZeRO-3) and the study.
+
+    pairs -> tokenise (counted truncation) -> reference log-probs (cached; DPO/RDPO only) -> Trainer.train
+          -> runs/<name>/align/<cell>/{model/, metrics.json}, per-step metrics in the ledger
+
+Re-running a finished cell returns its ledger metrics; re-running an interrupted one resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sparsealign.align.config import AlignConfig
+from sparsealign.align.losses import RATIONALE_METHODS, LossParams, needs_reference
+from sparsealign.config import config_hash
+from sparsealign.errors import UserError
+from sparsealign.io import atomic_write_json
+from sparsealign.rundir import RunDir
+
+log = logging.getLogger("sparsealign.align")
+STAGE = "align"
+
+
+def load_align_pairs(cfg: AlignConfig) -> tuple[list[Any], list[Any]]:
+    from sparsealign.data.preference import load_pairs
+
+    train = load_pairs(cfg.data, split=cfg.data_split).pairs[: cfg.max_pairs]
+    evals = load_pairs(cfg.eval_data, split=cfg.eval_split).pairs[: cfg.max_eval_pairs] if cfg.eval_data else []
+    return train, evals
+
+
+def check_rationales(cfg: AlignConfig, pairs: Sequence[Any], source: str) -> None:
+    """A rationale method on pairs without rationales is a one-line error that names the fix."""
+    if cfg.method not in RATIONALE_METHODS:
+        return
+    missing = sum(1 for p in pairs if not (p.rationale or "").strip())
+    if missing:
+        raise UserError(
+            f"{source}: method {cfg.method} needs a rationale for every pair, but {missing} of {len(pairs)} have none",
+            hint=f"run `sparsealign rationales generate --data {source}` first and align on its output, "
+                 f"or use method {cfg.base_method}",
+        )
+
+
+def tokenize_settings(cfg: AlignConfig):
+    from sparsealign.align.logps import TokenizeSettings
+
+    return TokenizeSettings(
+        max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+        max_rationale_tokens=cfg.max_rationale_tokens, rationale_max_length=cfg.rationale_max_length,
+        chat_template=cfg.chat_template, randomize_rationale_order=cfg.randomize_rationale_order,
+        rationale_seed=cfg.seed,
+    )
+
+
+def use_bf16(cfg: AlignConfig) -> bool:
+    import torch
+
+    if cfg.bf16 is not None:
+        return cfg.bf16
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def load_model_and_tokenizer(cfg: AlignConfig, name: str | None = None):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = name or cfg.model
+    tok = AutoTokenizer.from_pretrained(name)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    dtype = cfg.dtype if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    return model, tok
+
+
+def apply_lora(cfg: AlignConfig, model):
+    from peft import LoraConfig, get_peft_model
+
+    assert cfg.lora is not None
+    lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules)
+    return get_peft_model(model, lora)
+
+
+def training_args(cfg: AlignConfig, output_dir: Path, has_eval: bool):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.eval_batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps, warmup_steps=cfg.warmup, lr_scheduler_type=cfg.lr_scheduler,
+        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, bf16=use_bf16(cfg),
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        logging_steps=cfg.logging_steps, logging_first_step=True,
+        eval_strategy="steps" if has_eval and cfg.eval_steps else "no", eval_steps=cfg.eval_steps,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        report_to=cfg.report_to or "none", seed=cfg.seed, data_seed=cfg.seed,
+        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True,
+    )
+
+
+def _publish_dir(staging: Path, final: Path) -> None:
+    """Swap a finished directory into place (a reader never sees a half-written model)."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+
+
+def _train(cfg: AlignConfig, run: RunDir, pairs: list[Any] | None, eval_pairs: list[Any] | None,
+           callbacks: Sequence[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    import torch
+    from transformers import set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from sparsealign.align.logps import PairCollator, encode_pairs
+    from sparsealign.align.trainer import AlignTrainer, LedgerCallback, ListDataset
+
+    cell = cfg.cell_name
+    if pairs is None:
+        pairs, eval_pairs = load_align_pairs(cfg)
+    eval_pairs = eval_pairs or []
+    if not pairs:
+        raise UserError(f"{cfg.data}: no preference pairs to train on", hint="check --data / data_split / max_pairs")
+    check_rationales(cfg, pairs, cfg.data)
+    check_rationales(cfg, eval_pairs, cfg.eval_data or "eval pairs")
+
+    set_seed(cfg.seed)
+    model, tok = load_model_and_tokenizer(cfg)
+    settings = tokenize_settings(cfg)
+    rationale = cfg.method in RATIONALE_METHODS
+    train_feats, n_trunc = encode_pairs(tok, pairs, settings, rationale=rationale)
+    eval_feats, n_trunc_eval = encode_pairs(tok, eval_pairs, settings, rationale=rationale)
+    log.info("align %s: %d train pairs (%d truncated), %d eval pairs (%d truncated)", cell, len(pairs), n_trunc,
+             len(eval_pairs), n_trunc_eval)
+    if cfg.lora is not None:
+        model = apply_lora(cfg, model)
+
+    out_dir = run.root / STAGE / cell
+    args = training_args(cfg, out_dir / "checkpoints", bool(eval_feats))
+    trainer = AlignTrainer(
+        model=model, args=args, data_collator=PairCollator(tok.pad_token_id), processing_class=tok,
+        loss_params=LossParams(cfg.method, beta=cfg.resolved_beta, lam=cfg.lam,
+                               gamma_beta_ratio=cfg.gamma_beta_ratio, rationale_weight=cfg.rationale_weight,
+                               rationale_norm=cfg.rationale_norm),
+        callbacks=[LedgerCallback(run.ledger, cell), *callbacks],
+    )
+    metrics: dict[str, Any] = {"method": cfg.method, "beta": cfg.resolved_beta, "n_train_pairs": len(pairs),
+                               "n_eval_pairs": len(eval_pairs), "n_truncated": n_trunc,
+                               "n_truncated_eval": n_trunc_eval, "ref_cache_hits": 0}
+    if needs_reference(cfg.method):
+        train_feats, eval_feats = _with_reference(cfg, trainer, train_feats, eval_feats, metrics)
+    trainer.train_dataset = ListDataset(train_feats)
+    eval_ds = ListDataset(eval_feats) if eval_feats else None
+    trainer.eval_dataset = eval_ds
+
+    resume = get_last_checkpoint(str(args.output_dir)) if Path(args.output_dir).is_dir() else None
+    if eval_ds is not None and resume is None:
+        metrics.update(trainer.evaluate(eval_ds, metric_key_prefix="eval_start"))
+    result = trainer.train(resume_from_checkpoint=resume)
+    metrics.update({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
+    metrics["resumed_from"] = Path(resume).name if resume else None
+    if eval_ds is not None:
+        metrics.update(trainer.evaluate(eval_ds, metric_key_prefix="eval"))
+
+    model_dir = _save_model(cfg, trainer, tok, out_dir)
+    if trainer.is_world_process_zero():
+        metrics = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
+        atomic_write_json(out_dir / "metrics.json", metrics)
+    return metrics, {"model": model_dir, "metrics": out_dir / "metrics.json"}
+
+
+def _with_reference(cfg: AlignConfig, trainer: Any, train_feats: list, eval_feats: list, metrics: dict):
+    """Attach cached/computed reference log-probs; a separate `ref_model` is loaded only for its pass."""
+    from sparsealign.align.reference import attach, cached_reference_logps, reference_key
+
+    ref_name = cfg.ref_model or cfg.model
+    extra = {"dtype": cfg.dtype, "bf16": use_bf16(cfg)}
+    scorer = trainer
+    if cfg.ref_model and cfg.ref_model != cfg.model:
+        from sparsealign.align.trainer import AlignTrainer
+
+        ref_model, _ = load_model_and_tokenizer(cfg, cfg.ref_model)
+        scorer = AlignTrainer(model=ref_model, args=trainer.args, data_collator=trainer.data_collator,
+                              loss_params=trainer.loss_params)
+    out = []
+    for feats in (train_feats, eval_feats):
+        if not feats:
+            out.append(feats)
+            continue
+        logps, hit = cached_reference_logps(scorer, feats, reference_key(ref_name, feats, extra))
+        metrics["ref_cache_hits"] += int(hit)
+        out.append(attach(feats, logps))
+    if scorer is not trainer:
+        del scorer
+        import gc
+
+        gc.collect()
+    return out[0], out[1]
+
+
+def _save_model(cfg: AlignConfig, trainer: Any, tok: Any, out_dir: Path) -> Path:
+    """Aligned model as safetensors + tokenizer in <cell>/model; LoRA adapters are merged when unsharded."""
+    final, staging = out_dir / "model", out_dir / ".model.staging"
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    if cfg.lora is not None and not sharded:
+        if trainer.is_world_process_zero():
+            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+            merged.save_pretrained(staging, safe_serialization=True)
+    else:  # the Trainer gathers FSDP / ZeRO-3 shards (LoRA under sharding: the adapter is written)
+        trainer.save_model(str(staging))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        tok.save_pretrained(staging)
+        _publish_dir(staging, final)
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+def run_align(cfg: AlignConfig, run: RunDir, *, pairs: list[Any] | None = None,
+              eval_pairs: list[Any] | None = None, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Align one cell and return its final metrics (a finished cell with the same config is skipped).
+
+    `pairs`/`eval_pairs` override `cfg.data`/`cfg.eval_data` (already-loaded `PreferencePair`s); `callbacks` are extra
+    `TrainerCallback`s.  Under `accelerate launch` every process calls this; only rank 0 writes the ledger and files.
+    """
+    from accelerate import PartialState
+
+    chash, cell = config_hash(cfg), cfg.cell_name
+    if PartialState().is_main_process:
+        row, _ = run.ledger.run_cell(STAGE, cell, chash, lambda: _train(cfg, run, pairs, eval_pairs, callbacks))
+        return row.metrics
+    row = run.ledger.get(STAGE, cell)
+    if row is not None and row.status == "done":
+        if row.config_hash != chash:
+            raise UserError(f"{run.ledger.path}: cell {STAGE}/{cell} was finished with another config",
+                            hint="use a new --name, or --restart")
+        return row.metrics
+    return _train(cfg, run, pairs, eval_pairs, callbacks)[0]

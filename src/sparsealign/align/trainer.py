@@ -1,0 +1,126 @@
+"""`AlignTrainer`: a transformers `Trainer` whose loss is a preference loss; everything else (DDP, FSDP, DeepSpeed,
+gradient accumulation, mixed precision, checkpoint/resume, `report_to`) is the stock Trainer driven by accelerate.
+
+One forward per step scores chosen, rejected (and rationale) rows together; reference log-probs come precomputed in
+the batch, so only the policy is in memory.  `reference_pass` reuses the Trainer's distributed prediction loop to
+score the reference once before training.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from sparsealign.align.logps import sequence_logps
+from sparsealign.align.losses import RATIONALE_METHODS, LossParams, preference_loss
+
+
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, rows: list[dict[str, Any]]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.rows[i]
+
+
+class AlignTrainer(Trainer):
+    # compute_loss returns a per-batch mean: the Trainer divides it by the gradient-accumulation steps
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args: Any, loss_params: LossParams, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.loss_params = loss_params
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._reference_pass = False
+        self._tokens = 0
+        self._last_log = time.perf_counter()
+
+    # -- loss --------------------------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        n_seq = 3 if self.loss_params.method in RATIONALE_METHODS else 2
+        logp, n = sequence_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+        chunks = list(zip(logp.chunk(n_seq), n.chunk(n_seq), strict=True))  # each ([B], [B])
+        (logp_w, n_w), (logp_l, n_l) = chunks[0], chunks[1]
+        logp_r, n_r = chunks[2] if n_seq == 3 else (None, None)
+        out = preference_loss(
+            self.loss_params, logp_w, n_w, logp_l, n_l,
+            ref_logp_w=inputs.get("ref_chosen_logps"), ref_logp_l=inputs.get("ref_rejected_logps"),
+            logp_r=logp_r, n_r=n_r,
+        )
+        loss = out["loss"].mean()
+        self._record(out, logp_w, logp_l, inputs)
+        return (loss, out) if return_outputs else loss
+
+    def _record(self, out: dict[str, torch.Tensor], logp_w: torch.Tensor, logp_l: torch.Tensor, inputs) -> None:
+        mode = "train" if self.model.training else "eval"
+        gather = self.accelerator.gather_for_metrics
+        rc, rr = gather(out["rewards_chosen"].detach()), gather(out["rewards_rejected"].detach())
+        m = self._metrics[mode]
+        m["rewards/chosen"].append(rc.mean().item())
+        m["rewards/rejected"].append(rr.mean().item())
+        m["rewards/margins"].append((rc - rr).mean().item())
+        m["rewards/accuracies"].append((rc > rr).float().mean().item())
+        m["logps/chosen"].append(gather(logp_w.detach()).mean().item())
+        m["logps/rejected"].append(gather(logp_l.detach()).mean().item())
+        for key in ("rationale_nll", "sft_nll", "odds_ratio_loss"):
+            if key in out:
+                m[key].append(gather(out[key].detach()).mean().item())
+        if mode == "train":
+            self._tokens += int(gather(inputs["attention_mask"].sum().reshape(1)).sum().item())
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        self._eval_prefix = metric_key_prefix
+        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        prefix = getattr(self, "_eval_prefix", "eval")
+        mode = "eval" if f"{prefix}_loss" in logs else "train"
+        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        if mode == "eval":
+            metrics = {f"{prefix}_{k}": v for k, v in metrics.items()}
+        elif "loss" in logs:  # a training log step: throughput since the previous one
+            now = time.perf_counter()
+            metrics["tokens_per_s"] = self._tokens / max(now - self._last_log, 1e-9)
+            self._tokens, self._last_log = 0, now
+        logs.update(metrics)
+        super().log(logs, start_time)
+        self._metrics[mode].clear()
+
+    # -- evaluation and the reference pass ------------------------------------------------------------------------------
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            if self._reference_pass:
+                logp, _ = sequence_logps(model, inputs["input_ids"], inputs["attention_mask"],
+                                         inputs["completion_mask"])
+                return None, torch.stack(logp.chunk(2), dim=1), None  # [B, 2]: chosen, rejected
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def reference_pass(self, features: list[dict[str, Any]]) -> torch.Tensor:
+        """Log-probs of chosen/rejected under the current (initial) model, [N, 2], on every process."""
+        self._reference_pass = True
+        try:
+            out = self.predict(ListDataset(features), metric_key_prefix="ref")
+        finally:
+            self._reference_pass = False
+        return torch.as_tensor(out.predictions, dtype=torch.float32)
+
+
+class LedgerCallback(TrainerCallback):
+    """Every Trainer log (train steps and evaluations) becomes a ledger event of the align cell."""
+
+    def __init__(self, ledger: Any, cell: str):
+        self.ledger, self.cell = ledger, cell
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            clean = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
+            self.ledger.log_event("align", self.cell, clean, step=state.global_step)
