@@ -1,0 +1,164 @@
+"""The sandboxed program's own process (Q in `sandbox_worker`): drop to the limits, then run the source.
+
+Stdlib only: imported by the worker (run by path) and by `sandbox` (for the rlimit table in `isolation`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import builtins
+import ctypes
+import io
+import json
+import os
+import random
+import signal
+import sys
+import threading
+import traceback
+import types
+
+FSIZE_FLOOR = 16 << 20  # files a program writes (its captured output included) stop growing here
+NOFILE, NPROC = 128, 64  # NPROC counts per uid, and every worker has its own uid
+PR_SET_NO_NEW_PRIVS = 38
+REPORT_FD = 3
+
+
+def rlimit_values(timeout_s: float, memory_mb: int, max_output_bytes: int) -> dict[str, int]:
+    """Soft limits (the CPU hard limit is one second above: SIGXCPU first, SIGKILL after)."""
+    return {
+        "RLIMIT_AS": memory_mb << 20,
+        "RLIMIT_CPU": int(timeout_s) + 1,
+        "RLIMIT_FSIZE": fsize_limit(max_output_bytes),
+        "RLIMIT_NOFILE": NOFILE,
+        "RLIMIT_NPROC": NPROC,
+        "RLIMIT_CORE": 0,
+        "RLIMIT_MSGQUEUE": 0,
+    }
+
+
+def fsize_limit(max_output_bytes: int) -> int:
+    return max(FSIZE_FLOOR, max_output_bytes)
+
+
+def _apply_rlimits(req: dict) -> None:
+    import resource
+
+    for name, value in rlimit_values(req["timeout_s"], req["memory_mb"], req["max_output_bytes"]).items():
+        hard = value + 1 if name == "RLIMIT_CPU" else value
+        resource.setrlimit(getattr(resource, name), (value, hard))
+
+
+def run(req: dict, workdir: str, uid: int | None, nonce: str) -> None:
+    """fds on entry: 0=/dev/null 1=stdout file 2=stderr file 3=report file. Never returns."""
+    try:
+        os.setsid()
+        os.closerange(REPORT_FD + 1, 65536)
+        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.chdir(workdir)
+        os.environ.clear()  # also clears the C-level environ: nothing of the caller is visible
+        os.environ.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": "/tmp",
+                           "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8"})
+        _apply_rlimits(req)
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+        ctypes.CDLL(None).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # setuid binaries cannot raise privileges
+        random.seed()  # a forked child would otherwise replay the worker's random stream
+        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8")
+        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace",
+                                      line_buffering=True)
+        path = os.path.join(workdir, "main.py")
+        main = types.ModuleType("__main__")
+        main.__file__, main.__builtins__ = path, builtins
+        sys.modules["__main__"], sys.argv = main, [path]
+        code = compile(req["source"], path, "exec")
+    except BaseException as exc:  # setup failed or the source does not compile: the program never started
+        traceback.print_exception(type(exc), exc, None if isinstance(exc, SyntaxError) else exc.__traceback__)
+        _report(nonce, "exception", type(exc).__name__, str(exc))
+        _flush_and_exit(1)
+    _execute(code, main.__dict__, nonce)
+
+
+def _execute(code: types.CodeType, namespace: dict, nonce: str) -> None:
+    try:
+        exec(code, namespace)
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if not isinstance(exc.code, (int, type(None))):
+            print(exc.code, file=sys.stderr)
+        _report(nonce, "exit", "SystemExit", str(exc.code))
+        _flush_and_exit(status)
+    except BaseException as exc:
+        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
+        _report(nonce, "exception", type(exc).__name__, str(exc)[:500])
+        _flush_and_exit(1)
+    # Only here did the last line run. The token comes after the flush: an unwritable stdout is no pass.
+    try:
+        sys.stdout.flush()
+    except BaseException as exc:
+        _report(nonce, "exception", type(exc).__name__, str(exc)[:500])
+        _flush_and_exit(120)
+    os.write(REPORT_FD, f"{nonce} done\n".encode())
+    threading._shutdown()  # like interpreter exit: wait for the program's non-daemon threads, run atexit
+    atexit._run_exitfuncs()
+    _flush_and_exit(0)
+
+
+def _report(nonce: str, kind: str, etype: str, message: str) -> None:
+    line = json.dumps({"kind": kind, "type": etype, "message": message})
+    try:
+        os.write(REPORT_FD, f"{nonce} {line}\n".encode())
+    except OSError:
+        pass
+
+
+def _flush_and_exit(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+    os._exit(code & 0xFF)
+
+
+# ---- verdict (computed by the worker from what the wrapper reported) -----------------------------------------
+
+def reports(data: bytes, nonce: str) -> list[dict | str]:
+    """Lines the wrapper wrote; a line without the token is the program's own writing and is ignored."""
+    out: list[dict | str] = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        token, _, rest = line.partition(" ")
+        if token == nonce:
+            out.append("done" if rest == "done" else json.loads(rest))
+    return out
+
+
+def classify(timed_out: bool, status: int, reported: list[dict | str], flooded: bool, req: dict) -> dict[str, str]:
+    """Map what happened to passed | failed | timeout | error with a one-line reason."""
+    if timed_out:
+        return {"status": "timeout", "reason": f"wall-clock limit of {req['timeout_s']:g} s exceeded; process group killed"}
+    code = os.waitstatus_to_exitcode(status)
+    info = next((r for r in reported if isinstance(r, dict)), None)
+    if code == 0 and "done" in reported:
+        return {"status": "passed", "reason": "ran to the last line and exited 0"}
+    if code < 0:
+        sig = signal.Signals(-code).name
+        if -code in (signal.SIGXCPU, signal.SIGKILL) and info is None:
+            return {"status": "timeout", "reason": f"CPU time limit reached (killed by {sig})"}
+        return {"status": "failed", "reason": f"killed by signal {sig}"}
+    if flooded:
+        return {"status": "error", "reason": f"output limit exceeded ({fsize_limit(req['max_output_bytes'])} bytes)"}
+    if info and info["type"] == "MemoryError":
+        return {"status": "error", "reason": f"memory limit of {req['memory_mb']} MiB exceeded (MemoryError)"}
+    if info and info["kind"] == "exit":
+        return {"status": "failed", "reason": f"exited early via SystemExit({info['message']}) before the last line"}
+    if info:
+        return {"status": "failed", "reason": f"{info['type']}: {info['message']}".strip().rstrip(":")[:300]}
+    if code == 0:
+        return {"status": "failed", "reason": "exited with code 0 before the last line ran (os._exit or exec)"}
+    return {"status": "failed", "reason": f"exited with code {code}"}

@@ -1,0 +1,350 @@
+"""Sandbox worker: a warm, stdlib-only process that runs untrusted Python programs one at a time.
+
+`SandboxPool` starts it as `python -I sandbox_worker.py` (by path: it never imports sparsealign) and speaks
+length-prefixed JSON on its stdin/stdout. Pre-importing the modules programs use, and forking per program, is what
+makes the pool fast; this process tree is what makes it hold:
+
+    outer       the Popen'd process: unshares PID, mount, network and IPC namespaces, then only waits for W
+      W         pid 1 of the new PID namespace, root: read-only view of the filesystem with a private tmpfs /tmp and
+                /dev/shm, its own /proc, no network. Supervises one program at a time, owns the wall clock.
+        Q       the program (`sandbox_program.run`): own session, rlimits, a dedicated unprivileged uid, clean env
+          ...   whatever Q forks, daemons included: orphans are reparented to W
+
+After every program W kills every other process in its namespace (`kill(-1)` from pid 1 of a PID namespace reaches
+exactly that namespace), reaps them all, and wipes /tmp and /dev/shm. The program cannot signal W: W is root and
+namespace init (immune to SIGKILL from inside), and the harness is outside the namespace altogether. Where the kernel
+refuses namespaces, W is the worker itself and containment falls back to killing by the dedicated uid (`_contain`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import secrets
+import select
+import shutil
+import signal
+import struct
+import sys
+import tempfile
+import time
+
+if __name__ == "__main__":  # run by path: import the sibling, then leave sys.path as a plain `python -I` has it
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import sandbox_program as program
+    del sys.path[0]
+else:
+    from sparsealign.evaluate import sandbox_program as program
+
+# Warm imports: what MBPP-style programs import, so `import re` in a program costs a dict lookup after fork.
+WARM_MODULES = ("bisect", "collections", "copy", "functools", "heapq", "itertools", "math", "operator", "random",
+                "re", "string", "array", "datetime", "decimal", "fractions", "statistics", "typing", "cmath")
+LIBC = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 0x1000, 0x4000, 1 << 18
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE = 442, -100, 0x8000
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = 0x1, 0x2
+TMPFS_OPTS = b"size=128m,nr_inodes=8192,mode=1777"
+SCRATCH = ("/tmp", "/dev/shm")
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _unshare(flags: int) -> None:
+    _check(LIBC.unshare(flags), "unshare")
+
+
+def _mount(src: bytes | str, target: bytes | str, fstype: bytes | None, flags: int, data: bytes | None = None) -> None:
+    src, target = os.fsencode(src), os.fsencode(target)
+    _check(LIBC.mount(src, target, fstype, flags, data), f"mount {target.decode()}")
+
+
+# ---- namespaces and mounts (once per worker) --------------------------------------------------------------------
+
+def _readonly_tree() -> None:
+    """Recursively mark every mount read-only and nosuid (mount_setattr, Linux >= 5.12), in our namespace only."""
+    attr = struct.pack("QQQQ", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)
+    LIBC.syscall.restype = ctypes.c_long
+    rc = LIBC.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD), b"/", ctypes.c_uint(AT_RECURSIVE),
+                      attr, ctypes.c_size_t(len(attr)))
+    _check(0 if rc == 0 else -1, "mount_setattr")
+
+
+def _hidden_ancestor(path: str) -> str | None:
+    """The first directory on the way to `path` that other users cannot enter (e.g. /root holding pyenv)."""
+    parts = os.path.abspath(path).split(os.sep)[1:]
+    for i in range(1, len(parts) + 1):
+        d = os.sep + os.sep.join(parts[:i])
+        try:
+            if not os.stat(d).st_mode & 0o001:
+                return d
+        except OSError:
+            return None
+    return None
+
+
+def python_paths() -> list[str]:
+    """What the program's interpreter reads: its prefixes and every directory on sys.path."""
+    paths = {sys.base_prefix, sys.prefix, *(p for p in sys.path if os.path.isdir(p))}
+    return sorted(os.path.realpath(p) for p in paths)
+
+
+def _expose_python() -> None:
+    """The unprivileged uid must read the interpreter: over each hidden ancestor (only in our mount namespace) lay an
+    empty tmpfs and bind back just the Python directories, which also hides the rest of e.g. /root."""
+    hidden: dict[str, list[str]] = {}
+    for path in python_paths():
+        if (anc := _hidden_ancestor(path)) is not None:
+            hidden.setdefault(anc, []).append(path)
+    for anc, paths in hidden.items():
+        fds = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in paths}
+        _mount(b"tmpfs", anc, b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755")
+        for path, fd in fds.items():
+            os.makedirs(path, exist_ok=True)
+            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+            os.close(fd)
+
+
+def enter_namespaces() -> dict:
+    """Called by the outer process. Returns the layers in force; in the namespaced case the caller is now W."""
+    caps = {"root": os.geteuid() == 0, "pid_namespace": False, "mount_namespace": False, "network_namespace": False,
+            "ipc_namespace": False, "readonly_root": False, "private_tmp": False, "python_exposed": False}
+    try:
+        _unshare(CLONE_NEWNET | CLONE_NEWIPC)  # no interface but a down loopback; IPC objects stay ours
+        caps["network_namespace"] = caps["ipc_namespace"] = True
+    except OSError:
+        pass
+    try:
+        _unshare(CLONE_NEWPID | CLONE_NEWNS)
+    except OSError:
+        return caps
+    w = os.fork()
+    if w:  # outer: nothing left to do but mirror W's fate
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        os._exit(os.waitstatus_to_exitcode(os.waitpid(w, 0)[1]) & 0xFF)
+    LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # outer killed -> W killed -> the namespace dies
+    caps["pid_namespace"] = caps["mount_namespace"] = True
+    _mount(b"none", b"/", None, MS_REC | MS_PRIVATE)
+    try:
+        _expose_python()
+        caps["python_exposed"] = True
+    except OSError:
+        pass
+    try:
+        _readonly_tree()
+        caps["readonly_root"] = True
+    except OSError:
+        pass
+    try:
+        for target in SCRATCH:
+            _mount(b"tmpfs", target, b"tmpfs", MS_NOSUID | MS_NODEV, TMPFS_OPTS)
+        caps["private_tmp"] = True
+    except OSError:
+        pass
+    _mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    return caps
+
+
+# ---- one program ------------------------------------------------------------------------------------------------
+
+def _proc_uids() -> list[tuple[int, int]]:
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/status") as f:
+                    uid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
+                out.append((int(name), uid))
+            except (OSError, StopIteration, ValueError):
+                continue
+    return out
+
+
+def _reap_all(block: bool) -> None:
+    try:
+        while os.waitpid(-1, 0 if block else os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def _contain(caps: dict, uid: int | None, session: int) -> int:
+    """Kill everything the program left running; returns how many processes it had left behind."""
+    me = os.getpid()
+    if caps["pid_namespace"] and me == 1:  # guard: kill(-1) from pid 1 of a PID namespace reaches only that namespace
+        left = sum(1 for pid, _ in _proc_uids() if pid != me)
+        if left:
+            os.kill(-1, signal.SIGKILL)
+        _reap_all(block=True)  # orphans are reparented to us before their parent is reaped: this gets them all
+        return left
+    left = 0
+    for _ in range(100):  # no namespace: kill by the dedicated uid (atomically, from a process holding that uid)
+        stray = [pid for pid, puid in _proc_uids() if pid != me and uid is not None and puid == uid]
+        if not stray:
+            break
+        left = max(left, len(stray))
+        killer = os.fork()
+        if killer == 0:
+            os.setgid(uid)
+            os.setuid(uid)
+            if os.getuid() == uid != 0:
+                os.kill(-1, signal.SIGKILL)
+            os._exit(0)
+        os.waitpid(killer, 0)
+        _reap_all(block=False)
+    if uid is None and session > 0:  # not root: the program's session is all we can name
+        try:
+            os.killpg(session, signal.SIGKILL)
+        except OSError:
+            pass
+    _reap_all(block=False)
+    return left
+
+
+def _wipe(caps: dict, base: str, uid: int | None) -> None:
+    if caps["private_tmp"]:  # our own tmpfs: everything in it is the program's
+        for scratch in SCRATCH:
+            for entry in os.scandir(scratch):
+                shutil.rmtree(entry.path) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
+        return
+    shutil.rmtree(base, ignore_errors=True)
+    for scratch in ("/tmp", "/var/tmp", "/dev/shm"):  # shared dirs: remove what the dedicated uid created
+        try:
+            entries = [e for e in os.scandir(scratch) if uid is not None and e.stat(follow_symlinks=False).st_uid == uid]
+        except OSError:
+            continue
+        for entry in entries:
+            shutil.rmtree(entry.path, ignore_errors=True) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
+
+
+def run_one(req: dict, caps: dict, uid: int | None) -> dict:
+    base = tempfile.mkdtemp(prefix="sandbox-", dir="/tmp")  # 0700 root: the capture files are created here
+    workdir = os.path.join(base, "work")
+    os.mkdir(workdir, 0o700)
+    main_py = os.path.join(workdir, "main.py")
+    with open(main_py, "w", encoding="utf-8", errors="surrogatepass") as f:
+        f.write(req["source"])
+    if uid is not None:
+        os.chmod(base, 0o711)
+        for path in (workdir, main_py):
+            os.chown(path, uid, uid)
+    # Capture files, unlinked once open: the program holds them only as fds 1-3, sized by RLIMIT_FSIZE.
+    fds = [os.open("/dev/null", os.O_RDONLY)]
+    for name in ("stdout", "stderr", "report"):
+        path = os.path.join(base, name)
+        fds.append(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(path)
+    nonce = secrets.token_hex(16)
+    start = time.monotonic()
+    q = os.fork()
+    if q == 0:
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        program.run(req, workdir, uid, nonce)
+    pidfd = os.pidfd_open(q)
+    timed_out = not select.select([pidfd], [], [], req["timeout_s"])[0]
+    if timed_out:
+        _kill_group(q)
+    status = os.waitpid(q, 0)[1]
+    duration = time.monotonic() - start
+    os.close(pidfd)
+    _contain(caps, uid, q)
+    cap = req["max_output_bytes"]
+    (out, out_n), (err, err_n), (rep, _) = (_read_capped(fd, max(cap, 1 << 16)) for fd in fds[1:])
+    for fd in fds:
+        os.close(fd)
+    _wipe(caps, base, uid)
+    flooded = max(out_n, err_n) >= program.fsize_limit(cap)
+    verdict = program.classify(timed_out, status, program.reports(rep, nonce), flooded, req)
+    return {**verdict, "duration_s": round(duration, 6), "stdout": _decode(out, cap), "stderr": _decode(err, cap),
+            "returncode": os.waitstatus_to_exitcode(status), "truncated": out_n > cap or err_n > cap}
+
+
+def _kill_group(q: int) -> None:
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(q, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _read_capped(fd: int, cap: int) -> tuple[bytes, int]:
+    return os.pread(fd, cap, 0), os.fstat(fd).st_size
+
+
+def _decode(data: bytes, cap: int) -> str:
+    return data[:cap].decode("utf-8", errors="replace")  # invalid UTF-8 becomes U+FFFD, never an exception
+
+
+def _renew_ipc(caps: dict) -> None:
+    """SysV IPC objects outlive their processes: if a program left any, move to a fresh IPC namespace."""
+    if not caps["ipc_namespace"]:
+        return
+    for kind in ("shm", "sem", "msg"):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                if len(f.readlines()) > 1:
+                    _unshare(CLONE_NEWIPC)
+                    return
+        except OSError:
+            continue
+
+
+# ---- protocol -----------------------------------------------------------------------------------------------
+
+def _send(fd: int, obj: dict) -> None:
+    data = json.dumps(obj).encode()
+    view = memoryview(struct.pack(">I", len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    buf = b""
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def _recv(fd: int) -> dict | None:
+    head = _read_exact(fd, 4)
+    body = None if head is None else _read_exact(fd, struct.unpack(">I", head)[0])
+    return None if body is None else json.loads(body)
+
+
+def main() -> None:
+    import importlib
+
+    proto_in, proto_out = os.dup(0), os.dup(1)  # non-inheritable: programs never see the protocol pipes
+    devnull = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1):
+        os.dup2(devnull, fd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the caller's terminal: the pool shuts us down
+    for name in WARM_MODULES:
+        importlib.import_module(name)
+    caps = enter_namespaces()
+    LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # without a PID namespace, orphans still come back to us
+    uid = 100_000 + secrets.randbelow(1 << 30) if caps["root"] else None  # a dedicated uid no one else uses
+    _send(proto_out, {"hello": True, "caps": caps, "uid": uid})
+    while (req := _recv(proto_in)) is not None:
+        try:
+            result = run_one(req, caps, uid)
+        except Exception as exc:  # the worker's own failure: the program is an error, the worker goes on
+            result = {"status": "error", "reason": f"sandbox failure: {type(exc).__name__}: {exc}",
+                      "duration_s": 0.0, "stdout": "", "stderr": "", "returncode": None}
+            _contain(caps, uid, 0)
+        _renew_ipc(caps)
+        _send(proto_out, result)
+
+
+if __name__ == "__main__":
+    main()
