@@ -3,7 +3,7 @@
 A cell is the unit the ledger tracks and the executor schedules: it reads its dependencies' files from the run
 directory and writes its own.  Stages, in data-flow order:
 
-    pretrain:<size>                          base model (micro family: trained here; hf: resolved path)
+    pretrain:family                          base models (micro family: pretrained here, cached; hf: paths)
     pairs:<size>                             alignment data: HH train pairs + execution-feedback code pairs
     align:<size>/<method>/<frac>             aligned model (method 'base' = no alignment, not a cell)
     calibrate:<size>/<method>                sparsity artifacts (thresholds per target, predictors)
@@ -43,9 +43,9 @@ def sizes_of(cfg: StudyConfig) -> list[str]:
     if cfg.family.kind == "hf":
         names = list(cfg.family.models)
     else:
-        from sparsealign.models.micro import preset_sizes
+        from sparsealign.models.micro import get_recipe
 
-        names = preset_sizes(cfg.family.preset)
+        names = [spec.name for spec in get_recipe(cfg.family.preset).sizes]
     if cfg.family.sizes:
         unknown = [s for s in cfg.family.sizes if s not in names]
         if unknown:
@@ -60,10 +60,11 @@ def expand(cfg: StudyConfig) -> list[Cell]:
     """All cells in a valid topological order (dependencies first)."""
     cells: list[Cell] = []
     a, sp = cfg.alignment, cfg.sparsity
+    pre = Cell("pretrain", "family", "*")
+    cells.append(pre)
     for size in sizes_of(cfg):
-        pre = Cell("pretrain", size, size)
         pairs = Cell("pairs", size, size, deps=(pre.id,))
-        cells += [pre, pairs]
+        cells.append(pairs)
         models: list[tuple[str, float, tuple[str, ...]]] = [(BASE, 1.0, (pre.id,))]
         for method in a.methods:
             fracs = sorted(set(a.subsets)) if method in a.subset_methods else [1.0]

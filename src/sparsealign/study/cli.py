@@ -1,9 +1,107 @@
-"""CLI verbs of this module (filled in by its issue)."""
+"""`sparsealign study` (run the whole grid), `study plan` (cells, memory, launch lines) and `study report`."""
 
 from __future__ import annotations
 
+import json
+import sys
+
 import click
+
+PRESET_HELP = "packaged study preset: default (micro family, ~10 min on 2 cores), small, paper (cluster)"
+
+
+def _load(config: str | None, preset: str, overrides: tuple[str, ...]):
+    from sparsealign.config import load_config
+    from sparsealign.study.config import StudyConfig, preset_path
+
+    return load_config(StudyConfig, config or preset_path(preset), list(overrides))
+
+
+@click.group("study", invoke_without_command=True, context_settings={"max_content_width": 110})
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
+              help="Study YAML (see src/sparsealign/configs/study-*.yaml). Default: --preset.")
+@click.option("--preset", default="default", show_default=True, help=PRESET_HELP)
+@click.option("--name", default=None, help="Run directory name under runs/ (default: the config's `name`).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config field, e.g. --set sparsity.targets=[0.5,0.9] (repeatable).")
+@click.option("--only", multiple=True, metavar="CELL|STAGE", help="Run only these cells or stages (repeatable).")
+@click.option("--restart", is_flag=True, help="Discard runs/<name> and start again.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object on stdout.")
+@click.pass_context
+def study(ctx: click.Context, config, preset, name, overrides, only, restart, as_json) -> None:
+    """Run the study: base models -> align (each method, nested data subsets) -> sparsify (static / dynamic /
+    predictor thresholds at each target) -> evaluate (MBPP pass@1, preference accuracy and divergence, flips,
+    realized sparsity, decode speed) -> scaling fits -> runs/<name>/report.{md,html} + results.parquet.
+
+    With no options it runs the embedded default (micro family, no downloads). Re-running the same command
+    resumes: finished cells are skipped; a changed config is refused (use --name or --restart).
+    """
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = {"config": config, "preset": preset, "overrides": overrides, "name": name}
+        return
+    from sparsealign.study.runner import run_study
+
+    cfg = _load(config, preset, overrides)
+    summary = run_study(cfg, name=name, restart=restart, only=list(only) or None, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(f"study {summary['run']}: {summary['done']} cells run, {summary['skipped']} skipped (done "
+                   f"before), {summary['failed']} failed")
+        for key in ("report_md", "report_html", "results"):
+            if key in summary:
+                click.echo(f"  {key}: {summary[key]}")
+    if summary["failed"]:
+        sys.exit(1)
+
+
+@study.command("plan")
+@click.argument("config_path", required=False, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON object.")
+@click.pass_context
+def plan_cmd(ctx: click.Context, config_path, as_json) -> None:
+    """Print the cells, a memory estimate per cell and the launch commands (downloads nothing)."""
+    from sparsealign.study.plan import launch_commands, plan
+
+    opts = ctx.obj or {}
+    cfg = _load(config_path or opts.get("config"), opts.get("preset", "default"), opts.get("overrides", ()))
+    result = plan(cfg)
+    result["launch"] = launch_commands(config_path or f"<{opts.get('preset', 'default')} preset>", cfg)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"study {result['name']}: {result['count']} cells {result['by_stage']}")
+    for size, params in result["params"].items():
+        click.echo(f"  {size}: {params:,.0f} params" if params else f"  {size}: params unknown")
+    for row in result["cells"]:
+        mem = f"{row['memory_gib']:.3f} GiB" if row["memory_gib"] is not None else "?"
+        click.echo(f"  {row['cell']:<60} {mem}")
+    click.echo("launch:")
+    for cmd in result["launch"]:
+        click.echo(f"  {cmd}")
+
+
+@study.command("report")
+@click.option("--name", required=True, help="Run directory name under runs/.")
+@click.option("--json", "as_json", is_flag=True)
+def report_cmd(name: str, as_json: bool) -> None:
+    """Rebuild results.parquet and report.{md,html} from a run's ledger (e.g. after a partial study)."""
+    import yaml
+
+    from sparsealign.errors import UserError
+    from sparsealign.settings import runs_dir
+    from sparsealign.study.config import StudyConfig
+    from sparsealign.study.pipeline import Study
+    from sparsealign.study.results import write_outputs
+
+    root = runs_dir() / name
+    cfg_path = root / "config" / "study.yaml"
+    if not cfg_path.exists():
+        raise UserError(f"{cfg_path}: no study run named {name!r}", hint="run `sparsealign study --name NAME` first")
+    cfg = StudyConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
+    outputs = {k: str(v) for k, v in write_outputs(Study(cfg, root)).items()}
+    click.echo(json.dumps(outputs) if as_json else "\n".join(f"{k}: {v}" for k, v in outputs.items()))
 
 
 def register(cli: click.Group) -> None:
-    """Add verbs to the top-level group (`cli.commands[\"<group>\"]` for shared groups)."""
+    cli.add_command(study)

@@ -81,6 +81,8 @@ class EvaluationConfig(StrictModel):
     generated_tasks: int = Field(100, ge=0, description="generated MBPP-format tasks (reported separately)")
     max_new_tokens: int = Field(96, ge=8)
     prompt_format: Literal["lm-eval", "bigcode"] = "lm-eval"
+    shots: int = Field(3, ge=0, le=3, description="lm-eval few-shot examples (3 = the harness; the micro family "
+                       "is pretrained on the 0-shot query)")
     preference_sets: list[str] = Field(
         default_factory=lambda: ["hh-rlhf/helpful-base/test.jsonl.gz", "ultrafeedback_binarized/train_clean.jsonl"]
     )

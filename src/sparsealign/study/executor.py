@@ -19,22 +19,27 @@ log = logging.getLogger("sparsealign.study")
 CellFn = Callable[[Cell], dict[str, Any] | tuple[dict[str, Any], dict[str, Any]]]
 
 
+def ledger_stage(stage: str) -> str:
+    """Study cells are recorded as `study.<stage>`, apart from the rows the stages write for themselves."""
+    return f"study.{stage}"
+
+
 def run_one(ledger_path: Path, cell: Cell, config_hash: str, fn: CellFn) -> str:
     """Run one cell through the ledger; returns 'done', 'skipped' or 'failed'."""
+    stage = ledger_stage(cell.stage)
     with Ledger(ledger_path) as ledger:
         for dep in cell.deps:
-            stage, key = dep.split(":", 1)
-            row = ledger.get(stage, key)
+            dep_stage, key = dep.split(":", 1)
+            row = ledger.get(ledger_stage(dep_stage), key)
             if row is None or row.status != "done":
-                ledger.start(cell.stage, cell.key, config_hash)
-                ledger.fail(cell.stage, cell.key, f"dependency {dep} did not finish")
+                ledger.start(stage, cell.key, config_hash)
+                ledger.fail(stage, cell.key, f"dependency {dep} did not finish")
                 return "failed"
         try:
-            _, ran = ledger.run_cell(cell.stage, cell.key, config_hash, lambda: fn(cell))
+            _, ran = ledger.run_cell(stage, cell.key, config_hash, lambda: fn(cell))
         except Exception as exc:  # recorded by the ledger; the study goes on with the other cells
             log.error("cell %s failed: %s", cell.id, exc)
-            if isinstance(exc, KeyboardInterrupt):
-                raise
+            print(f"warning: cell {cell.id} failed: {exc}", file=sys.stderr)
             return "failed"
         return "done" if ran else "skipped"
 

@@ -1,0 +1,97 @@
+"""`sparsealign study plan`: the cells, a memory estimate per cell and the launch commands — downloading nothing.
+
+Parameter counts come from the config (`family.params`), a table of well-known checkpoints, or the micro-family
+recipe; memory is estimated from them with the usual rules of thumb (documented in docs/study.md):
+  full fine-tuning, mixed precision + AdamW: 16 B/param (bf16 weights+grads, fp32 master+2 moments), / n_gpus under
+  ZeRO-3;  LoRA: 2 B/param frozen bf16 weights + ~1% trainable at 16 B;  inference: 2 B/param (bf16) or 4 B (fp32)
+  plus KV cache;  + 20% activations/fragmentation headroom.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sparsealign.study.cells import Cell, sizes_of
+from sparsealign.study.config import StudyConfig
+
+KNOWN_PARAMS = {  # published parameter counts, so planning a cluster run needs no download
+    "meta-llama/Llama-2-7b-hf": 6.74e9,
+    "meta-llama/Llama-2-13b-hf": 13.02e9,
+    "meta-llama/Llama-2-70b-hf": 68.98e9,
+    "SparseLLM/ReluLLaMA-7B": 6.74e9,
+    "SparseLLM/ReluLLaMA-13B": 13.02e9,
+    "SparseLLM/ReluLLaMA-70B": 68.98e9,
+}
+GiB = 1024**3
+
+
+def micro_params(preset: str) -> dict[str, float]:
+    """Exact parameter counts of the micro family from its recipe (tied embeddings, no biases)."""
+    from sparsealign.models.micro import get_recipe
+
+    recipe = get_recipe(preset)
+    out = {}
+    for s in recipe.sizes:
+        head_dim = s.hidden_size // s.num_heads
+        attn = 4 * s.hidden_size * s.num_heads * head_dim
+        mlp = 3 * s.hidden_size * s.intermediate_size
+        norms = 2 * s.hidden_size
+        out[s.name] = float(s.num_layers * (attn + mlp + norms) + recipe.vocab_size * s.hidden_size + s.hidden_size)
+    return out
+
+
+def param_counts(cfg: StudyConfig) -> dict[str, float | None]:
+    if cfg.family.kind == "micro":
+        return dict(micro_params(cfg.family.preset))
+    return {size: cfg.family.params.get(size) or KNOWN_PARAMS.get(path) for size, path in cfg.family.models.items()}
+
+
+def memory_gib(cell: Cell, params: float | None, cfg: StudyConfig) -> float | None:
+    if params is None:
+        return None
+    if cell.stage in ("pretrain", "align"):
+        if cell.stage == "align" and cfg.alignment.lora:
+            need = params * 2 + params * 0.01 * 16
+        else:
+            need = params * 16
+    elif cell.stage in ("calibrate", "eval", "pairs"):
+        need = params * (4 if cfg.family.kind == "micro" else 2) * (2 if cell.method in ("dpo", "rdpo") else 1)
+    else:
+        need = params * 2
+    return round(need * 1.2 / GiB, 3)
+
+
+def launch_commands(cfg_path: str, cfg: StudyConfig) -> list[str]:
+    cmds = [f"sparsealign study --config {cfg_path}"]
+    if cfg.executor.kind == "ray":
+        cmds.insert(0, "ray start --head   # on the head node; `ray start --address=<head>:6379` on workers")
+        cmds.append(f"sparsealign study --config {cfg_path} --set executor.address=auto")
+    if cfg.family.kind == "hf":
+        cmds.append(
+            "accelerate launch --config_file configs/accelerate/zero3.yaml -m sparsealign.cli align "
+            "--method dpo --model <hub id> --data <pairs> --set lora=true   # one align cell by hand"
+        )
+    return cmds
+
+
+def plan(cfg: StudyConfig, cells: list[Cell] | None = None) -> dict[str, Any]:
+    from sparsealign.study.cells import expand
+
+    cells = cells if cells is not None else expand(cfg)
+    params = param_counts(cfg)
+    rows = [
+        {
+            "cell": c.id,
+            "stage": c.stage,
+            "size": c.size,
+            "params": params.get(c.size),
+            "memory_gib": memory_gib(c, params.get(c.size), cfg),
+            "deps": list(c.deps),
+        }
+        for c in cells
+    ]
+    by_stage: dict[str, int] = {}
+    for c in cells:
+        by_stage[c.stage] = by_stage.get(c.stage, 0) + 1
+    return {"name": cfg.name, "sizes": sizes_of(cfg), "params": params, "cells": rows, "count": len(rows),
+            "by_stage": by_stage}
