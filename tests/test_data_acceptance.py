@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -138,3 +139,30 @@ def test_mbpp_reference_solutions_pass_their_tests(data_dir):
     out = subprocess.run([sys.executable, "-c", script, *programs], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
     assert len(picked) >= 20
+
+
+def test_dataset_folder_goes_through_datasets_with_its_splits(cli, tmp_path):
+    """A folder named like a hub id (org/name) is read by `datasets.load_dataset`, offline, keeping its splits."""
+    folder = tmp_path / "org" / "prefs"
+    folder.mkdir(parents=True)
+    for split, n in (("train", 15), ("test", 6)):
+        (folder / f"{split}.jsonl").write_text("".join(
+            json.dumps({"prompt": f"{split} q{i}", "chosen": "good", "rejected": "bad"}) + "\n" for i in range(n)))
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    rep = cli("data", "inspect", "org/prefs", "--json", env=env).json()
+    assert rep["count"] == 21 and rep["splits"] == {"train": 15, "test": 6} and rep["splits_from"] == "file"
+    rep = cli("data", "inspect", "org/prefs", "--split", "test", "--json", env=env).json()
+    assert rep["count"] == 6 and rep["example"]["prompt"] == "test q0"
+
+
+def test_data_dir_flag_and_no_heavy_imports(cli, tmp_path, data_dir):
+    """--data-dir wins over the env var, and `data inspect` on a local file imports no torch/datasets/pandas."""
+    code = ("import sys; from sparsealign.cli import main; rc = main(sys.argv[1:]); "
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'datasets', 'pandas', 'transformers'}); "
+            "print('HEAVY', heavy, file=sys.stderr); sys.exit(rc)")
+    env = {**os.environ, "SPARSEALIGN_DATA_DIR": str(tmp_path / "elsewhere")}
+    out = subprocess.run([sys.executable, "-c", code, "--data-dir", str(data_dir), "data", "inspect",
+                          "hh-rlhf/harmless-base/test.jsonl.gz", "--json"], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["count"] == 2312 and "HEAVY []" in out.stderr

@@ -68,15 +68,16 @@ def looks_like_hub_id(source: str) -> bool:
 
 
 def resolve_source(source: str | Path) -> Path | str:
-    """A local file (absolute, relative to cwd, or relative to the data dir) or, failing that, a hub id string."""
+    """A local file (absolute, relative to cwd, or relative to the data dir) -> Path; a dataset folder or, when no
+    such file exists, a hub id -> str (read through `datasets.load_dataset`)."""
     try:
         path = resolve_data_path(source)
     except UserError:
         if isinstance(source, str) and looks_like_hub_id(source):
             return source
         raise
-    if path.is_dir():
-        raise DataError(path, "is a directory, expected a data file", hint="pass a .jsonl/.json/.csv/.parquet file")
+    if path.is_dir():  # a dataset folder (e.g. a cloned hub dataset repo): read through `datasets` like a hub id
+        return str(path)
     return path
 
 
@@ -95,7 +96,8 @@ def _hub_rows(hub_id: str, split: str | None) -> Iterator[Row]:
         ds = datasets.load_dataset(hub_id, split=split)
     except Exception as exc:  # offline, not cached, unknown id: the user needs a local file either way
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise UserError(f"{hub_id}: could not reach Hugging Face hub dataset ({first})",
+        what = "could not load dataset folder" if Path(hub_id).is_dir() else "could not reach Hugging Face hub dataset"
+        raise UserError(f"{hub_id}: {what} ({first})",
                         hint="pass a local file instead (relative names resolve against --data-dir)") from None
     parts = ds.items() if isinstance(ds, dict) else [(split, ds)]
     index = 0
@@ -132,7 +134,8 @@ def load_pairs(
     if isinstance(where, Path):
         rows, label, shown = read_rows(where), source_label(where), where
     else:
-        rows, label, shown = _hub_rows(where, split), where + (f":{split}" if split else ""), where
+        label = source_label(Path(where)) if Path(where).is_dir() else where
+        rows, label, shown = _hub_rows(where, split), label + (f":{split}" if split else ""), where
     fmt = format
     skipped: Counter[str] = Counter()
     pairs: list[PreferencePair] = []

@@ -76,9 +76,13 @@ def _gzip_error(exc: BaseException) -> str:
 def read_rows(path: Path) -> Iterator[Row]:
     """Yield the rows of `path`; an empty file (no records at all) is a DataError."""
     kind = container_of(path)
-    reader = {"jsonl": _jsonl_rows, "json": _json_rows, "csv": _csv_rows, "parquet": _parquet_rows}[kind]
+    if kind in ("json", "csv"):  # whole-file formats: decode once, then parse the text
+        text, err = _read_all(path)
+        rows = iter([err]) if err is not None else (_json_rows if kind == "json" else _csv_rows)(text or "")
+    else:
+        rows = (_jsonl_rows if kind == "jsonl" else _parquet_rows)(path)
     seen = False
-    for row in reader(path):
+    for row in rows:
         seen = True
         yield row
     if not seen:
@@ -133,12 +137,7 @@ def _read_all(path: Path) -> tuple[str | None, Row | None]:
         return None, Row(1, line, error="non_utf8", detail=f"not UTF-8 text (byte 0x{data[exc.start]:02x})")
 
 
-def _json_rows(path: Path) -> Iterator[Row]:
-    text, err = _read_all(path)
-    if err is not None:
-        yield err
-        return
-    assert text is not None
+def _json_rows(text: str) -> Iterator[Row]:
     if not text.strip():
         return
     try:
@@ -159,12 +158,7 @@ def _json_rows(path: Path) -> Iterator[Row]:
             yield Row(i, None, error="wrong_type", detail=f"expected a JSON object, got {type(item).__name__}")
 
 
-def _csv_rows(path: Path) -> Iterator[Row]:
-    text, err = _read_all(path)
-    if err is not None:
-        yield err
-        return
-    assert text is not None
+def _csv_rows(text: str) -> Iterator[Row]:
     reader = csv.reader(io.StringIO(text, newline=""))
     header: list[str] | None = None
     index = 0
