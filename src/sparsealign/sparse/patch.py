@@ -1,0 +1,254 @@
+"""Run any HF model whose MLP has gate_proj / up_proj / down_proj / act_fn (Llama, Mistral, Qwen2, ...) sparse.
+
+`apply_sparsity` swaps each MLP module for a `SparseMLP` that wraps (and keeps) the original, so `model(...)` and
+`model.generate(...)` run sparse unchanged; `handle.remove()` puts the very same original objects back.
+
+What is thresholded (CATS-style, our primary choice): the gate activation a = act(gate_proj(x)); neuron i is kept
+on a token when |a_i| > t_l and the MLP computes down_proj(a * up_proj(x) * mask).  Why this tensor rather than
+TEAL's input hidden state: the mask is per *neuron*, so it removes whole rows of up_proj and columns of down_proj
+(2/3 of the FFN weights read per token) and it is the same unit that PowerInfer's predictor and the hot/cold profile
+talk about; for ReLU MLPs |a| > 0 is exactly ReLU's own sparsity.  Threshold 0 reproduces the dense MLP bit for bit.
+
+Prefill policy (recorded in `handle.info`): a call with more than one position is a prefill; with prefill="dense"
+its positions run dense (the dynamic controller still *observes* them, so the prompt warms it up on the current
+domain), with prefill="sparse" every position is masked.  Decode calls (one position) are always sparse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsealign.errors import UserError
+from sparsealign.sparse.artifacts import SparsityArtifacts
+from sparsealign.sparse.config import ControllerConfig, Mode, Prefill
+from sparsealign.sparse.controller import ThresholdController
+from sparsealign.sparse.fastpath import NeuronMajor
+from sparsealign.sparse.metrics import ffn_flops
+
+MLP_PARTS = ("gate_proj", "up_proj", "down_proj", "act_fn")
+
+
+def find_mlps(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(module path, module) of every gated MLP, in forward order."""
+    found = [(n, m) for n, m in model.named_modules()
+             if all(hasattr(m, p) for p in MLP_PARTS) and not isinstance(m, SparseMLP)]
+    if not found:
+        raise UserError(f"{type(model).__name__}: no MLP with {'/'.join(MLP_PARTS)} found",
+                        hint="sparsify supports gated MLPs (Llama, Mistral, Qwen2 families)")
+    return found
+
+
+class _Runtime:
+    """State shared by the wrappers of one application: thresholds, controller, predictors, records."""
+
+    def __init__(self, art: SparsityArtifacts, mode: Mode, prefill: Prefill, fast: bool,
+                 controller: ThresholdController | None, thresholds: list[float]):
+        self.art, self.mode, self.prefill, self.fast = art, mode, prefill, fast
+        self.controller, self.thresholds = controller, thresholds
+        self.dense_prefix: int | None = None
+        self.clear()
+
+    def clear(self) -> None:
+        L = self.art.num_layers
+        self.realized: list[list[torch.Tensor]] = [[] for _ in range(L)]
+        self.applied_t: list[list[torch.Tensor]] = [[] for _ in range(L)]
+        self.is_prefill: list[torch.Tensor] = []
+        # per layer: sparse tokens, neurons kept, neurons computed (for FLOPs), predictor tp / true / predicted
+        self.counts = torch.zeros(L, 6, dtype=torch.float64)
+
+
+class SparseMLP(nn.Module):
+    """Wraps an HF gated MLP; `inner` is the untouched original module."""
+
+    def __init__(self, inner: nn.Module, layer: int, rt: _Runtime):
+        super().__init__()
+        self.inner, self.layer = inner, layer
+        object.__setattr__(self, "_rt", rt)  # shared, not a submodule
+        object.__setattr__(self, "_nm", NeuronMajor(inner, with_gate_up=rt.mode == "predictor") if rt.fast else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rt = self._rt
+        T = x.shape[-2] if x.dim() >= 2 else 1
+        x3 = x.reshape(-1, T, x.shape[-1])  # [B, T, H]
+        n_dense = min(rt.dense_prefix, T) if rt.dense_prefix is not None else (T if T > 1 and rt.prefill == "dense"
+                                                                               else 0)
+        if self._nm is not None and x3.shape[0] * T == 1 and n_dense == 0:
+            y = self._decode_fast(x3.reshape(-1))
+            return y.reshape(x.shape)
+        return self._reference(x3, n_dense).reshape(x.shape)
+
+    # -- exact masked computation: any batch, prefill, and the numerical reference for the fast path ----------
+    def _reference(self, x: torch.Tensor, n_dense: int) -> torch.Tensor:
+        rt, li, mlp = self._rt, self.layer, self.inner
+        B, T, _ = x.shape
+        a = mlp.act_fn(mlp.gate_proj(x))  # [B, T, I]
+        abs_a = a.abs()
+        t = rt.controller.scan(li, abs_a) if rt.mode == "dynamic" else torch.full((T,), rt.thresholds[li])
+        mask = abs_a > t.to(abs_a.dtype).view(1, T, 1)
+        computed = mask
+        if rt.mode == "predictor":
+            pred = rt.art.predictors[li](x.float()) >= rt.art.cutoffs[li]
+            sl = slice(n_dense, T)
+            c = rt.counts[li]
+            c[3] += float((pred[:, sl] & mask[:, sl]).sum())
+            c[4] += float(mask[:, sl].sum())
+            c[5] += float(pred[:, sl].sum())
+            mask, computed = mask & pred, pred
+        if n_dense:
+            mask[:, :n_dense] = True
+            t[:n_dense] = 0.0
+        out = mlp.down_proj(a * mlp.up_proj(x) * mask.to(a.dtype))
+        self._record(1.0 - mask.float().mean(dim=(0, 2)), t, T, n_dense, B,
+                     float(mask[:, n_dense:].sum()), float(computed[:, n_dense:].sum()))
+        return out
+
+    # -- batch-1 decode: only active neurons' weights are read -------------------------------------------
+    def _decode_fast(self, x: torch.Tensor) -> torch.Tensor:
+        rt, li, nm = self._rt, self.layer, self._nm
+        inter = rt.art.intermediate_size
+        if rt.mode == "predictor":
+            idx = (rt.art.predictors[li](x.float()) >= rt.art.cutoffs[li]).nonzero().squeeze(1)
+            t = rt.thresholds[li]
+            y, kept = nm.predicted_decode(x, idx, t)
+            computed = idx.numel()
+        else:
+            a = nm.gate(x)
+            abs_a = a.abs()
+            t = float(rt.controller.scan(li, abs_a.view(1, 1, -1))[0]) if rt.mode == "dynamic" else rt.thresholds[li]
+            y, kept = nm.from_gate(x, a, abs_a, t)
+            computed = kept
+        self._record(torch.tensor([1.0 - kept / inter]), torch.tensor([t]), 1, 0, 1, float(kept), float(computed))
+        return y
+
+    def _record(self, realized, t, T, n_dense, B, kept, computed) -> None:
+        rt, li = self._rt, self.layer
+        rt.realized[li].append(realized.detach().float().cpu())
+        rt.applied_t[li].append(t.detach().float().cpu())
+        rt.counts[li, 0] += B * (T - n_dense)
+        rt.counts[li, 1] += kept
+        rt.counts[li, 2] += computed
+        if li == 0:
+            flags = torch.zeros(T, dtype=torch.bool)
+            flags[:n_dense] = True
+            rt.is_prefill.append(flags)
+
+
+class SparsityHandle:
+    """Returned by `apply_sparsity`: remove(), trace(), stats(), reset(); also a context manager."""
+
+    def __init__(self, model: nn.Module, rt: _Runtime, originals: list[tuple[nn.Module, str, nn.Module]]):
+        self.model, self._rt, self._originals = model, rt, originals
+        self.info: dict[str, Any] = {
+            "mode": rt.mode, "prefill": rt.prefill, "fast_decode": rt.fast,
+            "target_sparsity": rt.art.config.target_sparsity, "layer_sparsity": rt.art.layer_sparsity,
+            "controller": rt.controller.cfg.model_dump() if rt.controller else None,
+        }
+
+    @property
+    def controller(self) -> ThresholdController | None:
+        return self._rt.controller
+
+    def remove(self) -> None:
+        """Put the original MLP modules back (the same objects); safe to call twice."""
+        for parent, name, original in self._originals:
+            setattr(parent, name, original)
+        self._originals = []
+
+    def __enter__(self) -> SparsityHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def reset(self, *, controller: bool = True) -> None:
+        """Clear the records (and, by default, restart the controller from the calibrated thresholds)."""
+        self._rt.clear()
+        if controller and self._rt.controller is not None:
+            self._rt.controller.reset()
+
+    @contextlib.contextmanager
+    def dense_prefix(self, n: int) -> Iterator[None]:
+        """Within the block, the first n positions of every call are the (dense-policy) prompt: teacher-forced
+        evaluation of "prefill n tokens, then decode the rest" in one forward."""
+        self._rt.dense_prefix = n if self._rt.prefill == "dense" else 0
+        try:
+            yield
+        finally:
+            self._rt.dense_prefix = None
+
+    def trace(self) -> dict[str, Any]:
+        """Per layer, per processed position (batch-averaged): realized sparsity and applied threshold."""
+        rt = self._rt
+        cat = lambda xs: torch.cat(xs).tolist() if xs else []  # noqa: E731
+        return {
+            "layers": rt.art.layer_names,
+            "realized_sparsity": [cat(r) for r in rt.realized],
+            "threshold": [cat(t) for t in rt.applied_t],
+            "prefill": cat(rt.is_prefill),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Per-layer and overall realized sparsity, FFN FLOPs skipped and predictor recall/precision (sparse
+        positions only; recall/precision are measured on the reference path, where every |a| is computed)."""
+        rt, art = self._rt, self._rt.art
+        rank = art.predictors[0].fc1.out_features if art.predictors else 0
+        layers = []
+        for li, (tok, kept, comp, tp, n_true, n_pred) in enumerate(rt.counts.tolist()):
+            row: dict[str, Any] = {"layer": art.layer_names[li], "tokens": int(tok)}
+            if tok:
+                row["realized_sparsity"] = 1.0 - kept / (tok * art.intermediate_size)
+                flops = ffn_flops(art.hidden_size, art.intermediate_size, comp / tok, rt.mode, rank)
+                row["flops_skipped"] = flops["skipped_fraction"]
+            if n_true:
+                row["predictor_recall"] = tp / n_true
+                row["predictor_precision"] = tp / n_pred if n_pred else 1.0
+            layers.append(row)
+        overall = {k: sum(r[k] for r in layers) / len(layers) for k in
+                   ("realized_sparsity", "flops_skipped", "predictor_recall", "predictor_precision")
+                   if all(k in r for r in layers)}
+        return {"mode": rt.mode, "prefill": rt.prefill, "layers": layers, **overall}
+
+
+def apply_sparsity(
+    model: nn.Module, artifacts: SparsityArtifacts, mode: Mode = "static", prefill: Prefill = "dense", *,
+    fast: bool = True, controller: ControllerConfig | None = None, thresholds: list[float] | None = None,
+) -> SparsityHandle:
+    """Patch `model` in place; returns the handle (call `.remove()` to restore).
+
+    mode: static (calibrated thresholds), dynamic (online controller; `controller` overrides the calibrated
+    ControllerConfig, frozen=True == static), predictor (predicted active set AND the static threshold).
+    fast: use the gather-accumulate kernels for batch-1 single-token calls (apply after moving the model).
+    """
+    if mode not in ("static", "dynamic", "predictor"):
+        raise UserError(f"mode {mode!r}: expected one of static, dynamic, predictor")
+    if prefill not in ("dense", "sparse"):
+        raise UserError(f"prefill {prefill!r}: expected dense or sparse")
+    if mode == "predictor" and artifacts.predictors is None:
+        raise UserError("mode predictor: these artifacts have no predictors",
+                        hint="calibrate with --set predictor.enabled=true")
+    mlps = find_mlps(model)
+    names = [n for n, _ in mlps]
+    if names != artifacts.layer_names:
+        raise UserError(f"artifacts are for MLPs {artifacts.layer_names[:2]}... but the model has {names[:2]}...",
+                        hint="calibrate on this model")
+    inter = mlps[0][1].up_proj.out_features
+    if inter != artifacts.intermediate_size:
+        raise UserError(f"artifacts intermediate_size {artifacts.intermediate_size} != model's {inter}")
+    thr = list(thresholds if thresholds is not None else artifacts.thresholds)
+    ctl = None
+    if mode == "dynamic":
+        ctl = ThresholdController(thr, artifacts.layer_sparsity, artifacts.scales,
+                                  controller or artifacts.config.controller)
+    rt = _Runtime(artifacts, mode, prefill, fast, ctl, thr)
+    originals = []
+    for i, (name, module) in enumerate(mlps):
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        originals.append((parent, attr, module))
+        setattr(parent, attr, SparseMLP(module, i, rt))
+    return SparsityHandle(model, rt, originals)
