@@ -61,13 +61,12 @@ class SandboxResult:
 class _Worker:
     """One warm worker process; not thread-safe (the pool hands each worker to one thread at a time)."""
 
-    def __init__(self) -> None:
+    def __init__(self, namespaces: bool = True) -> None:
         # Clean environment from the start: the worker (and every program it forks) never holds the caller's.
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-B", str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env=env, cwd="/", start_new_session=True, close_fds=True,
-        )
+        argv = [sys.executable, "-I", "-B", str(WORKER), *([] if namespaces else ["--no-namespaces"])]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/",
+                                     start_new_session=True, close_fds=True)
         hello = self._recv(STARTUP_TIMEOUT_S)
         if not hello or not hello.get("hello"):
             self.kill()
@@ -122,10 +121,13 @@ class _Worker:
 
 
 class SandboxPool:
-    """Warm pre-forked workers; each program still gets a fresh supervisor, namespaces and uid-dropped process."""
+    """Warm workers (namespaces entered and modules imported once); each program is a fresh fork under the limits,
+    killed with everything it started, its scratch space wiped, before the worker takes the next one."""
 
     def __init__(self, workers: int = 2, timeout_s: float = 10.0, memory_mb: int = 1024,
-                 max_output_bytes: int = 64_000) -> None:
+                 max_output_bytes: int = 64_000, *, namespaces: bool = True) -> None:
+        """`namespaces=False` forgoes the PID/mount/network/IPC namespaces even where the kernel allows them: the
+        degraded mode of machines that refuse them (containment then relies on the dedicated uid)."""
         if workers < 1:
             raise ValueError("workers must be >= 1")
         if timeout_s <= 0 or memory_mb < 16 or max_output_bytes < 0:
@@ -134,9 +136,10 @@ class SandboxPool:
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
+        self._namespaces = namespaces
         self._closed = False
         with ThreadPoolExecutor(workers) as ex:  # start them in parallel: each probes the kernel once
-            for worker in ex.map(lambda _: _Worker(), range(workers)):
+            for worker in ex.map(lambda _: _Worker(namespaces), range(workers)):
                 self._all.append(worker)
                 self._idle.put(worker)
         self.workers = workers
@@ -173,7 +176,7 @@ class SandboxPool:
 
     def _replace(self, worker: _Worker) -> _Worker:
         worker.kill()
-        fresh = _Worker()
+        fresh = _Worker(self._namespaces)
         with self._lock:
             self._all[self._all.index(worker)] = fresh
         return fresh

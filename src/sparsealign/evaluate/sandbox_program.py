@@ -5,6 +5,7 @@ Stdlib only: imported by the worker (run by path) and by `sandbox` (for the rlim
 
 from __future__ import annotations
 
+import _signal
 import atexit
 import builtins
 import ctypes
@@ -12,6 +13,7 @@ import io
 import json
 import os
 import random
+import resource  # imported here, in the warm worker: a fresh import in every program costs ~1 ms
 import signal
 import sys
 import threading
@@ -21,6 +23,8 @@ import types
 FSIZE_FLOOR = 16 << 20  # files a program writes (its captured output included) stop growing here
 NOFILE, NPROC = 128, 64  # NPROC counts per uid, and every worker has its own uid
 PR_SET_NO_NEW_PRIVS = 38
+LIBC = ctypes.CDLL(None)  # loaded once in the worker, inherited by every fork
+RESET_SIGNALS = (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2)
 REPORT_FD = 3
 
 
@@ -42,8 +46,6 @@ def fsize_limit(max_output_bytes: int) -> int:
 
 
 def _apply_rlimits(req: dict) -> None:
-    import resource
-
     for name, value in rlimit_values(req["timeout_s"], req["memory_mb"], req["max_output_bytes"]).items():
         hard = value + 1 if name == "RLIMIT_CPU" else value
         resource.setrlimit(getattr(resource, name), (value, hard))
@@ -54,9 +56,9 @@ def run(req: dict, workdir: str, uid: int | None, nonce: str) -> None:
     try:
         os.setsid()
         os.closerange(REPORT_FD + 1, 65536)
-        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig in RESET_SIGNALS:
+            _signal.signal(sig, _signal.SIG_DFL)  # _signal: the enum-wrapping `signal.signal` costs ~40 us a call
+        _signal.signal(signal.SIGINT, signal.default_int_handler)
         os.chdir(workdir)
         os.environ.clear()  # also clears the C-level environ: nothing of the caller is visible
         os.environ.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": "/tmp",
@@ -66,8 +68,8 @@ def run(req: dict, workdir: str, uid: int | None, nonce: str) -> None:
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
-        ctypes.CDLL(None).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # setuid binaries cannot raise privileges
-        random.seed()  # a forked child would otherwise replay the worker's random stream
+        LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # setuid binaries cannot raise privileges
+        random.seed(os.urandom(32))  # a forked child would otherwise replay the worker's random stream
         sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
         sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8")
         sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace",
@@ -76,9 +78,14 @@ def run(req: dict, workdir: str, uid: int | None, nonce: str) -> None:
         main = types.ModuleType("__main__")
         main.__file__, main.__builtins__ = path, builtins
         sys.modules["__main__"], sys.argv = main, [path]
+    except BaseException as exc:  # the sandbox could not set up: never blame (or run) the program
+        traceback.print_exc()
+        _report(nonce, "setup", type(exc).__name__, str(exc))
+        _flush_and_exit(1)
+    try:
         code = compile(req["source"], path, "exec")
-    except BaseException as exc:  # setup failed or the source does not compile: the program never started
-        traceback.print_exception(type(exc), exc, None if isinstance(exc, SyntaxError) else exc.__traceback__)
+    except BaseException as exc:  # SyntaxError and friends: the program is wrong
+        traceback.print_exception(type(exc), exc, None)
         _report(nonce, "exception", type(exc).__name__, str(exc))
         _flush_and_exit(1)
     _execute(code, main.__dict__, nonce)
@@ -153,6 +160,8 @@ def classify(timed_out: bool, status: int, reported: list[dict | str], flooded: 
         return {"status": "failed", "reason": f"killed by signal {sig}"}
     if flooded:
         return {"status": "error", "reason": f"output limit exceeded ({fsize_limit(req['max_output_bytes'])} bytes)"}
+    if info and info["kind"] == "setup":
+        return {"status": "error", "reason": f"sandbox setup failed: {info['type']}: {info['message']}"[:300]}
     if info and info["type"] == "MemoryError":
         return {"status": "error", "reason": f"memory limit of {req['memory_mb']} MiB exceeded (MemoryError)"}
     if info and info["kind"] == "exit":
