@@ -1,9 +1,64 @@
-"""CLI verbs of this module (filled in by its issue)."""
+"""`sparsealign align`: preference-align a causal LM with DPO, ORPO, SimPO or a rationale variant."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import sys
+
 import click
+
+METHODS = ["dpo", "orpo", "simpo", "rdpo", "rorpo", "rsimpo"]
+
+
+@click.command("align", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--method", type=click.Choice(METHODS), default=None,
+              help="Loss: dpo, orpo, simpo, or the rationale variants rdpo/rorpo/rsimpo (need a `rationale` per pair).")
+@click.option("--model", "model", default=None, help="Local directory or hub id of a causal LM (AutoModelForCausalLM).")
+@click.option("--data", default=None, help="Preference pairs: a file (relative names resolve in the data dir) or hub id.")
+@click.option("--eval-data", default=None, help="Held-out pairs evaluated at start and end (reward accuracy, margins).")
+@click.option("--name", default="align", show_default=True, help="Run directory name under the runs dir.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML file with AlignConfig fields (see docs/align.md).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config field, e.g. --set beta=0.2 --set lora.r=8 (repeatable).")
+@click.option("--restart", is_flag=True, help="Discard runs/<name> before starting.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final metrics as one JSON object on stdout.")
+def align(method, model, data, eval_data, name, config_path, overrides, restart, as_json) -> None:
+    """Align --model on --data with --method; writes runs/<name>/align/<cell>/{model,metrics.json}.
+
+    \b
+    Reference log-probs (dpo/rdpo) are computed once and cached; orpo/simpo/rorpo/rsimpo never load a reference.
+    Re-running a finished cell prints its metrics; an interrupted one resumes from its last checkpoint.
+    Multi-GPU: accelerate launch --config_file configs/accelerate/ddp.yaml -m sparsealign.cli align ...
+    """
+    from sparsealign.align.config import AlignConfig
+    from sparsealign.config import load_config
+
+    base = {k: v for k, v in {"method": method, "model": model, "data": data, "eval_data": eval_data}.items() if v}
+    cfg = load_config(AlignConfig, config_path, overrides, base=base)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+    with redirect:  # the Trainer prints its logs on stdout; --json keeps stdout for the result
+        from sparsealign.align.engine import run_align
+        from sparsealign.rundir import RunDir
+
+        run = RunDir.open(name, "align", cfg, restart=restart and main_rank)
+        metrics = run_align(cfg, run)
+    if not main_rank:
+        return
+    out_dir = run.root / "align" / cfg.cell_name
+    result = {**metrics, "run_dir": str(run.root), "model_dir": str(out_dir / "model")}
+    if as_json:
+        click.echo(json.dumps(result, sort_keys=True, default=str))
+        return
+    click.echo(f"aligned {cfg.model} with {cfg.method} -> {out_dir / 'model'}")
+    for key in ("train_loss", "eval_start_rewards/accuracies", "eval_rewards/accuracies", "eval_rewards/margins",
+                "n_truncated", "train_samples_per_second"):
+        if key in metrics:
+            click.echo(f"  {key}: {metrics[key]}")
 
 
 def register(cli: click.Group) -> None:
-    """Add verbs to the top-level group (`cli.commands[\"<group>\"]` for shared groups)."""
+    cli.add_command(align)

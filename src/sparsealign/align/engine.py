@@ -89,6 +89,13 @@ def apply_lora(cfg: AlignConfig, model):
     return get_peft_model(model, lora)
 
 
+def has_accelerator() -> bool:
+    import torch
+
+    probe = getattr(torch, "accelerator", None)
+    return bool(probe.is_available()) if probe is not None else torch.cuda.is_available()
+
+
 def training_args(cfg: AlignConfig, output_dir: Path, has_eval: bool):
     from transformers import TrainingArguments
 
@@ -105,6 +112,8 @@ def training_args(cfg: AlignConfig, output_dir: Path, has_eval: bool):
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         report_to=cfg.report_to or "none", seed=cfg.seed, data_seed=cfg.seed,
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True,
+        # without a GPU, processes started by `accelerate launch`/torchrun join a gloo (CPU) process group
+        use_cpu=not has_accelerator(), dataloader_pin_memory=has_accelerator(),
     )
 
 
@@ -240,10 +249,8 @@ def run_align(cfg: AlignConfig, run: RunDir, *, pairs: list[Any] | None = None,
     `pairs`/`eval_pairs` override `cfg.data`/`cfg.eval_data` (already-loaded `PreferencePair`s); `callbacks` are extra
     `TrainerCallback`s.  Under `accelerate launch` every process calls this; only rank 0 writes the ledger and files.
     """
-    from accelerate import PartialState
-
     chash, cell = config_hash(cfg), cfg.cell_name
-    if PartialState().is_main_process:
+    if int(os.environ.get("RANK", "0")) == 0:  # set by accelerate launch / torchrun / deepspeed
         row, _ = run.ledger.run_cell(STAGE, cell, chash, lambda: _train(cfg, run, pairs, eval_pairs, callbacks))
         return row.metrics
     row = run.ledger.get(STAGE, cell)

@@ -66,7 +66,7 @@ class AlignTrainer(Trainer):
         m["rewards/chosen"].append(rc.mean().item())
         m["rewards/rejected"].append(rr.mean().item())
         m["rewards/margins"].append((rc - rr).mean().item())
-        m["rewards/accuracies"].append((rc > rr).float().mean().item())
+        m["rewards/accuracies"].append(((rc > rr).float() + 0.5 * (rc == rr).float()).mean().item())  # ties count half
         m["logps/chosen"].append(gather(logp_w.detach()).mean().item())
         m["logps/rejected"].append(gather(logp_l.detach()).mean().item())
         for key in ("rationale_nll", "sft_nll", "odds_ratio_loss"):
