@@ -62,7 +62,7 @@ def register(cli: click.Group) -> None:
     group = cli.commands["data"]
     assert isinstance(group, click.Group)
 
-    @group.command("inspect")
+    @group.command("inspect", short_help="Report a data file's format, counts, skipped rows and one example.")
     @click.argument("source", metavar="PATH_OR_ID")
     @click.option("--format", "fmt", type=click.Choice(ALL_FORMATS), default=None,
                   help="Force the format instead of detecting it from the first record.")
@@ -93,7 +93,7 @@ def register(cli: click.Group) -> None:
         else:
             _print_report(rep)
 
-    @group.command("prepare")
+    @group.command("prepare", short_help="Normalise and split sources into runs/<name>/data/ (resumable).")
     @click.option("--name", required=True, help="Run name: files go to runs/<name>/data/<source-slug>/.")
     @click.argument("sources", nargs=-1, metavar="SOURCE...")
     @click.option("--eval-fraction", type=float, default=None, help="Share of pairs held out for eval (default 0.1).")

@@ -15,7 +15,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import Field
 
@@ -34,11 +34,15 @@ _STRIP = re.compile(r"(\.gz)?$")
 _EXT = re.compile(r"\.(jsonl|json|csv|parquet|pq|ndjson)$")
 
 
+FormatName = Literal["hh-rlhf", "ultrafeedback", "orca-intel", "openai-preference", "generic", "mbpp", "mbpp-sanitized"]
+assert set(get_args(FormatName)) == set(FORMATS + MBPP_FORMATS)
+
+
 class PrepareConfig(StrictModel):
     sources: list[str] = Field(default_factory=list, description="data files (relative to the data dir) or hub ids")
     eval_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of preference pairs held out for eval")
     seed: int = Field(0, description="seed of the deterministic train/eval split")
-    format: str | None = Field(None, description=f"force a format: one of {', '.join(FORMATS + MBPP_FORMATS)}")
+    format: FormatName | None = Field(None, description="force a format instead of detecting it")
     strict: bool = Field(False, description="degenerate pairs are errors instead of skipped")
     skip_invalid: bool = Field(False, description="skip and count broken rows instead of stopping")
 
