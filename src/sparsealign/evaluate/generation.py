@@ -72,6 +72,20 @@ def generate(
     progress: bool = False,
 ) -> list[list[Generation]]:
     """`cfg.n` completions for each prompt, in prompt order: result[i][j] is sample j of prompt i."""
+    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    return generate_from_ids(model, tokenizer, encoded, cfg, stop=stop, progress=progress)
+
+
+def generate_from_ids(
+    model,
+    tokenizer,
+    encoded: Sequence[list[int]],
+    cfg: SamplingConfig,
+    *,
+    stop: Sequence[str] = (),
+    progress: bool = False,
+) -> list[list[Generation]]:
+    """Like `generate`, from already tokenised prompts (so a caller can score exactly the ids it sampled from)."""
     import torch
     from tqdm import tqdm
 
@@ -85,15 +99,14 @@ def generate(
     if max_prompt is not None and max_prompt < 1:
         raise ValueError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in a {ctx}-token context")
 
-    encoded = [tokenizer(p)["input_ids"] for p in prompts]
     truncated = [max_prompt is not None and len(ids) > max_prompt for ids in encoded]
-    encoded = [ids[-max_prompt:] if cut else ids for ids, cut in zip(encoded, truncated, strict=True)]
+    encoded = [list(ids[-max_prompt:]) if cut else list(ids) for ids, cut in zip(encoded, truncated, strict=True)]
     if any(truncated):
         log.warning("%d of %d prompts were longer than %s tokens and were cut from the left",
-                    sum(truncated), len(prompts), max_prompt)
+                    sum(truncated), len(encoded), max_prompt)
 
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    results: list[list[Generation]] = [[] for _ in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    results: list[list[Generation]] = [[] for _ in encoded]
     sampling = cfg.temperature > 0
     gen_kwargs = {"max_new_tokens": cfg.max_new_tokens, "do_sample": sampling, "num_return_sequences": cfg.n,
                   "pad_token_id": pad_id}
