@@ -8,7 +8,8 @@ import zlib
 from pathlib import Path
 
 import pytest
-from tests.conftest import assert_one_line_error
+
+from conftest import assert_one_line_error
 
 GOOD = {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"}
 
@@ -64,6 +65,16 @@ def test_truncated_gzip(cli, tmp_path, data_dir):
     assert res.returncode == 0, res.stderr
     rep = res.json()
     assert rep["skipped"]["truncated_gzip"] == 1 and rep["count"] == line and rep["valid"] <= line - 1
+
+
+def test_corrupt_gzip_and_byte_order_mark(cli, tmp_path):
+    (tmp_path / "plain.jsonl.gz").write_bytes(_jsonl(GOOD))  # not gzip at all
+    assert_one_line_error(cli("data", "inspect", "plain.jsonl.gz"), "plain.jsonl.gz:1:", "corrupt gzip")
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfprompt,chosen,rejected\np,a,b\n")
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + _jsonl(GOOD))
+    for name in ("bom.csv", "bom.jsonl"):
+        res = cli("data", "inspect", name, "--json")
+        assert res.returncode == 0 and res.json()["valid"] == 1, res.stderr
 
 
 def test_missing_path_names_expected_file_and_hub_source(cli, tmp_path):

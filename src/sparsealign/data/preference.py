@@ -147,7 +147,9 @@ def load_pairs(
         count += 1
         if row.error is not None:
             if not skip_invalid:
-                raise _fail(shown, row, row.detail, hint="fix the row, or pass --skip-invalid to skip broken rows")
+                hint = ("re-download or re-compress the file; --skip-invalid keeps the rows before the damage"
+                        if row.error.endswith("gzip") else "fix the row, or pass --skip-invalid to skip broken rows")
+                raise _fail(shown, row, row.detail, hint=hint)
             skipped[row.error] += 1
             continue
         record = row.value

@@ -67,10 +67,10 @@ def _sniff(path: Path) -> bytes:
         return b"?"
 
 
-def _gzip_error(exc: BaseException) -> str:
+def _gzip_row(index: int, line: int | None, exc: BaseException) -> Row:
     if isinstance(exc, EOFError):
-        return "gzip stream ends early (truncated file)"
-    return f"corrupt gzip data ({exc})"
+        return Row(index, line, error="truncated_gzip", detail="gzip stream ends early (truncated file)")
+    return Row(index, line, error="corrupt_gzip", detail=f"corrupt gzip data ({exc})")
 
 
 def read_rows(path: Path) -> Iterator[Row]:
@@ -112,11 +112,13 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
             try:
                 raw = fh.readline()
             except (EOFError, OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
-                yield Row(index + 1, lineno + 1, error="truncated_gzip", detail=_gzip_error(exc))
+                yield _gzip_row(index + 1, lineno + 1, exc)
                 return
             if not raw:
                 return
             lineno += 1
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte-order mark
+                raw = raw[3:]
             if not raw.strip():
                 continue
             index += 1
@@ -129,9 +131,9 @@ def _read_all(path: Path) -> tuple[str | None, Row | None]:
         with _open(path) as fh:
             data = fh.read()
     except (EOFError, OSError, zlib.error) as exc:
-        return None, Row(1, None, error="truncated_gzip", detail=_gzip_error(exc))
+        return None, _gzip_row(1, None, exc)
     try:
-        return data.decode("utf-8"), None
+        return data.decode("utf-8-sig"), None  # tolerate a byte-order mark (spreadsheet exports)
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         return None, Row(1, line, error="non_utf8", detail=f"not UTF-8 text (byte 0x{data[exc.start]:02x})")
