@@ -145,8 +145,10 @@ def reports(data: bytes, nonce: str) -> list[dict | str]:
     return out
 
 
-def classify(timed_out: bool, status: int, reported: list[dict | str], flooded: bool, req: dict) -> dict[str, str]:
-    """Map what happened to passed | failed | timeout | error with a one-line reason."""
+def classify(timed_out: bool, status: int, reported: list[dict | str], flooded: bool, req: dict,
+             cpu_s: float = 0.0) -> dict[str, str]:
+    """Map what happened to passed | failed | timeout | error with a one-line reason (`cpu_s`: the program's own
+    CPU time, which tells RLIMIT_CPU's SIGKILL from any other)."""
     if timed_out:
         return {"status": "timeout", "reason": f"wall-clock limit of {req['timeout_s']:g} s exceeded; process group killed"}
     code = os.waitstatus_to_exitcode(status)
@@ -155,7 +157,8 @@ def classify(timed_out: bool, status: int, reported: list[dict | str], flooded: 
         return {"status": "passed", "reason": "ran to the last line and exited 0"}
     if code < 0:
         sig = signal.Signals(-code).name
-        if -code in (signal.SIGXCPU, signal.SIGKILL) and info is None:
+        cpu_limit = rlimit_values(req["timeout_s"], req["memory_mb"], req["max_output_bytes"])["RLIMIT_CPU"]
+        if -code == signal.SIGXCPU or (-code == signal.SIGKILL and cpu_s >= cpu_limit):
             return {"status": "timeout", "reason": f"CPU time limit reached (killed by {sig})"}
         return {"status": "failed", "reason": f"killed by signal {sig}"}
     if flooded:

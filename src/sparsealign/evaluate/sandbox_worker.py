@@ -255,7 +255,7 @@ def run_one(req: dict, caps: dict, uid: int | None) -> dict:
     timed_out = not select.select([pidfd], [], [], req["timeout_s"])[0]
     if timed_out:
         _kill_group(q)
-    status = os.waitpid(q, 0)[1]
+    _, status, usage = os.wait4(q, 0)
     duration = time.monotonic() - start
     os.close(pidfd)
     _contain(caps, uid, q)
@@ -265,7 +265,8 @@ def run_one(req: dict, caps: dict, uid: int | None) -> dict:
         os.close(fd)
     _wipe(caps, base, uid)
     flooded = max(out_n, err_n) >= program.fsize_limit(cap)
-    verdict = program.classify(timed_out, status, program.reports(rep, nonce), flooded, req)
+    cpu_s = usage.ru_utime + usage.ru_stime
+    verdict = program.classify(timed_out, status, program.reports(rep, nonce), flooded, req, cpu_s)
     return {**verdict, "duration_s": round(duration, 6), "stdout": _decode(out, cap), "stderr": _decode(err, cap),
             "returncode": os.waitstatus_to_exitcode(status), "truncated": out_n > cap or err_n > cap}
 

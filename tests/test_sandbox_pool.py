@@ -1,0 +1,132 @@
+"""The sandbox's ordinary behaviour: pass/fail/exception, pool == single runs on real MBPP programs, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from sparsealign.data.mbpp import load_mbpp
+from sparsealign.evaluate.sandbox import SandboxPool, SandboxResult, run_program
+from sparsealign.evaluate.sandbox_program import classify
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox tests run as root (as in CI)")
+
+
+def _key(r: SandboxResult) -> tuple:
+    return r.status, r.reason, r.stdout, re.sub(r"/tmp/sandbox-[^/]+/", "", r.stderr), r.returncode
+
+
+@pytest.mark.parametrize(("source", "status", "reason"), [
+    ("def add(a, b):\n    return a + b\nassert add(2, 3) == 5\nprint('ok')\n", "passed", "last line"),
+    ("def add(a, b):\n    return a - b\nassert add(2, 3) == 5, 'add is wrong'\n", "failed", "AssertionError: add is wrong"),
+    ("import math\nmath.sqrt(-1)\n", "failed", "ValueError: math domain error"),
+    ("def broken(:\n    pass\n", "failed", "SyntaxError"),
+    ("import os\nos._exit(3)\n", "failed", "exited with code 3"),
+    ("raise SystemExit('bye')\n", "failed", "SystemExit(bye)"),
+])
+def test_normal_programs(source, status, reason):
+    result = run_program(source, timeout_s=5)
+    assert result.status == status and reason in result.reason, result
+    assert result.duration_s > 0 and result.isolation["clean_env"]
+    d = result.to_dict()
+    assert d["status"] == status and set(d) >= {"status", "reason", "duration_s", "stdout", "stderr", "returncode",
+                                                 "isolation"}
+    json.dumps(d)
+
+
+def test_traceback_names_the_program_line():
+    result = run_program("x = 1\ny = [][x]\n", timeout_s=5)
+    assert result.status == "failed" and "IndexError" in result.reason
+    assert 'main.py", line 2' in result.stderr and "y = [][x]" in result.stderr
+    assert "sandbox" not in result.stderr.split("main.py")[-1]  # no frame of the harness after the program's
+
+
+def test_program_state_does_not_leak_between_runs():
+    with SandboxPool(workers=1, timeout_s=5) as pool:
+        first = pool.run("import random, sys\nsys.modules['math'].pi = 3\nprint(random.random())")
+        second = pool.run("import random, math\nassert math.pi > 3.14\nprint(random.random())")
+    assert first.status == second.status == "passed", (first, second)
+    assert first.stdout != second.stdout  # each fork reseeds: no replayed random stream
+
+
+def test_pool_results_equal_single_runs_on_mbpp(data_dir):
+    tasks = load_mbpp(data_dir / "mbpp" / "mbpp.jsonl", split="test")[:12]
+    programs = [t.test_program(t.code) for t in tasks]
+    programs += [programs[0] + "assert False, 'broken'\n", "import time\nwhile True: time.sleep(0.1)\n",
+                 "print('é' * 3)\n", "import sys\nsys.exit(0)\nassert 0\n"]
+    with SandboxPool(workers=2, timeout_s=2) as pool:
+        pooled = pool.map(programs)
+        assert [r.status for r in pooled] == [pool.run(p).status for p in programs]
+    single = [run_program(p, timeout_s=2) for p in programs]
+    assert [_key(r) for r in pooled] == [_key(r) for r in single]
+    assert [r.status for r in pooled[:12]] == ["passed"] * 12
+    assert [r.status for r in pooled[12:]] == ["failed", "timeout", "passed", "failed"]
+
+
+def test_pool_overrides_and_closes():
+    pool = SandboxPool(workers=2, timeout_s=5)
+    pids = [w.proc.pid for w in pool._all]
+    assert pool.run("import time\ntime.sleep(3)", timeout_s=0.5).status == "timeout"
+    assert pool.run("x = bytearray(200 << 20)", memory_mb=128).status == "error"
+    assert pool.run("print('a' * 100)", max_output_bytes=10).stdout == "a" * 10
+    pool.close()
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reaped: no worker left behind
+    with pytest.raises(RuntimeError):
+        pool.run("pass")
+
+
+def test_classify_is_strict_about_completion():
+    req = {"timeout_s": 1.0, "memory_mb": 64, "max_output_bytes": 10}
+    assert classify(False, 0, ["done"], False, req)["status"] == "passed"
+    assert classify(False, 0, [], False, req)["status"] == "failed"  # exit 0 without the token
+    assert classify(False, 1 << 8, ["done"], False, req)["status"] == "failed"  # token but a non-zero exit
+    assert classify(True, 9, ["done"], False, req)["status"] == "timeout"
+    assert classify(False, 9, [], False, req, cpu_s=2.5)["status"] == "timeout"  # SIGKILL at RLIMIT_CPU's hard limit
+    assert classify(False, 9, [], False, req, cpu_s=0.1)["reason"] == "killed by signal SIGKILL"
+
+
+def test_cli_json(cli, tmp_path):
+    program = tmp_path / "prog.py"
+    program.write_text("print('hello from the sandbox')\nassert sum([1, 2]) == 3\n")
+    res = cli("sandbox", "run", str(program), "--timeout", "5", "--memory-mb", "256", "--json")
+    assert res.returncode == 0, res.stderr
+    out = res.json()
+    assert out["status"] == "passed" and out["stdout"] == "hello from the sandbox\n" and out["stderr"] == ""
+    assert out["duration_s"] > 0 and out["isolation"]["rlimits"]["RLIMIT_AS"] == 256 << 20
+    program.write_text("while True:\n    pass\n")
+    res = cli("sandbox", "run", str(program), "--timeout", "1", "--json")
+    assert res.returncode == 1 and res.json()["status"] == "timeout"
+
+
+def test_cli_errors_are_one_line(cli, tmp_path):
+    from conftest import assert_one_line_error
+
+    assert_one_line_error(cli("sandbox", "run", str(tmp_path / "missing.py")), "missing.py")
+    bad = tmp_path / "latin1.py"
+    bad.write_bytes(b"print('caf\xe9')\n")
+    assert_one_line_error(cli("sandbox", "run", str(bad), "--json"), "latin1.py", "UTF-8")
+
+
+def test_cli_does_not_import_heavy_libraries(tmp_path):
+    program = tmp_path / "p.py"
+    program.write_text("print(1)\n")
+    probe = textwrap.dedent(f"""
+        import atexit, json, sys
+        atexit.register(lambda: print(json.dumps(sorted(m for m in sys.modules
+                                                        if m.split('.')[0] in ('torch', 'numpy', 'pandas'))),
+                                      file=sys.stderr))
+        from sparsealign.cli import main
+        sys.exit(main(["sandbox", "run", {str(program)!r}, "--json"]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["status"] == "passed"
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
