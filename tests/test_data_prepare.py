@@ -103,3 +103,18 @@ def test_sigkill_mid_run_then_resume(cli, tmp_path, data_dir):
     assert len(load_pairs(data / "slow" / "train.jsonl").pairs) + len(load_pairs(data / "slow" / "eval.jsonl").pairs) == 30
     assert len((data / "mbpp-mbpp" / "test.jsonl").read_text().splitlines()) == 500
     assert not [p for p in data.iterdir() if p.name.startswith(".")]  # no temp directory left behind
+
+
+def test_data_dir_from_config_and_env_precedence(cli, tmp_path):
+    root = tmp_path / "mydata"
+    (root / "mine").mkdir(parents=True)
+    (root / "mine" / "p.jsonl").write_text("".join(
+        json.dumps({"prompt": f"q{i}", "chosen": "a", "rejected": "b"}) + "\n" for i in range(10)))
+    res = cli("data", "prepare", "--name", "c", "--set", f"data_dir={root}", "mine/p.jsonl", "--json",
+              env={"SPARSEALIGN_DATA_DIR": ""})
+    assert res.returncode == 0, res.stderr
+    assert res.json()["cells"]["mine-p"]["valid"] == 10
+    # the env var (and the --data-dir flag, which sets it) wins over the config value
+    res = cli("data", "prepare", "--name", "c2", "--set", f"data_dir={root}", "mine/p.jsonl",
+              env={"SPARSEALIGN_DATA_DIR": str(tmp_path / "other")})
+    assert_one_line_error(res, "mine/p.jsonl", "not found", str(tmp_path / "other"))

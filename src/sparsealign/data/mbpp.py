@@ -61,11 +61,13 @@ def _task(record: dict[str, Any], fmt: str, source: str) -> MbppTask:
     )
 
 
-def load_mbpp(path: str | Path | None = None, *, split: str | None = None) -> list[MbppTask]:
-    """Read MBPP tasks (default: `mbpp/mbpp.jsonl` in the data dir), optionally only one standard split."""
+def load_mbpp(
+    path: str | Path | None = None, *, split: str | None = None, data_root: str | Path | None = None
+) -> list[MbppTask]:
+    """Read MBPP tasks (default: `mbpp/mbpp.jsonl` in the data dir, or in `data_root`), optionally one split."""
     if split is not None and split not in MBPP_SPLITS:
         raise UserError(f"unknown MBPP split {split!r}; allowed: {', '.join(MBPP_SPLITS)}")
-    resolved = resolve_data_path(path or DEFAULT_MBPP)
+    resolved = resolve_data_path(path or DEFAULT_MBPP, data_root)
     tasks: list[MbppTask] = []
     fmt: str | None = None
     seen: set[int] = set()

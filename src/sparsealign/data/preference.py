@@ -67,11 +67,11 @@ def looks_like_hub_id(source: str) -> bool:
     return bool(_HUB_ID.match(source)) and not source.lower().endswith(_DATA_SUFFIXES)
 
 
-def resolve_source(source: str | Path) -> Path | str:
+def resolve_source(source: str | Path, data_root: str | Path | None = None) -> Path | str:
     """A local file (absolute, relative to cwd, or relative to the data dir) -> Path; a dataset folder or, when no
     such file exists, a hub id -> str (read through `datasets.load_dataset`)."""
     try:
-        path = resolve_data_path(source)
+        path = resolve_data_path(source, data_root)
     except UserError:
         if isinstance(source, str) and looks_like_hub_id(source):
             return source
@@ -81,10 +81,10 @@ def resolve_source(source: str | Path) -> Path | str:
     return path
 
 
-def source_label(path: Path) -> str:
+def source_label(path: Path, data_root: str | Path | None = None) -> str:
     """Stable short name for ids: the path relative to the data dir when inside it, else the file name."""
     try:
-        return str(path.resolve().relative_to(data_dir()))
+        return str(path.resolve().relative_to(data_dir(data_root)))
     except ValueError:
         return path.name
 
@@ -121,20 +121,22 @@ def load_pairs(
     split: str | None = None,
     limit: int | None = None,
     warn: bool = True,
+    data_root: str | Path | None = None,
 ) -> PreferenceLoad:
     """Read `source` (a file or a hub id) into normalised pairs. See the module docstring for the error policy.
 
     `split` picks a split: for hub ids it is passed to `datasets.load_dataset`; for files with a `split` column it
     filters on it; otherwise `train`/`eval` select the default `split_pairs` partition (eval_fraction 0.1, seed 0).
     `limit` stops after that many records.  `warn` prints the one-line degenerate-pair warning on stderr.
+    `data_root` overrides the data directory that relative names resolve against (default: settings.data_dir()).
     """
     if format is not None and format not in FORMATS:
         raise UserError(f"unknown format {format!r}; allowed: {', '.join(FORMATS)}")
-    where = resolve_source(source)
+    where = resolve_source(source, data_root)
     if isinstance(where, Path):
-        rows, label, shown = read_rows(where), source_label(where), where
+        rows, label, shown = read_rows(where), source_label(where, data_root), where
     else:
-        label = source_label(Path(where)) if Path(where).is_dir() else where
+        label = source_label(Path(where), data_root) if Path(where).is_dir() else where
         rows, label, shown = _hub_rows(where, split), label + (f":{split}" if split else ""), where
     fmt = format
     skipped: Counter[str] = Counter()

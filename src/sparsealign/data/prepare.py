@@ -28,6 +28,7 @@ from sparsealign.data.splits import split_pairs
 from sparsealign.errors import UserError
 from sparsealign.io import atomic_dir, atomic_write_json, atomic_write_text
 from sparsealign.rundir import RunDir
+from sparsealign.settings import data_dir
 
 STAGE = "data"
 _STRIP = re.compile(r"(\.gz)?$")
@@ -45,6 +46,10 @@ class PrepareConfig(StrictModel):
     format: FormatName | None = Field(None, description="force a format instead of detecting it")
     strict: bool = Field(False, description="degenerate pairs are errors instead of skipped")
     skip_invalid: bool = Field(False, description="skip and count broken rows instead of stopping")
+    data_dir: str | None = Field(None, description="data directory (--data-dir and $SPARSEALIGN_DATA_DIR win)")
+
+    def data_root(self) -> Path:
+        return data_dir(config_value=self.data_dir)
 
 
 def slug_of(source: str) -> str:
@@ -67,7 +72,8 @@ def slugs_for(sources: list[str]) -> dict[str, str]:
 
 
 def _prepare_preference(source: str, cfg: PrepareConfig, tmp: Path) -> dict[str, Any]:
-    load = load_pairs(source, format=cfg.format, strict=cfg.strict, skip_invalid=cfg.skip_invalid)
+    load = load_pairs(source, format=cfg.format, strict=cfg.strict, skip_invalid=cfg.skip_invalid,
+                      data_root=cfg.data_root())
     train, evaluation = split_pairs(load.pairs, cfg.eval_fraction, cfg.seed)
     write_pairs_jsonl(train, tmp / "train.jsonl")
     write_pairs_jsonl(evaluation, tmp / "eval.jsonl")
@@ -90,7 +96,7 @@ def _prepare_mbpp(source: str, path: Path, tmp: Path) -> dict[str, Any]:
 
 def prepare_source(source: str, cfg: PrepareConfig, out_dir: Path) -> dict[str, Any]:
     """Read one source and write its directory atomically; returns the stats (also written as stats.json)."""
-    where = resolve_source(source)
+    where = resolve_source(source, cfg.data_root())
     for stale in out_dir.parent.glob(f".{out_dir.name}.*.tmp"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
     with atomic_dir(out_dir) as tmp:
@@ -113,7 +119,7 @@ def run_prepare(name: str, cfg: PrepareConfig, *, restart: bool = False,
         raise UserError("no source given", hint="e.g. sparsealign data prepare --name r hh-rlhf/helpful-base/test.jsonl.gz")
     slugs = slugs_for(cfg.sources)
     for src in cfg.sources:  # a missing file is reported before anything is written
-        resolve_source(src)
+        resolve_source(src, cfg.data_root())
     run = RunDir.open(name, STAGE, cfg, restart=restart)
     cells: dict[str, Any] = {}
     try:
