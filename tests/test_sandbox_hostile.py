@@ -260,3 +260,25 @@ def test_forged_completion_token_is_not_a_pass(pool):
 def test_signal_to_self_is_classified(pool):
     result = run(pool, "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)")
     assert result.status == "failed" and "SIGSEGV" in result.reason and result.returncode == -signal.SIGSEGV
+
+
+def test_forked_memory_bomb_is_bounded_by_the_cgroup():
+    """RLIMIT_AS caps each process; only the cgroup caps 8 forks x 200 MiB (over the 512+384 MiB tree limit)."""
+    with SandboxPool(workers=1, timeout_s=20, memory_mb=512) as fresh:
+        if not fresh.isolation["cgroup"]:
+            pytest.skip("no writable cgroup here (isolation reports cgroup=None)")
+        result = run(fresh, """
+            import os
+            kids = []
+            for _ in range(8):
+                pid = os.fork()
+                if pid == 0:
+                    block = bytearray(200 << 20)
+                    for i in range(0, len(block), 4096):
+                        block[i] = 1
+                    os._exit(0)
+                kids.append(pid)
+            assert all(os.waitpid(pid, 0)[1] == 0 for pid in kids)
+        """)
+        assert result.status == "error" and "OOM" in result.reason, result
+        assert_no_strays(fresh)

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from sparsealign.evaluate.sandbox_cgroup import remove as remove_cgroup
 from sparsealign.evaluate.sandbox_program import rlimit_values
 
 WORKER = Path(__file__).with_name("sandbox_worker.py")
@@ -61,17 +62,19 @@ class SandboxResult:
 class _Worker:
     """One warm worker process; not thread-safe (the pool hands each worker to one thread at a time)."""
 
-    def __init__(self, namespaces: bool = True) -> None:
+    def __init__(self, namespaces: bool = True, memory_mb: int = 1024) -> None:
         # Clean environment from the start: the worker (and every program it forks) never holds the caller's.
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-        argv = [sys.executable, "-I", "-B", str(WORKER), *([] if namespaces else ["--no-namespaces"])]
+        self.caps: dict[str, Any] = {}
+        argv = [sys.executable, "-I", "-B", str(WORKER), "--memory-mb", str(memory_mb),
+                *([] if namespaces else ["--no-namespaces"])]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/",
                                      start_new_session=True, close_fds=True)
         hello = self._recv(STARTUP_TIMEOUT_S)
         if not hello or not hello.get("hello"):
             self.kill()
             raise RuntimeError("sandbox worker failed to start")
-        self.caps: dict[str, Any] = hello["caps"]
+        self.caps = hello["caps"]
         self.uid: int | None = hello["uid"]
 
     def run(self, request: dict[str, Any]) -> dict[str, Any] | None:
@@ -105,6 +108,8 @@ class _Worker:
         except OSError:
             pass
         self.proc.wait()
+        if self.caps.get("cgroup"):
+            remove_cgroup(self.caps["cgroup"]["dirs"])
         for stream in (self.proc.stdin, self.proc.stdout):
             try:
                 stream.close()
@@ -139,7 +144,7 @@ class SandboxPool:
         self._namespaces = namespaces
         self._closed = False
         with ThreadPoolExecutor(workers) as ex:  # start them in parallel: each probes the kernel once
-            for worker in ex.map(lambda _: _Worker(namespaces), range(workers)):
+            for worker in ex.map(lambda _: _Worker(namespaces, self.memory_mb), range(workers)):
                 self._all.append(worker)
                 self._idle.put(worker)
         self.workers = workers
@@ -176,7 +181,7 @@ class SandboxPool:
 
     def _replace(self, worker: _Worker) -> _Worker:
         worker.kill()
-        fresh = _Worker(self._namespaces)
+        fresh = _Worker(self._namespaces, self.memory_mb)
         with self._lock:
             self._all[self._all.index(worker)] = fresh
         return fresh
@@ -206,6 +211,7 @@ def isolation_of(caps: dict[str, Any], uid: int | None, timeout_s: float, memory
         "uid": uid, "unprivileged_uid": uid is not None,
         **{k: bool(caps[k]) for k in ("pid_namespace", "mount_namespace", "private_tmp", "readonly_root",
                                       "network_namespace", "ipc_namespace", "python_exposed")},
+        "cgroup": caps.get("cgroup") and {k: caps["cgroup"][k] for k in ("version", "memory_mb", "pids_max")},
         "own_session": True, "clean_env": True, "no_new_privs": True,
         "rlimits": rlimit_values(timeout_s, memory_mb, max_output_bytes),
     }

@@ -64,6 +64,11 @@ def run(req: dict, workdir: str, uid: int | None, nonce: str) -> None:
         os.environ.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": "/tmp",
                            "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8"})
         _apply_rlimits(req)
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:  # first in line for the OOM killer, before the worker
+                f.write("1000")
+        except OSError:
+            pass
         if uid is not None:
             os.setgroups([])
             os.setgid(uid)

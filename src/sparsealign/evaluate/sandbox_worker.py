@@ -33,9 +33,11 @@ import time
 
 if __name__ == "__main__":  # run by path: import the sibling, then leave sys.path as a plain `python -I` has it
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import sandbox_cgroup as cgroup
     import sandbox_program as program
     del sys.path[0]
 else:
+    from sparsealign.evaluate import sandbox_cgroup as cgroup
     from sparsealign.evaluate import sandbox_program as program
 
 # Warm imports: what MBPP-style programs import, so `import re` in a program costs a dict lookup after fork.
@@ -49,6 +51,7 @@ SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE = 442, -100, 0x8000
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = 0x1, 0x2
 TMPFS_OPTS = b"size=128m,nr_inodes=8192,mode=1777"
 SCRATCH = ("/tmp", "/dev/shm")
+CGROUP_HEADROOM_MB = 384  # the cgroup holds the worker (~15 MiB) and the private tmpfs pages, besides the program
 
 
 def _check(rc: int, what: str) -> None:
@@ -227,7 +230,7 @@ def _wipe(caps: dict, base: str, uid: int | None) -> None:
             shutil.rmtree(entry.path, ignore_errors=True) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
 
 
-def run_one(req: dict, caps: dict, uid: int | None) -> dict:
+def run_one(req: dict, caps: dict, uid: int | None, cg: dict | None = None) -> dict:
     base = tempfile.mkdtemp(prefix="sandbox-", dir="/tmp")  # 0700 root: the capture files are created here
     workdir = os.path.join(base, "work")
     os.mkdir(workdir, 0o700)
@@ -245,6 +248,7 @@ def run_one(req: dict, caps: dict, uid: int | None) -> dict:
         fds.append(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(path)
     nonce = secrets.token_hex(16)
+    oom_before = cgroup.oom_kills(cg)
     start = time.monotonic()
     q = os.fork()
     if q == 0:
@@ -267,6 +271,8 @@ def run_one(req: dict, caps: dict, uid: int | None) -> dict:
     flooded = max(out_n, err_n) >= program.fsize_limit(cap)
     cpu_s = usage.ru_utime + usage.ru_stime
     verdict = program.classify(timed_out, status, program.reports(rep, nonce), flooded, req, cpu_s)
+    if verdict["status"] == "failed" and cgroup.oom_kills(cg) > oom_before:
+        verdict = {"status": "error", "reason": "memory limit exceeded: the cgroup OOM killer stopped a process"}
     return {**verdict, "duration_s": round(duration, 6), "stdout": _decode(out, cap), "stderr": _decode(err, cap),
             "returncode": os.waitstatus_to_exitcode(status), "truncated": out_n > cap or err_n > cap}
 
@@ -336,14 +342,28 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the caller's terminal: the pool shuts us down
     for name in WARM_MODULES:
         importlib.import_module(name)
-    caps = enter_namespaces(allowed="--no-namespaces" not in sys.argv[1:])
+    args = sys.argv[1:]
+    memory_mb = int(args[args.index("--memory-mb") + 1]) if "--memory-mb" in args else 1024
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:  # the OOM killer takes a program, never the worker
+            f.write("-1000")
+    except OSError:
+        pass  # not allowed here: programs still volunteer first (they set 1000)
+    # Before the namespaces make /sys read-only; W and every program inherit it.
+    cg = cgroup.create(f"sparsealign-sandbox-{os.getpid()}", (memory_mb + CGROUP_HEADROOM_MB) << 20,
+                       program.NPROC + 16)
+    if cg is not None:
+        cgroup.join(cg)
+    caps = enter_namespaces(allowed="--no-namespaces" not in args)
+    caps["cgroup"] = None if cg is None else {"version": cg["version"], "dirs": cg["dirs"],
+                                              "memory_mb": memory_mb + CGROUP_HEADROOM_MB, "pids_max": program.NPROC + 16}
     gc.freeze()  # imported objects move to a permanent generation: programs' GC passes skip them (fewer COW faults)
     LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # without a PID namespace, orphans still come back to us
     uid = 100_000 + secrets.randbelow(1 << 30) if caps["root"] else None  # a dedicated uid no one else uses
     _send(proto_out, {"hello": True, "caps": caps, "uid": uid})
     while (req := _recv(proto_in)) is not None:
         try:
-            result = run_one(req, caps, uid)
+            result = run_one(req, caps, uid, cg)
         except Exception as exc:  # the worker's own failure: the program is an error, the worker goes on
             result = {"status": "error", "reason": f"sandbox failure: {type(exc).__name__}: {exc}",
                       "duration_s": 0.0, "stdout": "", "stderr": "", "returncode": None}
