@@ -101,6 +101,9 @@ def hf_generator(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new_tok
     tokenizer.truncation_side = "left"  # over-long prompts lose the start of the question, never the instruction
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context:  # prompt + rationale must fit the model's context
+        max_input_tokens = max(1, min(max_input_tokens, context - max_new_tokens))
 
     def render(messages: list[Message]) -> str:
         if getattr(tokenizer, "chat_template", None):

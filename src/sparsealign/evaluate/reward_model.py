@@ -166,7 +166,7 @@ def train_reward_model(
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             step += 1
             if log_every and step % log_every == 0:
                 print(f"reward-model: epoch {epoch} step {step} loss {sum(losses[-log_every:]) / log_every:.4f}",

@@ -142,10 +142,17 @@ def winrate(judge: str, candidate: str | None, baseline: str | None, pairs: str 
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda.")
 @click.option("--seed", default=0, show_default=True, help="Seed (init, shuffling).")
 @click.option("--threads", default=None, type=click.IntRange(1), help="torch CPU threads.")
+@click.option("--tiny-hidden", default=64, show_default=True, type=click.IntRange(8),
+              help="Hidden size of the `tiny` base model.")
+@click.option("--tiny-layers", default=2, show_default=True, type=click.IntRange(1),
+              help="Layers of the `tiny` base model.")
+@click.option("--tiny-vocab", default=512, show_default=True, type=click.IntRange(260),
+              help="BPE vocabulary of the `tiny` base model's tokenizer (trained on the pairs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the training metrics as one JSON object.")
 def train_reward_model_cmd(data: str, out: str, base_model: str, eval_data: str | None, epochs: int, lr: float,
                            batch_size: int, max_length: int, limit: int | None, device: str, seed: int,
-                           threads: int | None, as_json: bool) -> None:
+                           threads: int | None, tiny_hidden: int, tiny_layers: int, tiny_vocab: int,
+                           as_json: bool) -> None:
     """Train a reward model with the Bradley-Terry objective -log sigma(r(chosen) - r(rejected))."""
     from sparsealign.data.preference import load_pairs
     from sparsealign.evaluate.reward_model import train_reward_model
@@ -157,7 +164,9 @@ def train_reward_model_cmd(data: str, out: str, base_model: str, eval_data: str 
     pairs = load_pairs(data, limit=limit).pairs
     held_out = load_pairs(eval_data).pairs if eval_data else None
     _, _, metrics = train_reward_model(pairs, base_model, out_dir=out, epochs=epochs, lr=lr, batch_size=batch_size,
-                                       max_length=max_length, seed=seed, eval_pairs=held_out, device=device)
+                                       max_length=max_length, seed=seed, eval_pairs=held_out, device=device,
+                                       tiny_kwargs={"hidden_size": tiny_hidden, "num_layers": tiny_layers,
+                                                    "num_heads": max(1, tiny_hidden // 16), "vocab_size": tiny_vocab})
     metrics["out"] = out
     if as_json:
         print(json.dumps(metrics))
