@@ -1,0 +1,236 @@
+"""Batch-1 CPU decode speed, dense vs sparse (static / dynamic / predictor), with the Amdahl ideal beside it.
+
+    bench_decode(model, prompts, calib_ids, sparsities, modes, tokens) -> {"results": [row, ...], ...}
+
+A row is {mode, sparsity, dense_tokens_per_s, sparse_tokens_per_s, speedup, ideal_speedup, ...}.  How it is
+measured (the same way for every row, in one process):
+- decode = greedy, batch 1, fp32, HF KV cache (DynamicCache): one prefill forward, then `tokens` single-token
+  forwards; only the single-token forwards are timed.  The sparse model uses the patched MLPs' fast path
+  (`sparse.fastpath`, gather-accumulate over neuron-major weights).
+- FFN time: forward pre/post hooks on every MLP module accumulate wall time during the timed steps, so each row
+  also reports the FFN block's own speedup.
+- Pairing: each row times dense and sparse back to back, `repeats` times alternating, and keeps the median of
+  each, so a noisy neighbour on the shared cores slows both sides of the ratio alike.
+- ideal_speedup = Amdahl: 1 / ((1 - f) + f * (1 - skipped)), f = FFN share of the dense decode time (measured
+  by the hooks), skipped = FFN FLOPs skipped (= weight bytes not read) from the realized active counts of the
+  timed steps, with the dense gate for static/dynamic and the predictor's own FLOPs for predictor mode
+  (`metrics.ffn_flops`).  ffn_ideal_speedup = 1 / (1 - skipped); ffn_fraction_of_ideal = ffn_speedup / that.
+- Predictor mode on random weights: a low-rank predictor cannot learn random activations, so for speed rows the
+  logit cut-off is set to the quantile that keeps exactly (1 - sparsity) of the neurons on calibration tokens
+  (`predictor_cutoff="density"`); quality is measured elsewhere (curves), speed only depends on the set size.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+# 1B-shaped ReLU Llama stacks (TinyLlama-1.1B widths: hidden 2048, FFN 5632, 32 heads, 4 KV heads, vocab 32000)
+PRESETS: dict[str, dict[str, Any]] = {
+    "1b-relu": dict(hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32, num_kv_heads=4,
+                    vocab_size=32000),
+    "1b-relu-small": dict(hidden_size=2048, intermediate_size=5632, num_layers=4, num_heads=32, num_kv_heads=4,
+                          vocab_size=32000),
+    "tiny-relu": dict(hidden_size=256, intermediate_size=1024, num_layers=2, num_heads=4, num_kv_heads=2,
+                      vocab_size=512),
+}
+
+
+POOL_SIZE = 1 << 24
+
+
+def build_preset(name: str, *, num_layers: int | None = None, seed: int = 0) -> nn.Module:
+    """A random-weight ReLU `LlamaForCausalLM` of a preset shape, fp32, eval mode (weights: N(0, 0.02))."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sparsealign.errors import UserError
+
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    p = dict(PRESETS[name])
+    p["num_layers"] = num_layers or p["num_layers"]
+    config = LlamaConfig(
+        vocab_size=p["vocab_size"], hidden_size=p["hidden_size"], intermediate_size=p["intermediate_size"],
+        num_hidden_layers=p["num_layers"], num_attention_heads=p["num_heads"], num_key_value_heads=p["num_kv_heads"],
+        hidden_act="relu", max_position_embeddings=2048, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    # meta-device construction + a fill from one random pool: HF's per-module init of ~1B normals takes minutes
+    # on 2 shared cores, a memcpy-speed fill seconds.  Each tensor is a window of an N(0, 0.02) pool starting at a
+    # random offset (not a multiple of a row), so rows are distinct iid-looking vectors.
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model = model.to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(seed)
+    pool = torch.empty(POOL_SIZE).normal_(0.0, 0.02, generator=gen)
+    with torch.no_grad():
+        for name_, param in model.named_parameters():
+            if name_.endswith("norm.weight"):
+                param.fill_(1.0)
+                continue
+            flat, pos = param.view(-1), 0
+            start = int(torch.randint(0, POOL_SIZE, (1,), generator=gen))
+            while pos < flat.numel():
+                n = min(flat.numel() - pos, POOL_SIZE - start)
+                flat[pos:pos + n] = pool[start:start + n]
+                pos, start = pos + n, (start + n + 7919) % POOL_SIZE  # a prime step, so wraps do not realign
+        model.model.rotary_emb.__init__(config)  # meta buffers (inv_freq) need real values
+    return model.eval().requires_grad_(False)
+
+
+class ModuleTimer:
+    """Wall time spent inside some modules (pre/post forward hooks); `seconds` accumulates while `on`."""
+
+    def __init__(self, modules: Sequence[nn.Module]):
+        self.seconds, self.on, self._t0 = 0.0, False, 0.0
+        self._handles = []
+        for m in modules:
+            self._handles.append(m.register_forward_pre_hook(self._pre))
+            self._handles.append(m.register_forward_hook(self._post))
+
+    def _pre(self, *_: Any) -> None:
+        self._t0 = time.perf_counter()
+
+    def _post(self, *_: Any) -> None:
+        if self.on:
+            self.seconds += time.perf_counter() - self._t0
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def mlp_modules(model: nn.Module) -> list[nn.Module]:
+    """The (possibly patched) MLP module of every decoder layer."""
+    return [layer.mlp for layer in model.model.layers]
+
+
+@torch.no_grad()
+def timed_decode(model: nn.Module, prompt: torch.Tensor, tokens: int) -> dict[str, Any]:
+    """Greedy batch-1 decode of `tokens` tokens after `prompt` [1, P] with a KV cache.
+
+    Returns per-token seconds: total, inside MLPs (`ffn`) and inside decoder layers (`layers`), plus the ids."""
+    from transformers import DynamicCache
+
+    ffn = ModuleTimer(mlp_modules(model))
+    layers = ModuleTimer(list(model.model.layers))
+    try:
+        cache = DynamicCache()
+        out = model(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1)
+        nxt = out.logits[:, -1:].argmax(-1)
+        new = [int(nxt)]
+        ffn.on = layers.on = True
+        start = time.perf_counter()
+        for _ in range(tokens):
+            out = model(input_ids=nxt, cache=cache, use_cache=True)
+            nxt = out.logits[:, -1:].argmax(-1)
+            new.append(int(nxt))
+        total = time.perf_counter() - start
+        return {"total": total / tokens, "ffn": ffn.seconds / tokens, "layers": layers.seconds / tokens, "ids": new}
+    finally:
+        ffn.remove()
+        layers.remove()
+
+
+def density_cutoffs(art, recording, sparsity: float) -> list[float]:
+    """Per-layer predictor logit cut-off keeping (1 - sparsity) of the neurons over the recorded tokens."""
+    out = []
+    for pred, x in zip(art.predictors, recording.x, strict=True):
+        logits = pred(x.float()).flatten()
+        k = min(max(1, round(sparsity * logits.numel())), logits.numel())
+        out.append(float(logits.kthvalue(k).values) if sparsity > 0 else float("-inf"))
+    return out
+
+
+def local_texts(n: int = 64, chars: int = 1200) -> list[str]:
+    """Text that is always present: this package's own source, in chunks (for tokenizers and calibration of
+    random-weight presets, whose activations do not depend on what the text says)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    source = "\n".join(p.read_text(encoding="utf-8") for p in sorted(root.rglob("*.py")))
+    return [source[i:i + chars] for i in range(0, min(len(source), n * chars), chars)]
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in ("total", "ffn", "layers")}
+
+
+def _row(mode: str, sparsity: float, d: dict[str, float], s: dict[str, float], stats: dict[str, Any],
+         num_layers: int, extrapolate_layers: int | None) -> dict[str, Any]:
+    from sparsealign.sparse.metrics import ideal_speedup
+
+    skipped = float(stats.get("flops_skipped", 0.0))
+    ffn_share = min(1.0, d["ffn"] / d["total"])
+    ffn_ideal = 1.0 / max(1e-9, 1.0 - skipped)
+    row = {
+        "mode": mode, "sparsity": sparsity, "dense_tokens_per_s": 1.0 / d["total"],
+        "sparse_tokens_per_s": 1.0 / s["total"], "speedup": d["total"] / s["total"],
+        "ideal_speedup": ideal_speedup(skipped, ffn_share),
+        "realized_sparsity": float(stats.get("realized_sparsity", 0.0)), "flops_skipped": skipped,
+        "ffn_share_dense": ffn_share, "ffn_ms_dense": d["ffn"] * 1e3, "ffn_ms_sparse": s["ffn"] * 1e3,
+        "ffn_speedup": d["ffn"] / s["ffn"], "ffn_ideal_speedup": ffn_ideal,
+        "ffn_fraction_of_ideal": d["ffn"] / s["ffn"] / ffn_ideal,
+    }
+    if extrapolate_layers:
+        # per-token time = outside the decoder layers (embedding, final norm, lm_head, Python) + L x per-layer
+        scale = extrapolate_layers / num_layers
+        full_d = d["total"] + (scale - 1.0) * d["layers"]
+        full_s = s["total"] + (scale - 1.0) * s["layers"]
+        row.update({
+            "extrapolated_layers": extrapolate_layers, "extrapolated_speedup": full_d / full_s,
+            "extrapolated_ideal_speedup": ideal_speedup(skipped, min(1.0, d["ffn"] * scale / full_d)),
+            "extrapolated_dense_tokens_per_s": 1.0 / full_d, "extrapolated_sparse_tokens_per_s": 1.0 / full_s,
+        })
+    return row
+
+
+@torch.no_grad()
+def bench_decode(
+    model: nn.Module, tokenizer, calib_texts: Sequence[str], prompt: str, *, sparsities: Sequence[float],
+    modes: Sequence[str], tokens: int = 32, repeats: int = 3, predictor_rank: int = 64, predictor_epochs: int = 2,
+    predictor_cutoff: str = "density", calib_tokens: int = 1024, extrapolate_layers: int | None = None,
+    log=None,
+) -> dict[str, Any]:
+    """Dense vs sparse decode tokens/s per (mode, sparsity); see the module docstring for the method."""
+    from sparsealign.sparse.calibration import calibrate, record_activations
+    from sparsealign.sparse.config import PredictorConfig, SparsityConfig
+    from sparsealign.sparse.patch import apply_sparsity
+
+    log = log or (lambda msg: None)
+    model.eval()
+    num_layers = len(model.model.layers)
+    prompt_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    rec = record_activations(model, tokenizer, calib_texts, max_length=256, max_tokens=calib_tokens)
+    timed_decode(model, prompt_ids, min(tokens, 4))  # warm-up (allocator, lazy init)
+    rows = []
+    for sparsity in sparsities:
+        pcfg = PredictorConfig(enabled="predictor" in modes, rank=predictor_rank, epochs=predictor_epochs)
+        art = calibrate(model, tokenizer, calib_texts, SparsityConfig(target_sparsity=sparsity, predictor=pcfg),
+                        recording=rec)
+        if "predictor" in modes and predictor_cutoff == "density":
+            art.cutoffs = density_cutoffs(art, rec, sparsity)
+        dense: list[dict[str, Any]] = []
+        sparse: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+        stats: dict[str, dict[str, Any]] = {}
+        for _ in range(repeats):  # dense and every mode in turn, so contention hits all of them alike
+            dense.append(timed_decode(model, prompt_ids, tokens))
+            for mode in modes:
+                with apply_sparsity(model, art, mode, "dense", fast=True) as handle:
+                    sparse[mode].append(timed_decode(model, prompt_ids, tokens))
+                    stats[mode] = handle.stats()
+        d = _median(dense)
+        for mode in modes:
+            row = _row(mode, sparsity, d, _median(sparse[mode]), stats[mode], num_layers, extrapolate_layers)
+            rows.append(row)
+            log(f"{mode:>9} s={sparsity:.2f}: dense {row['dense_tokens_per_s']:7.2f} tok/s, sparse "
+                f"{row['sparse_tokens_per_s']:7.2f} tok/s, speedup {row['speedup']:.2f}x (ideal "
+                f"{row['ideal_speedup']:.2f}x); FFN {row['ffn_speedup']:.2f}x of {row['ffn_ideal_speedup']:.2f}x ideal")
+    return {"results": rows, "tokens": tokens, "prompt_tokens": int(prompt_ids.shape[1]), "repeats": repeats,
+            "threads": torch.get_num_threads(), "dtype": "float32", "batch_size": 1, "device": "cpu",
+            "num_layers": num_layers, "calibration_tokens": int(rec.a[0].shape[0])}
