@@ -107,7 +107,11 @@ def hf_generator(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new_tok
 
     def render(messages: list[Message]) -> str:
         if getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            try:
+                return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except Exception:  # some templates (Gemma) refuse a system turn: fold it into the user turn
+                merged = [{"role": "user", "content": "\n\n".join(m["content"] for m in messages)}]
+                return tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
         return "\n\n".join(m["content"] for m in messages) + "\n\nRationale:"
 
     def generate(pairs: list[PreferencePair], on_done: Callable[[int, str], None]) -> None:
