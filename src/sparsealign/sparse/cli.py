@@ -1,9 +1,216 @@
-"""CLI verbs of this module (filled in by its issue)."""
+"""`sparsealign sparsify profile|calibrate|evaluate|generate` (click + stdlib at import time; torch inside)."""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
 import click
+
+MODES = ("static", "dynamic", "predictor")
+
+
+def load_model(name: str):
+    """HF model (float32, eval) + tokenizer from a local directory or a hub id."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sparsealign.errors import UserError
+
+    if not Path(name).exists() and (name.startswith((".", "/")) or name.count("/") != 1):
+        raise UserError(f"{name}: model directory not found", hint="pass a saved HF model directory or a hub id")
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+    except OSError as exc:
+        raise UserError(f"{name}: cannot load model ({str(exc).splitlines()[0]})") from None
+    return model.eval(), tok
+
+
+def _emit(result: dict[str, Any], as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(result, sort_keys=True, default=str))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+def _default_out(model: str, out: str | None, flag: str = "--out") -> Path:
+    """Artifacts live beside the model (MODEL/sparsity) unless a directory is given."""
+    from sparsealign.errors import UserError
+
+    if out:
+        return Path(out)
+    if Path(model).is_dir():
+        return Path(model) / "sparsity"
+    if model.startswith((".", "/")) or model.count("/") != 1:
+        raise UserError(f"{model}: model directory not found", hint="pass a saved HF model directory or a hub id")
+    raise UserError(f"{model} is a hub id, so there is no default place for artifacts", hint=f"pass {flag} DIR")
+
+
+def _config(config: str | None, overrides: tuple[str, ...], target: float | None):
+    from sparsealign.config import load_config
+    from sparsealign.sparse.config import SparsityConfig
+
+    extra = [] if target is None else [f"target_sparsity={target}"]  # the flag wins over the YAML file
+    return load_config(SparsityConfig, config, [*overrides, *extra])
+
+
+texts_opt = click.option("--texts", "source", default="mbpp", show_default=True,
+                         help="Text source: mbpp (code), hh (dialogue), hh-harmless, or a .jsonl/.txt path.")
+n_opt = click.option("-n", "--n", "n", type=click.IntRange(1), default=64, show_default=True,
+                     help="Number of texts to use.")
+skip_opt = click.option("--skip", type=click.IntRange(0), default=0, show_default=True,
+                        help="Skip the first texts of the source (keep calibration and evaluation disjoint).")
+json_opt = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+config_opts = [
+    click.option("--config", type=click.Path(dir_okay=False), default=None, help="SparsityConfig YAML file."),
+    click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                 help="Override a config field, e.g. --set predictor.enabled=true (repeatable)."),
+    click.option("--target", type=click.FloatRange(0, 1, max_open=True), default=None,
+                 help="Target sparsity (shortcut for --set target_sparsity=...)."),
+]
+
+
+def _with(options):
+    def deco(fn):
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+    return deco
 
 
 def register(cli: click.Group) -> None:
-    """Add verbs to the top-level group (`cli.commands[\"<group>\"]` for shared groups)."""
+    group = cli.commands["sparsify"]
+    assert isinstance(group, click.Group)
+
+    @group.command("profile", short_help="Per-neuron firing frequency / magnitude profile (hot/cold split, plot).")
+    @click.argument("model")
+    @texts_opt
+    @n_opt
+    @skip_opt
+    @_with(config_opts)
+    @click.option("--out", default=None, help="Output directory (default MODEL/sparsity/profile).")
+    @json_opt
+    def profile(model, source, n, skip, config, overrides, target, out, as_json):
+        """Record FFN activations of MODEL on calibration texts and write profile.safetensors, profile.json
+        and profile.png (neurons sorted by how often |act(gate x)| exceeds the layer's threshold at the target
+        sparsity; hot = fires on >= hot_fraction of tokens)."""
+        from sparsealign.sparse.calibration import calibrate, record_activations
+        from sparsealign.sparse.profile import build_profile, save_profile
+        from sparsealign.sparse.texts import load_texts
+
+        cfg = _config(config, overrides, target)
+        out_dir = Path(out) if out else _default_out(model, None) / "profile"
+        m, tok = load_model(model)
+        rec = record_activations(m, tok, load_texts(source, n, skip), max_length=cfg.max_length,
+                                 max_tokens=cfg.max_tokens)
+        art = calibrate(m, tok, [], cfg.model_copy(update={"allocation": "uniform"}), recording=rec)
+        prof = build_profile(rec, art.thresholds, cfg.hot_fraction)
+        files = save_profile(prof, out_dir)
+        result = {"out": str(out_dir), "files": [str(f) for f in files], "tokens": prof["tokens"],
+                  "layers": prof["layers"]}
+        _emit(result, as_json, [f"profile of {prof['tokens']} tokens -> {out_dir}"] + [
+            f"  {r['layer']}: hot {r['hot_neurons']:.1%} carry {r['hot_firing_share']:.1%} of firings; "
+            f"80% of firings in {r['neurons_for_80pct_firings']:.1%} of neurons" for r in prof["layers"]])
+
+    @group.command("calibrate", short_help="Calibrate thresholds (+ greedy allocation, predictors); save artifacts.")
+    @click.argument("model")
+    @texts_opt
+    @n_opt
+    @skip_opt
+    @_with(config_opts)
+    @click.option("--out", default=None, help="Artifacts directory (default MODEL/sparsity).")
+    @json_opt
+    def calibrate_cmd(model, source, n, skip, config, overrides, target, out, as_json):
+        """Per-layer thresholds on |act(gate x)| at the target sparsity (empirical quantile), optional TEAL-style
+        greedy allocation (--set allocation=greedy) and low-rank predictors (--set predictor.enabled=true).
+        Writes sparsity.safetensors + sparsity.json, and the activation profile beside them."""
+        from sparsealign.sparse.artifacts import save_artifacts
+        from sparsealign.sparse.calibration import calibrate, record_activations
+        from sparsealign.sparse.profile import build_profile, save_profile
+        from sparsealign.sparse.texts import load_texts
+
+        cfg = _config(config, overrides, target)
+        out_dir = _default_out(model, out)
+        texts = load_texts(source, n, skip)
+        m, tok = load_model(model)
+        rec = record_activations(m, tok, texts, max_length=cfg.max_length, max_tokens=cfg.max_tokens)
+        art = calibrate(m, tok, texts, cfg, recording=rec)
+        art.calibration["texts"] = {"source": source, "n": len(texts), "skip": skip}
+        save_artifacts(art, out_dir)
+        save_profile(build_profile(rec, art.thresholds, cfg.hot_fraction), out_dir / "profile")
+        result = {"out": str(out_dir), "thresholds": art.thresholds, "layer_sparsity": art.layer_sparsity,
+                  "calibration": art.calibration}
+        _emit(result, as_json, [f"artifacts -> {out_dir}",
+                                f"  thresholds: {', '.join(f'{t:.4g}' for t in art.thresholds)}",
+                                f"  layer sparsity: {', '.join(f'{s:.2f}' for s in art.layer_sparsity)}"])
+
+    @group.command("evaluate", short_help="KL, top-1 agreement, realized sparsity, FLOPs skipped (and tokens/s).")
+    @click.argument("model")
+    @click.option("--artifacts", default=None, help="Artifacts directory (default MODEL/sparsity).")
+    @texts_opt
+    @n_opt
+    @skip_opt
+    @click.option("--mode", type=click.Choice(MODES), default="static", show_default=True,
+                  help="static thresholds, dynamic controller, or predictor active sets.")
+    @click.option("--prefill", type=click.Choice(["dense", "sparse"]), default="sparse", show_default=True,
+                  help="Whether the prompt positions (--prompt-tokens) run dense or sparse.")
+    @click.option("--prompt-tokens", type=click.IntRange(0), default=0, show_default=True,
+                  help="Leading tokens of each text treated as the prompt.")
+    @click.option("--frozen", is_flag=True, help="Dynamic mode with the controller frozen (== static).")
+    @click.option("--speed", is_flag=True, help="Also time greedy decode (dense vs sparse tokens/s).")
+    @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Also write the result JSON here.")
+    @json_opt
+    def evaluate_cmd(model, artifacts, source, n, skip, mode, prefill, prompt_tokens, frozen, speed, out, as_json):
+        """Run MODEL dense and sparse over texts (teacher forcing) and report quality and sparsity metrics."""
+        from sparsealign.io import atomic_write_json
+        from sparsealign.sparse.artifacts import load_artifacts
+        from sparsealign.sparse.evaluate import evaluate_sparsity
+        from sparsealign.sparse.texts import load_texts
+
+        art = load_artifacts(artifacts or _default_out(model, None, "--artifacts"))
+        texts = load_texts(source, n, skip)
+        m, tok = load_model(model)
+        ctl = art.config.controller.model_copy(update={"frozen": True}) if frozen else None
+        res = evaluate_sparsity(m, tok, texts, art, mode, prefill, prompt_tokens=prompt_tokens,
+                                max_length=art.config.max_length, controller=ctl, measure_speed=speed)
+        if out:
+            atomic_write_json(out, res)
+        lines = [f"{mode} (prefill {prefill}) on {res['tokens']} tokens: realized sparsity "
+                 f"{res['realized_sparsity']:.3f} (target {res['target_sparsity']}), FFN FLOPs skipped "
+                 f"{res['flops_skipped']:.3f}, KL {res['kl_mean']:.4g}, top-1 agreement {res['top1_agreement']:.3f}"]
+        if speed:
+            lines.append(f"decode: dense {res['dense_tokens_per_s']:.1f} tok/s, sparse "
+                         f"{res['sparse_tokens_per_s']:.1f} tok/s ({res['speedup']:.2f}x)")
+        _emit(res, as_json, lines)
+
+    @group.command("generate", short_help="Generate with a sparse model; print text and realized sparsity.")
+    @click.argument("model")
+    @click.option("--artifacts", default=None, help="Artifacts directory (default MODEL/sparsity).")
+    @click.option("--prompt", required=True, help="Prompt text.")
+    @click.option("--mode", type=click.Choice(MODES), default="dynamic", show_default=True, help="Sparsity mode.")
+    @click.option("--prefill", type=click.Choice(["dense", "sparse"]), default="dense", show_default=True,
+                  help="Prompt computed dense (default) or sparse.")
+    @click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
+    @json_opt
+    def generate_cmd(model, artifacts, prompt, mode, prefill, max_new_tokens, as_json):
+        """Greedy generation under sparsity; reports the per-layer realized sparsity of the decoded tokens."""
+        import torch
+
+        from sparsealign.sparse.artifacts import load_artifacts
+        from sparsealign.sparse.patch import apply_sparsity
+
+        art = load_artifacts(artifacts or _default_out(model, None, "--artifacts"))
+        m, tok = load_model(model)
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+        with apply_sparsity(m, art, mode, prefill) as handle, torch.no_grad():
+            gen = m.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+            stats = handle.stats()
+        text = tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)
+        res = {"text": text, "new_tokens": int(gen.shape[1] - ids.shape[1]), **stats, "apply_info": handle.info}
+        _emit(res, as_json, [text, f"[{mode}, prefill {prefill}] realized sparsity "
+                                   f"{stats.get('realized_sparsity', 0):.3f}"])
+        sys.stdout.flush()
