@@ -3,25 +3,30 @@ pipeline -- prompt, truncation to the context, batched left-padded generate, res
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from sparsealign.cli import main
 from sparsealign.data.preference import load_pairs
 from sparsealign.models.tiny import save_pretrained, tiny_model_and_tokenizer
 
 HH = "hh-rlhf/helpful-base/test.jsonl.gz"
 
 
-def test_generate_with_local_hf_model(cli, tmp_path: Path, data_dir: Path):
+def test_generate_with_local_hf_model(tmp_path: Path, data_dir: Path, capsys):
     pairs = load_pairs(HH, limit=40).pairs
     texts = [p.prompt + p.chosen + p.rejected for p in pairs]
     model, tok = tiny_model_and_tokenizer(texts, vocab_size=400, hidden_size=32, num_layers=1, num_heads=2,
                                           max_position_embeddings=256)
     model_dir = save_pretrained(model, tok, tmp_path / "tiny-lm")
     out = tmp_path / "hf.jsonl"
-    res = cli("rationales", "generate", "--data", HH, "--out", str(out), "--source", "hf", "--model", str(model_dir),
-              "--limit", "3", "--batch-size", "2", "--max-tokens", "12", "--device", "cpu", "--json")
-    assert res.returncode == 0, res.stderr
-    summary = res.json()
+    # in-process CLI (the subprocess path is covered by the other rationale tests; this saves a torch import)
+    capsys.readouterr()
+    code = main(["rationales", "generate", "--data", HH, "--out", str(out), "--source", "hf", "--model",
+                 str(model_dir), "--limit", "3", "--batch-size", "2", "--max-tokens", "12", "--device", "cpu", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out)
     assert summary["generated"] + summary["empty"] == 3 and summary["with_rationale"] == summary["generated"] >= 1
     got = load_pairs(out).pairs
     assert [p.id for p in got] == [p.id for p in pairs[:3]]

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
+
+from sparsealign.clients.options import endpoint_options, make_client
 
 SOURCES = ("openai", "hf", "execution")
 
@@ -39,22 +42,7 @@ def _load_hf(model_id: str, device: str):
               help="openai: any OpenAI-compatible chat endpoint; hf: a local Hugging Face causal LM; execution: "
                    "test outcomes of code pairs (no LLM).")
 @click.option("--model", "model", default=None, help="Model name at the endpoint (openai) or a local path / hub id (hf).")
-@click.option("--base-url", default="https://api.openai.com/v1", show_default=True,
-              help="OpenAI-compatible API root, ending in /v1 (e.g. http://127.0.0.1:8000/v1 for vLLM).")
-@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
-              help="NAME of the environment variable holding the API key (the key itself is never logged or "
-                   "cached); `none` sends no key.")
-@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 256),
-              help="Parallel requests (openai).")
-@click.option("--max-retries", default=5, show_default=True, type=click.IntRange(0, 100),
-              help="Retries per request on 429/5xx/timeouts/connection errors (openai).")
-@click.option("--retry-backoff", default=1.0, show_default=True, type=click.FloatRange(0),
-              help="Base seconds of the exponential backoff (doubles per retry, with jitter; Retry-After wins).")
-@click.option("--request-timeout", default=120.0, show_default=True, type=click.FloatRange(0.1),
-              help="Seconds per HTTP request (openai).")
-@click.option("--cache", "cache", default=None, type=click.Path(dir_okay=False),
-              help="SQLite response cache (openai) [default: <cache dir>/chat_responses.sqlite].")
-@click.option("--no-cache", is_flag=True, help="Do not read or write the response cache.")
+@endpoint_options
 @click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0), help="Sampling temperature.")
 @click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1), help="Nucleus sampling.")
 @click.option("--max-tokens", default=256, show_default=True, type=click.IntRange(1),
@@ -72,11 +60,9 @@ def _load_hf(model_id: str, device: str):
 @click.option("--save-every", default=50, show_default=True, type=click.IntRange(1),
               help="Rewrite the output after this many new rationales (and every 30 s).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object on stdout.")
-def generate(data: str, out: str, source: str, model: str | None, base_url: str, api_key_env: str, concurrency: int,
-             max_retries: int, retry_backoff: float, request_timeout: float, cache: str | None, no_cache: bool,
-             temperature: float, top_p: float, max_tokens: int, batch_size: int, device: str, workers: int,
+def generate(data: str, out: str, source: str, model: str | None, temperature: float, top_p: float, max_tokens: int, batch_size: int, device: str, workers: int,
              test_timeout: float, memory_mb: int, limit: int | None, seed: int, save_every: int,
-             as_json: bool) -> None:
+             as_json: bool, **endpoint: Any) -> None:
     """Generate a rationale (why the chosen response is preferred) for every pair that lacks one.
 
     \b
@@ -90,8 +76,6 @@ def generate(data: str, out: str, source: str, model: str | None, base_url: str,
     from sparsealign.align import rationales as R
     from sparsealign.data.preference import load_pairs, write_pairs_jsonl
     from sparsealign.errors import UserError
-    from sparsealign.settings import cache_dir
-
     out_path = Path(out)
     R.output_path_check(Path(data), out_path)
     if source in ("openai", "hf") and not model:
@@ -104,13 +88,7 @@ def generate(data: str, out: str, source: str, model: str | None, base_url: str,
 
     client = None
     if source == "openai":
-        from sparsealign.clients import ChatClient
-
-        client = ChatClient(
-            base_url, model, api_key_env=api_key_env, concurrency=concurrency, max_retries=max_retries,
-            timeout_s=request_timeout, backoff_base_s=retry_backoff, seed=seed,
-            cache_path=None if no_cache else Path(cache) if cache else cache_dir() / "chat_responses.sqlite",
-        )
+        client = make_client(model, seed=seed, **endpoint)
         params = {"temperature": temperature, "max_tokens": max_tokens}
         if temperature > 0:
             params.update(top_p=top_p, seed=seed)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
+from typing import Any
 
 import click
+
+from sparsealign.clients.options import endpoint_options, make_client
 
 
 def _items(candidate: str | None, baseline: str | None, pairs: str | None, limit: int | None):
@@ -39,20 +41,7 @@ def _items(candidate: str | None, baseline: str | None, pairs: str | None, limit
               "rate is then the judge's agreement with the labels).")
 @click.option("--model", default=None, help="Judge model name at the endpoint (--judge llm).")
 @click.option("--reward-model", default=None, help="Reward model path or hub id (--judge reward-model).")
-@click.option("--base-url", default="https://api.openai.com/v1", show_default=True,
-              help="OpenAI-compatible API root, ending in /v1.")
-@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
-              help="NAME of the environment variable holding the API key; `none` sends no key.")
-@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 256), help="Parallel requests.")
-@click.option("--max-retries", default=5, show_default=True, type=click.IntRange(0, 100),
-              help="Retries per request on 429/5xx/timeouts/connection errors.")
-@click.option("--retry-backoff", default=1.0, show_default=True, type=click.FloatRange(0),
-              help="Base seconds of the exponential backoff (Retry-After wins).")
-@click.option("--request-timeout", default=120.0, show_default=True, type=click.FloatRange(0.1),
-              help="Seconds per HTTP request.")
-@click.option("--cache", default=None, type=click.Path(dir_okay=False),
-              help="SQLite response cache [default: <cache dir>/chat_responses.sqlite].")
-@click.option("--no-cache", is_flag=True, help="Do not read or write the response cache.")
+@endpoint_options
 @click.option("--max-tokens", default=1024, show_default=True, type=click.IntRange(1),
               help="Maximum tokens of each judgement.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Reward-model batch.")
@@ -67,10 +56,8 @@ def _items(candidate: str | None, baseline: str | None, pairs: str | None, limit
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Per-item verdicts as JSONL (atomic).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object on stdout.")
 def winrate(judge: str, candidate: str | None, baseline: str | None, pairs: str | None, model: str | None,
-            reward_model: str | None, base_url: str, api_key_env: str, concurrency: int, max_retries: int,
-            retry_backoff: float, request_timeout: float, cache: str | None, no_cache: bool, max_tokens: int,
-            batch_size: int, max_length: int, device: str, ci: str, level: float, seed: int, limit: int | None,
-            out: str | None, as_json: bool) -> None:
+            reward_model: str | None, max_tokens: int, batch_size: int, max_length: int, device: str, ci: str,
+            level: float, seed: int, limit: int | None, out: str | None, as_json: bool, **endpoint: Any) -> None:
     """Win rate of candidate responses against baseline responses, judged by an LLM or a reward model.
 
     Win rate = (wins + ties/2) / n with a confidence interval. The LLM judge sees every item twice (candidate as A,
@@ -92,13 +79,7 @@ def winrate(judge: str, candidate: str | None, baseline: str | None, pairs: str 
     items = _items(candidate, baseline, pairs, limit)
     extra: dict[str, object] = {"judge": judge}
     if judge == "llm":
-        from sparsealign.clients import ChatClient
-        from sparsealign.settings import cache_dir
-
-        client = ChatClient(base_url, model, api_key_env=api_key_env, concurrency=concurrency,
-                            max_retries=max_retries, timeout_s=request_timeout, backoff_base_s=retry_backoff,
-                            seed=seed, cache_path=None if no_cache else Path(cache) if cache
-                            else cache_dir() / "chat_responses.sqlite")
+        client = make_client(model, seed=seed, **endpoint)
         records = W.llm_judge(client, items, temperature=0.0, max_tokens=max_tokens)
         client.close()
         extra.update(model=model, requests=client.stats.requests, cache_hits=client.stats.cache_hits,
