@@ -28,6 +28,16 @@ RESET_SIGNALS = (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGALRM, 
 REPORT_FD = 3
 
 
+PROGRAM_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
+               "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
+
+
+def set_program_env() -> None:
+    """The whole environment a program sees; clear() also clears the C-level environ (nothing of the caller)."""
+    os.environ.clear()
+    os.environ.update(PROGRAM_ENV)
+
+
 def rlimit_values(timeout_s: float, memory_mb: int, max_output_bytes: int) -> dict[str, int]:
     """Soft limits (the CPU hard limit is one second above: SIGXCPU first, SIGKILL after)."""
     return {
@@ -60,9 +70,9 @@ def run(req: dict, workdir: str, uid: int | None, nonce: str) -> None:
             _signal.signal(sig, _signal.SIG_DFL)  # _signal: the enum-wrapping `signal.signal` costs ~40 us a call
         _signal.signal(signal.SIGINT, signal.default_int_handler)
         os.chdir(workdir)
-        os.environ.clear()  # also clears the C-level environ: nothing of the caller is visible
-        os.environ.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": "/tmp",
-                           "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8"})
+        if set(os.environ) - set(PROGRAM_ENV):  # the worker already holds exactly PROGRAM_ENV: normally skipped
+            set_program_env()
+        os.environ["HOME"] = workdir
         _apply_rlimits(req)
         try:
             with open("/proc/self/oom_score_adj", "w") as f:  # first in line for the OOM killer, before the worker

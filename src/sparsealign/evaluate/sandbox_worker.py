@@ -355,6 +355,7 @@ def main() -> None:
     if cg is not None:
         cgroup.join(cg)
     caps = enter_namespaces(allowed="--no-namespaces" not in args)
+    program.set_program_env()  # once here, so each fork only sets HOME
     caps["cgroup"] = None if cg is None else {"version": cg["version"], "dirs": cg["dirs"],
                                               "memory_mb": memory_mb + CGROUP_HEADROOM_MB, "pids_max": program.NPROC + 16}
     gc.freeze()  # imported objects move to a permanent generation: programs' GC passes skip them (fewer COW faults)
