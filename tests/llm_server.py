@@ -5,7 +5,8 @@ Replies are computed from the request (never constant):
     except for questions containing POSITION_BIASED, which always get "[[A]]" (a position-biased judge);
   * any other prompt (a rationale prompt) gets a sentence naming the length and the first words of the response the
     prompt says is preferred, so a test can check the server was told the right one.
-`fail_plan` makes the first requests fail with the given HTTP statuses (429 carries `Retry-After: 0`).
+`fail_plan` makes the first requests fail with the given HTTP statuses (429 carries `Retry-After: 0`);
+`fail_after=N` answers 503 to everything after N successful completions (a server that goes down mid-run).
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ def rationale_reply(user: str) -> str:
 
 
 class FakeOpenAI:
-    def __init__(self, *, api_key: str | None = None, fail_plan: list[int] | None = None):
+    def __init__(self, *, api_key: str | None = None, fail_plan: list[int] | None = None,
+                 fail_after: int | None = None):
         self.api_key = api_key
+        self.fail_after = fail_after
         self.fail_plan = list(fail_plan or [])
         self.bodies: list[dict] = []  # successful completions, in arrival order
         self.attempts = 0
@@ -65,6 +68,8 @@ class FakeOpenAI:
                 with server.lock:
                     server.attempts += 1
                     fail = server.fail_plan.pop(0) if server.fail_plan else None
+                    if server.fail_after is not None and len(server.bodies) >= server.fail_after:
+                        fail = 503
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": f"no route {self.path}"}})
                 if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":

@@ -71,6 +71,22 @@ def test_generate_openai_retries_cache_and_resume(cli, tmp_path: Path):
         assert SECRET not in res.stdout + res.stderr
 
 
+def test_server_dying_midway_keeps_finished_rationales(cli, tmp_path: Path):
+    out = tmp_path / "partial.jsonl"
+    env = {"SA_TEST_KEY": SECRET}
+    with FakeOpenAI(api_key=SECRET, fail_after=2) as server:
+        res = cli(*_args(server, out, tmp_path / "c.sqlite", "--limit", "5", "--concurrency", "1", "--max-retries",
+                         "1", "--save-every", "1"), env=env)
+    assert_one_line_error(res, "HTTP 503", "after 2 attempts")
+    kept = load_pairs(out).pairs
+    assert len(kept) == 5 and sum(p.rationale is not None for p in kept) == 2
+    with FakeOpenAI(api_key=SECRET) as server:
+        res = cli(*_args(server, out, tmp_path / "c.sqlite", "--limit", "5"), env=env)
+        assert res.returncode == 0, res.stderr
+        assert (res.json()["reused"], res.json()["generated"], len(server.bodies)) == (2, 3, 3)
+    assert all(p.rationale == _expected(p) for p in load_pairs(out).pairs)
+
+
 def test_rationale_prompt_shows_both_responses_and_marks_preferred(data_dir: Path):
     for pair in load_pairs(HH, limit=4).pairs:
         user = rationale_messages(pair)[-1]["content"]

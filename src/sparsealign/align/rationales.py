@@ -180,7 +180,8 @@ def fill_rationales(
         if state["unsaved"] >= save_every or time.monotonic() - state["last_save"] > save_interval_s:
             save(pairs)
             state["unsaved"], state["last_save"] = 0, time.monotonic()
-            print(f"rationales: {state['new']}/{len(todo)} generated", file=sys.stderr)
+            if sys.stderr.isatty():  # progress for people; logs and error output stay clean
+                print(f"rationales: {state['new']}/{len(todo)} generated", file=sys.stderr)
 
     try:
         generator([pairs[i] for i in todo], on_done)

@@ -217,14 +217,15 @@ class ChatClient:
                 if on_done is not None:
                     on_done(i, completion)
 
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="chat") as pool:
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="chat")
+        try:
             futures = [pool.submit(one, i) for i in range(len(requests))]
-            finished, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for fut in pending:
-                fut.cancel()
-            for fut in futures:
-                if fut.done() and not fut.cancelled() and fut.exception() is not None:
-                    raise fut.exception()  # type: ignore[misc]
+            wait(futures, return_when=FIRST_EXCEPTION)
+        finally:  # on a failure or Ctrl-C, drop what has not started; only in-flight requests are awaited
+            pool.shutdown(wait=True, cancel_futures=True)
+        for fut in futures:
+            if not fut.cancelled() and fut.exception() is not None:
+                raise fut.exception()  # type: ignore[misc]
         return [r for r in results if r is not None]
 
     def close(self) -> None:
