@@ -62,7 +62,9 @@ def test_layers_in_force(pool):
     assert iso["unprivileged_uid"] and iso["uid"] not in (0, None)
     assert iso["rlimits"]["RLIMIT_NPROC"] > 0 and iso["rlimits"]["RLIMIT_AS"] == 512 << 20
     if iso["pid_namespace"]:
-        assert iso["mount_namespace"] and iso["private_tmp"]
+        assert iso["mount_namespace"] and iso["private_tmp"] and iso["private_proc"] and iso["python_readable"]
+        result = run(pool, "import os, csv, json, socket, sqlite3\nprint(sorted(os.listdir('/proc'))[:1], os.getpid())")
+        assert result.status == "passed", result  # modules the worker did not pre-import still load
 
 
 def test_fork_bomb_is_contained(pool):

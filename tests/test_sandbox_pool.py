@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -81,6 +82,14 @@ def test_pool_overrides_and_closes():
             os.waitpid(pid, os.WNOHANG)  # reaped: no worker left behind
     with pytest.raises(RuntimeError):
         pool.run("pass")
+
+
+def test_a_dead_worker_is_replaced():
+    with SandboxPool(workers=1, timeout_s=5) as pool:
+        os.killpg(pool._all[0].proc.pid, signal.SIGKILL)  # from outside: no program can reach the worker
+        result = pool.run("print('lost')")
+        assert result.status == "error" and "worker" in result.reason, result
+        assert pool.run("print('back')").stdout == "back\n"
 
 
 def test_classify_is_strict_about_completion():

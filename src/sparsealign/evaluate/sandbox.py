@@ -209,8 +209,8 @@ def isolation_of(caps: dict[str, Any], uid: int | None, timeout_s: float, memory
     """Which layers were in force (the worker probed the kernel at start)."""
     return {
         "uid": uid, "unprivileged_uid": uid is not None,
-        **{k: bool(caps[k]) for k in ("pid_namespace", "mount_namespace", "private_tmp", "readonly_root",
-                                      "network_namespace", "ipc_namespace", "python_exposed")},
+        **{k: bool(caps.get(k)) for k in ("pid_namespace", "mount_namespace", "private_tmp", "private_proc",
+                                          "readonly_root", "network_namespace", "ipc_namespace", "python_readable")},
         "cgroup": caps.get("cgroup") and {k: caps["cgroup"][k] for k in ("version", "memory_mb", "pids_max")},
         "own_session": True, "clean_env": True, "no_new_privs": True,
         "rlimits": rlimit_values(timeout_s, memory_mb, max_output_bytes),

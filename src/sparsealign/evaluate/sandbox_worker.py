@@ -46,7 +46,7 @@ WARM_MODULES = ("bisect", "collections", "copy", "functools", "heapq", "itertool
 LIBC = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 0x1000, 0x4000, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, MNT_DETACH = 1, 36, 2
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE = 442, -100, 0x8000
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = 0x1, 0x2
 TMPFS_OPTS = b"size=128m,nr_inodes=8192,mode=1777"
@@ -109,17 +109,24 @@ def _expose_python() -> None:
     for anc, paths in hidden.items():
         fds = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in paths}
         _mount(b"tmpfs", anc, b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755")
-        for path, fd in fds.items():
-            os.makedirs(path, exist_ok=True)
-            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-            os.close(fd)
+        try:
+            for path, fd in fds.items():
+                os.makedirs(path, exist_ok=True)
+                _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        except OSError:
+            LIBC.umount2(os.fsencode(anc), MNT_DETACH)  # never leave the interpreter hidden under an empty tmpfs
+            raise
+        finally:
+            for fd in fds.values():
+                os.close(fd)
 
 
 def enter_namespaces(allowed: bool = True) -> dict:
     """Called by the outer process. Returns the layers in force; in the namespaced case the caller is now W.
     `allowed=False` skips them all (to exercise the fallback where the kernel refuses them)."""
     caps = {"root": os.geteuid() == 0, "pid_namespace": False, "mount_namespace": False, "network_namespace": False,
-            "ipc_namespace": False, "readonly_root": False, "private_tmp": False, "python_exposed": False}
+            "ipc_namespace": False, "readonly_root": False, "private_tmp": False, "private_proc": False,
+            "python_exposed": False}
     if not allowed:
         return caps
     try:
@@ -137,25 +144,33 @@ def enter_namespaces(allowed: bool = True) -> dict:
         os._exit(os.waitstatus_to_exitcode(os.waitpid(w, 0)[1]) & 0xFF)
     LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # outer killed -> W killed -> the namespace dies
     caps["pid_namespace"] = caps["mount_namespace"] = True
-    _mount(b"none", b"/", None, MS_REC | MS_PRIVATE)
     try:
-        _expose_python()
-        caps["python_exposed"] = True
+        _mount(b"none", b"/", None, MS_REC | MS_PRIVATE)  # nothing we mount below may propagate to the host
     except OSError:
-        pass
-    try:
-        _readonly_tree()
-        caps["readonly_root"] = True
-    except OSError:
-        pass
-    try:
-        for target in SCRATCH:
-            _mount(b"tmpfs", target, b"tmpfs", MS_NOSUID | MS_NODEV, TMPFS_OPTS)
-        caps["private_tmp"] = True
-    except OSError:
-        pass
-    _mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        return caps  # no private propagation: mount nothing at all (the PID namespace still contains programs)
+    for layer, step in (("python_exposed", _expose_python), ("readonly_root", _readonly_tree),
+                        ("private_tmp", _private_scratch), ("private_proc", _private_proc)):
+        try:
+            step()
+            caps[layer] = True
+        except OSError:
+            pass
     return caps
+
+
+def _private_scratch() -> None:
+    for target in SCRATCH:
+        _mount(b"tmpfs", target, b"tmpfs", MS_NOSUID | MS_NODEV, TMPFS_OPTS)
+
+
+def _private_proc() -> None:
+    """A /proc of our own PID namespace: programs see only themselves."""
+    _mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def python_readable() -> bool:
+    """Whether the unprivileged uid can reach every directory of the interpreter (else only warm modules import)."""
+    return all(_hidden_ancestor(p) is None for p in python_paths())
 
 
 # ---- one program ------------------------------------------------------------------------------------------------
@@ -356,6 +371,7 @@ def main() -> None:
         cgroup.join(cg)
     caps = enter_namespaces(allowed="--no-namespaces" not in args)
     program.set_program_env()  # once here, so each fork only sets HOME
+    caps["python_readable"] = python_readable()
     caps["cgroup"] = None if cg is None else {"version": cg["version"], "dirs": cg["dirs"],
                                               "memory_mb": memory_mb + CGROUP_HEADROOM_MB, "pids_max": program.NPROC + 16}
     gc.freeze()  # imported objects move to a permanent generation: programs' GC passes skip them (fewer COW faults)
