@@ -50,6 +50,7 @@ def test_pass_at_1_single_sample_uses_wilson() -> None:
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     assert (ci.low, ci.high) == pytest.approx((centre - half, centre + half))
     assert wilson_interval(0, 10).low == 0.0 and wilson_interval(0, 10).high > 0
+    assert wilson_interval(10, 10).high == 1.0 and wilson_interval(10, 10).low < 1
 
 
 def test_pass_at_k_interval_bootstraps_over_problems() -> None:

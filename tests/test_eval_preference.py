@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from conftest import assert_one_line_error
 from sparsealign.align.logps import TokenizeSettings, encode_prompt, encode_response
 from sparsealign.data.preference import load_pairs
+from sparsealign.errors import UserError
 from sparsealign.evaluate.divergence import bernoulli_js
+from sparsealign.evaluate.loading import load_model_and_tokenizer
 from sparsealign.evaluate.preference_eval import evaluate_preference
 from sparsealign.models.tiny import build_llama, save_pretrained, tiny_model_and_tokenizer
 
@@ -22,7 +27,7 @@ UF = "ultrafeedback_binarized/train_clean.jsonl"
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, data_dir):
     torch.set_num_threads(2)
-    pairs = load_pairs(data_dir / HH, limit=16).pairs
+    pairs = load_pairs(data_dir / HH, limit=10).pairs
     model, tok = tiny_model_and_tokenizer([p.prompt + p.chosen + p.rejected for p in pairs], vocab_size=400,
                                           max_position_embeddings=1024)
     ref = build_llama(len(tok), seed=1, max_position_embeddings=1024)
@@ -44,14 +49,14 @@ def _unbatched_logp(model, tok, pair, settings) -> float:
 
 
 def test_dpo_metrics_are_consistent_with_logps(tiny) -> None:
-    pairs, settings = tiny["pairs"], TokenizeSettings(max_length=1024, max_prompt_length=512)
+    pairs, settings = tiny["pairs"], TokenizeSettings(max_length=512, max_prompt_length=256)
     summary, records = evaluate_preference(tiny["model"], tiny["tok"], pairs, "dpo", tiny["ref"], beta=0.1,
                                            settings=settings, batch_size=4, n_resamples=200)
     m = summary["metrics"]
     assert summary["n_pairs"] == len(records) == len(pairs)
     lengths = [len(encode_prompt(tiny["tok"], p.prompt, settings)) + max(
         len(encode_response(tiny["tok"], p.prompt, r, settings)) for r in (p.chosen, p.rejected)) for p in pairs]
-    assert summary["n_truncated"] == sum(n > 1024 for n in lengths)
+    assert summary["n_truncated"] == sum(n > 512 for n in lengths)
     assert 0 <= m["reward_accuracy"]["estimate"] <= 1 and 0 <= m["ranking_accuracy"]["estimate"] <= 1
     assert 0 <= m["preference_divergence"]["estimate"] <= math.log(2)
     assert m["bt_cross_entropy"]["estimate"] > 0
@@ -60,7 +65,7 @@ def test_dpo_metrics_are_consistent_with_logps(tiny) -> None:
     assert m["ranking_accuracy"]["estimate"] == pytest.approx(np.mean(lw > ll))
     assert m["reward_accuracy"]["estimate"] == pytest.approx(np.mean([r["margin"] > 0 for r in records]))
     # the batched, padded scorer agrees with a plain forward pass; the DPO reward is beta * (logp - ref logp)
-    for i in [i for i, n in enumerate(lengths) if n <= 1024][:2]:
+    for i in [i for i, n in enumerate(lengths) if n <= 512][:2]:
         assert records[i]["logp_chosen"] == pytest.approx(_unbatched_logp(tiny["model"], tiny["tok"], pairs[i],
                                                                           settings), abs=2e-3)
         ref_lp = _unbatched_logp(tiny["ref"], tiny["tok"], pairs[i], settings)
@@ -88,21 +93,20 @@ def test_scored_pairs_use_soft_human_probabilities(tiny, data_dir) -> None:
 def test_cli_identical_baseline_never_flips_and_reports_kl(tiny, cli) -> None:
     root = tiny["root"]
     res = cli("eval", "preference", "--model", str(root / "policy"), "--ref-model", str(root / "ref"),
-              "--baseline-model", str(root / "policy"), "--method", "simpo", "--data", HH, "--limit", "8",
-              "--kl-samples", "4", "--kl-max-new-tokens", "16", "--bootstrap", "100", "--name", "pref", "--json")
+              "--baseline-model", str(root / "policy"), "--method", "simpo", "--data", HH, "--limit", "6",
+              "--kl-samples", "3", "--kl-max-new-tokens", "8", "--max-length", "256", "--bootstrap", "100",
+              "--name", "pref", "--json")
     assert res.returncode == 0, res.stderr
     out = res.json()
     assert out["flip"]["flip_rate"]["estimate"] == 0.0 and out["flip"]["flip_divergence"]["estimate"] == 0.0
-    assert out["kl"]["n"] == 4 and math.isfinite(out["kl"]["estimate"])
-    assert out["n_pairs"] == 8 and out["beta"] == 2.0
-    again = cli("eval", "preference", "--model", str(root / "policy"), "--ref-model", str(root / "ref"),
-                "--baseline-model", str(root / "policy"), "--method", "simpo", "--data", HH, "--limit", "8",
-                "--kl-samples", "4", "--kl-max-new-tokens", "16", "--bootstrap", "100", "--name", "pref", "--json")
-    assert again.returncode == 0 and again.json()["metrics"] == out["metrics"]  # the finished cell is reused
+    assert out["kl"]["n"] == 3 and math.isfinite(out["kl"]["estimate"])
+    assert out["n_pairs"] == 6 and out["beta"] == 2.0
+    summary = json.loads((Path(out["records"]).parent / "summary.json").read_text())
+    assert summary["metrics"] == out["metrics"] and len(pd.read_parquet(out["records"])) == 6
 
 
-def test_cli_dpo_without_reference_is_one_line_error(tiny, cli) -> None:
+def test_dpo_without_reference_and_missing_model_are_one_line_errors(tiny, cli) -> None:
     res = cli("eval", "preference", "--model", str(tiny["root"] / "policy"), "--method", "dpo", "--data", HH)
     assert_one_line_error(res, "--ref-model")
-    res = cli("eval", "preference", "--model", str(tiny["root"] / "missing"), "--method", "orpo", "--data", HH)
-    assert_one_line_error(res, "missing", "model not found")
+    with pytest.raises(UserError, match="model not found"):
+        load_model_and_tokenizer(str(tiny["root"] / "missing"))

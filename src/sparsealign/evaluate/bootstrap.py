@@ -137,4 +137,6 @@ def wilson_interval(successes: int, total: int, *, level: float = DEFAULT_LEVEL)
     denom = 1.0 + z * z / total
     centre = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), level, total, "wilson")
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact ends: no 1e-17 rounding residue
+    high = 1.0 if successes == total else min(1.0, centre + half)
+    return Interval(p, low, high, level, total, "wilson")

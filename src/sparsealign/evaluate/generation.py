@@ -62,6 +62,27 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return set(ids) if isinstance(ids, (list, tuple)) else {int(ids)}
 
 
+def _stop_criteria(tokenizer, stop: Sequence[str]):
+    """Per-row stop on decoded text: checks only the last few tokens each step, where a new stop string can appear.
+
+    (HF's `stop_strings` precomputes a table over the whole vocabulary on every call: seconds per call.)
+    """
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    window = max(len(s) for s in stop) + 8  # tokens: every token decodes to >= 1 character or a byte piece
+
+    class _TailStop(StoppingCriteria):
+        start = 0  # prompt width of the current batch, set before each generate call
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+            lo = max(self.start, input_ids.shape[1] - window)
+            tails = tokenizer.batch_decode(input_ids[:, lo:], skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in stop) for t in tails], device=input_ids.device)
+
+    return StoppingCriteriaList([_TailStop()])
+
+
 def generate(
     model,
     tokenizer,
@@ -113,7 +134,7 @@ def generate_from_ids(
     if sampling:
         gen_kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
     if stop:
-        gen_kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
+        gen_kwargs["stopping_criteria"] = _stop_criteria(tokenizer, stop)
     batches = [order[i: i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     for b, batch in enumerate(tqdm(batches, desc="generate", disable=not progress, leave=False)):
         width = max(len(encoded[i]) for i in batch)
@@ -121,6 +142,8 @@ def generate_from_ids(
         input_ids = torch.tensor([[pad_id] * (width - len(encoded[i])) + encoded[i] for i in batch], device=device)
         mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch], device=device)
         torch.manual_seed(cfg.seed + b)
+        if stop:
+            gen_kwargs["stopping_criteria"][0].start = width
         with torch.no_grad():
             out = model.generate(input_ids=input_ids, attention_mask=mask, **gen_kwargs)
         new_tokens = out[:, width:].tolist()  # (batch * n, new) rows grouped by prompt
