@@ -165,35 +165,28 @@ def test_network_connect_to_a_local_listener_fails(pool):
     assert result.status == "failed" and ("unreachable" in result.reason or "refused" in result.reason), result
 
 
-def test_double_forked_daemon_does_not_survive(pool):
-    marker = f"{secrets.randbelow(10**6) + 10**6}.{secrets.randbelow(1000):03d}"  # a unique `sleep` argument
-    result = run(pool, f"""
+def _daemon_then(then: str) -> tuple[str, str]:
+    """A program that double-forks a daemon (`sleep <unique marker>` in its own session), then runs `then`."""
+    marker = f"{secrets.randbelow(10**6) + 10**6}.{secrets.randbelow(1000):03d}"
+    source = textwrap.dedent(f"""
         import os, time
         if os.fork() == 0:
             os.setsid()
             if os.fork() == 0:
                 os.execv("/bin/sleep", ["sleep", "{marker}"])
             os._exit(0)
-        time.sleep(0.3)
-        print("parent done")
-    """)
-    assert result.status == "passed" and result.stdout == "parent done\n", result
-    assert_no_strays(pool, marker)
+    """) + textwrap.dedent(then)
+    return source, marker
 
 
-def test_daemon_of_a_timed_out_program_does_not_survive(pool):
-    marker = f"{secrets.randbelow(10**6) + 10**6}.{secrets.randbelow(1000):03d}"
-    result = run(pool, f"""
-        import os
-        if os.fork() == 0:
-            os.setsid()
-            if os.fork() == 0:
-                os.execv("/bin/sleep", ["sleep", "{marker}"])
-            os._exit(0)
-        while True:
-            pass
-    """)
-    assert result.status == "timeout", result
+@pytest.mark.parametrize(("then", "status"), [
+    ("time.sleep(0.3)\nprint('parent done')\n", "passed"),
+    ("while True:\n    pass\n", "timeout"),
+])
+def test_double_forked_daemon_does_not_survive(pool, then, status):
+    source, marker = _daemon_then(then)
+    result = run(pool, source)
+    assert result.status == status, result
     assert_no_strays(pool, marker)
 
 
