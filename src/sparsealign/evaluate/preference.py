@@ -15,6 +15,14 @@ from sparsealign.evaluate.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, boo
 from sparsealign.evaluate.divergence import bernoulli_js, bt_cross_entropy, sigmoid
 
 
+def _paired(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, what: str) -> tuple[np.ndarray, ...]:
+    """Two per-pair arrays as float64, checked to be 1-D, non-empty and aligned."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or x.size == 0:
+        raise ValueError(f"need two equal-length non-empty 1-D {what} arrays, got {x.shape} and {y.shape}")
+    return x, y
+
+
 def _ci(values: np.ndarray, n_resamples: int, level: float, seed: int) -> dict:
     return bootstrap_ci(values, n_resamples=n_resamples, level=level, seed=seed).to_dict()
 
@@ -39,10 +47,7 @@ def preference_metrics(
     ranking_accuracy      mean[log pi(y_w|x) > log pi(y_l|x)]  (only when the summed log-probs are given)
     human_prob defaults to 1 (hard labels); pass sigma((s_w - s_l)/tau) for scored data.
     """
-    r_w = np.asarray(rewards_chosen, dtype=np.float64)
-    r_l = np.asarray(rewards_rejected, dtype=np.float64)
-    if r_w.shape != r_l.shape or r_w.ndim != 1 or r_w.size == 0:
-        raise ValueError(f"need two equal-length non-empty 1-D reward arrays, got {r_w.shape} and {r_l.shape}")
+    r_w, r_l = _paired(rewards_chosen, rewards_rejected, "reward")
     p_h = np.broadcast_to(np.asarray(1.0 if human_prob is None else human_prob, dtype=np.float64), r_w.shape)
     if np.any((p_h < 0) | (p_h > 1)) or np.any(np.isnan(p_h)):
         raise ValueError("human_prob must lie in [0, 1]")
@@ -54,7 +59,7 @@ def preference_metrics(
         "bt_cross_entropy": bt_cross_entropy(p_h, margin),
     }
     if logp_chosen is not None and logp_rejected is not None:
-        lw, ll = np.asarray(logp_chosen, dtype=np.float64), np.asarray(logp_rejected, dtype=np.float64)
+        lw, ll = _paired(logp_chosen, logp_rejected, "log-prob")
         per_pair["ranking_accuracy"] = (lw > ll).astype(np.float64)
     out = {name: _ci(v, n_resamples, level, seed) for name, v in per_pair.items()}
     out["mean_human_prob"] = {"estimate": float(p_h.mean()), "n": int(p_h.size)}
@@ -76,10 +81,7 @@ def flip_metrics(
     flip_divergence      mean JS(Bern(sigma(m_dense)) || Bern(sigma(m_sparse))), nats
     margin_shift         mean[m_sparse - m_dense]
     """
-    d = np.asarray(margin_dense, dtype=np.float64)
-    s = np.asarray(margin_sparse, dtype=np.float64)
-    if d.shape != s.shape or d.ndim != 1 or d.size == 0:
-        raise ValueError(f"need two equal-length non-empty 1-D margin arrays, got {d.shape} and {s.shape}")
+    d, s = _paired(margin_dense, margin_sparse, "margin")
     per_pair = {
         "flip_rate": ((d > 0) != (s > 0)).astype(np.float64),
         "flip_divergence": bernoulli_js(sigmoid(d), sigmoid(s)),
@@ -100,7 +102,5 @@ def kl_estimate(
 
     Unbiased only when the completions were sampled from pi itself at temperature 1 with no top-p/top-k.
     """
-    lp, lr = np.asarray(logp_policy, dtype=np.float64), np.asarray(logp_ref, dtype=np.float64)
-    if lp.shape != lr.shape or lp.ndim != 1 or lp.size == 0:
-        raise ValueError(f"need two equal-length non-empty 1-D log-prob arrays, got {lp.shape} and {lr.shape}")
+    lp, lr = _paired(logp_policy, logp_ref, "log-prob")
     return _ci(lp - lr, n_resamples, level, seed)
