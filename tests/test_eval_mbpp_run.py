@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import assert_one_line_error
 from sparsealign.data.mbpp import load_mbpp
 from sparsealign.evaluate.generation import SamplingConfig
 from sparsealign.evaluate.mbpp import STATUSES, MbppEvalConfig, evaluate_mbpp
@@ -107,3 +108,16 @@ def test_sampling_bigcode_and_chunk_resume(tiny_coder, tmp_path, monkeypatch) ->
     assert list(table["completion"][:2]) == ["FROM-PART", "FROM-PART"] and table["completion"][2] != "FROM-PART"
     assert (parts / "part-0001.jsonl").exists() and summary["total"] == 3
     assert run_mbpp(run_cfg, name="resume") == summary  # the finished ledger cell is reused, not recomputed
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        ((), "exactly one of --model"),
+        (("--model", "m", "--n", "2"), "temperature > 0"),
+        (("--model", "m", "--k", "5"), "pass@5 needs at least 5 samples"),
+        (("--solutions", "reference", "--data", "nope.jsonl"), "nope.jsonl"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(cli, args, needle) -> None:
+    assert_one_line_error(cli("eval", "mbpp", *args, "--json"), needle)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sparsealign.config import StrictModel
 from sparsealign.data.records import MbppTask
@@ -44,6 +44,14 @@ class MbppEvalConfig(StrictModel):
     ci_resamples: int = Field(1000, ge=0)
     ci_level: float = Field(0.95, gt=0, lt=1)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _k_within_n(self) -> MbppEvalConfig:
+        too_big = [k for k in self.ks if k > self.sampling.n]
+        if too_big:
+            raise ValueError(f"pass@{too_big[0]} needs at least {too_big[0]} samples per problem; raise --n "
+                             f"(now {self.sampling.n}) with --temperature > 0, or drop --k {too_big[0]}")
+        return self
 
 
 def _error_line(stderr: str) -> str:
