@@ -197,12 +197,14 @@ def _reap_all(block: bool) -> None:
 
 
 def _contain(caps: dict, uid: int | None, session: int) -> int:
-    """Kill everything the program left running; returns how many processes it had left behind."""
+    """Kill everything the program left running; returns whether (namespace) or how many (uid) it had left."""
     me = os.getpid()
     if caps["pid_namespace"] and me == 1:  # guard: kill(-1) from pid 1 of a PID namespace reaches only that namespace
-        left = sum(1 for pid, _ in _proc_uids() if pid != me)
-        if left:
+        try:
             os.kill(-1, signal.SIGKILL)
+            left = 1
+        except ProcessLookupError:  # nobody else in the namespace
+            left = 0
         _reap_all(block=True)  # orphans are reparented to us before their parent is reaped: this gets them all
         return left
     left = 0
