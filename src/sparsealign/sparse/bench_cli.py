@@ -35,13 +35,17 @@ def parse_modes(value: str) -> list[str]:
     return modes
 
 
-def load_model_dir(path: Path):
-    """fp32 model + tokenizer from an HF directory, with one-line errors for a wrong path."""
+def check_model_dir(path: Path) -> None:
     from sparsealign.errors import UserError
 
     if not (path / "config.json").exists():
         raise UserError(f"{path}: not a Hugging Face model directory (no config.json)",
                         hint="pass a directory written by save_pretrained or `sparsealign convert llama2c`")
+
+
+def load_model_dir(path: Path):
+    """fp32 model + tokenizer from an HF directory, with one-line errors for a wrong path."""
+    check_model_dir(path)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -95,6 +99,8 @@ def bench(model_dir: Path | None, preset: str | None, layers: int | None, extrap
         raise UserError("pass exactly one of --model DIR or --preset NAME")
     sparsities = parse_floats(sparsity, "--sparsity")
     mode_list = parse_modes(modes)
+    if model_dir is not None:
+        check_model_dir(model_dir)
     import torch
 
     from sparsealign.sparse.bench import bench_decode, build_preset, local_texts
@@ -129,6 +135,87 @@ def bench(model_dir: Path | None, preset: str | None, layers: int | None, extrap
                    f"{r['ffn_speedup']:>6.2f} {r['ffn_ideal_speedup']:>9.2f}")
 
 
+def _read_chunks(path: Path, chars: int = 1200) -> list[str]:
+    from sparsealign.errors import DataError
+
+    text = path.read_text(encoding="utf-8")
+    chunks = [c for c in (text[i:i + chars].strip() for i in range(0, len(text), chars)) if c]
+    if not chunks:
+        raise DataError(path, "no text in file")
+    return chunks
+
+
+@click.command("curve")
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="HF model directory (e.g. stories260K converted with `sparsealign convert llama2c`).")
+@click.option("--sparsity", "sparsity", default="0,0.1,0.2,0.3,0.5,0.7,0.9", show_default=True,
+              help="Comma-separated target sparsities.")
+@click.option("--modes", default="static,dynamic", show_default=True, help="Comma-separated modes.")
+@click.option("--calib-texts", type=click.IntRange(1, 10000), default=24, show_default=True,
+              help="Calibration texts sampled from the dense model (seed 0) when --calib-file is not given.")
+@click.option("--eval-texts", type=click.IntRange(1, 10000), default=12, show_default=True,
+              help="Held-out texts sampled from the dense model (seed 1, disjoint) when --eval-file is not given.")
+@click.option("--new-tokens", type=click.IntRange(8, 4096), default=128, show_default=True,
+              help="Length of each sampled text in tokens.")
+@click.option("--calib-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Calibrate on this UTF-8 text instead (split into ~1200-character chunks), e.g. for a domain shift.")
+@click.option("--eval-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Evaluate on this UTF-8 text instead of sampled text.")
+@click.option("--prompt-tokens", type=click.IntRange(0, 4096), default=0, show_default=True,
+              help="First positions of each text run dense as a prompt (prefill=dense); 0 = every position sparse.")
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="torch CPU threads (1 is fastest for small models on shared cores).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output directory for curve.json/csv/png and the texts used; default runs/curve-<model name>.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (rows and file paths).")
+def curve(model_dir: Path, sparsity: str, modes: str, calib_texts: int, eval_texts: int, new_tokens: int,
+          calib_file: Path | None, eval_file: Path | None, prompt_tokens: int, threads: int, out_dir: Path | None,
+          as_json: bool) -> None:
+    """KL(dense || sparse) per token and next-token top-1 agreement versus sparsity, static vs dynamic.
+
+    Calibrates static thresholds at each sparsity, then evaluates each mode teacher-forced on held-out text.
+    Without text files, the dense model samples its own calibration and (disjoint) held-out texts.
+
+    \b
+    Example:
+      sparsealign convert llama2c ../shared/data/models/stories260K/stories260K.bin \\
+          --tokenizer ../shared/data/models/stories260K/tok512.bin --out models/stories260K-hf
+      sparsealign sparsify curve --model models/stories260K-hf --json
+    """
+    sparsities = parse_floats(sparsity, "--sparsity")
+    mode_list = parse_modes(modes)
+    check_model_dir(model_dir)
+    import torch
+
+    from sparsealign.io import atomic_write_json
+    from sparsealign.settings import runs_dir
+    from sparsealign.sparse.bench_curve import sample_texts, sparsity_curve, write_curve
+
+    torch.set_num_threads(threads)
+    model, tokenizer = load_model_dir(model_dir)
+    calib = _read_chunks(calib_file) if calib_file else sample_texts(model, tokenizer, calib_texts,
+                                                                    new_tokens=new_tokens, seed=0)
+    held = _read_chunks(eval_file) if eval_file else sample_texts(model, tokenizer, eval_texts,
+                                                                 new_tokens=new_tokens, seed=1)
+    result = sparsity_curve(model, tokenizer, calib, held, sparsities, mode_list, prompt_tokens=prompt_tokens,
+                            log=_log)
+    out_dir = out_dir or runs_dir() / f"curve-{model_dir.resolve().name}"
+    result.update(model=str(model_dir), calib_source=str(calib_file or "sampled:seed0"),
+                  eval_source=str(eval_file or "sampled:seed1"))
+    paths = write_curve(result, out_dir, title=f"{model_dir.resolve().name}: sparse vs dense")
+    paths.append(atomic_write_json(out_dir / "texts.json", {"calibration": calib, "eval": held}))
+    result["files"] = [str(p) for p in paths]
+    if as_json:
+        click.echo(json.dumps(result, sort_keys=True))
+        return
+    click.echo(f"{'mode':>8} {'target':>6} {'realized':>8} {'KL nats/tok':>11} {'top-1 agree':>11}")
+    for r in result["rows"]:
+        click.echo(f"{r['mode']:>8} {r['sparsity']:>6.2f} {r['realized_sparsity']:>8.3f} {r['kl_mean']:>11.4f} "
+                   f"{r['top1_agreement']:>11.3f}")
+    click.echo(f"wrote {', '.join(result['files'])}")
+
+
 def register(cli: click.Group) -> None:
     """Add `bench` (and `curve`) to the shared `sparsify` group."""
     cli.commands["sparsify"].add_command(bench)
+    cli.commands["sparsify"].add_command(curve)

@@ -1,0 +1,104 @@
+"""Sparsity on real pretrained weights: the converted stories260K (SwiGLU), KL / agreement vs sparsity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import assert_one_line_error
+from sparsealign.models.llama2c import convert
+from sparsealign.sparse.bench_curve import sample_texts, sparsity_curve
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny models: 1 thread avoids OpenMP barrier stalls on the shared cores (and leaves a core to the others)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def stories(data_dir: Path, tmp_path_factory) -> Path:
+    root = data_dir / "models" / "stories260K"
+    out = tmp_path_factory.mktemp("curve") / "stories260K"
+    convert(root / "stories260K.bin", root / "tok512.bin", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_tok(stories):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(stories).eval(), AutoTokenizer.from_pretrained(stories)
+
+
+def test_sampled_heldout_text_is_stories_and_disjoint(model_tok):
+    model, tok = model_tok
+    calib = sample_texts(model, tok, 4, new_tokens=48, seed=0)
+    held = sample_texts(model, tok, 4, new_tokens=48, seed=1)
+    assert calib == sample_texts(model, tok, 4, new_tokens=48, seed=0)  # reproducible
+    assert not set(calib) & set(held)
+    assert all(t.startswith(("Once upon a time", "One day", "Lily and Tom", "There was a little")) for t in held)
+    words = " ".join(held).split()
+    assert len(words) > 100 and sum(w.strip('.,!?"').isalpha() for w in words) / len(words) > 0.8
+
+
+def test_sparsity_zero_is_exactly_dense_and_unpatch_restores(model_tok):
+    from sparsealign.sparse.calibration import calibrate
+    from sparsealign.sparse.config import SparsityConfig
+    from sparsealign.sparse.patch import apply_sparsity
+
+    model, tok = model_tok
+    ids = tok("Once upon a time, there was a little girl named Lily.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        dense = model(ids).logits
+    originals = [layer.mlp for layer in model.model.layers]
+    art = calibrate(model, tok, ["Once upon a time, there was a dog. The dog liked to run in the park."],
+                    SparsityConfig(target_sparsity=0.0))
+    for mode in ("static", "dynamic"):
+        with apply_sparsity(model, art, mode, "sparse"), torch.no_grad():
+            assert (model(ids).logits - dense).abs().max() <= 1e-5
+            assert type(model.model.layers[0].mlp).__name__ == "SparseMLP"
+        assert [layer.mlp for layer in model.model.layers] == originals
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, dense)
+
+
+def test_kl_and_agreement_versus_sparsity(model_tok):
+    model, tok = model_tok
+    calib = sample_texts(model, tok, 12, new_tokens=64, seed=0)
+    held = sample_texts(model, tok, 6, new_tokens=64, seed=1)
+    result = sparsity_curve(model, tok, calib, held, [0.0, 0.3, 0.6, 0.9], ("static", "dynamic"))
+    for mode in ("static", "dynamic"):
+        rows = [r for r in result["rows"] if r["mode"] == mode]
+        assert [r["sparsity"] for r in rows] == [0.0, 0.3, 0.6, 0.9]
+        assert rows[0]["kl_mean"] < 1e-8 and rows[0]["top1_agreement"] == 1.0
+        kls = [r["kl_mean"] for r in rows]
+        assert all(a < b for a, b in zip(kls, kls[1:], strict=False)), (mode, kls)
+        agree = [r["top1_agreement"] for r in rows]
+        assert agree[-1] < agree[1] < 1.0, (mode, agree)
+        # held-out text from the calibration distribution: realized sparsity near the target
+        for r in rows:
+            assert abs(r["realized_sparsity"] - r["sparsity"]) < 0.03, (mode, r)
+
+
+def test_curve_cli_writes_json_csv_png(cli, stories, tmp_path):
+    res = cli("sparsify", "curve", "--model", str(stories), "--sparsity", "0,0.5", "--calib-texts", "4",
+              "--eval-texts", "2", "--new-tokens", "32", "--out", "curve", "--json")
+    assert res.returncode == 0, res.stderr
+    out = res.json()
+    assert [(r["mode"], r["sparsity"]) for r in out["rows"]] == [
+        ("static", 0.0), ("dynamic", 0.0), ("static", 0.5), ("dynamic", 0.5)]
+    for name in ("curve.json", "curve.csv", "curve.png", "texts.json"):
+        assert (tmp_path / "curve" / name).stat().st_size > 0
+    assert json.loads((tmp_path / "curve" / "curve.json").read_text())["rows"] == out["rows"]
+    assert (tmp_path / "curve" / "curve.csv").read_text().splitlines()[0].startswith("mode,sparsity,")
+
+    assert_one_line_error(cli("sparsify", "curve", "--model", str(tmp_path), "--json"), "config.json")
+    assert_one_line_error(cli("sparsify", "curve", "--model", str(stories), "--sparsity", "0.5,1.5"), "--sparsity")
+    assert_one_line_error(cli("sparsify", "curve", "--model", str(stories), "--modes", "static,fast"), "fast")
