@@ -3,6 +3,7 @@ generations (pass@1 ~ 0 is expected: the point is a complete, valid records tabl
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pandas as pd
@@ -11,7 +12,7 @@ import torch
 
 from conftest import assert_one_line_error
 from sparsealign.data.mbpp import load_mbpp
-from sparsealign.evaluate.generation import SamplingConfig
+from sparsealign.evaluate.generation import SamplingConfig, generate
 from sparsealign.evaluate.mbpp import STATUSES, MbppEvalConfig, evaluate_mbpp
 from sparsealign.evaluate.mbpp_run import MbppRunConfig, run_mbpp
 from sparsealign.models.tiny import save_pretrained, tiny_model_and_tokenizer
@@ -121,3 +122,16 @@ def test_sampling_bigcode_and_chunk_resume(tiny_coder, tmp_path, monkeypatch) ->
 )
 def test_bad_arguments_are_one_line_errors(cli, args, needle) -> None:
     assert_one_line_error(cli("eval", "mbpp", *args, "--json"), needle)
+
+
+def test_left_padded_batch_generates_what_each_prompt_generates_alone(tiny_coder) -> None:
+    model, tok, _ = tiny_coder
+    peaky = copy.deepcopy(model)
+    with torch.no_grad():  # sharpen the random model so greedy decoding does not repeat one token
+        for p in peaky.parameters():
+            p.mul_(8)
+    prompts = ["def f(x):\n    return", "import heapq as hq\ndef heap_queue_largest(nums,n):\r\n  return"]
+    cfg = SamplingConfig(max_new_tokens=12, batch_size=2)
+    batched = [g[0].completion_ids for g in generate(peaky, tok, prompts, cfg)]
+    alone = [generate(peaky, tok, [p], cfg)[0][0].completion_ids for p in prompts]
+    assert batched == alone and len(set(batched[0])) > 1
