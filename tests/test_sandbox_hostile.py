@@ -61,6 +61,13 @@ def test_layers_in_force(pool):
     iso = pool.isolation
     assert iso["unprivileged_uid"] and iso["uid"] not in (0, None)
     assert iso["rlimits"]["RLIMIT_NPROC"] > 0 and iso["rlimits"]["RLIMIT_AS"] == 512 << 20
+    seen = run(pool, """
+        import os, resource
+        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        print(os.getuid(), os.getgid(), os.getgroups(), status["NoNewPrivs"].strip(), os.getsid(0) == os.getpid(),
+              resource.getrlimit(resource.RLIMIT_NPROC)[0], resource.getrlimit(resource.RLIMIT_AS)[0] >> 20)
+    """)
+    assert seen.stdout.split() == [str(iso["uid"]), str(iso["uid"]), "[]", "1", "True", "64", "512"], seen
     if iso["pid_namespace"]:
         assert iso["mount_namespace"] and iso["private_tmp"] and iso["private_proc"] and iso["python_readable"]
         result = run(pool, "import os, csv, json, socket, sqlite3\nprint(sorted(os.listdir('/proc'))[:1], os.getpid())")

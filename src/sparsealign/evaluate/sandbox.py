@@ -212,7 +212,7 @@ def isolation_of(caps: dict[str, Any], uid: int | None, timeout_s: float, memory
         **{k: bool(caps.get(k)) for k in ("pid_namespace", "mount_namespace", "private_tmp", "private_proc",
                                           "readonly_root", "network_namespace", "ipc_namespace", "python_readable")},
         "cgroup": caps.get("cgroup") and {k: caps["cgroup"][k] for k in ("version", "memory_mb", "pids_max")},
-        "own_session": True, "clean_env": True, "no_new_privs": True,
+        "own_session": True, "clean_env": True, "no_new_privs": bool(caps.get("no_new_privs")),
         "rlimits": rlimit_values(timeout_s, memory_mb, max_output_bytes),
     }
 

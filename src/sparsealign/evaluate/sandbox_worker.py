@@ -46,7 +46,7 @@ WARM_MODULES = ("bisect", "collections", "copy", "functools", "heapq", "itertool
 LIBC = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 0x1000, 0x4000, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, MNT_DETACH = 1, 36, 2
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, MNT_DETACH = 1, 36, 38, 2
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE = 442, -100, 0x8000
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = 0x1, 0x2
 TMPFS_OPTS = b"size=128m,nr_inodes=8192,mode=1777"
@@ -373,6 +373,8 @@ def main() -> None:
         cgroup.join(cg)
     caps = enter_namespaces(allowed="--no-namespaces" not in args)
     program.set_program_env()  # once here, so each fork only sets HOME
+    # Inherited by every program and irreversible: exec of a setuid binary cannot raise privileges.
+    caps["no_new_privs"] = LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
     caps["python_readable"] = python_readable()
     caps["cgroup"] = None if cg is None else {"version": cg["version"], "dirs": cg["dirs"],
                                               "memory_mb": memory_mb + CGROUP_HEADROOM_MB, "pids_max": program.NPROC + 16}
