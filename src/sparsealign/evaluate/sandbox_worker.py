@@ -272,13 +272,11 @@ def run_one(req: dict, caps: dict, uid: int | None, cg: dict | None = None) -> d
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         program.run(req, workdir, uid, nonce)
-    pidfd = os.pidfd_open(q)
-    timed_out = not select.select([pidfd], [], [], req["timeout_s"])[0]
+    timed_out = not _exits_within(q, req["timeout_s"])
     if timed_out:
         _kill_group(q)
     _, status, usage = os.wait4(q, 0)
     duration = time.monotonic() - start
-    os.close(pidfd)
     _contain(caps, uid, q)
     cap = req["max_output_bytes"]
     (out, out_n), (err, err_n), (rep, _) = (_read_capped(fd, max(cap, 1 << 16)) for fd in fds[1:])
@@ -292,6 +290,24 @@ def run_one(req: dict, caps: dict, uid: int | None, cg: dict | None = None) -> d
         verdict = {"status": "error", "reason": "memory limit exceeded: the cgroup OOM killer stopped a process"}
     return {**verdict, "duration_s": round(duration, 6), "stdout": _decode(out, cap), "stderr": _decode(err, cap),
             "returncode": os.waitstatus_to_exitcode(status), "truncated": out_n > cap or err_n > cap}
+
+
+def _exits_within(pid: int, timeout: float) -> bool:
+    """Wait (without reaping) until `pid` exits or `timeout` passes; a pidfd where the kernel has one (>= 5.3)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        deadline, nap = time.monotonic() + timeout, 0.0005
+        while time.monotonic() < deadline:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+            time.sleep(nap)
+            nap = min(nap * 2, 0.02)
+        return False
+    try:
+        return bool(select.select([pidfd], [], [], timeout)[0])
+    finally:
+        os.close(pidfd)
 
 
 def _kill_group(q: int) -> None:
