@@ -119,13 +119,21 @@ def test_predictor_meets_recall_target_on_held_out_code(model, tok, code, artifa
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("kernel", ["c", "torch"])
 @pytest.mark.parametrize("mode", ["static", "dynamic", "predictor"])
-def test_fast_decode_equals_reference_and_teacher_forcing(model, tok, code, artifacts, mode):
+def test_fast_decode_equals_reference_and_teacher_forcing(model, tok, code, artifacts, mode, kernel, monkeypatch):
+    from sparsealign.sparse import kernels
+
+    monkeypatch.setenv("SPARSEALIGN_SPARSE_KERNEL", kernel)
+    kernels.load.cache_clear()
+    if kernel == "c" and kernels.load() is None:
+        pytest.skip("no C compiler here: only the torch kernel can run")
     ids = ids_of(tok, code[650], 40)
     prompt = 8
 
     def decode(fast: bool):
         with apply_sparsity(model, artifacts, mode, "dense", fast=fast) as h:
+            assert h.info["decode_kernel"] == (kernel if fast else None)
             out = model(input_ids=ids[:, :prompt], use_cache=True)
             logits, past = [out.logits[0, -1]], out.cache
             for i in range(prompt, ids.shape[1] - 1):
@@ -146,6 +154,7 @@ def test_fast_decode_equals_reference_and_teacher_forcing(model, tok, code, arti
     assert (whole - ref).abs().max().item() <= 1e-5
     dense = model(input_ids=ids[:, :-1]).logits[0, prompt - 1:]
     assert (dense[1:] - ref[1:]).abs().max().item() > 1e-3  # and it really is sparse
+    kernels.load.cache_clear()
 
 
 @torch.no_grad()

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sparsealign.sparse import kernels
+
 
 class NeuronMajor:
     """Neuron-major views/copies of one gated MLP's weights, built once."""
@@ -31,9 +33,25 @@ class NeuronMajor:
         self.w_up, self.b_up = mlp.up_proj.weight, mlp.up_proj.bias
         self.b_down = mlp.down_proj.bias
         self.w_down_t = mlp.down_proj.weight.detach().t().contiguous()  # [I, H]
-        # predictor mode gathers gate and up rows together: [I, 2H]
-        self.w_gu = torch.cat([self.w_gate, self.w_up], dim=1).detach() if with_gate_up else None
         self._offsets = torch.zeros(1, dtype=torch.long)
+        plain = all(b is None for b in (self.b_gate, self.b_up, self.b_down)) and all(
+            w.dtype == torch.float32 and w.is_contiguous() and w.device.type == "cpu"
+            for w in (self.w_gate, self.w_up, self.w_down_t))
+        self.lib = kernels.load() if plain else None  # the C kernel, else torch gather ops
+        self._scratch = torch.empty(0)
+        # the torch path of predictor mode gathers gate and up rows together: [I, 2H]
+        self.w_gu = (torch.cat([self.w_gate, self.w_up], dim=1).detach()
+                     if with_gate_up and self.lib is None else None)
+
+    @property
+    def kernel(self) -> str:
+        return "c" if self.lib is not None else "torch"
+
+    def _c_updown(self, x: torch.Tensor, c: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        need = kernels.MAX_THREADS * x.numel()
+        if self._scratch.numel() < need:
+            self._scratch = torch.empty(need)
+        return kernels.updown(self.lib, x, c.contiguous(), idx, self.w_up, self.w_down_t, self._scratch)
 
     def _down(self, idx: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         y = F.embedding_bag(idx, self.w_down_t, self._offsets, mode="sum", per_sample_weights=h)[0]
@@ -46,6 +64,8 @@ class NeuronMajor:
     def from_gate(self, x: torch.Tensor, a: torch.Tensor, abs_a: torch.Tensor, t: float) -> tuple[torch.Tensor, int]:
         """x [H], a [I] -> (y [H], number active): up and down only on {|a| > t}."""
         idx = (abs_a > t).nonzero().squeeze(1)
+        if self.lib is not None:
+            return self._c_updown(x.contiguous(), a.index_select(0, idx), idx), int(idx.numel())
         u = torch.mv(F.embedding(idx, self.w_up), x)
         if self.b_up is not None:
             u = u + self.b_up.index_select(0, idx)
@@ -53,6 +73,11 @@ class NeuronMajor:
 
     def predicted_decode(self, x: torch.Tensor, idx: torch.Tensor, t: float) -> tuple[torch.Tensor, int]:
         """x [H], predicted active set idx -> (y [H], number kept). Only rows in idx are read."""
+        if self.lib is not None:
+            x = x.contiguous()
+            a = self.act(kernels.rowdots(self.lib, self.w_gate, idx, x))
+            keep = a.abs() > t
+            return self._c_updown(x, a[keep], idx[keep]), int(keep.sum())
         gu = F.embedding(idx, self.w_gu).view(-1, 2, x.shape[-1]) @ x  # [|S|, 2]
         g, u = gu[:, 0], gu[:, 1]
         if self.b_gate is not None:

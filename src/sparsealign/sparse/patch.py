@@ -245,10 +245,13 @@ def apply_sparsity(
         ctl = ThresholdController(thr, artifacts.layer_sparsity, artifacts.scales,
                                   controller or artifacts.config.controller)
     rt = _Runtime(artifacts, mode, prefill, fast, ctl, thr)
-    originals = []
+    originals, wrappers = [], []
     for i, (name, module) in enumerate(mlps):
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         originals.append((parent, attr, module))
-        setattr(parent, attr, SparseMLP(module, i, rt))
-    return SparsityHandle(model, rt, originals)
+        wrappers.append(SparseMLP(module, i, rt))
+        setattr(parent, attr, wrappers[-1])
+    handle = SparsityHandle(model, rt, originals)
+    handle.info["decode_kernel"] = wrappers[0]._nm.kernel if fast else None
+    return handle
