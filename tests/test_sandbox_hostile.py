@@ -265,8 +265,8 @@ def test_signal_to_self_is_classified(pool):
 
 
 def test_forked_memory_bomb_is_bounded_by_the_cgroup():
-    """RLIMIT_AS caps each process; only the cgroup caps 8 forks x 200 MiB (over the 512+384 MiB tree limit)."""
-    with SandboxPool(workers=1, timeout_s=20, memory_mb=512) as fresh:
+    """RLIMIT_AS caps each process; only the cgroup caps 8 forks x 160 MiB (over the 256+384 MiB tree limit)."""
+    with SandboxPool(workers=1, timeout_s=20, memory_mb=256) as fresh:
         if not fresh.isolation["cgroup"]:
             pytest.skip("no writable cgroup here (isolation reports cgroup=None)")
         result = run(fresh, """
@@ -275,7 +275,7 @@ def test_forked_memory_bomb_is_bounded_by_the_cgroup():
             for _ in range(8):
                 pid = os.fork()
                 if pid == 0:
-                    block = bytearray(200 << 20)
+                    block = bytearray(160 << 20)
                     for i in range(0, len(block), 4096):
                         block[i] = 1
                     os._exit(0)

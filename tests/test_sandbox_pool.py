@@ -61,10 +61,9 @@ def test_pool_results_equal_single_runs_on_mbpp(data_dir):
     programs = [t.test_program(t.code) for t in tasks]
     programs += [programs[0] + "assert False, 'broken'\n", "import time\nwhile True: time.sleep(0.1)\n",
                  "print('é' * 3)\n", "import sys\nsys.exit(0)\nassert 0\n"]
-    with SandboxPool(workers=2, timeout_s=2) as pool:
+    with SandboxPool(workers=2, timeout_s=1) as pool:
         pooled = pool.map(programs)
-        assert [r.status for r in pooled] == [pool.run(p).status for p in programs]
-    single = [run_program(p, timeout_s=2) for p in programs]
+    single = [run_program(p, timeout_s=1) for p in programs]
     assert [_key(r) for r in pooled] == [_key(r) for r in single]
     assert [r.status for r in pooled[:12]] == ["passed"] * 12
     assert [r.status for r in pooled[12:]] == ["failed", "timeout", "passed", "failed"]
