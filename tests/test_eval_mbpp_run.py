@@ -53,7 +53,7 @@ def test_reference_failures_are_listed(cli, tmp_path, data_dir) -> None:
 def tiny_coder(tmp_path_factory, data_dir):
     torch.set_num_threads(2)
     tasks = load_mbpp(data_dir / "mbpp" / "mbpp.jsonl")
-    model, tok = tiny_model_and_tokenizer([t.code + "\n" + t.text for t in tasks], vocab_size=512,
+    model, tok = tiny_model_and_tokenizer([t.code + "\n" + t.text for t in tasks[:300]], vocab_size=512,
                                           max_position_embeddings=2048)
     path = save_pretrained(model, tok, tmp_path_factory.mktemp("coder") / "model")
     return model, tok, path
@@ -86,7 +86,7 @@ def test_sampling_bigcode_and_chunk_resume(tiny_coder, tmp_path, monkeypatch) ->
     model, tok, path = tiny_coder
     tasks = load_mbpp(split="test")[:2]
     cfg = MbppEvalConfig(format="bigcode", ks=[1, 2],
-                         sampling=SamplingConfig(n=2, temperature=1.0, max_new_tokens=16, batch_size=2, seed=3))
+                         sampling=SamplingConfig(n=2, temperature=1.0, max_new_tokens=8, batch_size=2, seed=3))
     summary, records = evaluate_mbpp(model, tok, tasks, cfg)
     _check_records(records, tasks, 2)
     assert {"pass@1", "pass@2"} <= set(summary) and summary["n"] == 2

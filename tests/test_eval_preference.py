@@ -88,6 +88,11 @@ def test_scored_pairs_use_soft_human_probabilities(tiny, data_dir) -> None:
     assert [r["human_prob"] for r in records] == pytest.approx(expected)
     assert summary["scored_pairs"] == sum(e < 1 for e in expected) > 0
     assert summary["metrics"]["mean_human_prob"]["estimate"] < 1
+    # SimPO reward beta/|y| * log pi; ORPO reward is the log odds of the length-normalised likelihood
+    assert records[0]["reward_chosen"] == pytest.approx(2.0 * records[0]["logp_chosen"] / records[0]["n_chosen"])
+    _, orpo = evaluate_preference(tiny["model"], tiny["tok"], pairs[:2], "rorpo", n_resamples=0)
+    a = orpo[0]["logp_rejected"] / orpo[0]["n_rejected"]
+    assert orpo[0]["reward_rejected"] == pytest.approx(a - math.log(1 - math.exp(a)), rel=1e-5)
 
 
 def test_cli_identical_baseline_never_flips_and_reports_kl(tiny, cli) -> None:
