@@ -138,3 +138,23 @@ def test_cli_does_not_import_heavy_libraries(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["status"] == "passed"
     assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
+
+
+def test_run_program_keeps_one_warm_worker_per_process():
+    from sparsealign.evaluate import sandbox
+
+    first = run_program("print(1)", timeout_s=5)
+    worker = sandbox._shared._all[0].proc.pid
+    second = run_program("import time\ntime.sleep(5)", timeout_s=0.5, memory_mb=256)
+    assert (first.status, second.status) == ("passed", "timeout")
+    assert second.isolation["rlimits"]["RLIMIT_AS"] == 256 << 20  # per-call limits on the shared worker
+    assert sandbox._shared._all[0].proc.pid == worker
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # a forked process gets a worker of its own; the parent's stays untouched
+        ok = run_program("print(2)").stdout == "2\n" and sandbox._shared._all[0].proc.pid != worker
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert os.read(read, 1) == b"1"
+    assert run_program("print(3)").stdout == "3\n" and sandbox._shared._all[0].proc.pid == worker

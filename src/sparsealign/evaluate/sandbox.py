@@ -16,6 +16,7 @@ layer details live in `sandbox_worker.py` (stdlib only; it runs as `python -I` b
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import queue
@@ -142,6 +143,7 @@ class SandboxPool:
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
         self._namespaces = namespaces
+        self._pid = os.getpid()  # a forked copy of this object must not talk to (or close) our workers
         self._closed = False
         with ThreadPoolExecutor(workers) as ex:  # start them in parallel: each probes the kernel once
             for worker in ex.map(lambda _: _Worker(namespaces, self.memory_mb), range(workers)):
@@ -156,8 +158,8 @@ class SandboxPool:
 
     def run(self, source: str, *, timeout_s: float | None = None, memory_mb: int | None = None,
             max_output_bytes: int | None = None) -> SandboxResult:
-        if self._closed:
-            raise RuntimeError("SandboxPool is closed")
+        if self._closed or self._pid != os.getpid():
+            raise RuntimeError("SandboxPool is closed (or was created by the parent of this forked process)")
         request = {"source": source, "timeout_s": float(timeout_s or self.timeout_s),
                    "memory_mb": int(memory_mb or self.memory_mb),
                    "max_output_bytes": int(self.max_output_bytes if max_output_bytes is None else max_output_bytes)}
@@ -190,6 +192,8 @@ class SandboxPool:
         if self._closed:
             return
         self._closed = True
+        if self._pid != os.getpid():
+            return  # a forked copy: the workers belong to the parent
         for worker in self._all:
             worker.close()
 
@@ -200,8 +204,11 @@ class SandboxPool:
         self.close()
 
     def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
-            self.close()
+        if not getattr(self, "_closed", True) and getattr(self, "_pid", None) == os.getpid():
+            try:
+                self.close()
+            except Exception:  # interpreter shutdown: the workers see EOF and exit on their own
+                pass
 
 
 def isolation_of(caps: dict[str, Any], uid: int | None, timeout_s: float, memory_mb: int,
@@ -217,8 +224,27 @@ def isolation_of(caps: dict[str, Any], uid: int | None, timeout_s: float, memory
     }
 
 
+_shared: SandboxPool | None = None
+_shared_lock = threading.Lock()
+
+
+def _shared_pool(memory_mb: int) -> SandboxPool:
+    """One lazily started worker for `run_program`, kept warm for the process (a fork gets its own), closed at exit;
+    replaced when a call needs a larger cgroup than it was started with."""
+    global _shared
+    with _shared_lock:
+        pool = _shared
+        if pool is None or pool._closed or pool._pid != os.getpid() or pool.memory_mb < memory_mb:
+            if pool is not None and pool._pid == os.getpid():
+                pool.close()
+            pool = _shared = SandboxPool(1, memory_mb=max(memory_mb, 1024))
+            atexit.register(pool.close)
+        return pool
+
+
 def run_program(source: str, *, timeout_s: float = 10.0, memory_mb: int = 1024,
                 max_output_bytes: int = 64_000) -> SandboxResult:
-    """Run one program with the pool's guarantees (starts and stops a one-worker pool: ~50 ms overhead)."""
-    with SandboxPool(1, timeout_s, memory_mb, max_output_bytes) as pool:
-        return pool.run(source)
+    """Run one program with the pool's guarantees, on a shared warm one-worker pool (the first call starts it).
+    For many programs, a `SandboxPool` of your own runs them concurrently."""
+    return _shared_pool(memory_mb).run(source, timeout_s=timeout_s, memory_mb=memory_mb,
+                                       max_output_bytes=max_output_bytes)
