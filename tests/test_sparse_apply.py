@@ -221,3 +221,24 @@ def test_other_llama_family_models(tok, code, family):
         assert h.stats()["layers"][0]["tokens"] == 3  # decode tokens only; the prompt was dense
     assert [m for _, m in find_mlps(model)] == originals
     assert torch.equal(model(input_ids=ids).logits, dense)
+
+
+@torch.no_grad()
+def test_dynamic_holds_target_after_the_weights_change(model, tok, code, recording):
+    """Calibrate, then change the MLP weights (a stand-in for an alignment update: +20% gate scale and noise
+    on every layer), as when thresholds calibrated on the base model are reused on the aligned one."""
+    import copy
+
+    art = calibrate(model, tok, [], SparsityConfig(target_sparsity=0.7), recording=recording)
+    changed = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(0)
+    for layer in changed.model.layers:
+        w = layer.mlp.gate_proj.weight
+        w.mul_(1.2).add_(0.3 * w.std() * torch.randn(w.shape, generator=g))
+    static = evaluate_sparsity(changed, tok, code[600:630], art, "static", "sparse")
+    dynamic = evaluate_sparsity(changed, tok, code[600:630], art, "dynamic", "sparse")
+    s = [r["realized_sparsity"] for r in static["layers"]]
+    d = [r["realized_sparsity"] for r in dynamic["layers"]]
+    print(f"after the weight change, target 0.7: static {s}, dynamic {d}")
+    assert max(abs(v - 0.7) for v in s) > 0.02
+    assert max(abs(v - 0.7) for v in d) <= 0.02
