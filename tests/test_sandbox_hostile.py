@@ -154,6 +154,21 @@ def test_writes_outside_the_workdir_do_not_survive(pool, tmp_path):
     assert seen.stdout.startswith("False"), seen.stdout  # the next program does not see the last one's files
 
 
+def test_sysv_ipc_objects_do_not_survive(pool):
+    key = secrets.randbelow(1 << 30) + 1
+    libc = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+    made = run(pool, libc + f"""
+print(libc.shmget({key}, 4096, 0o1600) >= 0, libc.semget({key}, 1, 0o1600) >= 0, libc.msgget({key}, 0o1600) >= 0)
+""")
+    assert made.stdout == "True True True\n", made  # IPC_CREAT | 0600: all three were created
+    for _ in range(pool.workers):  # the next program of every worker, the one that ran the first included
+        seen = run(pool, libc + f"print(libc.shmget({key}, 0, 0), libc.semget({key}, 0, 0), libc.msgget({key}, 0))")
+        assert seen.stdout == "-1 -1 -1\n", seen
+    for kind in ("shm", "sem", "msg"):  # and nothing of it on the host either
+        lines = Path(f"/proc/sysvipc/{kind}").read_text().splitlines()[1:]
+        assert key not in {int(line.split()[0]) for line in lines if line.strip()}
+
+
 def test_network_connect_to_a_local_listener_fails(pool):
     if not pool.isolation["network_namespace"]:
         pytest.skip("no network namespace on this kernel/mode (isolation reports network_namespace=False)")

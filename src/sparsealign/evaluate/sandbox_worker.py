@@ -49,8 +49,10 @@ MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 0x1000, 0
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, MNT_DETACH = 1, 36, 38, 2
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE = 442, -100, 0x8000
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = 0x1, 0x2
+IPC_RMID = 0
 TMPFS_OPTS = b"size=128m,nr_inodes=8192,mode=1777"
 SCRATCH = ("/tmp", "/dev/shm")
+DEVNULL = os.open("/dev/null", os.O_RDONLY)  # the programs' stdin
 CGROUP_HEADROOM_MB = 384  # the cgroup holds the worker (~15 MiB) and the private tmpfs pages, besides the program
 
 
@@ -233,6 +235,12 @@ def _contain(caps: dict, uid: int | None, session: int) -> int:
 
 def _wipe(caps: dict, base: str, uid: int | None) -> None:
     if caps["private_tmp"]:  # our own tmpfs: everything in it is the program's
+        try:  # the usual case, without rmtree's walk: the program wrote nothing of its own
+            os.unlink(os.path.join(base, "work", "main.py"))
+            os.rmdir(os.path.join(base, "work"))
+            os.rmdir(base)
+        except OSError:
+            pass
         for scratch in SCRATCH:
             for entry in os.scandir(scratch):
                 shutil.rmtree(entry.path) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
@@ -252,20 +260,22 @@ def run_one(req: dict, caps: dict, uid: int | None, cg: dict | None = None) -> d
     workdir = os.path.join(base, "work")
     os.mkdir(workdir, 0o700)
     main_py = os.path.join(workdir, "main.py")
-    with open(main_py, "w", encoding="utf-8", errors="surrogatepass") as f:
-        f.write(req["source"])
+    fd = os.open(main_py, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, req["source"].encode("utf-8", errors="surrogatepass"))  # for tracebacks' source lines
+    finally:
+        os.close(fd)
     if uid is not None:
         os.chmod(base, 0o711)
         for path in (workdir, main_py):
             os.chown(path, uid, uid)
     # Capture files, unlinked once open: the program holds them only as fds 1-3, sized by RLIMIT_FSIZE.
-    fds = [os.open("/dev/null", os.O_RDONLY)]
+    fds = [DEVNULL]
     for name in ("stdout", "stderr", "report"):
         path = os.path.join(base, name)
         fds.append(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(path)
     nonce = secrets.token_hex(16)
-    oom_before = cgroup.oom_kills(cg)
     start = time.monotonic()
     q = os.fork()
     if q == 0:
@@ -280,14 +290,16 @@ def run_one(req: dict, caps: dict, uid: int | None, cg: dict | None = None) -> d
     _contain(caps, uid, q)
     cap = req["max_output_bytes"]
     (out, out_n), (err, err_n), (rep, _) = (_read_capped(fd, max(cap, 1 << 16)) for fd in fds[1:])
-    for fd in fds:
+    for fd in fds[1:]:
         os.close(fd)
     _wipe(caps, base, uid)
     flooded = max(out_n, err_n) >= program.fsize_limit(cap)
     cpu_s = usage.ru_utime + usage.ru_stime
     verdict = program.classify(timed_out, status, program.reports(rep, nonce), flooded, req, cpu_s)
-    if verdict["status"] == "failed" and cgroup.oom_kills(cg) > oom_before:
-        verdict = {"status": "error", "reason": "memory limit exceeded: the cgroup OOM killer stopped a process"}
+    if verdict["status"] == "failed" and cg is not None:  # OOM kills happen only in programs: compare with the last
+        seen, cg["oom_kills"] = cg.get("oom_kills", 0), cgroup.oom_kills(cg)
+        if cg["oom_kills"] > seen:
+            verdict = {"status": "error", "reason": "memory limit exceeded: the cgroup OOM killer stopped a process"}
     return {**verdict, "duration_s": round(duration, 6), "stdout": _decode(out, cap), "stderr": _decode(err, cap),
             "returncode": os.waitstatus_to_exitcode(status), "truncated": out_n > cap or err_n > cap}
 
@@ -326,18 +338,37 @@ def _decode(data: bytes, cap: int) -> str:
     return data[:cap].decode("utf-8", errors="replace")  # invalid UTF-8 becomes U+FFFD, never an exception
 
 
-def _renew_ipc(caps: dict) -> None:
-    """SysV IPC objects outlive their processes: if a program left any, move to a fresh IPC namespace."""
-    if not caps["ipc_namespace"]:
-        return
-    for kind in ("shm", "sem", "msg"):
-        try:
-            with open(f"/proc/sysvipc/{kind}") as f:
-                if len(f.readlines()) > 1:
-                    _unshare(CLONE_NEWIPC)
-                    return
-        except OSError:
+SYSV_IPC = {"shm": (9, "shmctl"), "sem": (6, "semctl"), "msg": (9, "msgctl")}  # kind: (creator-uid column, remover)
+
+
+def _sysv_objects(kind: str) -> list[list[str]]:
+    try:
+        fd = os.open(f"/proc/sysvipc/{kind}", os.O_RDONLY)
+    except OSError:
+        return []
+    try:
+        data = b""
+        while chunk := os.read(fd, 1 << 16):
+            data += chunk
+    finally:
+        os.close(fd)
+    return [line.split() for line in data.decode().splitlines()[1:] if line.strip()]  # a header, then one per object
+
+
+def _clean_ipc(caps: dict, uid: int | None) -> None:
+    """SysV IPC objects outlive their processes. With an IPC namespace: if a program left any, move to a fresh one.
+    Without: remove those the dedicated uid created (the creator column cannot be changed, unlike the owner)."""
+    for kind, (cuid_col, remover) in SYSV_IPC.items():
+        objects = _sysv_objects(kind)
+        if not objects:
             continue
+        if caps["ipc_namespace"]:
+            _unshare(CLONE_NEWIPC)
+            return
+        for obj in objects:
+            if uid is not None and int(obj[cuid_col]) == uid:
+                ipc_id = int(obj[1])
+                getattr(LIBC, remover)(*((ipc_id, 0, IPC_RMID) if kind == "sem" else (ipc_id, IPC_RMID, None)))
 
 
 # ---- protocol -----------------------------------------------------------------------------------------------
@@ -405,7 +436,7 @@ def main() -> None:
             result = {"status": "error", "reason": f"sandbox failure: {type(exc).__name__}: {exc}",
                       "duration_s": 0.0, "stdout": "", "stderr": "", "returncode": None}
             _contain(caps, uid, 0)
-        _renew_ipc(caps)
+        _clean_ipc(caps, uid)
         _send(proto_out, result)
 
 
