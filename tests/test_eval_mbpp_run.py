@@ -24,14 +24,15 @@ def test_reference_solutions_through_cli(cli, tmp_path) -> None:
     assert res.returncode == 0, res.stderr
     out = res.json()
     assert out["total"] == 500 and out["samples"] == 500
-    # every reference solution passes its own tests once setup code runs after the solution (records.test_program);
-    # the one structural defect -- task 367's setup code needs the solution's Node class -- is reported
-    assert out["passed"] == 500 and out["failed_task_ids"] == [] and out["pass@1"] == 1.0
-    assert out["pass@1_ci"]["method"] == "wilson" and out["pass@1_ci"]["low"] < 1.0
-    defects = {d["task_id"]: d for d in out["dataset_defects"]}
-    assert list(defects) == [367] and "Node" in defects[367]["error"]
+    # setup code runs before the solution (records.test_program): task 367's setup builds trees with a Node class
+    # that only its reference solution defines -- a dataset defect, reported, not hidden
+    assert out["passed"] == 499 and out["failed_task_ids"] == [367] and out["pass@1"] == 0.998
+    assert out["pass@1_ci"]["method"] == "wilson" and out["pass@1_ci"]["low"] < 0.998 < out["pass@1_ci"]["high"]
+    defects = [d for d in out["dataset_defects"] if d["task_id"] == 367]
+    assert defects and all("Node" in d["error"] for d in defects)
+    assert {d["task_id"] for d in out["dataset_defects"]} == {367}
     rows = [json.loads(line) for line in (tmp_path / "ref.jsonl").read_text().splitlines()]
-    assert len(rows) == 500 and {r["status"] for r in rows} == {"passed"}
+    assert len(rows) == 500 and sum(r["status"] == "passed" for r in rows) == 499
     assert all(r["program"].rstrip().endswith(r["program"].rstrip().splitlines()[-1]) for r in rows)
 
 

@@ -51,11 +51,13 @@ class MbppTask:
         return dataclasses.asdict(self)
 
     def test_program(self, solution: str) -> str:
-        """The program the sandbox runs: imports, the candidate solution, setup code, then the asserts.
+        """The program the sandbox runs: imports, setup code, the candidate solution, then the asserts.
 
-        Setup code comes after the solution: MBPP's setup code (tasks 367, 927) builds trees with the `Node` class
-        that the solution defines."""
-        parts = [*self.test_imports, solution, self.test_setup_code, *self.test_list]
+        Setup code runs first, as its name says and as MBPP's own execution did.  Two tasks' setup code (367 in the
+        test split, 927 in train) builds trees with a `Node` class that only the reference solution defines: a
+        dataset defect, which `eval mbpp --solutions reference` reports (499/500 on the test split) rather than
+        hides by reordering the program around it."""
+        parts = [*self.test_imports, self.test_setup_code, solution, *self.test_list]
         return "\n".join(p for p in parts if p) + "\n"
 
 
