@@ -10,6 +10,7 @@ A reference solution that fails its own tests is a defect of the dataset and is 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ class MbppEvalConfig(StrictModel):
     """What `eval mbpp` runs; the sandbox limits apply to every program."""
 
     format: Literal["lm-eval", "bigcode"] = "lm-eval"
+    shots: int = Field(3, ge=0, le=3, description="lm-eval examples (tasks 2, 3, 4) before the query; 3 = the harness")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     ks: list[int] = Field(default_factory=lambda: [1], description="pass@k values reported (k <= n)")
     timeout_s: float = Field(10.0, gt=0)
@@ -165,6 +167,8 @@ def evaluate_mbpp(
 
         shots = load_mbpp(split="prompt")
     fmt = make_format(cfg.format, shots)
+    if fmt.shots:
+        fmt = dataclasses.replace(fmt, shots=fmt.shots[: cfg.shots])
     prompts = [fmt.prompt(t) for t in tasks]
     generations = generate(model, tokenizer, prompts, cfg.sampling, stop=fmt.stop_sequences, progress=progress)
     records = []
