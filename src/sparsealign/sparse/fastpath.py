@@ -33,7 +33,7 @@ class NeuronMajor:
         self.w_up, self.b_up = mlp.up_proj.weight, mlp.up_proj.bias
         self.b_down = mlp.down_proj.bias
         self.w_down_t = mlp.down_proj.weight.detach().t().contiguous()  # [I, H]
-        self._offsets = torch.zeros(1, dtype=torch.long)
+        self._offsets = torch.zeros(1, dtype=torch.long, device=self.w_down_t.device)
         plain = all(b is None for b in (self.b_gate, self.b_up, self.b_down)) and all(
             w.dtype == torch.float32 and w.is_contiguous() and w.device.type == "cpu"
             for w in (self.w_gate, self.w_up, self.w_down_t))

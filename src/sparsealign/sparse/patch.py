@@ -17,6 +17,7 @@ domain), with prefill="sparse" every position is masked.  Decode calls (one posi
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,6 +51,7 @@ class _Runtime:
                  controller: ThresholdController | None, thresholds: list[float]):
         self.art, self.mode, self.prefill, self.fast = art, mode, prefill, fast
         self.controller, self.thresholds = controller, thresholds
+        self.predictors, self.cutoffs = art.predictors, art.cutoffs
         self.dense_prefix: int | None = None
         self.clear()
 
@@ -89,10 +91,10 @@ class SparseMLP(nn.Module):
         a = mlp.act_fn(mlp.gate_proj(x))  # [B, T, I]
         abs_a = a.abs()
         t = rt.controller.scan(li, abs_a) if rt.mode == "dynamic" else torch.full((T,), rt.thresholds[li])
-        mask = abs_a > t.to(abs_a.dtype).view(1, T, 1)
+        mask = abs_a > t.to(device=abs_a.device, dtype=abs_a.dtype).view(1, T, 1)
         computed = mask
         if rt.mode == "predictor":
-            pred = rt.art.predictors[li](x.float()) >= rt.art.cutoffs[li]
+            pred = rt.predictors[li](x.float()) >= rt.cutoffs[li]
             sl = slice(n_dense, T)
             c = rt.counts[li]
             c[3] += float((pred[:, sl] & mask[:, sl]).sum())
@@ -112,7 +114,7 @@ class SparseMLP(nn.Module):
         rt, li, nm = self._rt, self.layer, self._nm
         inter = rt.art.intermediate_size
         if rt.mode == "predictor":
-            idx = (rt.art.predictors[li](x.float()) >= rt.art.cutoffs[li]).nonzero().squeeze(1)
+            idx = (rt.predictors[li](x.float()) >= rt.cutoffs[li]).nonzero().squeeze(1)
             t = rt.thresholds[li]
             y, kept = nm.predicted_decode(x, idx, t)
             computed = idx.numel()
@@ -245,6 +247,9 @@ def apply_sparsity(
         ctl = ThresholdController(thr, artifacts.layer_sparsity, artifacts.scales,
                                   controller or artifacts.config.controller)
     rt = _Runtime(artifacts, mode, prefill, fast, ctl, thr)
+    device = mlps[0][1].up_proj.weight.device
+    if rt.predictors is not None and device.type != "cpu":  # copies: the artifacts themselves stay on the CPU
+        rt.predictors = [copy.deepcopy(p).to(device) for p in rt.predictors]
     originals, wrappers = [], []
     for i, (name, module) in enumerate(mlps):
         parent_name, _, attr = name.rpartition(".")
