@@ -11,7 +11,6 @@ import builtins
 import io
 import json
 import os
-import random
 import resource  # imported here, in the warm worker: a fresh import in every program costs ~1 ms
 import signal
 import sys
@@ -80,7 +79,6 @@ def run(req: dict, workdir: str, uid: int | None, nonce: str) -> None:
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
-        random.seed(os.urandom(32))  # a forked child would otherwise replay the worker's random stream
         sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
         sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8")
         sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace",

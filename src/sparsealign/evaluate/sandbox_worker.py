@@ -41,6 +41,7 @@ else:
     from sparsealign.evaluate import sandbox_program as program
 
 # Warm imports: what MBPP-style programs import, so `import re` in a program costs a dict lookup after fork.
+# (`random` reseeds itself in every forked child: programs do not replay one stream.)
 WARM_MODULES = ("bisect", "collections", "copy", "functools", "heapq", "itertools", "math", "operator", "random",
                 "re", "string", "array", "datetime", "decimal", "fractions", "statistics", "typing", "cmath")
 LIBC = ctypes.CDLL(None, use_errno=True)
