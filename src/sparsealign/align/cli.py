@@ -40,12 +40,20 @@ def align(method, model, data, eval_data, name, config_path, overrides, restart,
     cfg = load_config(AlignConfig, config_path, overrides, base=base)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
-    with redirect:  # the Trainer prints its logs on stdout; --json keeps stdout for the result
-        from sparsealign.align.engine import run_align
-        from sparsealign.rundir import RunDir
+    from sparsealign.align.engine import check_rationales, load_align_pairs, run_align
+    from sparsealign.ledger import Ledger
+    from sparsealign.rundir import RunDir
+    from sparsealign.settings import runs_dir
 
-        run = RunDir.open(name, "align", cfg, restart=restart and main_rank)
-        metrics = run_align(cfg, run)
+    pairs, eval_pairs = load_align_pairs(cfg)  # bad data fails here, before torch is imported
+    check_rationales(cfg, pairs, cfg.data)
+    check_rationales(cfg, eval_pairs, cfg.eval_data or "")
+    with redirect:  # the Trainer prints its logs on stdout; --json keeps stdout for the result
+        if main_rank:
+            run = RunDir.open(name, "align", cfg, restart=restart)
+        else:  # other ranks never touch the run dir's config or ledger (rank 0 may be deleting it for --restart)
+            run = RunDir(root=runs_dir() / name, ledger=Ledger(":memory:"))
+        metrics = run_align(cfg, run, pairs=pairs, eval_pairs=eval_pairs)
     if not main_rank:
         return
     out_dir = run.root / "align" / cfg.cell_name

@@ -9,6 +9,9 @@ from pydantic import ConfigDict, Field, model_validator
 from sparsealign.config import StrictModel
 
 Method = Literal["dpo", "orpo", "simpo", "rdpo", "rorpo", "rsimpo"]
+METHODS = ("dpo", "orpo", "simpo", "rdpo", "rorpo", "rsimpo")
+RATIONALE_METHODS = ("rdpo", "rorpo", "rsimpo")  # base loss + rationale NLL (arXiv 2407.14477)
+REFERENCE_FREE = ("orpo", "simpo", "rorpo", "rsimpo")  # never load a reference model
 DEFAULT_BETA = {"dpo": 0.1, "simpo": 2.0, "orpo": 0.1}  # SimPO paper: β in [2, 2.5] with γ/β = 0.5
 
 

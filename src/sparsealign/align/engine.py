@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sparsealign.align.config import AlignConfig
-from sparsealign.align.losses import RATIONALE_METHODS, LossParams, needs_reference
+from sparsealign.align.config import RATIONALE_METHODS, AlignConfig
 from sparsealign.config import config_hash
 from sparsealign.errors import UserError
 from sparsealign.io import atomic_write_json
@@ -130,12 +129,13 @@ def _publish_dir(staging: Path, final: Path) -> None:
 
 
 def _train(cfg: AlignConfig, run: RunDir, pairs: list[Any] | None, eval_pairs: list[Any] | None,
-           callbacks: Sequence[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+           callbacks: Sequence[Any], args: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     import torch
     from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     from sparsealign.align.logps import PairCollator, encode_pairs
+    from sparsealign.align.losses import LossParams, needs_reference
     from sparsealign.align.trainer import AlignTrainer, LedgerCallback, ListDataset
 
     cell = cfg.cell_name
@@ -159,7 +159,7 @@ def _train(cfg: AlignConfig, run: RunDir, pairs: list[Any] | None, eval_pairs: l
         model = apply_lora(cfg, model)
 
     out_dir = run.root / STAGE / cell
-    args = training_args(cfg, out_dir / "checkpoints", bool(eval_feats))
+    args = args or training_args(cfg, out_dir / "checkpoints", bool(eval_feats))
     trainer = AlignTrainer(
         model=model, args=args, data_collator=PairCollator(tok.pad_token_id), processing_class=tok,
         loss_params=LossParams(cfg.method, beta=cfg.resolved_beta, lam=cfg.lam,
@@ -169,7 +169,8 @@ def _train(cfg: AlignConfig, run: RunDir, pairs: list[Any] | None, eval_pairs: l
     )
     metrics: dict[str, Any] = {"method": cfg.method, "beta": cfg.resolved_beta, "n_train_pairs": len(pairs),
                                "n_eval_pairs": len(eval_pairs), "n_truncated": n_trunc,
-                               "n_truncated_eval": n_trunc_eval, "ref_cache_hits": 0}
+                               "n_truncated_eval": n_trunc_eval, "ref_cache_hits": 0,
+                               "world_size": trainer.accelerator.num_processes}
     if needs_reference(cfg.method):
         train_feats, eval_feats = _with_reference(cfg, trainer, train_feats, eval_feats, metrics)
     trainer.train_dataset = ListDataset(train_feats)
@@ -247,16 +248,28 @@ def run_align(cfg: AlignConfig, run: RunDir, *, pairs: list[Any] | None = None,
     """Align one cell and return its final metrics (a finished cell with the same config is skipped).
 
     `pairs`/`eval_pairs` override `cfg.data`/`cfg.eval_data` (already-loaded `PreferencePair`s); `callbacks` are extra
-    `TrainerCallback`s.  Under `accelerate launch` every process calls this; only rank 0 writes the ledger and files.
+    `TrainerCallback`s.  Under `accelerate launch` every process calls this; only rank 0 reads and writes the ledger
+    and files (other ranks may pass a RunDir with an in-memory ledger) and tells the others whether to train.
     """
     chash, cell = config_hash(cfg), cfg.cell_name
-    if int(os.environ.get("RANK", "0")) == 0:  # set by accelerate launch / torchrun / deepspeed
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         row, _ = run.ledger.run_cell(STAGE, cell, chash, lambda: _train(cfg, run, pairs, eval_pairs, callbacks))
         return row.metrics
-    row = run.ledger.get(STAGE, cell)
-    if row is not None and row.status == "done":
-        if row.config_hash != chash:
-            raise UserError(f"{run.ledger.path}: cell {STAGE}/{cell} was finished with another config",
-                            hint="use a new --name, or --restart")
-        return row.metrics
-    return _train(cfg, run, pairs, eval_pairs, callbacks)[0]
+
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    if pairs is None:
+        pairs, eval_pairs = load_align_pairs(cfg)
+    # creating the TrainingArguments sets up the process group (gloo without GPUs) that the Trainer then uses
+    args = training_args(cfg, run.root / STAGE / cell / "checkpoints", bool(eval_pairs))
+    state = PartialState()
+    row = run.ledger.get(STAGE, cell) if state.is_main_process else None
+    decision = [row.metrics if row is not None and row.status == "done" and row.config_hash == chash else None]
+    broadcast_object_list(decision, from_process=0)
+    if decision[0] is not None:
+        return decision[0]
+    if not state.is_main_process:
+        return _train(cfg, run, pairs, eval_pairs, callbacks, args)[0]
+    row, _ = run.ledger.run_cell(STAGE, cell, chash, lambda: _train(cfg, run, pairs, eval_pairs, callbacks, args))
+    return row.metrics

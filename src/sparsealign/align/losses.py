@@ -21,9 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-METHODS = ("dpo", "orpo", "simpo", "rdpo", "rorpo", "rsimpo")
-RATIONALE_METHODS = ("rdpo", "rorpo", "rsimpo")
-REFERENCE_FREE = ("orpo", "simpo", "rorpo", "rsimpo")
+from sparsealign.align.config import METHODS, RATIONALE_METHODS, REFERENCE_FREE  # noqa: F401 (re-exported)
 
 
 def base_method(method: str) -> str:

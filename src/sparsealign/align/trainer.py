@@ -59,19 +59,20 @@ class AlignTrainer(Trainer):
         return (loss, out) if return_outputs else loss
 
     def _record(self, out: dict[str, torch.Tensor], logp_w: torch.Tensor, logp_l: torch.Tensor, inputs) -> None:
+        """Keep per-example values (gathered over processes) so logged means weight every pair equally."""
         mode = "train" if self.model.training else "eval"
         gather = self.accelerator.gather_for_metrics
         rc, rr = gather(out["rewards_chosen"].detach()), gather(out["rewards_rejected"].detach())
-        m = self._metrics[mode]
-        m["rewards/chosen"].append(rc.mean().item())
-        m["rewards/rejected"].append(rr.mean().item())
-        m["rewards/margins"].append((rc - rr).mean().item())
-        m["rewards/accuracies"].append(((rc > rr).float() + 0.5 * (rc == rr).float()).mean().item())  # ties count half
-        m["logps/chosen"].append(gather(logp_w.detach()).mean().item())
-        m["logps/rejected"].append(gather(logp_l.detach()).mean().item())
+        values = {
+            "rewards/chosen": rc, "rewards/rejected": rr, "rewards/margins": rc - rr,
+            "rewards/accuracies": (rc > rr).float() + 0.5 * (rc == rr).float(),  # ties (e.g. DPO at step 0) count half
+            "logps/chosen": gather(logp_w.detach()), "logps/rejected": gather(logp_l.detach()),
+        }
         for key in ("rationale_nll", "sft_nll", "odds_ratio_loss"):
             if key in out:
-                m[key].append(gather(out[key].detach()).mean().item())
+                values[key] = gather(out[key].detach())
+        for key, val in values.items():
+            self._metrics[mode][key].extend(val.float().cpu().tolist())
         if mode == "train":
             self._tokens += int(gather(inputs["attention_mask"].sum().reshape(1)).sum().item())
 

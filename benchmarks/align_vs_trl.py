@@ -1,0 +1,136 @@
+"""Benchmark: our DPO (precomputed, cached reference log-probs; one policy in memory) against TRL's `DPOTrainer`
+(default: reference model forward every step) on the same tiny Llama, HH pairs, batch and sequence length.
+
+    .venv/bin/python benchmarks/align_vs_trl.py [--steps 12] [--batch 8] [--max-length 128] [--trl-precompute]
+
+Each side runs in its own child process (so peak memory is its own); the parent prints one line per side and the
+ratios.  samples/s is the training loop only (Trainer's `train_samples_per_second`); `wall` adds model load and,
+for ours, the one-time reference pass (cold cache).  Peak memory: CUDA max allocated on GPU, else the growth of the
+process's peak RSS over its footprint after imports.  Goal: ours/TRL samples/s >= 1.3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HH = "hh-rlhf/helpful-base/test.jsonl.gz"
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def build_model(out: Path, args) -> list:
+    from sparsealign.data.preference import load_pairs
+    from sparsealign.models.tiny import save_pretrained, tiny_model_and_tokenizer
+
+    pairs = load_pairs(HH, split="train", warn=False).pairs[: args.steps * args.batch]
+    if not (out / "config.json").exists():
+        texts = [p.prompt + p.chosen + p.rejected for p in load_pairs(HH, warn=False).pairs[:500]]
+        model, tok = tiny_model_and_tokenizer(texts, vocab_size=args.vocab, hidden_size=args.hidden,
+                                              num_layers=args.layers, num_heads=4, seed=0)
+        save_pretrained(model, tok, out)
+    return pairs
+
+
+def run_ours(model_dir: Path, pairs: list, args, work: Path) -> dict:
+    from sparsealign.align.config import AlignConfig
+    from sparsealign.align.engine import run_align
+    from sparsealign.rundir import RunDir
+
+    cfg = AlignConfig(method="dpo", model=str(model_dir), data=HH, batch_size=args.batch, max_steps=args.steps,
+                      max_length=args.max_length, max_prompt_length=args.max_length // 2, lr=1e-4,
+                      logging_steps=1000, save_steps=100_000, bf16=False)
+    run = RunDir.open("bench", "align", cfg, runs_root=work / "runs", restart=True)
+    m = run_align(cfg, run, pairs=pairs)
+    return {"samples_per_s": m["train_samples_per_second"], "train_loss": m["train_loss"]}
+
+
+def run_trl(model_dir: Path, pairs: list, args, work: Path) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    ref = None if args.trl_precompute else AutoModelForCausalLM.from_pretrained(model_dir)
+    rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+    cfg = DPOConfig(output_dir=str(work / "trl"), beta=0.1, learning_rate=1e-4, per_device_train_batch_size=args.batch,
+                    max_steps=args.steps, max_length=args.max_length, truncation_mode="keep_end",
+                    precompute_ref_log_probs=args.trl_precompute, report_to="none", logging_steps=1000,
+                    save_strategy="no", use_cpu=not _has_gpu(), bf16=False, disable_tqdm=True)
+    trainer = DPOTrainer(model=model, ref_model=ref, args=cfg, train_dataset=Dataset.from_list(rows),
+                         processing_class=tok)
+    out = trainer.train()
+    return {"samples_per_s": out.metrics["train_samples_per_second"], "train_loss": out.metrics["train_loss"]}
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def child(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    pairs = build_model(work / "model", args)
+    base_rss, t0 = rss_mb(), time.perf_counter()
+    if _has_gpu():
+        torch.cuda.reset_peak_memory_stats()
+    result = (run_ours if args.child == "ours" else run_trl)(work / "model", pairs, args, work)
+    result["wall_s"] = time.perf_counter() - t0
+    result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20 if _has_gpu() else rss_mb() - base_rss
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--trl-precompute", action="store_true", help="also give TRL precompute_ref_log_probs=True")
+    ap.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+    with tempfile.TemporaryDirectory(prefix="align-bench-") as work:
+        env = {**os.environ, "SPARSEALIGN_CACHE_DIR": str(Path(work) / "cache"), "TQDM_DISABLE": "1"}
+        results = {}
+        passthrough = list(sys.argv[1:])
+        for side in ("ours", "trl"):  # ours first also builds the shared model
+            proc = subprocess.run([sys.executable, __file__, *passthrough, "--child", side, "--work", work],
+                                  env=env, capture_output=True, text=True)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode != 0 or not lines:
+                sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")
+            results[side] = json.loads(lines[-1][len("RESULT "):])
+    trl_name = "TRL DPOTrainer" + (" (precompute_ref_log_probs)" if args.trl_precompute else " (ref model in memory)")
+    print(f"setup: tiny Llama hidden={args.hidden} layers={args.layers} vocab={args.vocab}, {args.steps} steps x "
+          f"batch {args.batch} HH pairs, max_length {args.max_length}, {args.threads} threads")
+    for side, name in (("ours", "sparsealign DPO (cached ref)"), ("trl", trl_name)):
+        r = results[side]
+        print(f"{name:48s} {r['samples_per_s']:8.2f} samples/s  peak {r['peak_mb']:8.1f} MB  wall {r['wall_s']:6.1f} s"
+              f"  loss {r['train_loss']:.4f}")
+    speed = results["ours"]["samples_per_s"] / results["trl"]["samples_per_s"]
+    mem = results["trl"]["peak_mb"] / max(results["ours"]["peak_mb"], 1e-9)
+    print(f"ratio samples/s ours/TRL = {speed:.2f}x (goal >= 1.3x); peak memory TRL/ours = {mem:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
