@@ -63,3 +63,15 @@ def assert_one_line_error(result: CliResult, *needles: str) -> None:
     assert len(lines) == 1, result.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on 1 thread for tiny models: on shared, busy cores a 2-thread OpenMP region stalls on a descheduled
+    peer (measured 10-30x slower); use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
