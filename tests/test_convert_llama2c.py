@@ -211,7 +211,8 @@ def test_unshared_classifier_legacy(files, tmp_path):
 
 
 def test_cli_convert_and_bad_inputs(cli, files, tmp_path):
-    res = cli("convert", "llama2c", str(files[0]), "--tokenizer", str(files[1]), "--out", "hf", "--json")
+    res = cli("convert", "llama2c", str(files[0]), "--tokenizer", str(files[1]), "--out", "hf", "--json",
+              env={"OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr
     summary = res.json()
     assert summary["parameters"] == 260032 and summary["n_kv_heads"] == 4

@@ -6,20 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import assert_one_line_error
 from sparsealign.models.llama2c import convert
 from sparsealign.sparse.bench_curve import sample_texts, sparsity_curve
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: 1 thread avoids OpenMP barrier stalls on the shared cores (and leaves a core to the others)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
 
 
 @pytest.fixture(scope="module")
@@ -48,32 +42,13 @@ def test_sampled_heldout_text_is_stories_and_disjoint(model_tok):
     assert len(words) > 100 and sum(w.strip('.,!?"').isalpha() for w in words) / len(words) > 0.8
 
 
-def test_sparsity_zero_is_exactly_dense_and_unpatch_restores(model_tok):
-    from sparsealign.sparse.calibration import calibrate
-    from sparsealign.sparse.config import SparsityConfig
-    from sparsealign.sparse.patch import apply_sparsity
-
-    model, tok = model_tok
-    ids = tok("Once upon a time, there was a little girl named Lily.", return_tensors="pt").input_ids
-    with torch.no_grad():
-        dense = model(ids).logits
-    originals = [layer.mlp for layer in model.model.layers]
-    art = calibrate(model, tok, ["Once upon a time, there was a dog. The dog liked to run in the park."],
-                    SparsityConfig(target_sparsity=0.0))
-    for mode in ("static", "dynamic"):
-        with apply_sparsity(model, art, mode, "sparse"), torch.no_grad():
-            assert (model(ids).logits - dense).abs().max() <= 1e-5
-            assert type(model.model.layers[0].mlp).__name__ == "SparseMLP"
-        assert [layer.mlp for layer in model.model.layers] == originals
-    with torch.no_grad():
-        assert torch.equal(model(ids).logits, dense)
-
-
 def test_kl_and_agreement_versus_sparsity(model_tok):
     model, tok = model_tok
     calib = sample_texts(model, tok, 12, new_tokens=64, seed=0)
     held = sample_texts(model, tok, 6, new_tokens=64, seed=1)
+    originals = [layer.mlp for layer in model.model.layers]
     result = sparsity_curve(model, tok, calib, held, [0.0, 0.3, 0.6, 0.9], ("static", "dynamic"))
+    assert [layer.mlp for layer in model.model.layers] == originals  # every application was removed
     for mode in ("static", "dynamic"):
         rows = [r for r in result["rows"] if r["mode"] == mode]
         assert [r["sparsity"] for r in rows] == [0.0, 0.3, 0.6, 0.9]

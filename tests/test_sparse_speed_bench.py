@@ -11,15 +11,10 @@ import torch
 from conftest import assert_one_line_error
 from sparsealign.sparse.bench import ModuleTimer, build_preset, local_texts, timed_decode
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROW_KEYS = {"mode", "sparsity", "dense_tokens_per_s", "sparse_tokens_per_s", "speedup", "ideal_speedup"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_bench_cli_json_rows(cli):

@@ -24,11 +24,8 @@ def llama2c(checkpoint: Path, tokenizer: Path, out: Path, as_json: bool) -> None
       sparsealign convert llama2c ../shared/data/models/stories260K/stories260K.bin \\
           --tokenizer ../shared/data/models/stories260K/tok512.bin --out models/stories260K-hf
     """
-    from transformers.utils import logging as hf_logging
-
     from sparsealign.models.llama2c import convert
 
-    hf_logging.disable_progress_bar()
     summary = convert(checkpoint, tokenizer, out)
     if as_json:
         click.echo(json.dumps(summary, sort_keys=True))

@@ -227,8 +227,11 @@ def convert(checkpoint: str | Path, tokenizer: str | Path, out: str | Path) -> d
     if len(pieces) != cfg.vocab_size:
         raise DataError(tokenizer, f"tokenizer has {len(pieces)} pieces but the checkpoint's vocab_size is "
                                    f"{cfg.vocab_size}", hint="pass the tokenizer the checkpoint was trained with")
+    from transformers.utils import logging as hf_logging
+
     model = to_hf_model(cfg, weights)
     tok = build_hf_tokenizer(pieces, scores)
+    hf_logging.disable_progress_bar()  # stderr stays one line per problem
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)

@@ -9,15 +9,16 @@ measured (the same way for every row, in one process):
   (`sparse.fastpath`, gather-accumulate over neuron-major weights).
 - FFN time: forward pre/post hooks on every MLP module accumulate wall time during the timed steps, so each row
   also reports the FFN block's own speedup.
-- Pairing: each row times dense and sparse back to back, `repeats` times alternating, and keeps the median of
-  each, so a noisy neighbour on the shared cores slows both sides of the ratio alike.
+- Interleaving: for each sparsity, dense and every mode are timed in turn, `repeats` times, and the median of
+  each is kept, so a noisy neighbour on shared cores slows both sides of a ratio alike.
 - ideal_speedup = Amdahl: 1 / ((1 - f) + f * (1 - skipped)), f = FFN share of the dense decode time (measured
   by the hooks), skipped = FFN FLOPs skipped (= weight bytes not read) from the realized active counts of the
   timed steps, with the dense gate for static/dynamic and the predictor's own FLOPs for predictor mode
   (`metrics.ffn_flops`).  ffn_ideal_speedup = 1 / (1 - skipped); ffn_fraction_of_ideal = ffn_speedup / that.
 - Predictor mode on random weights: a low-rank predictor cannot learn random activations, so for speed rows the
-  logit cut-off is set to the quantile that keeps exactly (1 - sparsity) of the neurons on calibration tokens
-  (`predictor_cutoff="density"`); quality is measured elsewhere (curves), speed only depends on the set size.
+  logit cut-off is set to the quantile that keeps (1 - sparsity) of the neurons on the dense decode trajectory
+  being timed (`predictor_cutoff="density"`); quality is measured elsewhere (curves), speed only depends on
+  the size of the predicted set, and the predictor's own cost is timed and counted.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 POOL_SIZE = 1 << 24
 
 
-def build_preset(name: str, *, num_layers: int | None = None, seed: int = 0) -> nn.Module:
+def build_preset(name: str, *, num_layers: int | None = None, intermediate_size: int | None = None,
+                 seed: int = 0) -> nn.Module:
     """A random-weight ReLU `LlamaForCausalLM` of a preset shape, fp32, eval mode (weights: N(0, 0.02))."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -54,6 +56,7 @@ def build_preset(name: str, *, num_layers: int | None = None, seed: int = 0) -> 
         raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     p = dict(PRESETS[name])
     p["num_layers"] = num_layers or p["num_layers"]
+    p["intermediate_size"] = intermediate_size or p["intermediate_size"]
     config = LlamaConfig(
         vocab_size=p["vocab_size"], hidden_size=p["hidden_size"], intermediate_size=p["intermediate_size"],
         num_hidden_layers=p["num_layers"], num_attention_heads=p["num_heads"], num_key_value_heads=p["num_kv_heads"],
@@ -137,10 +140,24 @@ def timed_decode(model: nn.Module, prompt: torch.Tensor, tokens: int) -> dict[st
         layers.remove()
 
 
-def density_cutoffs(art, recording, sparsity: float) -> list[float]:
-    """Per-layer predictor logit cut-off keeping (1 - sparsity) of the neurons over the recorded tokens."""
+@torch.no_grad()
+def mlp_inputs(model: nn.Module, ids: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer, the MLP input x [T, H] of every position of `ids` [1, T] (dense forward)."""
+    xs: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda _m, args, _o: xs.append(args[0].reshape(-1, args[0].shape[-1])))
+               for m in mlp_modules(model)]
+    try:
+        model(input_ids=ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return xs
+
+
+def density_cutoffs(predictors, xs: Sequence[torch.Tensor], sparsity: float) -> list[float]:
+    """Per-layer predictor logit cut-off keeping (1 - sparsity) of the neurons over the positions in xs."""
     out = []
-    for pred, x in zip(art.predictors, recording.x, strict=True):
+    for pred, x in zip(predictors, xs, strict=True):
         logits = pred(x.float()).flatten()
         k = min(max(1, round(sparsity * logits.numel())), logits.numel())
         out.append(float(logits.kthvalue(k).values) if sparsity > 0 else float("-inf"))
@@ -207,14 +224,16 @@ def bench_decode(
     num_layers = len(model.model.layers)
     prompt_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     rec = record_activations(model, tokenizer, calib_texts, max_length=256, max_tokens=calib_tokens)
-    timed_decode(model, prompt_ids, min(tokens, 4))  # warm-up (allocator, lazy init)
+    # warm-up (allocator, lazy init); its greedy trajectory is the one every dense run decodes
+    traj = timed_decode(model, prompt_ids, tokens)["ids"]
+    decode_x = [x[-tokens:] for x in mlp_inputs(model, torch.cat([prompt_ids, torch.tensor([traj[:-1]])], 1))]
     rows = []
     for sparsity in sparsities:
         pcfg = PredictorConfig(enabled="predictor" in modes, rank=predictor_rank, epochs=predictor_epochs)
         art = calibrate(model, tokenizer, calib_texts, SparsityConfig(target_sparsity=sparsity, predictor=pcfg),
                         recording=rec)
         if "predictor" in modes and predictor_cutoff == "density":
-            art.cutoffs = density_cutoffs(art, rec, sparsity)
+            art.cutoffs = density_cutoffs(art.predictors, decode_x, sparsity)
         dense: list[dict[str, Any]] = []
         sparse: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
         stats: dict[str, dict[str, Any]] = {}
