@@ -72,6 +72,8 @@ def test_pool_results_equal_single_runs_on_mbpp(data_dir):
 def test_pool_overrides_and_closes():
     pool = SandboxPool(workers=2, timeout_s=5)
     pids = [w.proc.pid for w in pool._all]
+    cgroups = [d for w in pool._all if w.caps["cgroup"] for d in w.caps["cgroup"]["dirs"]]
+    assert all(os.path.isdir(d) for d in cgroups)
     assert pool.run("import time\ntime.sleep(3)", timeout_s=0.5).status == "timeout"
     assert pool.run("x = bytearray(200 << 20)", memory_mb=128).status == "error"
     assert pool.run("print('a' * 100)", max_output_bytes=10).stdout == "a" * 10
@@ -79,16 +81,19 @@ def test_pool_overrides_and_closes():
     for pid in pids:
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # reaped: no worker left behind
+    assert not [d for d in cgroups if os.path.exists(d)]  # no cgroup left behind
     with pytest.raises(RuntimeError):
         pool.run("pass")
 
 
 def test_a_dead_worker_is_replaced():
     with SandboxPool(workers=1, timeout_s=5) as pool:
-        os.killpg(pool._all[0].proc.pid, signal.SIGKILL)  # from outside: no program can reach the worker
+        dead = pool._all[0]
+        os.killpg(dead.proc.pid, signal.SIGKILL)  # from outside: no program can reach the worker
         result = pool.run("print('lost')")
         assert result.status == "error" and "worker" in result.reason, result
         assert pool.run("print('back')").stdout == "back\n"
+        assert not [d for d in (dead.caps["cgroup"] or {}).get("dirs", []) if os.path.exists(d)]
 
 
 def test_classify_is_strict_about_completion():

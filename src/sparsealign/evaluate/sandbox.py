@@ -110,7 +110,7 @@ class _Worker:
             pass
         self.proc.wait()
         if self.caps.get("cgroup"):
-            remove_cgroup(self.caps["cgroup"]["dirs"])
+            remove_cgroup(self.caps["cgroup"]["dirs"], wait_s=5.0)  # a SIGKILLed worker cannot clean up itself
         for stream in (self.proc.stdin, self.proc.stdout):
             try:
                 stream.close()

@@ -82,10 +82,22 @@ def oom_kills(cgroup: dict | None) -> int:
     return 0
 
 
-def remove(dirs: list[str]) -> None:
-    """Called by the pool once the worker is gone (an empty cgroup can only be removed from outside it)."""
-    for d in dirs:
-        try:
-            os.rmdir(d)
-        except OSError:
-            pass
+def remove(dirs: list[str], wait_s: float = 0.0) -> bool:
+    """Remove the (emptied) cgroups; a process killed a moment ago may still be leaving them, so retry for `wait_s`.
+    Called from outside the worker's mount namespace: by its outer process, or by the pool after a SIGKILL."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = []
+        for d in dirs:
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                left.append(d)
+        if not left or time.monotonic() >= deadline:
+            return not left
+        dirs = left
+        time.sleep(0.01)

@@ -22,13 +22,11 @@ import ctypes
 import gc
 import json
 import os
-import secrets
 import select
 import shutil
 import signal
 import struct
 import sys
-import tempfile
 import time
 
 if __name__ == "__main__":  # run by path: import the sibling, then leave sys.path as a plain `python -I` has it
@@ -42,8 +40,9 @@ else:
 
 # Warm imports: what MBPP-style programs import, so `import re` in a program costs a dict lookup after fork.
 # (`random` reseeds itself in every forked child: programs do not replay one stream.)
+# Every module more also makes each fork dearer; hence no secrets/tempfile (OpenSSL) in the worker itself.
 WARM_MODULES = ("bisect", "collections", "copy", "functools", "heapq", "itertools", "math", "operator", "random",
-                "re", "string", "array", "datetime", "decimal", "fractions", "statistics", "typing", "cmath")
+                "re", "string", "array", "datetime", "typing", "cmath")
 LIBC = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 0x1000, 0x4000, 1 << 18
@@ -124,30 +123,39 @@ def _expose_python() -> None:
                 os.close(fd)
 
 
-def enter_namespaces(allowed: bool = True) -> dict:
-    """Called by the outer process. Returns the layers in force; in the namespaced case the caller is now W.
-    `allowed=False` skips them all (to exercise the fallback where the kernel refuses them)."""
+def enter_namespaces(allowed: bool = True, cg: dict | None = None) -> dict:
+    """Called by the outer process, which forks W and stays behind only to wait for it and then remove the cgroup
+    (from outside W's read-only mount namespace). Returns, in W, the layers in force.
+    `allowed=False` skips the namespaces (to exercise the fallback where the kernel refuses them)."""
     caps = {"root": os.geteuid() == 0, "pid_namespace": False, "mount_namespace": False, "network_namespace": False,
             "ipc_namespace": False, "readonly_root": False, "private_tmp": False, "private_proc": False,
             "python_exposed": False}
-    if not allowed:
-        return caps
-    try:
-        _unshare(CLONE_NEWNET | CLONE_NEWIPC)  # no interface but a down loopback; IPC objects stay ours
-        caps["network_namespace"] = caps["ipc_namespace"] = True
-    except OSError:
-        pass
-    try:
-        _unshare(CLONE_NEWPID | CLONE_NEWNS)
-    except OSError:
-        return caps
+    if allowed:
+        try:
+            _unshare(CLONE_NEWNET | CLONE_NEWIPC)  # no interface but a down loopback; IPC objects stay ours
+            caps["network_namespace"] = caps["ipc_namespace"] = True
+        except OSError:
+            pass
+        try:
+            _unshare(CLONE_NEWPID)  # for our children: W will be pid 1
+            caps["pid_namespace"] = True
+        except OSError:
+            pass
     w = os.fork()
-    if w:  # outer: nothing left to do but mirror W's fate
+    if w:  # outer: wait for W, clean up after it
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        os._exit(os.waitstatus_to_exitcode(os.waitpid(w, 0)[1]) & 0xFF)
+        status = os.waitpid(w, 0)[1]
+        if cg is not None:
+            cgroup.remove(cg["dirs"], wait_s=5.0)
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
     LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # outer killed -> W killed -> the namespace dies
-    caps["pid_namespace"] = caps["mount_namespace"] = True
+    if cg is not None:
+        cgroup.join(cg)  # before /sys turns read-only; every program inherits it
+    if not caps["pid_namespace"]:
+        return caps
     try:
+        _unshare(CLONE_NEWNS)
+        caps["mount_namespace"] = True
         _mount(b"none", b"/", None, MS_REC | MS_PRIVATE)  # nothing we mount below may propagate to the host
     except OSError:
         return caps  # no private propagation: mount nothing at all (the PID namespace still contains programs)
@@ -256,8 +264,19 @@ def _wipe(caps: dict, base: str, uid: int | None) -> None:
             shutil.rmtree(entry.path, ignore_errors=True) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
 
 
+def _fresh_dir(parent: str) -> str:
+    """mkdir (atomic, never follows a planted symlink) of an unguessable name: mkdtemp without importing tempfile."""
+    while True:
+        path = os.path.join(parent, f"sandbox-{os.urandom(6).hex()}")
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+
+
 def run_one(req: dict, caps: dict, uid: int | None, cg: dict | None = None) -> dict:
-    base = tempfile.mkdtemp(prefix="sandbox-", dir="/tmp")  # 0700 root: the capture files are created here
+    base = _fresh_dir("/tmp")  # 0700 root: the capture files are created here
     workdir = os.path.join(base, "work")
     os.mkdir(workdir, 0o700)
     main_py = os.path.join(workdir, "main.py")
@@ -276,7 +295,7 @@ def run_one(req: dict, caps: dict, uid: int | None, cg: dict | None = None) -> d
         path = os.path.join(base, name)
         fds.append(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(path)
-    nonce = secrets.token_hex(16)
+    nonce = os.urandom(16).hex()
     start = time.monotonic()
     q = os.fork()
     if q == 0:
@@ -414,12 +433,9 @@ def main() -> None:
             f.write("-1000")
     except OSError:
         pass  # not allowed here: programs still volunteer first (they set 1000)
-    # Before the namespaces make /sys read-only; W and every program inherit it.
     cg = cgroup.create(f"sparsealign-sandbox-{os.getpid()}", (memory_mb + CGROUP_HEADROOM_MB) << 20,
                        program.NPROC + 16)
-    if cg is not None:
-        cgroup.join(cg)
-    caps = enter_namespaces(allowed="--no-namespaces" not in args)
+    caps = enter_namespaces(allowed="--no-namespaces" not in args, cg=cg)
     program.set_program_env()  # once here, so each fork only sets HOME
     # Inherited by every program and irreversible: exec of a setuid binary cannot raise privileges.
     caps["no_new_privs"] = LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
@@ -428,7 +444,8 @@ def main() -> None:
                                               "memory_mb": memory_mb + CGROUP_HEADROOM_MB, "pids_max": program.NPROC + 16}
     gc.freeze()  # imported objects move to a permanent generation: programs' GC passes skip them (fewer COW faults)
     LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # without a PID namespace, orphans still come back to us
-    uid = 100_000 + secrets.randbelow(1 << 30) if caps["root"] else None  # a dedicated uid no one else uses
+    # A dedicated uid no one else uses: RLIMIT_NPROC counts only our programs, kill-by-uid reaches only them.
+    uid = 100_000 + int.from_bytes(os.urandom(4), "little") % (1 << 30) if caps["root"] else None
     _send(proto_out, {"hello": True, "caps": caps, "uid": uid})
     while (req := _recv(proto_in)) is not None:
         try:
