@@ -70,11 +70,6 @@ def run(req: dict, workdir: str, uid: int | None, nonce: str) -> None:
             set_program_env()
         os.environ["HOME"] = workdir
         _apply_rlimits(req)
-        try:
-            with open("/proc/self/oom_score_adj", "w") as f:  # first in line for the OOM killer, before the worker
-                f.write("1000")
-        except OSError:
-            pass
         if uid is not None:
             os.setgroups([])
             os.setgid(uid)

@@ -428,15 +428,14 @@ def main() -> None:
         importlib.import_module(name)
     args = sys.argv[1:]
     memory_mb = int(args[args.index("--memory-mb") + 1]) if "--memory-mb" in args else 1024
-    try:
-        with open("/proc/self/oom_score_adj", "w") as f:  # the OOM killer takes a program, never the worker
-            f.write("-1000")
-    except OSError:
-        pass  # not allowed here: programs still volunteer first (they set 1000)
     cg = cgroup.create(f"sparsealign-sandbox-{os.getpid()}", (memory_mb + CGROUP_HEADROOM_MB) << 20,
                        program.NPROC + 16)
     caps = enter_namespaces(allowed="--no-namespaces" not in args, cg=cg)
     program.set_program_env()  # once here, so each fork only sets HOME
+    # First in line for the OOM killer, inherited by every program (no write per fork). Within the cgroup the
+    # largest process still goes first: the program, not the small worker. If the worker goes, the pool replaces it.
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("1000")
     # Inherited by every program and irreversible: exec of a setuid binary cannot raise privileges.
     caps["no_new_privs"] = LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
     caps["python_readable"] = python_readable()
