@@ -25,6 +25,13 @@ class SizeSpec(StrictModel):
     intermediate_size: int = Field(gt=0)
 
 
+def non_embedding_params(spec: SizeSpec) -> int:
+    """Per layer: q,k,v,o (h*h each, as many KV heads as heads) + gate, up, down (h*i each) + 2 RMSNorms; plus
+    the final norm.  Embeddings are tied to the LM head, so total = this + vocab * h."""
+    h, i = spec.hidden_size, spec.intermediate_size
+    return spec.num_layers * (4 * h * h + 3 * h * i + 2 * h) + h
+
+
 class PretrainRecipe(StrictModel):
     """Everything that determines the pretrained weights (hashed into the cache key)."""
 
@@ -46,7 +53,7 @@ class PretrainRecipe(StrictModel):
     mbpp_splits: list[str] = ["train", "validation", "prompt"]
     generated_train_tasks: int = 3000
     held_out_fraction: float = 0.02  # packed sequences kept out of training to report a held-out loss
-    num_threads: int = 2  # part of the recipe: CPU matmul reduction order depends on it
+    num_threads: int = 2  # part of the recipe: CPU reduction order (hence bitwise weights) depends on it
 
 
 _MICRO_SIZES = [
@@ -69,11 +76,16 @@ PRESETS: dict[str, PretrainRecipe] = {
 
 
 def get_recipe(preset: str = "micro", *, sizes: list[str] | None = None, steps: int | None = None,
-               seed: int | None = None) -> PretrainRecipe:
-    """A preset's recipe, optionally restricted to some sizes / with another step count or seed."""
+               seed: int | None = None, overrides: list[str] | None = None) -> PretrainRecipe:
+    """A preset's recipe, optionally restricted to some sizes / with another step count or seed, and with
+    `key=value` overrides of any other recipe field (e.g. "stdlib_bytes=200000")."""
     if preset not in PRESETS:
         raise UserError(f"unknown pretrain preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     recipe = PRESETS[preset].model_copy(deep=True)
+    if overrides:
+        from sparsealign.config import load_config
+
+        recipe = load_config(PretrainRecipe, None, overrides=overrides, base=recipe.model_dump())
     if sizes:
         known = {s.name: s for s in recipe.sizes}
         unknown = [s for s in sizes if s not in known]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import subprocess
+import os
 import sys
 import sysconfig
 import time
@@ -39,10 +39,10 @@ _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "_
 
 # ---------------------------------------------------------------- corpus
 def task_prompt(task: MbppTask) -> str:
-    """The zero-shot lm-evaluation-harness MBPP prompt; the micro family is pretrained on `prompt + code + [DONE]`."""
-    tests = "\n".join(task.test_list[:3])
-    return (f"You are an expert Python programmer, and here is your task: {task.text} "
-            f"Your code should pass these tests:\n\n{tests}\n[BEGIN]\n")
+    """The zero-shot lm-evaluation-harness MBPP query; the family is pretrained on `query + code + [DONE]`."""
+    from sparsealign.evaluate.prompts import lm_eval_query
+
+    return lm_eval_query(task)
 
 
 def task_document(task: MbppTask) -> str:
@@ -53,15 +53,18 @@ def task_document(task: MbppTask) -> str:
 def stdlib_documents(budget_bytes: int, root: str | Path | None = None) -> list[str]:
     """Stdlib `*.py` sources in a fixed pseudo-random order (hash of the relative path) until the byte budget."""
     root = Path(root or sysconfig.get_paths()["stdlib"])
-    files = [p for p in root.rglob("*.py") if not _SKIP_DIRS & set(p.relative_to(root).parts[:-1])]
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS]  # prune: never walk site-packages
+        files += [Path(dirpath) / f for f in filenames if f.endswith(".py")]
     files.sort(key=lambda p: hashlib.sha256(p.relative_to(root).as_posix().encode()).hexdigest())
     docs, used = [], 0
     for path in files:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-        if used + len(text) > budget_bytes:
+        size = path.stat().st_size
+        if used + size > budget_bytes:
             continue  # skip big files rather than stop, so the budget is filled
-        docs.append(text)
-        used += len(text)
+        docs.append(path.read_bytes().decode("utf-8", errors="replace"))
+        used += size
     return docs
 
 
@@ -165,11 +168,11 @@ def train_size(spec: SizeSpec, recipe: PretrainRecipe, tok, train_rows, heldout_
         cursor += recipe.batch_size
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
+        losses.append(loss.item())
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
         if (step + 1) % max(1, recipe.steps // 5) == 0:
             log(f"{spec.name}: step {step + 1}/{recipe.steps} loss {losses[-1]:.3f}")
     wall = time.perf_counter() - start
@@ -190,7 +193,7 @@ def train_size(spec: SizeSpec, recipe: PretrainRecipe, tok, train_rows, heldout_
 def generated_pass_rate(model, tok, n_tasks: int = 26, max_new_tokens: int = 40) -> float:
     """Greedy zero-shot pass@1 on the first `n_tasks` held-out generated tasks (a sanity figure for the card).
 
-    Each program runs in its own `python -I` subprocess with a timeout; the study uses the real sandbox instead.
+    Model output is untrusted code: it runs in the project sandbox (`sparsealign.evaluate.sandbox`).
     """
     import torch
 
@@ -198,13 +201,12 @@ def generated_pass_rate(model, tok, n_tasks: int = 26, max_new_tokens: int = 40)
     enc = tok([task_prompt(t) for t in tasks], return_tensors="pt", padding=True)
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    passed = 0
-    for task, row in zip(tasks, out[:, enc["input_ids"].shape[1]:], strict=True):
-        code = tok.decode(row, skip_special_tokens=True).split("[DONE]")[0]
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc = subprocess.run([sys.executable, "-I", "-c", task.test_program(code)], capture_output=True,
-                                  timeout=5, stdin=subprocess.DEVNULL)
-            passed += proc.returncode == 0
+    from sparsealign.evaluate.sandbox import SandboxPool
+
+    codes = [tok.decode(row, skip_special_tokens=True).split("[DONE]")[0]
+             for row in out[:, enc["input_ids"].shape[1]:]]
+    with SandboxPool(workers=1, timeout_s=5.0) as pool:
+        passed = sum(r.passed for r in pool.map([t.test_program(c) for t, c in zip(tasks, codes, strict=True)]))
     return passed / len(tasks)
 
 

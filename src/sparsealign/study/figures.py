@@ -33,6 +33,7 @@ def _full(df):
 def _panels(n: int, title: str):
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n + 0.6, 3.4), squeeze=False, sharey=True)
     fig.suptitle(title, fontsize=11)
+    fig.subplots_adjust(left=0.6 / (3.6 * n + 0.6) + 0.04, right=0.98, bottom=0.15, top=0.82, wspace=0.08)
     return fig, axes[0]
 
 
@@ -63,7 +64,6 @@ def accuracy_vs_sparsity(df, *, metric: str, dataset: str):
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(metric)
     axes[-1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
     return fig
 
 
@@ -80,6 +80,7 @@ def metric_vs_size(df, *, metric: str, dataset: str, fits: dict | None = None):
         return None
     colors = _colors(sub["method"].unique())
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.14, top=0.9)
     for method, grp in sub.groupby("method", sort=True):
         grp = grp.sort_values("params")
         yerr = None
@@ -97,7 +98,6 @@ def metric_vs_size(df, *, metric: str, dataset: str, fits: dict | None = None):
     ax.set_title(f"{metric} vs model size ({dataset}, dense)", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    fig.tight_layout()
     return fig
 
 
@@ -122,7 +122,6 @@ def sparsity_traces(traces):
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("realized sparsity")
     axes[-1].legend(fontsize=7)
-    fig.tight_layout()
     return fig
 
 
@@ -133,6 +132,7 @@ def speed_vs_sparsity(df, *, metric: str = "tokens_per_s"):
         return None
     colors = _colors(sub["size"].unique())
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.14, top=0.9)
     for (size, mode), grp in sub.groupby(["size", "mode"], sort=True):
         if mode == "dense":
             continue
@@ -146,7 +146,6 @@ def speed_vs_sparsity(df, *, metric: str = "tokens_per_s"):
     ax.set_title(f"decode speed vs sparsity ({metric})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
     return fig
 
 
@@ -178,7 +177,6 @@ def annotation_curves(df, *, metric: str = "preference_accuracy", dataset: str |
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel(metric)
     axes[-1].legend(fontsize=7)
-    fig.tight_layout()
     return fig
 
 
