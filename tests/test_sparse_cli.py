@@ -44,13 +44,14 @@ def test_calibrate_evaluate_generate(cli, inproc, tiny_dir, tmp_path):
 
     res = inproc("sparsify", "evaluate", str(tiny_dir), "--texts", "mbpp", "--skip", "600", "-n", "10",
                  "--mode", "dynamic", "--prefill", "dense", "--prompt-tokens", "4", "--out",
-                 str(tmp_path / "eval.json"), "--json")
+                 str(tmp_path / "eval.json"), "--plot", str(tmp_path / "trace.png"), "--json")
     assert res.returncode == 0, res.stderr
     ev = res.json()
     assert ev["mode"] == "dynamic" and ev["apply_info"]["prefill"] == "dense"
     assert abs(ev["realized_sparsity"] - 0.6) < 0.03 and ev["kl_mean"] > 0 and 0 <= ev["top1_agreement"] <= 1
     assert {"flops_skipped", "layers", "controller_state"} <= set(ev)
     assert json.loads((tmp_path / "eval.json").read_text())["kl_mean"] == ev["kl_mean"]
+    assert (tmp_path / "trace.png").stat().st_size > 1000
 
     res = inproc("sparsify", "generate", str(tiny_dir), "--prompt", "def add(a, b):", "--mode", "predictor",
                  "--max-new-tokens", "5", "--json")

@@ -119,3 +119,21 @@ def test_controller_is_causal_and_reproducible():
     b = ThresholdController([0.5], [0.6], [0.7], ControllerConfig())
     pieces = torch.cat([b.scan(0, stream[:, i:i + 1]) for i in range(64)])
     assert torch.equal(whole, pieces)
+
+
+def test_profile_stats_and_hot_cold_summary():
+    from sparsealign.sparse.profile import hot_cold_summary, neuron_stats
+
+    # 4 neurons over 10 tokens: neuron 0 fires always, 1 on 9/10 tokens, 2 on 1/10, 3 never
+    a = torch.zeros(10, 4)
+    a[:, 0] = 2.0
+    a[:9, 1] = 1.0
+    a[0, 2] = 5.0
+    stats = neuron_stats(a, 0.5)
+    assert stats["frequency"].tolist() == pytest.approx([1.0, 0.9, 0.1, 0.0])
+    assert stats["mean_abs_a"].tolist() == pytest.approx([2.0, 0.9, 0.5, 0.0])
+    assert stats["max_abs_a"].tolist() == [2.0, 1.0, 5.0, 0.0]
+    summary = hot_cold_summary(stats["frequency"], hot_fraction=0.8)
+    assert summary["hot_neurons"] == 0.5  # neurons 0 and 1
+    assert summary["hot_firing_share"] == pytest.approx(1.9 / 2.0)
+    assert summary["neurons_for_80pct_firings"] == 0.5  # 1.0 + 0.9 >= 0.8 * 2.0

@@ -163,8 +163,11 @@ def register(cli: click.Group) -> None:
     @click.option("--frozen", is_flag=True, help="Dynamic mode with the controller frozen (== static).")
     @click.option("--speed", is_flag=True, help="Also time greedy decode (dense vs sparse tokens/s).")
     @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Also write the result JSON here.")
+    @click.option("--plot", default=None, type=click.Path(dir_okay=False),
+                  help="Write a PNG of per-layer realized sparsity over the processed tokens.")
     @json_opt
-    def evaluate_cmd(model, artifacts, source, n, skip, mode, prefill, prompt_tokens, frozen, speed, out, as_json):
+    def evaluate_cmd(model, artifacts, source, n, skip, mode, prefill, prompt_tokens, frozen, speed, out, plot,
+                     as_json):
         """Run MODEL dense and sparse over texts (teacher forcing) and report quality and sparsity metrics."""
         from sparsealign.io import atomic_write_json
         from sparsealign.sparse.artifacts import load_artifacts
@@ -176,7 +179,13 @@ def register(cli: click.Group) -> None:
         m, tok = load_model(model)
         ctl = art.config.controller.model_copy(update={"frozen": True}) if frozen else None
         res = evaluate_sparsity(m, tok, texts, art, mode, prefill, prompt_tokens=prompt_tokens,
-                                max_length=art.config.max_length, controller=ctl, measure_speed=speed)
+                                max_length=art.config.max_length, controller=ctl, measure_speed=speed,
+                                per_token=plot is not None)
+        if plot:
+            from sparsealign.sparse.profile import plot_trace
+
+            plot_trace(res.pop("trace"), plot, target=art.config.target_sparsity)
+            res.pop("kl_per_token")
         if out:
             atomic_write_json(out, res)
         lines = [f"{mode} (prefill {prefill}) on {res['tokens']} tokens: realized sparsity "

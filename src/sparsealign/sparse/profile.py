@@ -82,3 +82,31 @@ def plot_profile(profile: dict[str, Any], path: str | Path) -> Path:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def plot_trace(trace: dict[str, Any], path: str | Path, *, target: float | None = None, window: int = 16) -> Path:
+    """Per-layer realized sparsity over processed positions (moving average of `window`), from `handle.trace()`;
+    dense prompt positions are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keep = torch.tensor([not p for p in trace["prefill"]], dtype=torch.bool)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, series in zip(trace["layers"], trace["realized_sparsity"], strict=True):
+        s = torch.tensor(series)[keep[: len(series)]]
+        if s.numel() >= window:
+            s = s.unfold(0, window, 1).mean(-1)
+        ax.plot(s.numpy(), lw=0.8, label=name.replace(".mlp", ""))
+    if target is not None:
+        ax.axhline(target, color="k", ls=":", lw=0.8, label="target")
+    ax.set_xlabel("sparse position (tokens, in processing order)")
+    ax.set_ylabel(f"realized sparsity (moving avg {window})")
+    if len(trace["layers"]) <= 12:
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return Path(path)
