@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from sparsealign.errors import UserError
 from sparsealign.models.tiny import build_llama, train_tokenizer
 from sparsealign.sparse import (
     SparsityConfig,
@@ -75,6 +76,8 @@ def test_sparsity_zero_equals_dense_and_remove_restores_the_originals(model, tok
     for mode in ("static", "dynamic"):
         handle = apply_sparsity(model, art0, mode, prefill="sparse")
         assert all(isinstance(layer.mlp, SparseMLP) for layer in model.model.layers)
+        with pytest.raises(UserError, match="already sparsified"):
+            apply_sparsity(model, art0)
         diff = (model(input_ids=ids).logits - dense).abs().max().item()
         print(f"{mode} sparsity 0: max |logit diff| = {diff:.2e}")
         assert diff <= 1e-5

@@ -6,7 +6,8 @@ Public API (see docs/sparse.md):
         handle.remove(), handle.trace(), handle.stats(), handle.reset(), handle.info
     save_artifacts(artifacts, dir) / load_artifacts(dir)
     evaluate_sparsity(model, tokenizer, texts, artifacts, mode, prefill) -> dict
-    record_activations / build_profile / save_profile (hot/cold profile)
+    record_activations / build_profile / save_profile (hot/cold profile), plot_trace(handle.trace(), png)
+    load_texts("mbpp" | "hh" | path, n, skip)
 Heavy imports (torch) happen on first attribute access, so `import sparsealign.sparse` stays light.
 """
 
@@ -21,7 +22,7 @@ _EXPORTS = {
     "calibrate": "calibration", "record_activations": "calibration", "greedy_allocation": "calibration",
     "apply_sparsity": "patch", "find_mlps": "patch", "SparsityHandle": "patch",
     "ThresholdController": "controller", "evaluate_sparsity": "evaluate", "decode_tokens_per_s": "evaluate",
-    "build_profile": "profile", "save_profile": "profile",
+    "build_profile": "profile", "save_profile": "profile", "plot_trace": "profile", "load_texts": "texts",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -233,6 +233,8 @@ def apply_sparsity(
     if mode == "predictor" and artifacts.predictors is None:
         raise UserError("mode predictor: these artifacts have no predictors",
                         hint="calibrate with --set predictor.enabled=true")
+    if any(isinstance(m, SparseMLP) for m in model.modules()):
+        raise UserError("this model is already sparsified", hint="call .remove() on the previous handle first")
     mlps = find_mlps(model)
     names = [n for n, _ in mlps]
     if names != artifacts.layer_names:
