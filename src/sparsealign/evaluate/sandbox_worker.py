@@ -4,21 +4,21 @@
 length-prefixed JSON on its stdin/stdout. Pre-importing the modules programs use, and forking per program, is what
 makes the pool fast; this process tree is what makes it hold:
 
-    outer       the Popen'd process: unshares PID, mount, network and IPC namespaces, then only waits for W
-      W         pid 1 of the new PID namespace, root: read-only view of the filesystem with a private tmpfs /tmp and
-                /dev/shm, its own /proc, no network. Supervises one program at a time, owns the wall clock.
+    outer       the Popen'd process: unshares PID, network and IPC namespaces, waits for W, removes the cgroup
+      W         pid 1 of the new PID namespace, root, in the worker's cgroup, in a mount namespace of its own:
+                read-only view of the filesystem with a private tmpfs /tmp and /dev/shm, its own /proc, no network
+                (`sandbox_namespaces`). Supervises one program at a time, owns the wall clock.
         Q       the program (`sandbox_program.run`): own session, rlimits, a dedicated unprivileged uid, clean env
           ...   whatever Q forks, daemons included: orphans are reparented to W
 
 After every program W kills every other process in its namespace (`kill(-1)` from pid 1 of a PID namespace reaches
 exactly that namespace), reaps them all, and wipes /tmp and /dev/shm. The program cannot signal W: W is root and
 namespace init (immune to SIGKILL from inside), and the harness is outside the namespace altogether. Where the kernel
-refuses namespaces, W is the worker itself and containment falls back to killing by the dedicated uid (`_contain`).
+refuses namespaces, containment falls back to killing by the dedicated uid (`_contain`).
 """
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import os
@@ -32,10 +32,12 @@ import time
 if __name__ == "__main__":  # run by path: import the sibling, then leave sys.path as a plain `python -I` has it
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import sandbox_cgroup as cgroup
+    import sandbox_namespaces as ns
     import sandbox_program as program
     del sys.path[0]
 else:
     from sparsealign.evaluate import sandbox_cgroup as cgroup
+    from sparsealign.evaluate import sandbox_namespaces as ns
     from sparsealign.evaluate import sandbox_program as program
 
 # Warm imports: what MBPP-style programs import, so `import re` in a program costs a dict lookup after fork.
@@ -43,106 +45,23 @@ else:
 # Every module more also makes each fork dearer; hence no secrets/tempfile (OpenSSL) in the worker itself.
 WARM_MODULES = ("bisect", "collections", "copy", "functools", "heapq", "itertools", "math", "operator", "random",
                 "re", "string", "array", "datetime", "typing", "cmath")
-LIBC = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 0x1000, 0x4000, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, MNT_DETACH = 1, 36, 38, 2
-SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE = 442, -100, 0x8000
-MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = 0x1, 0x2
+LIBC = ns.LIBC
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 IPC_RMID = 0
-TMPFS_OPTS = b"size=128m,nr_inodes=8192,mode=1777"
-SCRATCH = ("/tmp", "/dev/shm")
+SCRATCH = ns.SCRATCH
 DEVNULL = os.open("/dev/null", os.O_RDONLY)  # the programs' stdin
 CGROUP_HEADROOM_MB = 384  # the cgroup holds the worker (~15 MiB) and the private tmpfs pages, besides the program
 
 
-def _check(rc: int, what: str) -> None:
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _unshare(flags: int) -> None:
-    _check(LIBC.unshare(flags), "unshare")
-
-
-def _mount(src: bytes | str, target: bytes | str, fstype: bytes | None, flags: int, data: bytes | None = None) -> None:
-    src, target = os.fsencode(src), os.fsencode(target)
-    _check(LIBC.mount(src, target, fstype, flags, data), f"mount {target.decode()}")
-
-
-# ---- namespaces and mounts (once per worker) --------------------------------------------------------------------
-
-def _readonly_tree() -> None:
-    """Recursively mark every mount read-only and nosuid (mount_setattr, Linux >= 5.12), in our namespace only."""
-    attr = struct.pack("QQQQ", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)
-    LIBC.syscall.restype = ctypes.c_long
-    rc = LIBC.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD), b"/", ctypes.c_uint(AT_RECURSIVE),
-                      attr, ctypes.c_size_t(len(attr)))
-    _check(0 if rc == 0 else -1, "mount_setattr")
-
-
-def _hidden_ancestor(path: str) -> str | None:
-    """The first directory on the way to `path` that other users cannot enter (e.g. /root holding pyenv)."""
-    parts = os.path.abspath(path).split(os.sep)[1:]
-    for i in range(1, len(parts) + 1):
-        d = os.sep + os.sep.join(parts[:i])
-        try:
-            if not os.stat(d).st_mode & 0o001:
-                return d
-        except OSError:
-            return None
-    return None
-
-
-def python_paths() -> list[str]:
-    """What the program's interpreter reads: its prefixes and every directory on sys.path."""
-    paths = {sys.base_prefix, sys.prefix, *(p for p in sys.path if os.path.isdir(p))}
-    return sorted(os.path.realpath(p) for p in paths)
-
-
-def _expose_python() -> None:
-    """The unprivileged uid must read the interpreter: over each hidden ancestor (only in our mount namespace) lay an
-    empty tmpfs and bind back just the Python directories, which also hides the rest of e.g. /root."""
-    hidden: dict[str, list[str]] = {}
-    for path in python_paths():
-        if (anc := _hidden_ancestor(path)) is not None:
-            hidden.setdefault(anc, []).append(path)
-    for anc, paths in hidden.items():
-        fds = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in paths}
-        _mount(b"tmpfs", anc, b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755")
-        try:
-            for path, fd in fds.items():
-                os.makedirs(path, exist_ok=True)
-                _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-        except OSError:
-            LIBC.umount2(os.fsencode(anc), MNT_DETACH)  # never leave the interpreter hidden under an empty tmpfs
-            raise
-        finally:
-            for fd in fds.values():
-                os.close(fd)
-
-
-def enter_namespaces(allowed: bool = True, cg: dict | None = None) -> dict:
-    """Called by the outer process, which forks W and stays behind only to wait for it and then remove the cgroup
-    (from outside W's read-only mount namespace). Returns, in W, the layers in force.
-    `allowed=False` skips the namespaces (to exercise the fallback where the kernel refuses them)."""
-    caps = {"root": os.geteuid() == 0, "pid_namespace": False, "mount_namespace": False, "network_namespace": False,
-            "ipc_namespace": False, "readonly_root": False, "private_tmp": False, "private_proc": False,
-            "python_exposed": False}
+def _become_w(allowed: bool, cg: dict | None) -> dict:
+    """The outer process forks W and stays behind only to wait for it and then remove the cgroup (from outside W's
+    read-only mount namespace). Returns, in W, the layers in force. `allowed=False` skips the namespaces (to
+    exercise the fallback where the kernel refuses them)."""
+    caps = ns.new_caps()
     if allowed:
-        try:
-            _unshare(CLONE_NEWNET | CLONE_NEWIPC)  # no interface but a down loopback; IPC objects stay ours
-            caps["network_namespace"] = caps["ipc_namespace"] = True
-        except OSError:
-            pass
-        try:
-            _unshare(CLONE_NEWPID)  # for our children: W will be pid 1
-            caps["pid_namespace"] = True
-        except OSError:
-            pass
+        ns.enter_outer(caps)
     w = os.fork()
-    if w:  # outer: wait for W, clean up after it
+    if w:  # outer
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         status = os.waitpid(w, 0)[1]
         if cg is not None:
@@ -151,37 +70,9 @@ def enter_namespaces(allowed: bool = True, cg: dict | None = None) -> dict:
     LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # outer killed -> W killed -> the namespace dies
     if cg is not None:
         cgroup.join(cg)  # before /sys turns read-only; every program inherits it
-    if not caps["pid_namespace"]:
-        return caps
-    try:
-        _unshare(CLONE_NEWNS)
-        caps["mount_namespace"] = True
-        _mount(b"none", b"/", None, MS_REC | MS_PRIVATE)  # nothing we mount below may propagate to the host
-    except OSError:
-        return caps  # no private propagation: mount nothing at all (the PID namespace still contains programs)
-    for layer, step in (("python_exposed", _expose_python), ("readonly_root", _readonly_tree),
-                        ("private_tmp", _private_scratch), ("private_proc", _private_proc)):
-        try:
-            step()
-            caps[layer] = True
-        except OSError:
-            pass
+    if caps["pid_namespace"]:
+        ns.enter_mounts(caps)
     return caps
-
-
-def _private_scratch() -> None:
-    for target in SCRATCH:
-        _mount(b"tmpfs", target, b"tmpfs", MS_NOSUID | MS_NODEV, TMPFS_OPTS)
-
-
-def _private_proc() -> None:
-    """A /proc of our own PID namespace: programs see only themselves."""
-    _mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-
-
-def python_readable() -> bool:
-    """Whether the unprivileged uid can reach every directory of the interpreter (else only warm modules import)."""
-    return all(_hidden_ancestor(p) is None for p in python_paths())
 
 
 # ---- one program ------------------------------------------------------------------------------------------------
@@ -383,7 +274,7 @@ def _clean_ipc(caps: dict, uid: int | None) -> None:
         if not objects:
             continue
         if caps["ipc_namespace"]:
-            _unshare(CLONE_NEWIPC)
+            ns.unshare(ns.CLONE_NEWIPC)
             return
         for obj in objects:
             if uid is not None and int(obj[cuid_col]) == uid:
@@ -430,7 +321,7 @@ def main() -> None:
     memory_mb = int(args[args.index("--memory-mb") + 1]) if "--memory-mb" in args else 1024
     cg = cgroup.create(f"sparsealign-sandbox-{os.getpid()}", (memory_mb + CGROUP_HEADROOM_MB) << 20,
                        program.NPROC + 16)
-    caps = enter_namespaces(allowed="--no-namespaces" not in args, cg=cg)
+    caps = _become_w(allowed="--no-namespaces" not in args, cg=cg)
     program.set_program_env()  # once here, so each fork only sets HOME
     # First in line for the OOM killer, inherited by every program (no write per fork). Within the cgroup the
     # largest process still goes first: the program, not the small worker. If the worker goes, the pool replaces it.
@@ -438,7 +329,7 @@ def main() -> None:
         f.write("1000")
     # Inherited by every program and irreversible: exec of a setuid binary cannot raise privileges.
     caps["no_new_privs"] = LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
-    caps["python_readable"] = python_readable()
+    caps["python_readable"] = ns.python_readable()
     caps["cgroup"] = None if cg is None else {"version": cg["version"], "dirs": cg["dirs"],
                                               "memory_mb": memory_mb + CGROUP_HEADROOM_MB, "pids_max": program.NPROC + 16}
     gc.freeze()  # imported objects move to a permanent generation: programs' GC passes skip them (fewer COW faults)
