@@ -59,19 +59,23 @@ class ThresholdController:
             return torch.zeros(T)
         if self.cfg.frozen:  # exactly the calibrated static value (no floor), so frozen == mode static
             return torch.full((T,), float(self.static[layer]))
-        cfg, lo_hi = self.cfg, math.log(self.cfg.max_ratio)
-        base = math.log(self.t0[layer])
-        out = torch.empty(T)
-        density = 1.0 - self.targets[layer]
-        for j in range(T):
-            t = math.exp(self.log_t[layer])
-            out[j] = t
-            f = float((abs_a[..., j, :] > t).float().mean())
-            eta = cfg.warmup_step if self.seen[layer] < cfg.warmup_tokens else cfg.step
-            self.log_t[layer] = min(max(self.log_t[layer] + eta * (f - density), base - lo_hi), base + lo_hi)
-            self.seen[layer] += 1
-            self.ema[layer] = cfg.ema * self.ema[layer] + (1 - cfg.ema) * (1.0 - f)
-        return out
+        return torch.tensor([self.step(layer, abs_a[..., j, :]) for j in range(T)])
+
+    def step(self, layer: int, abs_a: torch.Tensor) -> float:
+        """The threshold to apply to one position's |a| (any leading batch dims), then the update from it."""
+        if not self.enabled[layer]:
+            return 0.0
+        if self.cfg.frozen:
+            return float(self.static[layer])
+        cfg, log_t = self.cfg, self.log_t[layer]
+        t = math.exp(log_t)
+        f = float((abs_a > t).float().mean())
+        eta = cfg.warmup_step if self.seen[layer] < cfg.warmup_tokens else cfg.step
+        base, lo_hi = math.log(self.t0[layer]), math.log(cfg.max_ratio)
+        self.log_t[layer] = min(max(log_t + eta * (f - (1.0 - self.targets[layer])), base - lo_hi), base + lo_hi)
+        self.seen[layer] += 1
+        self.ema[layer] = cfg.ema * self.ema[layer] + (1 - cfg.ema) * (1.0 - f)
+        return t
 
     def state(self) -> dict[str, list[float]]:
         return {"threshold": [self.threshold(i) for i in range(len(self.t0))], "tokens_seen": list(self.seen),

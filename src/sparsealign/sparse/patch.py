@@ -57,11 +57,12 @@ class _Runtime:
 
     def clear(self) -> None:
         L = self.art.num_layers
-        self.realized: list[list[torch.Tensor]] = [[] for _ in range(L)]
-        self.applied_t: list[list[torch.Tensor]] = [[] for _ in range(L)]
-        self.is_prefill: list[torch.Tensor] = []
+        # per call: a [T] tensor (multi-position calls) or a float (decode, kept cheap: no tensor per token)
+        self.realized: list[list[torch.Tensor | float]] = [[] for _ in range(L)]
+        self.applied_t: list[list[torch.Tensor | float]] = [[] for _ in range(L)]
+        self.is_prefill: list[torch.Tensor | bool] = []
         # per layer: sparse tokens, neurons kept, neurons computed (for FLOPs), predictor tp / true / predicted
-        self.counts = torch.zeros(L, 6, dtype=torch.float64)
+        self.counts = [[0.0] * 6 for _ in range(L)]
 
 
 class SparseMLP(nn.Module):
@@ -75,14 +76,12 @@ class SparseMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rt = self._rt
+        if self._nm is not None and x.numel() == x.shape[-1] and not rt.dense_prefix:  # batch-1 decode
+            return self._decode_fast(x.reshape(-1)).view(x.shape)
         T = x.shape[-2] if x.dim() >= 2 else 1
-        x3 = x.reshape(-1, T, x.shape[-1])  # [B, T, H]
         n_dense = min(rt.dense_prefix, T) if rt.dense_prefix is not None else (T if T > 1 and rt.prefill == "dense"
                                                                                else 0)
-        if self._nm is not None and x3.shape[0] * T == 1 and n_dense == 0:
-            y = self._decode_fast(x3.reshape(-1))
-            return y.reshape(x.shape)
-        return self._reference(x3, n_dense).reshape(x.shape)
+        return self._reference(x.reshape(-1, T, x.shape[-1]), n_dense).reshape(x.shape)
 
     # -- exact masked computation: any batch, prefill, and the numerical reference for the fast path ----------
     def _reference(self, x: torch.Tensor, n_dense: int) -> torch.Tensor:
@@ -121,19 +120,23 @@ class SparseMLP(nn.Module):
         else:
             a = nm.gate(x)
             abs_a = a.abs()
-            t = float(rt.controller.scan(li, abs_a.view(1, 1, -1))[0]) if rt.mode == "dynamic" else rt.thresholds[li]
+            t = rt.controller.step(li, abs_a) if rt.mode == "dynamic" else rt.thresholds[li]
             y, kept = nm.from_gate(x, a, abs_a, t)
             computed = kept
-        self._record(torch.tensor([1.0 - kept / inter]), torch.tensor([t]), 1, 0, 1, float(kept), float(computed))
+        rt.realized[li].append(1.0 - kept / inter)
+        rt.applied_t[li].append(t)
+        c = rt.counts[li]
+        c[0], c[1], c[2] = c[0] + 1, c[1] + kept, c[2] + computed
+        if li == 0:
+            rt.is_prefill.append(False)
         return y
 
     def _record(self, realized, t, T, n_dense, B, kept, computed) -> None:
         rt, li = self._rt, self.layer
         rt.realized[li].append(realized.detach().float().cpu())
         rt.applied_t[li].append(t.detach().float().cpu())
-        rt.counts[li, 0] += B * (T - n_dense)
-        rt.counts[li, 1] += kept
-        rt.counts[li, 2] += computed
+        c = rt.counts[li]
+        c[0], c[1], c[2] = c[0] + B * (T - n_dense), c[1] + kept, c[2] + computed
         if li == 0:
             flags = torch.zeros(T, dtype=torch.bool)
             flags[:n_dense] = True
@@ -186,7 +189,15 @@ class SparsityHandle:
     def trace(self) -> dict[str, Any]:
         """Per layer, per processed position (batch-averaged): realized sparsity and applied threshold."""
         rt = self._rt
-        cat = lambda xs: torch.cat(xs).tolist() if xs else []  # noqa: E731
+        def cat(items: list) -> list:
+            out: list = []
+            for item in items:
+                if isinstance(item, torch.Tensor):
+                    out.extend(item.tolist())
+                else:
+                    out.append(item)
+            return out
+
         return {
             "layers": rt.art.layer_names,
             "realized_sparsity": [cat(r) for r in rt.realized],
@@ -200,7 +211,7 @@ class SparsityHandle:
         rt, art = self._rt, self._rt.art
         rank = art.predictors[0].fc1.out_features if art.predictors else 0
         layers = []
-        for li, (tok, kept, comp, tp, n_true, n_pred) in enumerate(rt.counts.tolist()):
+        for li, (tok, kept, comp, tp, n_true, n_pred) in enumerate(rt.counts):
             row: dict[str, Any] = {"layer": art.layer_names[li], "tokens": int(tok)}
             if tok:
                 row["realized_sparsity"] = 1.0 - kept / (tok * art.intermediate_size)
