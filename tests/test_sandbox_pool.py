@@ -41,6 +41,16 @@ def test_normal_programs(source, status, reason):
     json.dumps(d)
 
 
+@pytest.mark.parametrize(("source", "status", "stdout"), [
+    ("import sys, io\nprint('before')\nsys.stdout = io.StringIO()\nprint('hidden')\n", "passed", "before\n"),
+    ("import os\nos._exit = lambda code: None\nos.write = lambda *a: 0\nprint('x')\n", "passed", "x\n"),
+    ("import os, sys\nos._exit = lambda code: None\nsys.exit(0)\n", "failed", ""),
+])
+def test_wrapper_survives_what_the_program_rebinds(source, status, stdout):
+    result = run_program(source, timeout_s=5)
+    assert (result.status, result.stdout) == (status, stdout), result
+
+
 def test_traceback_names_the_program_line():
     result = run_program("x = 1\ny = [][x]\n", timeout_s=5)
     assert result.status == "failed" and "IndexError" in result.reason

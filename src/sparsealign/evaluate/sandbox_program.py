@@ -22,6 +22,9 @@ FSIZE_FLOOR = 16 << 20  # files a program writes (its captured output included) 
 NOFILE, NPROC = 128, 64  # NPROC counts per uid, and every worker has its own uid
 RESET_SIGNALS = (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2)
 REPORT_FD = 3
+# Bound now, in the worker: a program that monkeypatches `os` cannot stop the wrapper from reporting or exiting.
+_write, _exit = os.write, os._exit
+_STREAMS: list[io.TextIOWrapper] = []  # the program's real stdout and stderr, whatever it rebinds sys.stdout to
 
 
 PROGRAM_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
@@ -74,22 +77,23 @@ def run(req: dict, workdir: str, uid: int | None, nonce: str) -> None:
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
-        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
-        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8")
-        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace",
-                                      line_buffering=True)
+        sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+        sys.stdout = sys.__stdout__ = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8")
+        sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                                       errors="backslashreplace", line_buffering=True)
+        _STREAMS[:] = [sys.stdout, sys.stderr]
         path = os.path.join(workdir, "main.py")
         main = types.ModuleType("__main__")
         main.__file__, main.__builtins__ = path, builtins
         sys.modules["__main__"], sys.argv = main, [path]
     except BaseException as exc:  # the sandbox could not set up: never blame (or run) the program
-        traceback.print_exc()
+        traceback.print_exc(file=sys.__stderr__)
         _report(nonce, "setup", type(exc).__name__, str(exc))
         _flush_and_exit(1)
     try:
         code = compile(req["source"], path, "exec")
     except BaseException as exc:  # SyntaxError and friends: the program is wrong
-        traceback.print_exception(type(exc), exc, None)
+        traceback.print_exception(type(exc), exc, None, file=_STREAMS[1])
         _report(nonce, "exception", type(exc).__name__, str(exc))
         _flush_and_exit(1)
     _execute(code, main.__dict__, nonce)
@@ -101,20 +105,20 @@ def _execute(code: types.CodeType, namespace: dict, nonce: str) -> None:
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if not isinstance(exc.code, (int, type(None))):
-            print(exc.code, file=sys.stderr)
+            print(exc.code, file=_STREAMS[1])
         _report(nonce, "exit", "SystemExit", str(exc.code))
         _flush_and_exit(status)
     except BaseException as exc:
-        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
+        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next, file=_STREAMS[1])
         _report(nonce, "exception", type(exc).__name__, str(exc)[:500])
         _flush_and_exit(1)
     # Only here did the last line run. The token comes after the flush: an unwritable stdout is no pass.
     try:
-        sys.stdout.flush()
+        _STREAMS[0].flush()
     except BaseException as exc:
         _report(nonce, "exception", type(exc).__name__, str(exc)[:500])
         _flush_and_exit(120)
-    os.write(REPORT_FD, f"{nonce} done\n".encode())
+    _write(REPORT_FD, f"{nonce} done\n".encode())
     threading._shutdown()  # like interpreter exit: wait for the program's non-daemon threads, run atexit
     atexit._run_exitfuncs()
     _flush_and_exit(0)
@@ -123,18 +127,18 @@ def _execute(code: types.CodeType, namespace: dict, nonce: str) -> None:
 def _report(nonce: str, kind: str, etype: str, message: str) -> None:
     line = json.dumps({"kind": kind, "type": etype, "message": message})
     try:
-        os.write(REPORT_FD, f"{nonce} {line}\n".encode())
+        _write(REPORT_FD, f"{nonce} {line}\n".encode())
     except OSError:
         pass
 
 
 def _flush_and_exit(code: int) -> None:
-    for stream in (sys.stdout, sys.stderr):
+    for stream in (sys.stdout, sys.stderr, *_STREAMS):  # whatever the program bound, then the real ones
         try:
             stream.flush()
         except BaseException:
             pass
-    os._exit(code & 0xFF)
+    _exit(code & 0xFF)
 
 
 # ---- verdict (computed by the worker from what the wrapper reported) -----------------------------------------

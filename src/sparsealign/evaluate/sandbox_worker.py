@@ -50,6 +50,7 @@ PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 IPC_RMID = 0
 SCRATCH = ns.SCRATCH
 DEVNULL = os.open("/dev/null", os.O_RDONLY)  # the programs' stdin
+_hard_exit = os._exit
 CGROUP_HEADROOM_MB = 384  # the cgroup holds the worker (~15 MiB) and the private tmpfs pages, besides the program
 
 
@@ -190,9 +191,12 @@ def run_one(req: dict, caps: dict, uid: int | None, cg: dict | None = None) -> d
     start = time.monotonic()
     q = os.fork()
     if q == 0:
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-        program.run(req, workdir, uid, nonce)
+        try:
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target)
+            program.run(req, workdir, uid, nonce)
+        finally:
+            _hard_exit(70)  # never fall back into the worker's code, whatever the program did to `os`
     timed_out = not _exits_within(q, req["timeout_s"])
     if timed_out:
         _kill_group(q)
