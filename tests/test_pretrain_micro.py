@@ -54,11 +54,13 @@ def test_same_seed_same_weights_and_cache_reuse(tmp_path):
     # the second call on the same root reuses the checkpoint; another seed is another family
     again = pretrain.ensure_family(reduced(), root=tmp_path / "a", eval_generated=False, log=lambda m: None)
     assert again.members[0].cached and again.members[0].metrics == ma.metrics
-    other = pretrain.ensure_family(reduced(seed=1), root=tmp_path / "c", eval_generated=False, log=lambda m: None)
-    assert other.key != a.key and other.members[0].metrics["loss_curve"] != ma.metrics["loss_curve"]
     model, tok = pretrain.load_member(ma.path)
     assert model.config.hidden_act == "relu" and tok.eos_token_id == 2
     assert json.loads((tmp_path / "a" / "micro-xs" / "pretrain.json").read_text())["params"] == ma.params
+    # another seed into the same directory is another recipe: retrained, never reused
+    other = pretrain.ensure_family(reduced(seed=1), root=tmp_path / "a", eval_generated=False, log=lambda m: None)
+    assert other.key != a.key and not other.members[0].cached
+    assert other.members[0].metrics["loss_curve"] != ma.metrics["loss_curve"]
 
 
 def test_lr_schedule_formula():

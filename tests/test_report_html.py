@@ -72,7 +72,8 @@ def synthetic_study(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     df, traces = synthetic_study()
-    paths = report.write_report(out, df, traces, title="synthetic study", notes=["synthetic data for the test"])
+    paths = report.write_report(df, out, traces=traces, title="synthetic study", notes=["synthetic data for the test"],
+                                config={"seed": 0, "family": {"preset": "micro"}})
     return out, paths, df
 
 
@@ -91,6 +92,7 @@ def test_report_files_and_parquet_roundtrip(built):
     for png in pngs:
         assert f"(figures/{png})" in md
     assert "## Critical sparsity" in md and "## Annotation efficiency" in md
+    assert "## Configuration" in md and "preset: micro" in md
     assert not list(out.glob(".*tmp")), "no temporary files left behind"
 
 
@@ -109,10 +111,29 @@ def test_html_is_self_contained(built):
     assert not re.search(r'(href|src)="(https?:|//|file:)', text) and "<script" not in text
 
 
+def test_cell_keyed_traces_and_items_from_the_study():
+    traces = report.traces_from_cells({
+        "micro-s/dpo/1.00/dynamic/0.70": {"realized_sparsity": [[0.6, 0.7, 0.8], [0.8, 0.7, 0.6]], "step": 2},
+        "micro-s/dpo/0.33/dynamic/0.70": {"realized_sparsity": [[0.1]], "step": 1},  # subset cells: not plotted
+    })
+    assert traces["step"].tolist() == [0, 2, 4] and np.allclose(traces["realized_sparsity"], 0.7)
+    assert set(traces["mode"]) == {"dynamic"} and set(traces["target_sparsity"]) == {0.7}
+    base = np.random.default_rng(0).random(300)
+    curve = {("dpo", 0.11): 0.55, ("dpo", 0.33): 0.60, ("dpo", 1.0): 0.65, ("rdpo", 0.11): 0.60,
+             ("rdpo", 0.33): 0.65, ("rdpo", 1.0): 0.70}
+    items = {f"micro-s/{m}/{f:.2f}/dense/0.00": {"hh_correct": (base < p).astype(float).tolist()}
+             for (m, f), p in curve.items()}
+    items["micro-s/rdpo/1.00/static/0.50"] = {"hh_correct": [1.0] * 300}  # sparse cells are not training curves
+    rows = report.annotation_from_items(items, {"micro-s": 328_128}, n_boot=100)
+    rdpo = rows[rows["method"] == "rdpo"].iloc[0]
+    assert rdpo["metric"] == "annotation_saving" and rdpo["dataset"] == "hh" and rdpo["params"] == 328_128
+    assert rdpo["value"] == pytest.approx(3.0, rel=0.1) and rdpo["note"].startswith("reached")
+
+
 def test_schema_error_names_missing_columns(tmp_path):
     df, _ = synthetic_study()
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['dataset'\]"):
-        report.write_report(tmp_path, df.drop(columns=["dataset"]))
+        report.write_report(df.drop(columns=["dataset"]), tmp_path)
     assert not (tmp_path / "report.html").exists()
 
 

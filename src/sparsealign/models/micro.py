@@ -53,7 +53,7 @@ class PretrainRecipe(StrictModel):
     mbpp_splits: list[str] = ["train", "validation", "prompt"]
     generated_train_tasks: int = 3000
     held_out_fraction: float = 0.02  # packed sequences kept out of training to report a held-out loss
-    num_threads: int = 2  # part of the recipe: CPU reduction order (hence bitwise weights) depends on it
+    num_threads: int = 1  # part of the recipe (CPU reduction order); 2-thread OpenMP stalls 10-30x on busy cores
 
 
 _MICRO_SIZES = [

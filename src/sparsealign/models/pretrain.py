@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sys
 import sysconfig
 import time
@@ -245,12 +246,13 @@ def _load_tokenizer_or_train(root: Path, docs: list[str], recipe: PretrainRecipe
     return AutoTokenizer.from_pretrained(tok_dir)
 
 
-def _done(size_dir: Path, spec: SizeSpec) -> dict | None:
+def _done(size_dir: Path, spec: SizeSpec, key: str) -> dict | None:
+    """The finished checkpoint's metadata if it was made by this recipe + corpus (key) and size, else None."""
     meta = size_dir / "pretrain.json"
     if not meta.exists():
         return None
     info = json.loads(meta.read_text())
-    return info if info.get("size") == spec.model_dump() else None
+    return info if info.get("size") == spec.model_dump() and info.get("key") == key else None
 
 
 def ensure_family(recipe: PretrainRecipe, *, root: str | Path | None = None, force: bool = False,
@@ -266,12 +268,15 @@ def ensure_family(recipe: PretrainRecipe, *, root: str | Path | None = None, for
     digest = corpus_digest(docs)
     key = family_key(recipe, digest)
     root = Path(root) if root else cache_dir() / "micro" / f"{recipe.preset}-{key}"
+    old = root / "recipe.json"
+    if old.exists() and json.loads(old.read_text()).get("key") != key:
+        shutil.rmtree(root / "tokenizer", ignore_errors=True)  # another recipe/corpus: its tokenizer does not apply
     atomic_write_json(root / "recipe.json", {**recipe.model_dump(), "key": key, "corpus_sha256": digest,
                                              "corpus": corpus_stats})
     members, rows = [], None
     for spec in recipe.sizes:
         size_dir = root / spec.name
-        info = None if force else _done(size_dir, spec)
+        info = None if force else _done(size_dir, spec, key)
         cached = info is not None
         if not cached:
             with deterministic(recipe.num_threads):

@@ -59,7 +59,8 @@ def accuracy_vs_sparsity(df, *, metric: str, dataset: str):
             ax.plot(line["target_sparsity"], line["value"], MODE_STYLE.get(mode, "-"),
                     marker=MODE_MARKER.get(mode, "o"), ms=3, color=colors[method], label=f"{method} / {mode}")
             _errorband(ax, line["target_sparsity"], line, colors[method])
-        ax.set_title(f"{size} ({int(s['params'].iloc[0]):,} params)", fontsize=9)
+        params = s["params"].iloc[0]
+        ax.set_title(size if params != params else f"{size} ({int(params):,} params)", fontsize=9)  # NaN: unknown
         ax.set_xlabel("target sparsity")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(metric)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from sparsealign.io import atomic_path, atomic_write_text
 from sparsealign.study import figures, scaling
@@ -36,6 +37,10 @@ RESULT_COLUMNS = {
 OPTIONAL_COLUMNS = {"ci_low": float, "ci_high": float, "n": "Int64", "subset_fraction": float, "n_pairs": "Int64",
                     "note": "string", "seed": "Int64"}
 TRACE_COLUMNS = ["size", "method", "mode", "target_sparsity", "step", "realized_sparsity"]
+# What gets a figure / a critical-sparsity table (other metrics are in the tables and results.parquet only).
+HEADLINE_ACCURACY = ("pass@1", "preference_accuracy", "reward_accuracy")
+SPARSITY_FIGURE_METRICS = (*HEADLINE_ACCURACY, "divergence", "preference_divergence", "flip_rate")
+SIZE_FIGURE_METRICS = (*HEADLINE_ACCURACY, "divergence", "preference_divergence")
 
 
 def validate_results(df: pd.DataFrame) -> pd.DataFrame:
@@ -48,28 +53,34 @@ def validate_results(df: pd.DataFrame) -> pd.DataFrame:
         if col not in out:
             out[col] = 1.0 if col == "subset_fraction" else pd.NA
         out[col] = out[col].astype(dtype)
-    out["params"] = out["params"].astype("int64")
+    out["params"] = pd.to_numeric(out["params"], errors="coerce")  # NaN when a hub model's count is unknown
     out["target_sparsity"] = out["target_sparsity"].astype(float)
     out["value"] = out["value"].astype(float)
     out["subset_fraction"] = out["subset_fraction"].fillna(1.0)
     return out
 
 
-def annotation_rows(savings: list[scaling.AnnotationSaving], *, size: str, params: int, dataset: str,
-                    metric: str = "preference_accuracy") -> pd.DataFrame:
-    """Tidy rows (metric "annotation_saving") for `scaling.annotation_efficiency` results of one size."""
+def annotation_rows(savings: list[scaling.AnnotationSaving], *, size: str, params: float, dataset: str,
+                    metric: str = "held-out accuracy", unit: str = "pairs") -> pd.DataFrame:
+    """Tidy rows (metric "annotation_saving") for `scaling.annotation_efficiency` results of one size.
+    `unit` says what the subset sizes were counted in ("pairs", or "fraction of pairs")."""
+
+    def needed(s: scaling.AnnotationSaving) -> str:
+        return "" if s.pairs_needed is None else f"needs {s.pairs_needed:.3g} {unit}; "
+
     return pd.DataFrame([{
         "size": size, "params": params, "method": s.method, "mode": "dense", "target_sparsity": 0.0,
         "metric": "annotation_saving", "value": s.saving if s.saving is not None else math.nan,
-        "ci_low": s.ci_low, "ci_high": s.ci_high, "n_pairs": None if s.pairs_needed is None else round(s.pairs_needed),
-        "dataset": dataset, "note": f"{s.status}; target={metric}; reached in {s.reached_fraction:.0%} of replicates",
+        "ci_low": s.ci_low, "ci_high": s.ci_high,
+        "n_pairs": None if s.pairs_needed is None or unit != "pairs" else round(s.pairs_needed), "dataset": dataset,
+        "note": f"{s.status}; {needed(s)}target: {metric}; reached in {s.reached_fraction:.0%} of replicates",
     } for s in savings])
 
 
 # ---------------------------------------------------------------- blocks
 @dataclass
 class Block:
-    kind: str  # "h1" | "h2" | "p" | "table" | "figure"
+    kind: str  # "h1" | "h2" | "p" | "pre" | "table" | "figure"
     text: str = ""
     table: pd.DataFrame | None = None
     figure: str = ""  # file name under figures/
@@ -107,6 +118,8 @@ def render_markdown(blocks: list[Block]) -> str:
             parts.append(("# " if b.kind == "h1" else "## ") + b.text)
         elif b.kind == "p":
             parts.append(b.text)
+        elif b.kind == "pre":
+            parts.append(f"```yaml\n{b.text.rstrip()}\n```")
         elif b.kind == "table" and b.table is not None:
             parts.append(_md_table(b.table) if not b.table.empty else "_(no rows)_")
         elif b.kind == "figure":
@@ -127,6 +140,8 @@ def render_html(blocks: list[Block], figure_dir: Path, title: str) -> str:
             parts.append(f"<{b.kind}>{html.escape(b.text)}</{b.kind}>")
         elif b.kind == "p":
             parts.append(f"<p>{html.escape(b.text)}</p>")
+        elif b.kind == "pre":
+            parts.append(f"<pre>{html.escape(b.text)}</pre>")
         elif b.kind == "table" and b.table is not None:
             parts.append(_html_table(b.table) if not b.table.empty else "<p><em>(no rows)</em></p>")
         elif b.kind == "figure":
@@ -142,23 +157,26 @@ def _figures(df: pd.DataFrame, traces: pd.DataFrame | None, fig_dir: Path) -> li
     """Render every figure the data supports; returns figure blocks in report order."""
     specs = []
     for (metric, dataset), _ in df.groupby(["metric", "dataset"], sort=True):
-        if metric in scaling.ACCURACY_METRICS or metric in ("divergence", "flip_rate"):
+        if metric in SPARSITY_FIGURE_METRICS:
             specs.append((f"acc_vs_sparsity_{metric}_{dataset}", f"{metric} vs target sparsity per size ({dataset})",
                           lambda m=metric, d=dataset: figures.accuracy_vs_sparsity(df, metric=m, dataset=d)))
+        if metric in SIZE_FIGURE_METRICS:
+            dense = df[(df["metric"] == metric) & (df["dataset"] == dataset) & (df["mode"] == "dense")
+                       & (df["subset_fraction"] >= 1.0)]
             fits = {method: scaling.fit_log_params(g.groupby("params")["value"].mean().index,
                                                    g.groupby("params")["value"].mean(), scale=scaling.scale_for(metric))
-                    for method, g in df[(df["metric"] == metric) & (df["dataset"] == dataset) & (df["mode"] == "dense")
-                                        & (df["subset_fraction"] >= 1.0)].groupby("method")}
+                    for method, g in dense.groupby("method")}
             specs.append((f"{metric}_vs_size_{dataset}", f"{metric} vs model size ({dataset}, dense; dotted: OLS fit "
                           "on log10 params)", lambda m=metric, d=dataset, f=fits: figures.metric_vs_size(
                               df, metric=m, dataset=d, fits=f)))
     specs.append(("realized_sparsity_traces", "realized sparsity over decoding steps: static (dashed) vs dynamic "
                   "(solid) thresholds; horizontal lines are the targets", lambda: figures.sparsity_traces(traces)))
     specs.append(("speed_vs_sparsity", "decode speed vs target sparsity", lambda: figures.speed_vs_sparsity(df)))
-    for dataset in sorted(df.loc[df["metric"] == "preference_accuracy", "dataset"].unique()):
-        specs.append((f"annotation_efficiency_{dataset}", f"annotation efficiency ({dataset}): held-out accuracy vs "
+    acc = "preference_accuracy" if (df["metric"] == "preference_accuracy").any() else "reward_accuracy"
+    for dataset in sorted(df.loc[df["metric"] == acc, "dataset"].unique()):
+        specs.append((f"annotation_efficiency_{dataset}", f"annotation efficiency ({dataset}): held-out {acc} vs "
                       "training pairs; dashed = DPO with all pairs",
-                      lambda d=dataset: figures.annotation_curves(df, dataset=d)))
+                      lambda d=dataset: figures.annotation_curves(df, metric=acc, dataset=d)))
     blocks = []
     for name, caption, make in specs:
         fig = make()
@@ -198,7 +216,7 @@ def build_blocks(df: pd.DataFrame, traces: pd.DataFrame | None, fig_dir: Path, t
     blocks.append(Block("h2", "Critical sparsity"))
     blocks.append(Block("p", "Highest target sparsity up to which the metric stays within 1 point (0.01) of the same "
                         "model's dense value."))
-    acc_keys = df.loc[df["metric"].isin(scaling.ACCURACY_METRICS), ["metric", "dataset"]].drop_duplicates()
+    acc_keys = df.loc[df["metric"].isin(HEADLINE_ACCURACY), ["metric", "dataset"]].drop_duplicates()
     acc_keys = list(acc_keys.sort_values(["metric", "dataset"]).itertuples(index=False, name=None))
     crit = [scaling.critical_sparsity_table(df, metric=m, dataset=d).assign(dataset=d) for m, d in acc_keys]
     crit = [c for c in crit if not c.empty]
@@ -223,11 +241,79 @@ def build_blocks(df: pd.DataFrame, traces: pd.DataFrame | None, fig_dir: Path, t
     return blocks
 
 
-def write_report(out_dir: str | Path, results: pd.DataFrame, traces: pd.DataFrame | None = None, *,
-                 title: str = "sparsealign study report", notes: list[str] | None = None) -> dict[str, Path]:
-    """Write results.parquet, figures/*.png, report.md and report.html under `out_dir` (each atomically)."""
+def parse_cell_key(key: str) -> dict | None:
+    """`size/method/subset/mode/target` (the eval directory layout) -> cell fields, or None if it is not one."""
+    parts = key.split("/")
+    if len(parts) != 5:
+        return None
+    try:
+        return {"size": parts[0], "method": parts[1], "subset_fraction": float(parts[2]), "mode": parts[3],
+                "target_sparsity": float(parts[4])}
+    except ValueError:
+        return None
+
+
+def traces_from_cells(traces: dict[str, dict]) -> pd.DataFrame:
+    """Cell-keyed sparsity traces (`{"realized_sparsity": [[per position] per layer], "step": k, ...}`) ->
+    the tidy trace table, averaged over layers; positions are multiplied back by the thinning step."""
+    rows = []
+    for key, trace in traces.items():
+        cell = parse_cell_key(key)
+        series = [s for s in trace.get("realized_sparsity", []) if s]
+        if cell is None or not series or cell["subset_fraction"] < 1.0:
+            continue
+        n = min(len(s) for s in series)
+        mean = np.mean([s[:n] for s in series], axis=0)
+        rows += [{**cell, "step": i * int(trace.get("step", 1)), "realized_sparsity": float(v)}
+                 for i, v in enumerate(mean)]
+    return pd.DataFrame(rows, columns=["size", "method", "subset_fraction", "mode", "target_sparsity", "step",
+                                       "realized_sparsity"])
+
+
+def annotation_from_items(items: dict[str, dict[str, list[float]]], params: dict[str, float], *,
+                          reference: str = "dpo", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Annotation savings per size and preference dataset from cell-keyed per-pair correctness
+    (`<dataset>_correct` arrays of the dense cells trained on nested subsets).  Subsets are fractions of the same
+    pair pool, so fractions stand in for pair counts (the saving is a ratio)."""
+    by_size: dict[tuple[str, str], dict[tuple[str, float], list[float]]] = {}
+    for key, arrays in items.items():
+        cell = parse_cell_key(key)
+        if cell is None or cell["mode"] != "dense" or cell["method"] == "base":
+            continue
+        for name, values in arrays.items():
+            if name.endswith("_correct"):
+                by_size.setdefault((cell["size"], name.removesuffix("_correct")), {})[
+                    (cell["method"], cell["subset_fraction"])] = values
+    frames = []
+    for (size, dataset), curve in sorted(by_size.items()):
+        ref_subsets = [f for m, f in curve if m == reference]
+        if len(ref_subsets) < 2 or len({len(v) for v in curve.values()}) != 1 or not curve[next(iter(curve))]:
+            continue  # needs nested subsets of the reference, all evaluated on the same held-out pairs
+        savings = scaling.annotation_efficiency(curve, reference=reference, n_boot=n_boot, seed=seed)
+        frames.append(annotation_rows(savings, size=size, params=params.get(size, math.nan), dataset=dataset,
+                                      unit="fraction of pairs"))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def write_report(results: pd.DataFrame, out_dir: str | Path, *, traces: pd.DataFrame | dict | None = None,
+                 items: dict[str, dict[str, list[float]]] | None = None, config: dict | None = None,
+                 title: str = "sparsealign study report", notes: list[str] | None = None,
+                 n_boot: int = 1000, seed: int = 0) -> dict[str, Path]:
+    """Write results.parquet, figures/*.png, report.md and report.html under `out_dir` (each atomically).
+
+    `traces`: the tidy trace table (TRACE_COLUMNS) or cell-keyed trace dicts (see `traces_from_cells`).
+    `items`: cell-keyed per-item arrays; with nested pair subsets they give the annotation-efficiency rows, which
+    are appended to the results.  `config`: the study config, shown (with its hash) at the end of the report.
+    """
     out_dir = Path(out_dir)
     df = validate_results(results)
+    if items and "annotation_saving" not in set(df["metric"]):
+        params = df.drop_duplicates("size").set_index("size")["params"].to_dict()
+        ann = annotation_from_items(items, params, n_boot=n_boot, seed=seed)
+        if not ann.empty:
+            df = validate_results(pd.concat([df, ann], ignore_index=True))
+    if isinstance(traces, dict):
+        traces = traces_from_cells(traces)
     if traces is not None:
         missing = [c for c in TRACE_COLUMNS if c not in traces]
         if missing:
@@ -239,6 +325,11 @@ def write_report(out_dir: str | Path, results: pd.DataFrame, traces: pd.DataFram
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     blocks = build_blocks(df, traces, fig_dir, title, notes or [])
+    if config is not None:
+        from sparsealign.config import config_hash
+
+        blocks += [Block("h2", "Configuration"), Block("p", f"config hash {config_hash(config)}"),
+                   Block("pre", yaml.safe_dump(config, sort_keys=False))]
     paths = {"results": out_dir / "results.parquet", "markdown": out_dir / "report.md",
              "html": out_dir / "report.html", "figures": fig_dir}
     atomic_write_text(paths["markdown"], render_markdown(blocks))
