@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -173,3 +175,28 @@ def test_run_program_keeps_one_warm_worker_per_process():
     os.waitpid(child, 0)
     assert os.read(read, 1) == b"1"
     assert run_program("print(3)").stdout == "3\n" and sandbox._shared._all[0].proc.pid == worker
+
+
+@pytest.mark.parametrize("namespaces", [True, False], ids=["namespaces", "uid-only"])
+def test_killing_a_busy_worker_leaves_no_program_behind(namespaces):
+    """What the pool does to a hung worker: the program and its daemon go with it, namespace or not."""
+    from sparsealign.evaluate.sandbox_program import processes_of
+
+    def wait_for(predicate, seconds=10.0):
+        deadline = time.monotonic() + seconds
+        while not predicate() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return predicate()
+
+    with SandboxPool(workers=1, timeout_s=60, namespaces=namespaces) as pool:
+        uid, worker = pool.isolation["uid"], pool._all[0]
+        results = []
+        runner = threading.Thread(target=lambda: results.append(pool.run(
+            "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(120)\ntime.sleep(120)\n")))
+        runner.start()
+        assert wait_for(lambda: len(processes_of(uid)) >= 2)  # the program and its own-session child
+        worker.kill()
+        runner.join(timeout=30)
+        assert results and results[0].status == "error"
+        assert wait_for(lambda: not processes_of(uid)), processes_of(uid)
+        assert pool.run("print('replaced')").stdout == "replaced\n"

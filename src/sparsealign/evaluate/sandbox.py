@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sparsealign.evaluate.sandbox_cgroup import remove as remove_cgroup
-from sparsealign.evaluate.sandbox_program import rlimit_values
+from sparsealign.evaluate.sandbox_program import kill_uid, rlimit_values
 
 WORKER = Path(__file__).with_name("sandbox_worker.py")
 Status = Literal["passed", "failed", "timeout", "error"]
@@ -109,6 +109,8 @@ class _Worker:
         except OSError:
             pass
         self.proc.wait()
+        if not self.caps.get("pid_namespace") and getattr(self, "uid", None):
+            kill_uid(self.uid)  # no namespace took the programs down with the worker: their uid does
         if self.caps.get("cgroup"):
             remove_cgroup(self.caps["cgroup"]["dirs"], wait_s=5.0)  # a SIGKILLed worker cannot clean up itself
         for stream in (self.proc.stdin, self.proc.stdout):

@@ -78,19 +78,6 @@ def _become_w(allowed: bool, cg: dict | None) -> dict:
 
 # ---- one program ------------------------------------------------------------------------------------------------
 
-def _proc_uids() -> list[tuple[int, int]]:
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/status") as f:
-                    uid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
-                out.append((int(name), uid))
-            except (OSError, StopIteration, ValueError):
-                continue
-    return out
-
-
 def _reap_all(block: bool) -> None:
     try:
         while os.waitpid(-1, 0 if block else os.WNOHANG)[0] > 0:
@@ -110,21 +97,7 @@ def _contain(caps: dict, uid: int | None, session: int) -> int:
             left = 0
         _reap_all(block=True)  # orphans are reparented to us before their parent is reaped: this gets them all
         return left
-    left = 0
-    for _ in range(100):  # no namespace: kill by the dedicated uid (atomically, from a process holding that uid)
-        stray = [pid for pid, puid in _proc_uids() if pid != me and uid is not None and puid == uid]
-        if not stray:
-            break
-        left = max(left, len(stray))
-        killer = os.fork()
-        if killer == 0:
-            os.setgid(uid)
-            os.setuid(uid)
-            if os.getuid() == uid != 0:
-                os.kill(-1, signal.SIGKILL)
-            os._exit(0)
-        os.waitpid(killer, 0)
-        _reap_all(block=False)
+    left = 0 if uid is None else program.kill_uid(uid, between=lambda: _reap_all(block=False))
     if uid is None and session > 0:  # not root: the program's session is all we can name
         try:
             os.killpg(session, signal.SIGKILL)
