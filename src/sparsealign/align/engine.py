@@ -96,7 +96,14 @@ def has_accelerator() -> bool:
 
 
 def training_args(cfg: AlignConfig, output_dir: Path, has_eval: bool):
+    import dataclasses
+
     from transformers import TrainingArguments
+
+    # transformers >= 5.x renamed gradient_checkpointing to activation_checkpointing (old name deprecated)
+    name = "activation_checkpointing" if any(
+        f.name == "activation_checkpointing" for f in dataclasses.fields(TrainingArguments)) else "gradient_checkpointing"
+    checkpointing = {name: True, f"{name}_kwargs": {"use_reentrant": False}} if cfg.gradient_checkpointing else {}
 
     return TrainingArguments(
         output_dir=str(output_dir),
@@ -104,8 +111,7 @@ def training_args(cfg: AlignConfig, output_dir: Path, has_eval: bool):
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps, warmup_steps=cfg.warmup, lr_scheduler_type=cfg.lr_scheduler,
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, bf16=use_bf16(cfg),
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        **checkpointing,
         logging_steps=cfg.logging_steps, logging_first_step=True,
         eval_strategy="steps" if has_eval and cfg.eval_steps else "no", eval_steps=cfg.eval_steps,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,

@@ -106,13 +106,31 @@ class AlignTrainer(Trainer):
         return loss.detach(), None, None
 
     def reference_pass(self, features: list[dict[str, Any]]) -> torch.Tensor:
-        """Log-probs of chosen/rejected under the current (initial) model, [N, 2], on every process."""
-        self._reference_pass = True
-        try:
-            out = self.predict(ListDataset(features), metric_key_prefix="ref")
-        finally:
-            self._reference_pass = False
-        return torch.as_tensor(out.predictions, dtype=torch.float32)
+        """Log-probs of chosen/rejected under the current (initial) model, [N, 2] in dataset order, on every process.
+
+        Single process and DDP: the unwrapped model scores an accelerate-sharded loader (as TRL's precompute does);
+        wrapping it here would keep the Trainer from wrapping it for training.  FSDP/DeepSpeed shard the weights, so
+        there the Trainer's own prediction loop runs the pass.
+        """
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            self._reference_pass = True
+            try:
+                out = self.predict(ListDataset(features), metric_key_prefix="ref")
+            finally:
+                self._reference_pass = False
+            return torch.as_tensor(out.predictions, dtype=torch.float32)
+        loader = torch.utils.data.DataLoader(ListDataset(features), batch_size=self.args.per_device_eval_batch_size,
+                                             collate_fn=self.data_collator, shuffle=False)
+        loader = self.accelerator.prepare(loader)
+        was_training, chunks = self.model.training, []
+        self.model.eval()
+        with torch.no_grad(), self.accelerator.autocast():
+            for batch in loader:
+                logp, _ = sequence_logps(self.model, batch["input_ids"], batch["attention_mask"],
+                                         batch["completion_mask"])
+                chunks.append(self.accelerator.gather_for_metrics(torch.stack(logp.chunk(2), dim=1)).cpu())
+        self.model.train(was_training)
+        return torch.cat(chunks).float()
 
 
 class LedgerCallback(TrainerCallback):
