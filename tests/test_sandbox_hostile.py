@@ -10,6 +10,7 @@ import os
 import secrets
 import signal
 import socket
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -20,25 +21,16 @@ from sparsealign.evaluate.sandbox import SandboxPool, SandboxResult
 TIMEOUT_S = 2.0
 
 
-def _processes() -> list[tuple[int, int, str]]:
-    """(pid, uid, cmdline) of every process on the host."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/status") as f:
-                uid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
-            cmdline = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, StopIteration):
-            continue
-        out.append((int(name), uid, cmdline))
-    return out
+def _pgrep(*args: str) -> list[str]:
+    """procps `pgrep`, independent of the sandbox's own /proc scanning: matching processes as `pid cmdline`."""
+    proc = subprocess.run(["pgrep", "-a", *args], capture_output=True, text=True, timeout=30)
+    assert proc.returncode in (0, 1), proc.stderr  # 1: nothing matched
+    return proc.stdout.splitlines()
 
 
 def assert_no_strays(pool: SandboxPool, marker: str | None = None) -> None:
     uid = pool.isolation["uid"]
-    left = [p for p in _processes() if (uid is not None and p[1] == uid) or (marker and marker in p[2])]
+    left = (_pgrep("-u", str(uid)) if uid is not None else []) + (_pgrep("-f", marker) if marker else [])
     assert not left, f"processes survived the program: {left}"
 
 
