@@ -1,6 +1,6 @@
 """Batch-1 CPU decode speed, dense vs sparse (static / dynamic / predictor), with the Amdahl ideal beside it.
 
-    bench_decode(model, prompts, calib_ids, sparsities, modes, tokens) -> {"results": [row, ...], ...}
+    bench_decode(model, tokenizer, calib_texts, prompt, sparsities=, modes=, tokens=) -> {"results": [...], ...}
 
 A row is {mode, sparsity, dense_tokens_per_s, sparse_tokens_per_s, speedup, ideal_speedup, ...}.  How it is
 measured (the same way for every row, in one process):
@@ -192,7 +192,7 @@ def _row(mode: str, sparsity: float, d: dict[str, float], s: dict[str, float], s
         "realized_sparsity": float(stats.get("realized_sparsity", 0.0)), "flops_skipped": skipped,
         "ffn_share_dense": ffn_share, "ffn_ms_dense": d["ffn"] * 1e3, "ffn_ms_sparse": s["ffn"] * 1e3,
         "ffn_speedup": d["ffn"] / s["ffn"], "ffn_ideal_speedup": ffn_ideal,
-        "ffn_fraction_of_ideal": d["ffn"] / s["ffn"] / ffn_ideal,
+        "ffn_fraction_of_ideal": d["ffn"] / s["ffn"] / ffn_ideal, "kernel": stats.get("kernel"),
     }
     if extrapolate_layers:
         # per-token time = outside the decoder layers (embedding, final norm, lm_head, Python) + L x per-layer
@@ -243,6 +243,8 @@ def bench_decode(
                 with apply_sparsity(model, art, mode, "dense", fast=True) as handle:
                     sparse[mode].append(timed_decode(model, prompt_ids, tokens))
                     stats[mode] = handle.stats()
+                    nm = getattr(mlp_modules(model)[0], "_nm", None)
+                    stats[mode]["kernel"] = getattr(nm, "kernel", "torch")
         d = _median(dense)
         for mode in modes:
             row = _row(mode, sparsity, d, _median(sparse[mode]), stats[mode], num_layers, extrapolate_layers)

@@ -78,10 +78,15 @@ def _log(msg: str) -> None:
 @click.option("--calib-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Calibration text (UTF-8, split into ~1200-character chunks); default: this package's source.")
 @click.option("--prompt", default=None, help="Decode prompt; default: a chunk of the calibration text.")
+@click.option("--predictor-cutoff", type=click.Choice(["auto", "recall", "density"]), default="auto",
+              show_default=True,
+              help="Predictor mode: recall = the calibrated recall-target cut-off (real weights); density = keep "
+                   "exactly 1-sparsity of neurons on the timed trajectory (speed only); auto = recall for --model, "
+                   "density for --preset (random weights cannot be predicted).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with a `results` list.")
 def bench(model_dir: Path | None, preset: str | None, layers: int | None, extrapolate_layers: int | None,
           sparsity: str, modes: str, tokens: int, repeats: int, threads: int, calib_file: Path | None,
-          prompt: str | None, as_json: bool) -> None:
+          prompt: str | None, predictor_cutoff: str, as_json: bool) -> None:
     """Batch-1 fp32 CPU decode speed: dense vs sparse per mode and sparsity, with the Amdahl ideal.
 
     Each row: mode, sparsity, dense_tokens_per_s, sparse_tokens_per_s, speedup, ideal_speedup (FFN share of
@@ -120,10 +125,15 @@ def bench(model_dir: Path | None, preset: str | None, layers: int | None, extrap
         model, tokenizer = build_preset(preset, num_layers=layers), train_tokenizer(local_texts(), 512)
     else:
         model, tokenizer = load_model_dir(model_dir)
+    from sparsealign.sparse.config import PredictorConfig
+
+    if predictor_cutoff == "auto":
+        predictor_cutoff = "density" if preset else "recall"
     result = bench_decode(model, tokenizer, texts[:16], prompt or texts[-1][:200], sparsities=sparsities,
                           modes=mode_list, tokens=tokens, repeats=repeats, extrapolate_layers=extrapolate_layers,
-                          log=_log)
-    result["model"] = str(model_dir) if model_dir else f"preset:{preset}"
+                          predictor_cutoff=predictor_cutoff,
+                          predictor_epochs=2 if preset else PredictorConfig().epochs, log=_log)
+    result.update(model=str(model_dir) if model_dir else f"preset:{preset}", predictor_cutoff=predictor_cutoff)
     if as_json:
         click.echo(json.dumps(result, sort_keys=True))
         return
