@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 from sparsealign.align.config import RATIONALE_METHODS, AlignConfig
 from sparsealign.config import config_hash
 from sparsealign.errors import UserError
-from sparsealign.io import atomic_write_json
+from sparsealign.io import atomic_dir, atomic_write_json
 from sparsealign.rundir import RunDir
 
 log = logging.getLogger("sparsealign.align")
@@ -122,18 +121,6 @@ def training_args(cfg: AlignConfig, output_dir: Path, has_eval: bool):
     )
 
 
-def _publish_dir(staging: Path, final: Path) -> None:
-    """Swap a finished directory into place (a reader never sees a half-written model)."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, final)
-
-
 def _train(cfg: AlignConfig, run: RunDir, pairs: list[Any] | None, eval_pairs: list[Any] | None,
            callbacks: Sequence[Any], args: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     import torch
@@ -229,22 +216,27 @@ def _with_reference(cfg: AlignConfig, trainer: Any, train_feats: list, eval_feat
 
 
 def _save_model(cfg: AlignConfig, trainer: Any, tok: Any, out_dir: Path) -> Path:
-    """Aligned model as safetensors + tokenizer in <cell>/model; LoRA adapters are merged when unsharded."""
-    final, staging = out_dir / "model", out_dir / ".model.staging"
-    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
-    if trainer.is_world_process_zero():
-        shutil.rmtree(staging, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    if cfg.lora is not None and not sharded:
-        if trainer.is_world_process_zero():
-            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-            merged.save_pretrained(staging, safe_serialization=True)
-    else:  # the Trainer gathers FSDP / ZeRO-3 shards (LoRA under sharding: the adapter is written)
-        trainer.save_model(str(staging))
-    trainer.accelerator.wait_for_everyone()
-    if trainer.is_world_process_zero():
-        tok.save_pretrained(staging)
-        _publish_dir(staging, final)
+    """Aligned model as safetensors + tokenizer in <cell>/model, swapped in whole; LoRA adapters are merged unless
+    the weights are sharded (FSDP/ZeRO-3: the adapter is written).  Every rank joins the Trainer's state-dict
+    gather; only rank 0 writes."""
+    final = out_dir / "model"
+    main = trainer.is_world_process_zero()
+    merge = cfg.lora is not None and not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled)
+
+    def write(path: Path) -> None:
+        if merge:
+            if main:
+                trainer.accelerator.unwrap_model(trainer.model).merge_and_unload().save_pretrained(path)
+        else:
+            trainer.save_model(str(path))
+        if main:
+            tok.save_pretrained(path)
+
+    if main:
+        with atomic_dir(final) as tmp:
+            write(tmp)
+    else:
+        write(out_dir / ".model.unused")  # collective only: non-zero ranks write nothing
     trainer.accelerator.wait_for_everyone()
     return final
 
