@@ -51,7 +51,9 @@ class Study:
     # -- dispatch ----------------------------------------------------------------------------------------------
     def run(self, cell: Cell) -> tuple[dict[str, Any], dict[str, Any]]:
         import torch
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # per-shard bars would bury the study's own progress line
         torch.manual_seed(self.cfg.seed)
         return getattr(self, f"cell_{cell.stage}")(cell)
 
