@@ -16,7 +16,7 @@ Conventions (docs/study.md):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -223,7 +223,7 @@ def critical_sparsity_table(df, *, metric: str, dataset: str | None = None, tol:
     """One row per (size, method, mode): the critical sparsity of `metric` against that model's dense value."""
     import pandas as pd
 
-    sub = rows_where(df, metric=metric, dataset=dataset)
+    sub = _all_pairs(rows_where(df, metric=metric, dataset=dataset))
     dense = sub[sub["mode"] == "dense"]
     out = []
     for (size, method, mode), grp in sub[sub["mode"] != "dense"].groupby(["size", "method", "mode"], sort=True):
@@ -231,42 +231,45 @@ def critical_sparsity_table(df, *, metric: str, dataset: str | None = None, tol:
         if ref.empty:
             continue
         d = float(ref["value"].iloc[0])
-        out.append({"size": size, "params": int(grp["params"].iloc[0]), "method": method, "mode": mode,
+        out.append({"size": size, "params": grp["params"].iloc[0], "method": method, "mode": mode,
                     "metric": metric, "dense": d, "critical_sparsity":
                     critical_sparsity(grp["target_sparsity"], grp["value"], d, tol=tol)})
     return pd.DataFrame(out)
 
 
-def _diff_table(df, *, metric: str, index: list[str], column: str, a: str, b: str, name: str,
-                dataset: str | None = None, where: Callable | None = None):
-    sub = rows_where(df, metric=metric, dataset=dataset)
-    if where is not None:
-        sub = sub[where(sub)]
-    wide = sub.pivot_table(index=index, columns=column, values="value", aggfunc="mean")
-    if a not in wide or b not in wide:
-        return wide.iloc[0:0].reset_index()
-    out = wide[[a, b]].copy()
-    out[name] = out[a] - out[b]
-    return out.reset_index()
+def _all_pairs(df):
+    """Only cells aligned on all preference pairs (subset runs belong to the annotation-efficiency analysis)."""
+    return df[df["subset_fraction"].fillna(1.0) >= 1.0] if "subset_fraction" in df else df
+
+
+def _with_params(wide, df):
+    """Reattach each size's parameter count after a pivot (kept out of the index: it may be NaN)."""
+    out = wide.reset_index()
+    params = df.drop_duplicates("size").set_index("size")["params"]
+    out.insert(1, "params", out["size"].map(params))
+    return out.sort_values(["params", *[c for c in ("method", "mode", "target_sparsity") if c in out]])
 
 
 def alignment_gain_table(df, *, metric: str, dataset: str | None = None, base: str = "base"):
     """Aligned minus base at each (size, mode, sparsity), one column per method; full-data alignment only."""
-    sub = rows_where(df, metric=metric, dataset=dataset)
-    sub = sub[sub["subset_fraction"].fillna(1.0) >= 1.0]
-    wide = sub.pivot_table(index=["size", "params", "mode", "target_sparsity"], columns="method", values="value",
+    sub = _all_pairs(rows_where(df, metric=metric, dataset=dataset))
+    wide = sub.pivot_table(index=["size", "mode", "target_sparsity"], columns="method", values="value",
                            aggfunc="mean")
     if base not in wide:
         return wide.iloc[0:0].reset_index()
-    gains = wide.drop(columns=[base]).sub(wide[base], axis=0)
-    return gains.reset_index().sort_values(["params", "mode", "target_sparsity"])
+    return _with_params(wide.drop(columns=[base]).sub(wide[base], axis=0), df)
 
 
 def static_vs_dynamic_table(df, *, metric: str, dataset: str | None = None):
-    """dynamic minus static at each (size, method, sparsity)."""
-    return _diff_table(df, metric=metric, index=["size", "params", "method", "target_sparsity"], column="mode",
-                       a="dynamic", b="static", name="dynamic_minus_static", dataset=dataset,
-                       where=lambda s: s["subset_fraction"].fillna(1.0) >= 1.0)
+    """dynamic minus static at each (size, method, sparsity), full-data alignment only."""
+    sub = _all_pairs(rows_where(df, metric=metric, dataset=dataset))
+    wide = sub.pivot_table(index=["size", "method", "target_sparsity"], columns="mode", values="value",
+                           aggfunc="mean")
+    if "dynamic" not in wide or "static" not in wide:
+        return wide.iloc[0:0].reset_index()
+    out = wide[["static", "dynamic"]].copy()
+    out["dynamic_minus_static"] = out["dynamic"] - out["static"]
+    return _with_params(out, df)
 
 
 def scaling_fit_table(df, *, metrics: Sequence[str], mode: str = "dense", dataset: str | None = None):
@@ -274,8 +277,7 @@ def scaling_fit_table(df, *, metrics: Sequence[str], mode: str = "dense", datase
     import pandas as pd
 
     out = []
-    sub = rows_where(df, mode=mode, dataset=dataset)
-    sub = sub[sub["subset_fraction"].fillna(1.0) >= 1.0]
+    sub = _all_pairs(rows_where(df, mode=mode, dataset=dataset))
     for (metric, ds, method), grp in sub[sub["metric"].isin(metrics)].groupby(["metric", "dataset", "method"]):
         grp = grp.groupby("params", as_index=False)["value"].mean()
         fit = fit_log_params(grp["params"], grp["value"], scale=scale_for(metric))
