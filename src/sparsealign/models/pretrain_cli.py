@@ -38,8 +38,12 @@ def pretrain(preset: str, sizes: str | None, steps: int | None, seed: int | None
     Hugging Face model + tokenizer with pretrain.json (parameters, losses, wall time).  See MODEL_CARD.md.
     Example:  sparsealign pretrain --preset micro --json
     """
+    from transformers.utils import logging as hf_logging
+
     from sparsealign.models.micro import get_recipe
     from sparsealign.models.pretrain import ensure_family
+
+    hf_logging.disable_progress_bar()  # per-shard save bars would bury the per-size progress lines
 
     size_list = [s.strip() for s in sizes.split(",") if s.strip()] if sizes else None
     recipe = get_recipe(preset, sizes=size_list, steps=steps, seed=seed, overrides=list(overrides))
