@@ -130,20 +130,23 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, model_dir, h
                 raise Crash("simulated kill after checkpoint-2")
 
     common = {"method": "dpo", "model": str(model_dir), "max_steps": 4, "save_steps": 2, "batch_size": 2}
-    full, full_run = align(tmp_path, "straight", hh[0][:8], **common)
+    held_out = hh[1][:4]
+    full, full_run = align(tmp_path, "straight", hh[0][:8], held_out, **common)
     with pytest.raises(Crash):
-        align(tmp_path, "resumed", hh[0][:8], callbacks=[CrashAfterCheckpoint()], **common)
-    resumed, resumed_run = align(tmp_path, "resumed", hh[0][:8], **common)
+        align(tmp_path, "resumed", hh[0][:8], held_out, callbacks=[CrashAfterCheckpoint()], **common)
+    resumed, resumed_run = align(tmp_path, "resumed", hh[0][:8], held_out, **common)
     assert resumed["resumed_from"] == "checkpoint-2"
     assert resumed_run.ledger.get("align", "dpo").attempts == 2
     assert losses(resumed_run, "dpo") == pytest.approx(losses(full_run, "dpo"), abs=1e-6)
+    for key in ("eval_start_loss", "eval_loss", "eval_rewards/margins"):  # start metrics come from attempt 1
+        assert resumed[key] == pytest.approx(full[key], abs=1e-6)
     assert len(losses(full_run, "dpo")) == 4
     from safetensors.torch import load_file
 
     w_full = load_file(Path(full_run.root) / "align/dpo/model/model.safetensors")
     w_res = load_file(Path(resumed_run.root) / "align/dpo/model/model.safetensors")
     assert all(torch.allclose(w_full[k], w_res[k], atol=1e-6) for k in w_full)
-    again, _ = align(tmp_path, "resumed", hh[0][:8], **common)  # finished: the ledger answers, nothing reruns
+    again, _ = align(tmp_path, "resumed", hh[0][:8], held_out, **common)  # finished: the ledger answers, nothing reruns
     assert again == resumed
 
 

@@ -173,6 +173,9 @@ def _train(cfg: AlignConfig, run: RunDir, pairs: list[Any] | None, eval_pairs: l
     resume = get_last_checkpoint(str(args.output_dir)) if Path(args.output_dir).is_dir() else None
     if eval_ds is not None and resume is None:
         metrics.update(trainer.evaluate(eval_ds, metric_key_prefix="eval_start"))
+    elif eval_ds is not None:  # resumed: the starting evaluation was logged by the first attempt
+        for event in run.ledger.events(STAGE, cell):
+            metrics.update({k: v for k, v in event.items() if k.startswith("eval_start_")})
     result = trainer.train(resume_from_checkpoint=resume)
     metrics.update({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
     metrics["resumed_from"] = Path(resume).name if resume else None
