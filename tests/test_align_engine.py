@@ -103,6 +103,30 @@ def test_reference_logps_are_cached_and_reused(tmp_path, model_dir, hh, private_
     assert second["eval_rewards/margins"] == pytest.approx(first["eval_rewards/margins"], abs=1e-6)
 
 
+def test_separate_reference_model_gives_the_dpo_rewards_of_its_log_probs(tmp_path, model_dir, hh):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sparsealign.align.engine import tokenize_settings
+    from sparsealign.align.logps import score_pairs
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    policy, ref = AutoModelForCausalLM.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    save_pretrained(ref, tok, tmp_path / "ref")
+    held_out = hh[1][:8]
+    metrics, _ = align(tmp_path, "ref", hh[0][:8], held_out, method="dpo", model=str(model_dir),
+                       ref_model=str(tmp_path / "ref"), max_steps=1, beta=0.5)
+    cfg = AlignConfig(model=str(model_dir), data=HH, **SMALL)
+    pol, rf = score_pairs(policy, tok, held_out, tokenize_settings(cfg)), score_pairs(ref, tok, held_out,
+                                                                                     tokenize_settings(cfg))
+    margins = 0.5 * ((pol["chosen_logps"] - rf["chosen_logps"]) - (pol["rejected_logps"] - rf["rejected_logps"]))
+    assert metrics["eval_start_rewards/margins"] == pytest.approx(margins.mean().item(), abs=1e-4)
+    assert abs(metrics["eval_start_rewards/margins"]) > 1e-3  # the reference really is the other model
+
+
 def test_lora_run_trains_adapters_and_writes_a_merged_model(tmp_path, model_dir, hh):
     from transformers import AutoModelForCausalLM
 
