@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,6 +62,15 @@ def test_same_seed_same_weights_and_cache_reuse(tmp_path):
     other = pretrain.ensure_family(reduced(seed=1), root=tmp_path / "a", eval_generated=False, log=lambda m: None)
     assert other.key != a.key and not other.members[0].cached
     assert other.members[0].metrics["loss_curve"] != ma.metrics["loss_curve"]
+
+
+def test_parallel_workers_give_the_same_weights(tmp_path):
+    two = get_recipe("micro", sizes=["micro-xs", "micro-s"], steps=3, overrides=SMALL_CORPUS)
+    seq = pretrain.ensure_family(two, root=tmp_path / "seq", workers=1, eval_generated=False, log=lambda m: None)
+    par = pretrain.ensure_family(two, root=tmp_path / "par", workers=2, eval_generated=False, log=lambda m: None)
+    for a, b in zip(seq.members, par.members, strict=True):
+        assert a.name == b.name and a.metrics["loss_curve"] == b.metrics["loss_curve"]
+        assert (Path(a.path) / "model.safetensors").read_bytes() == (Path(b.path) / "model.safetensors").read_bytes()
 
 
 def test_lr_schedule_formula():

@@ -31,7 +31,7 @@ from sparsealign.config import config_hash
 from sparsealign.data.generated_tasks import generated_split
 from sparsealign.data.records import MbppTask, mbpp_split_of
 from sparsealign.io import atomic_dir, atomic_write_json
-from sparsealign.models.micro import PretrainRecipe, SizeSpec
+from sparsealign.models.micro import PretrainRecipe, SizeSpec, non_embedding_params
 from sparsealign.settings import cache_dir, resolve_data_path
 
 Log = Callable[[str], None]
@@ -255,14 +255,56 @@ def _done(size_dir: Path, spec: SizeSpec, key: str) -> dict | None:
     return info if info.get("size") == spec.model_dump() and info.get("key") == key else None
 
 
+def _train_and_save(recipe: PretrainRecipe, spec: SizeSpec, root: Path, key: str, corpus_stats: dict, tok, rows,
+                    eval_generated: bool, log: Log) -> dict:
+    """Train one size and write its checkpoint directory atomically; returns its pretrain.json contents."""
+    with deterministic(recipe.num_threads):
+        model, metrics = train_size(spec, recipe, tok, *rows, log)
+        if eval_generated:
+            metrics["generated_pass@1"] = generated_pass_rate(model, tok)
+    info = {"size": spec.model_dump(), "preset": recipe.preset, "key": key, "seed": recipe.seed,
+            "corpus": corpus_stats, "vocab_size": len(tok), **metrics}
+    with atomic_dir(root / spec.name) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        atomic_write_json(tmp / "pretrain.json", info)
+    log(f"{spec.name}: {metrics['non_embedding_params']:,} non-embedding params, loss "
+        f"{metrics['train_loss_final']:.3f} (held-out {metrics['heldout_loss']:.3f}), "
+        f"{metrics['train_wall_s']:.1f}s -> {root / spec.name}")
+    return info
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _worker(recipe_dict: dict, size_name: str, root: str, key: str, eval_generated: bool) -> dict:
+    """Entry point of a training process: rebuilds the (deterministic) corpus and trains one size."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    recipe = PretrainRecipe(**recipe_dict)
+    docs, stats = build_corpus(recipe)
+    if family_key(recipe, corpus_digest(docs)) != key:
+        raise RuntimeError("corpus changed while pretraining (another process edited the data?)")
+    tok = AutoTokenizer.from_pretrained(Path(root) / "tokenizer")
+    spec = next(s for s in recipe.sizes if s.name == size_name)
+    return _train_and_save(recipe, spec, Path(root), key, stats, tok, _rows(docs, tok, recipe), eval_generated,
+                           _stderr)
+
+
 def ensure_family(recipe: PretrainRecipe, *, root: str | Path | None = None, force: bool = False,
-                  eval_generated: bool = True, log: Log | None = None) -> Family:
+                  eval_generated: bool = True, workers: int | None = None, log: Log | None = None) -> Family:
     """Pretrain every size of `recipe` that is not cached yet (or all with `force`) and describe the family.
 
     `root` defaults to `<cache_dir>/micro/<preset>-<key>`; each `<root>/<size>/` is a HF checkpoint directory with
-    `pretrain.json` (recipe, corpus stats, parameter counts, losses, wall time).
+    `pretrain.json` (recipe, corpus stats, parameter counts, losses, wall time).  `workers` > 1 trains sizes in
+    parallel processes (largest first), each on `recipe.num_threads` threads: the weights are the same as with one
+    worker, the wall time on 2 idle cores is about that of the largest size.  Default: min(2, CPU count).
     """
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+    log = log or _stderr
     t0 = time.perf_counter()
     docs, corpus_stats = build_corpus(recipe)
     digest = corpus_digest(docs)
@@ -273,29 +315,29 @@ def ensure_family(recipe: PretrainRecipe, *, root: str | Path | None = None, for
         shutil.rmtree(root / "tokenizer", ignore_errors=True)  # another recipe/corpus: its tokenizer does not apply
     atomic_write_json(root / "recipe.json", {**recipe.model_dump(), "key": key, "corpus_sha256": digest,
                                              "corpus": corpus_stats})
-    members, rows = [], None
-    for spec in recipe.sizes:
-        size_dir = root / spec.name
-        info = None if force else _done(size_dir, spec, key)
-        cached = info is not None
-        if not cached:
+    infos = {} if force else {s.name: _done(root / s.name, s, key) for s in recipe.sizes}
+    cached = {name for name, info in infos.items() if info is not None}
+    todo = sorted((s for s in recipe.sizes if s.name not in cached), key=lambda s: -non_embedding_params(s))
+    if todo:
+        tok = _load_tokenizer_or_train(root, docs, recipe)
+        if workers > 1 and len(todo) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch/OpenMP state
+            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+                futures = {s.name: pool.submit(_worker, recipe.model_dump(), s.name, str(root), key, eval_generated)
+                           for s in todo}
+                infos.update({name: f.result() for name, f in futures.items()})
+        else:
             with deterministic(recipe.num_threads):
-                tok = _load_tokenizer_or_train(root, docs, recipe)
-                if rows is None:
-                    rows = _rows(docs, tok, recipe)
-                model, metrics = train_size(spec, recipe, tok, *rows, log)
-                if eval_generated:
-                    metrics["generated_pass@1"] = generated_pass_rate(model, tok)
-            info = {"size": spec.model_dump(), "preset": recipe.preset, "key": key, "seed": recipe.seed,
-                    "corpus": corpus_stats, "vocab_size": len(tok), **metrics}
-            with atomic_dir(size_dir) as tmp:
-                model.save_pretrained(tmp, safe_serialization=True)
-                tok.save_pretrained(tmp)
-                atomic_write_json(tmp / "pretrain.json", info)
-            log(f"{spec.name}: {metrics['non_embedding_params']:,} non-embedding params, loss "
-                f"{metrics['train_loss_final']:.3f} (held-out {metrics['heldout_loss']:.3f}), "
-                f"{metrics['train_wall_s']:.1f}s -> {size_dir}")
-        members.append(FamilyMember(spec.name, str(size_dir), info["params"], info["non_embedding_params"], info, cached))
+                rows = _rows(docs, tok, recipe)
+            for spec in todo:
+                infos[spec.name] = _train_and_save(recipe, spec, root, key, corpus_stats, tok, rows, eval_generated,
+                                                   log)
+    members = [FamilyMember(s.name, str(root / s.name), infos[s.name]["params"],
+                            infos[s.name]["non_embedding_params"], infos[s.name], s.name in cached)
+               for s in recipe.sizes]
     log(f"family {recipe.preset}-{key} ready in {time.perf_counter() - t0:.1f}s")
     return Family(recipe.preset, str(root), key, members)
 

@@ -25,11 +25,13 @@ def register(cli: click.Group) -> None:
               help="Write the family here instead of the cache (<cache>/micro/<preset>-<recipe hash>/).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe field, e.g. --set stdlib_bytes=200000 --set lr=1e-3 (see docs/micro_family.md).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Train sizes in this many parallel processes (same weights as 1). Default: min(2, CPUs).")
 @click.option("--force", is_flag=True, help="Retrain sizes even when a finished checkpoint exists.")
 @click.option("--no-eval", is_flag=True, help="Skip the greedy pass@1 sanity check on held-out generated tasks.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the family on stdout.")
 def pretrain(preset: str, sizes: str | None, steps: int | None, seed: int | None, out_dir: str | None,
-             overrides: tuple[str, ...], force: bool, no_eval: bool, as_json: bool) -> None:
+             overrides: tuple[str, ...], workers: int | None, force: bool, no_eval: bool, as_json: bool) -> None:
     """Pretrain the embedded LLaMA-architecture ReLU model family on local code (stdlib sources, MBPP
     train/validation/prompt solutions, generated MBPP-format tasks) and cache the checkpoints.
 
@@ -47,7 +49,8 @@ def pretrain(preset: str, sizes: str | None, steps: int | None, seed: int | None
 
     size_list = [s.strip() for s in sizes.split(",") if s.strip()] if sizes else None
     recipe = get_recipe(preset, sizes=size_list, steps=steps, seed=seed, overrides=list(overrides))
-    family = ensure_family(recipe, root=out_dir, force=force, eval_generated=not no_eval)
+    family = ensure_family(recipe, root=out_dir, force=force, eval_generated=not no_eval,
+                           workers=workers)
     if as_json:
         out = family.to_dict()
         for m in out["members"]:
