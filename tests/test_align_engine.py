@@ -179,6 +179,20 @@ def test_cli_rationale_method_without_rationales_is_a_one_line_error(cli, model_
     assert_one_line_error(res, "rdpo", "sparsealign rationales generate", HH)
 
 
+def test_cli_report_to_tracker(cli, model_dir, tmp_path):
+    import importlib.util
+
+    args = ("align", "--method", "orpo", "--model", str(model_dir), "--data", HH, "--set", "max_pairs=4",
+            "--set", "max_steps=1", "--set", "max_length=48", "--set", "max_prompt_length=16",
+            "--set", "report_to=[tensorboard]", "--json")
+    res = cli(*args)
+    if importlib.util.find_spec("tensorboard") is None:  # the test extra does not install it
+        assert_one_line_error(res, "report_to: tensorboard is not installed", "pip install")
+    else:
+        assert res.returncode == 0, res.stderr
+        assert list((Path(res.json()["run_dir"]) / "align/orpo/checkpoints").rglob("events.out.tfevents*"))
+
+
 def test_cli_json_run_then_skip(cli, model_dir, tmp_path):
     args = ("align", "--method", "simpo", "--model", str(model_dir), "--data", HH, "--name", "cli",
             "--set", "max_pairs=8", "--set", "max_steps=2", "--set", "max_length=48", "--set", "max_prompt_length=16",

@@ -40,7 +40,7 @@ def align(method, model, data, eval_data, name, config_path, overrides, restart,
     cfg = load_config(AlignConfig, config_path, overrides, base=base)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
-    from sparsealign.align.engine import check_rationales, load_align_pairs, run_align
+    from sparsealign.align.engine import check_rationales, check_report_to, load_align_pairs, run_align
     from sparsealign.ledger import Ledger
     from sparsealign.rundir import RunDir
     from sparsealign.settings import runs_dir
@@ -48,6 +48,7 @@ def align(method, model, data, eval_data, name, config_path, overrides, restart,
     pairs, eval_pairs = load_align_pairs(cfg)  # bad data fails here, before torch is imported
     check_rationales(cfg, pairs, cfg.data)
     check_rationales(cfg, eval_pairs, cfg.eval_data or "")
+    check_report_to(cfg)
     with redirect:  # the Trainer prints its logs on stdout; --json keeps stdout for the result
         if main_rank:
             run = RunDir.open(name, "align", cfg, restart=restart)

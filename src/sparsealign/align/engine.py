@@ -46,6 +46,20 @@ def check_rationales(cfg: AlignConfig, pairs: Sequence[Any], source: str) -> Non
         )
 
 
+REPORT_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
+
+
+def check_report_to(cfg: AlignConfig) -> None:
+    """A tracker asked for in `report_to` but not installed is a one-line error, not a Trainer traceback."""
+    import importlib.util
+
+    for name in cfg.report_to:
+        modules = REPORT_MODULES.get(name, ())
+        if modules and not any(importlib.util.find_spec(m) for m in modules):
+            raise UserError(f"report_to: {name} is not installed",
+                            hint=f"pip install {modules[0]} (tensorboard: pip install 'sparsealign[tracking]')")
+
+
 def tokenize_settings(cfg: AlignConfig):
     from sparsealign.align.logps import TokenizeSettings
 
@@ -139,6 +153,7 @@ def _train(cfg: AlignConfig, run: RunDir, pairs: list[Any] | None, eval_pairs: l
         raise UserError(f"{cfg.data}: no preference pairs to train on", hint="check --data / data_split / max_pairs")
     check_rationales(cfg, pairs, cfg.data)
     check_rationales(cfg, eval_pairs, cfg.eval_data or "eval pairs")
+    check_report_to(cfg)
 
     set_seed(cfg.seed)
     model, tok = load_model_and_tokenizer(cfg)
