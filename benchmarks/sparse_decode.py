@@ -1,12 +1,12 @@
 """Batch-1 fp32 CPU decode: dense vs PowerInfer-style sparse FFN (static / dynamic / predictor) on a 1B-shaped
 ReLU Llama with random weights, all in one run.
 
-    .venv/bin/python benchmarks/sparse_decode.py [--layers 22] [--tokens 16] [--repeats 3] [--threads 2]
+    .venv/bin/python benchmarks/sparse_decode.py [--layers 22] [--tokens 16] [--repeats 2] [--threads 2]
 
 Shape: TinyLlama-1.1B widths (hidden 2048, FFN 5632, 32 heads / 4 KV heads, vocab 32000), ReLU MLP.  By default
 the full 22 layers run when the machine has the memory (~8 GB incl. the neuron-major copies), else 4 layers and
 the end-to-end numbers are extrapolated to 22 layers from the measured per-layer and outside-layer times
-(column `e2e@22`).  Method: sparsealign.sparse.bench (dense and every mode interleaved, medians of `repeats`).
+(column `e2e@22`).  Method: sparsealign.sparse.bench (dense and sparse decoded side by side, alternating every token step).
 
 Goals (issue 4): FFN block >= 70% of its ideal at 90% sparsity; end-to-end decode >= 2x at 90% sparsity.
 """
@@ -74,7 +74,7 @@ def main() -> int:
     ap.add_argument("--sparsity", default="0.5,0.7,0.9")
     ap.add_argument("--modes", default="static,dynamic,predictor")
     ap.add_argument("--tokens", type=int, default=16, help="decode steps timed per run")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2, help="paired dense/sparse decode runs per row (averaged)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the full result to this JSON file")
     args = ap.parse_args()
@@ -93,7 +93,7 @@ def main() -> int:
     print(f"1B-shaped ReLU Llama: {layers} layers, hidden 2048, FFN {args.intermediate}, fp32, batch 1, "
           f"{args.threads} threads; built in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     res = bench.bench_decode(
-        model, tok, texts[:8], texts[-1][:200], sparsities=[float(s) for s in args.sparsity.split(",")],
+        model, tok, texts[:4], texts[-1][:200], sparsities=[float(s) for s in args.sparsity.split(",")],
         modes=args.modes.split(","), tokens=args.tokens, repeats=args.repeats, calib_tokens=1024,
         extrapolate_layers=FULL_LAYERS if layers < FULL_LAYERS else None, log=lambda m: print(m, file=sys.stderr))
     res.update(layers=layers, intermediate_size=args.intermediate, wall_s=time.perf_counter() - t0)

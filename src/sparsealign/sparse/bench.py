@@ -9,8 +9,9 @@ measured (the same way for every row, in one process):
   (`sparse.fastpath`, gather-accumulate over neuron-major weights).
 - FFN time: forward pre/post hooks on every MLP module accumulate wall time during the timed steps, so each row
   also reports the FFN block's own speedup.
-- Interleaving: for each sparsity, dense and every mode are timed in turn, `repeats` times, and the median of
-  each is kept, so a noisy neighbour on shared cores slows both sides of a ratio alike.
+- Pairing: dense and sparse decode side by side, alternating every token step (each with its own KV cache; the
+  MLP modules are swapped between steps), so a busy neighbour on shared cores slows both sides of a ratio alike;
+  `repeats` such runs are averaged.
 - ideal_speedup = Amdahl: 1 / ((1 - f) + f * (1 - skipped)), f = FFN share of the dense decode time (measured
   by the hooks), skipped = FFN FLOPs skipped (= weight bytes not read) from the realized active counts of the
   timed steps, with the dense gate for static/dynamic and the predictor's own FLOPs for predictor mode
@@ -23,7 +24,6 @@ measured (the same way for every row, in one process):
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -174,8 +174,50 @@ def local_texts(n: int = 64, chars: int = 1200) -> list[str]:
     return [source[i:i + chars] for i in range(0, min(len(source), n * chars), chars)]
 
 
-def _median(runs: list[dict[str, Any]]) -> dict[str, float]:
-    return {k: statistics.median(r[k] for r in runs) for k in ("total", "ffn", "layers")}
+@torch.no_grad()
+def paired_decode(model: nn.Module, sparse_mlps: Sequence[nn.Module], prompt: torch.Tensor,
+                  tokens: int) -> dict[str, dict[str, float]]:
+    """Decode dense and sparse side by side, alternating every token step, each with its own KV cache.
+
+    `sparse_mlps` are the patched wrappers (`SparseMLP`, whose `.inner` is the original MLP).  Swapping the MLP
+    modules between steps costs a few attribute writes; alternating per step means a busy neighbour slows both
+    sides alike, which median-of-runs interleaving cannot guarantee on shared cores.  Returns per-token seconds
+    (total / ffn / layers) for "dense" and "sparse"."""
+    from transformers import DynamicCache
+
+    layers = list(model.model.layers)
+    mlps = {"dense": [m.inner for m in sparse_mlps], "sparse": list(sparse_mlps)}
+    ffn = {k: ModuleTimer(v) for k, v in mlps.items()}
+    in_layers = {k: ModuleTimer(layers) for k in mlps}
+    totals = dict.fromkeys(mlps, 0.0)
+    state = {}
+    try:
+        for side, modules in mlps.items():
+            for layer, mlp in zip(layers, modules, strict=True):
+                layer.mlp = mlp
+            cache = DynamicCache()
+            out = model(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1)
+            state[side] = (cache, out.logits[:, -1:].argmax(-1))
+        for _ in range(tokens):
+            for side, modules in mlps.items():
+                for layer, mlp in zip(layers, modules, strict=True):
+                    layer.mlp = mlp
+                cache, nxt = state[side]
+                ffn[side].on = in_layers[side].on = True
+                start = time.perf_counter()
+                out = model(input_ids=nxt, cache=cache, use_cache=True)
+                nxt = out.logits[:, -1:].argmax(-1)
+                int(nxt)  # the host needs the token before the next step, as in real decoding
+                totals[side] += time.perf_counter() - start
+                ffn[side].on = in_layers[side].on = False
+                state[side] = (cache, nxt)
+    finally:
+        for layer, mlp in zip(layers, sparse_mlps, strict=True):
+            layer.mlp = mlp
+        for timer in (*ffn.values(), *in_layers.values()):
+            timer.remove()
+    return {side: {"total": totals[side] / tokens, "ffn": ffn[side].seconds / tokens,
+                   "layers": in_layers[side].seconds / tokens} for side in mlps}
 
 
 def _row(mode: str, sparsity: float, d: dict[str, float], s: dict[str, float], stats: dict[str, Any],
@@ -234,20 +276,17 @@ def bench_decode(
                         recording=rec)
         if "predictor" in modes and predictor_cutoff == "density":
             art.cutoffs = density_cutoffs(art.predictors, decode_x, sparsity)
-        dense: list[dict[str, Any]] = []
-        sparse: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
-        stats: dict[str, dict[str, Any]] = {}
-        for _ in range(repeats):  # dense and every mode in turn, so contention hits all of them alike
-            dense.append(timed_decode(model, prompt_ids, tokens))
-            for mode in modes:
-                with apply_sparsity(model, art, mode, "dense", fast=True) as handle:
-                    sparse[mode].append(timed_decode(model, prompt_ids, tokens))
-                    stats[mode] = handle.stats()
-                    nm = getattr(mlp_modules(model)[0], "_nm", None)
-                    stats[mode]["kernel"] = getattr(nm, "kernel", "torch")
-        d = _median(dense)
         for mode in modes:
-            row = _row(mode, sparsity, d, _median(sparse[mode]), stats[mode], num_layers, extrapolate_layers)
+            with apply_sparsity(model, art, mode, "dense", fast=True) as handle:
+                wrappers = mlp_modules(model)
+                paired_decode(model, wrappers, prompt_ids, min(tokens, 2))  # warm-up of this application
+                handle.reset()
+                runs = [paired_decode(model, wrappers, prompt_ids, tokens) for _ in range(repeats)]
+                stats = handle.stats()  # realized counts over all timed sparse steps
+                stats["kernel"] = getattr(getattr(wrappers[0], "_nm", None), "kernel", "torch")
+            d = {k: sum(r["dense"][k] for r in runs) / repeats for k in ("total", "ffn", "layers")}
+            sp = {k: sum(r["sparse"][k] for r in runs) / repeats for k in ("total", "ffn", "layers")}
+            row = _row(mode, sparsity, d, sp, stats, num_layers, extrapolate_layers)
             rows.append(row)
             log(f"{mode:>9} s={sparsity:.2f}: dense {row['dense_tokens_per_s']:7.2f} tok/s, sparse "
                 f"{row['sparse_tokens_per_s']:7.2f} tok/s, speedup {row['speedup']:.2f}x (ideal "
