@@ -27,17 +27,10 @@ GiB = 1024**3
 
 def micro_params(preset: str) -> dict[str, float]:
     """Exact parameter counts of the micro family from its recipe (tied embeddings, no biases)."""
-    from sparsealign.models.micro import get_recipe
+    from sparsealign.models.micro import get_recipe, non_embedding_params
 
     recipe = get_recipe(preset)
-    out = {}
-    for s in recipe.sizes:
-        head_dim = s.hidden_size // s.num_heads
-        attn = 4 * s.hidden_size * s.num_heads * head_dim
-        mlp = 3 * s.hidden_size * s.intermediate_size
-        norms = 2 * s.hidden_size
-        out[s.name] = float(s.num_layers * (attn + mlp + norms) + recipe.vocab_size * s.hidden_size + s.hidden_size)
-    return out
+    return {s.name: float(non_embedding_params(s) + recipe.vocab_size * s.hidden_size) for s in recipe.sizes}
 
 
 def param_counts(cfg: StudyConfig) -> dict[str, float | None]:
