@@ -41,6 +41,9 @@ class AlignConfig(StrictModel):
     rationale_weight: float = Field(1.0, ge=0, description="γ_r of the rationale NLL term")
     rationale_norm: Literal["mean", "sum"] = "mean"
     randomize_rationale_order: bool = True
+    missing_rationales: Literal["error", "skip"] = Field(
+        "error", description="rationale methods on pairs without a rationale: error (default), or skip = the "
+        "rationale term is 0 for those pairs (mixed data, e.g. human pairs + execution-feedback code pairs)")
     # tokenisation
     max_length: int = Field(512, gt=1)
     max_prompt_length: int = Field(256, gt=0)

@@ -38,11 +38,11 @@ def check_rationales(cfg: AlignConfig, pairs: Sequence[Any], source: str) -> Non
     if cfg.method not in RATIONALE_METHODS:
         return
     missing = sum(1 for p in pairs if not (p.rationale or "").strip())
-    if missing:
+    if missing and (cfg.missing_rationales == "error" or missing == len(pairs)):
         raise UserError(
             f"{source}: method {cfg.method} needs a rationale for every pair, but {missing} of {len(pairs)} have none",
             hint=f"run `sparsealign rationales generate --data {source}` first and align on its output, "
-                 f"or use method {cfg.base_method}",
+                 f"or use method {cfg.base_method} (or --set missing_rationales=skip for partly-rationalised data)",
         )
 
 

@@ -99,7 +99,12 @@ def rationale_order(pair_id: str, settings: TokenizeSettings) -> bool:
 
 
 def encode_rationale(tok: Any, pair: Any, settings: TokenizeSettings) -> tuple[list[int], list[int]]:
-    """(context_ids, rationale_ids) of the third sequence; context shows question, both responses, the winner."""
+    """(context_ids, rationale_ids) of the third sequence; context shows question, both responses, the winner.
+
+    A pair without a rationale (allowed with `missing_rationales=skip`) gets an empty target: its rationale term
+    is 0 and costs one token of compute."""
+    if not (pair.rationale or "").strip():
+        return [tok.eos_token_id if tok.eos_token_id is not None else 0], []
     rationale = tok(" " + pair.rationale.strip(), add_special_tokens=False)["input_ids"][: settings.max_rationale_tokens]
     rationale = rationale + ([tok.eos_token_id] if tok.eos_token_id is not None else [])
     budget = settings.rationale_max_length - len(rationale) - 48  # 48: template words and chat markup

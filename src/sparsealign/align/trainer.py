@@ -110,8 +110,10 @@ class AlignTrainer(Trainer):
 
         Single process and DDP: the unwrapped model scores an accelerate-sharded loader (as TRL's precompute does);
         wrapping it here would keep the Trainer from wrapping it for training.  FSDP/DeepSpeed shard the weights, so
-        there the Trainer's own prediction loop runs the pass.
+        there the Trainer's own prediction loop runs the pass.  Rationale rows are not part of it (the reference
+        scores only chosen and rejected), so they are dropped from the features first.
         """
+        features = [{k: v for k, v in f.items() if not k.startswith("rationale_")} for f in features]
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             self._reference_pass = True
             try:
