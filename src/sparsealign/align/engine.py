@@ -138,7 +138,7 @@ def training_args(cfg: AlignConfig, output_dir: Path, has_eval: bool):
 def _train(cfg: AlignConfig, run: RunDir, pairs: list[Any] | None, eval_pairs: list[Any] | None,
            callbacks: Sequence[Any], args: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     import torch
-    from transformers import set_seed
+    from transformers import PrinterCallback, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     from sparsealign.align.logps import PairCollator, encode_pairs
@@ -175,6 +175,7 @@ def _train(cfg: AlignConfig, run: RunDir, pairs: list[Any] | None, eval_pairs: l
                                rationale_norm=cfg.rationale_norm),
         callbacks=[LedgerCallback(run.ledger, cell), *callbacks],
     )
+    trainer.remove_callback(PrinterCallback)
     metrics: dict[str, Any] = {"method": cfg.method, "beta": cfg.resolved_beta, "n_train_pairs": len(pairs),
                                "n_eval_pairs": len(eval_pairs), "n_truncated": n_trunc,
                                "n_truncated_eval": n_trunc_eval, "ref_cache_hits": 0,

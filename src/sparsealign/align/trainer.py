@@ -8,6 +8,8 @@ score the reference once before training.
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from collections import defaultdict
 from typing import Any
@@ -17,6 +19,8 @@ from transformers import Trainer, TrainerCallback
 
 from sparsealign.align.logps import sequence_logps
 from sparsealign.align.losses import RATIONALE_METHODS, LossParams, preference_loss
+
+log = logging.getLogger("sparsealign.align")
 
 
 class ListDataset(torch.utils.data.Dataset):
@@ -135,6 +139,10 @@ class AlignTrainer(Trainer):
         return torch.cat(chunks).float()
 
 
+PROGRESS_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rationale_nll", "eval_loss",
+                 "eval_rewards/accuracies", "tokens_per_s")
+
+
 class LedgerCallback(TrainerCallback):
     """Every Trainer log (train steps and evaluations) becomes a ledger event of the align cell."""
 
@@ -145,3 +153,8 @@ class LedgerCallback(TrainerCallback):
         if state.is_world_process_zero and logs:
             clean = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
             self.ledger.log_event("align", self.cell, clean, step=state.global_step)
+            # progress goes to stderr and the run log (Trainer's own printer writes to stdout, which `--json` owns)
+            shown = " ".join(f"{k}={v:.4g}" for k, v in clean.items() if k in PROGRESS_KEYS)
+            if shown:
+                log.info("align %s step %d: %s", self.cell, state.global_step, shown)
+                print(f"align {self.cell} step {state.global_step}: {shown}", file=sys.stderr, flush=True)

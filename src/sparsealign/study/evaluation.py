@@ -67,7 +67,8 @@ def evaluate_cell(study: Study, cell: Cell) -> tuple[dict[str, Any], dict[str, A
     from sparsealign.evaluate.preference import flip_metrics
     from sparsealign.evaluate.preference_eval import evaluate_preference
     from sparsealign.models.pretrain import load_member
-    from sparsealign.study.pipeline import REFERENCE_METHODS, time_decode
+    from sparsealign.sparse import decode_tokens_per_s
+    from sparsealign.study.pipeline import REFERENCE_METHODS
 
     cfg, ev = study.cfg, study.cfg.evaluation
     torch.manual_seed(cfg.seed)
@@ -76,8 +77,7 @@ def evaluate_cell(study: Study, cell: Cell) -> tuple[dict[str, Any], dict[str, A
     ref = load_member(study.model_path(cell.size, BASE, 1.0))[0] if cell.method in REFERENCE_METHODS else None
     handle = None
     if cell.mode != "dense":
-        from sparsealign.sparse.artifacts import load_artifacts
-        from sparsealign.sparse.patch import apply_sparsity
+        from sparsealign.sparse import apply_sparsity, load_artifacts
 
         art = load_artifacts(study.artifacts_dir(cell.size, cell.method, cell.sparsity))
         handle = apply_sparsity(model, art, cell.mode, cfg.sparsity.prefill)
@@ -124,7 +124,7 @@ def evaluate_cell(study: Study, cell: Cell) -> tuple[dict[str, Any], dict[str, A
         handle.reset()
     else:
         metrics["realized_sparsity"] = 0.0
-    metrics["tokens_per_s"] = time_decode(model, tok, ev.speed_tokens)
+    metrics["tokens_per_s"] = decode_tokens_per_s(model, tok, "def add(a, b):\n", ev.speed_tokens)
     if handle is not None:
         handle.remove()
     atomic_write_json(out_dir / "items.json", items)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,9 +146,13 @@ class Study:
 
     def cell_calibrate(self, cell: Cell) -> tuple[dict[str, Any], dict[str, Any]]:
         from sparsealign.models.pretrain import load_member
-        from sparsealign.sparse.artifacts import save_artifacts
-        from sparsealign.sparse.calibrate import calibrate, record_activations
-        from sparsealign.sparse.config import PredictorConfig, SparsityConfig
+        from sparsealign.sparse import (
+            PredictorConfig,
+            SparsityConfig,
+            calibrate,
+            record_activations,
+            save_artifacts,
+        )
 
         model, tok = load_member(self.model_path(cell.size, cell.method, cell.subset))
         texts = self.calibration_texts()
@@ -171,16 +174,3 @@ class Study:
         from sparsealign.study.evaluation import evaluate_cell
 
         return evaluate_cell(self, cell)
-
-
-def time_decode(model, tok, tokens: int) -> float:
-    """Greedy batch-1 decode tokens/s (KV cache on) from a fixed code prompt."""
-    import torch
-
-    ids = tok("def add(a, b):\n", return_tensors="pt")
-    with torch.no_grad():
-        model.generate(**ids, max_new_tokens=2, min_new_tokens=2, do_sample=False, pad_token_id=tok.pad_token_id)
-        start = time.perf_counter()
-        model.generate(**ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                       pad_token_id=tok.pad_token_id)
-    return tokens / (time.perf_counter() - start)
