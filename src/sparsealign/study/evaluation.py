@@ -1,5 +1,9 @@
 """One eval cell: a model (base or aligned) under one sparsity setting, measured on everything the study reports.
 
+Generation (MBPP, generated tasks, decode speed) follows the configured prefill policy (dense prompt by default,
+sparse decode).  Teacher-forced preference scoring has no decode phase, so it runs with every position sparse —
+the stricter reading; a per-row dense prompt prefix would credit the model with dense compute for the prompt.
+
 Order matters for the dynamic controller, and is fixed: code first (MBPP, then generated tasks — the calibration
 domain), then dialogue (held-out HH and UltraFeedback pairs — the shifted domain), then held-out code pairs, then
 decode speed.  The realized-sparsity trace over that whole sequence is what the "static vs dynamic" figure shows.
@@ -11,6 +15,7 @@ SimPO/RSimPO β/|y|·log π, ORPO/RORPO log-odds; the base model is scored with 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,9 +108,10 @@ def evaluate_cell(study: Study, cell: Cell) -> tuple[dict[str, Any], dict[str, A
         path = study.pairs_dir(cell.size) / f"heldout_{name}.jsonl"
         if not path.exists() or path.stat().st_size == 0:
             continue
-        pairs = load_pairs(path).pairs
-        summary, records = evaluate_preference(model, tok, pairs, method, ref_model=ref, beta=beta,
-                                               n_resamples=ev.bootstrap, seed=cfg.seed)
+        pairs = load_pairs(path, warn=False).pairs
+        with handle.dense_prefix(0) if handle is not None else contextlib.nullcontext():
+            summary, records = evaluate_preference(model, tok, pairs, method, ref_model=ref, beta=beta,
+                                                   n_resamples=ev.bootstrap, seed=cfg.seed)
         metrics.update(_flat(f"{name}_", summary["metrics"], SUMMARY_METRICS))
         margins = [r["margin"] for r in records]
         items[f"{name}_margin"] = margins
@@ -133,11 +139,18 @@ def evaluate_cell(study: Study, cell: Cell) -> tuple[dict[str, Any], dict[str, A
 
 
 def _thin_trace(trace: dict[str, Any], max_points: int = 2000) -> dict[str, Any]:
-    """Keep the trace plottable: at most `max_points` evenly spaced positions per layer."""
-    series = trace.get("realized_sparsity", [])
+    """Sparse positions only (dense-prefill positions carry no threshold decision), at most `max_points` evenly
+    spaced positions per layer so the trace stays plottable."""
+    prefill = trace.get("prefill", [])
+    keep = [i for i, dense in enumerate(prefill) if not dense]
+
+    def pick(series: list[float]) -> list[float]:
+        return [series[i] for i in keep if i < len(series)] if prefill else series
+
+    series = [pick(s) for s in trace.get("realized_sparsity", [])]
     n = max((len(s) for s in series), default=0)
     step = max(1, n // max_points)
     return {"layers": trace.get("layers", []),
             "realized_sparsity": [s[::step] for s in series],
-            "threshold": [s[::step] for s in trace.get("threshold", [])],
-            "prefill": trace.get("prefill", [])[::step], "step": step}
+            "threshold": [pick(s)[::step] for s in trace.get("threshold", [])],
+            "step": step, "positions": "sparse positions only (dense prefill excluded)"}

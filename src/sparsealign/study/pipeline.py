@@ -81,13 +81,13 @@ class Study:
         from sparsealign.study.code_pairs import build_code_pairs
 
         a, seed = self.cfg.alignment, self.cfg.seed
-        hh = load_pairs(a.preference_data).pairs
+        hh = load_pairs(a.preference_data, warn=cell.size == sizes_of(self.cfg)[0]).pairs
         n = len(hh)
         frac = min(0.5, max(a.heldout_pairs / n, 1 / n))
         hh_train, hh_held = split_pairs(hh, eval_fraction=frac, seed=seed)
         hh_train, hh_held = hh_train[: a.max_pairs], hh_held[: a.heldout_pairs]
         uf_sets = [s for s in self.cfg.evaluation.preference_sets if s != a.preference_data]
-        uf = load_pairs(uf_sets[0]).pairs[: a.heldout_pairs] if uf_sets else []
+        uf = load_pairs(uf_sets[0], warn=False).pairs[: a.heldout_pairs] if uf_sets else []
 
         model_path = self.model_path(cell.size, BASE, 1.0)
         code, code_stats = build_code_pairs(model_path, self.cfg)
@@ -108,7 +108,7 @@ class Study:
         from sparsealign.data.preference import load_pairs
         from sparsealign.data.splits import nested_subsets
 
-        pairs = load_pairs(self.pairs_dir(size) / "train.jsonl").pairs
+        pairs = load_pairs(self.pairs_dir(size) / "train.jsonl", warn=False).pairs
         fracs = sorted(set(self.cfg.alignment.subsets))
         return nested_subsets(pairs, fracs, seed=self.cfg.seed)[fracs.index(frac)]
 

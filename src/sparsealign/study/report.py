@@ -242,12 +242,13 @@ def build_blocks(df: pd.DataFrame, traces: pd.DataFrame | None, fig_dir: Path, t
 
 
 def parse_cell_key(key: str) -> dict | None:
-    """`size/method/subset/mode/target` (the eval directory layout) -> cell fields, or None if it is not one."""
+    """`size/method/f<subset>/mode/target` (the eval directory layout, `study.cells`) -> cell fields, or None."""
     parts = key.split("/")
     if len(parts) != 5:
         return None
     try:
-        return {"size": parts[0], "method": parts[1], "subset_fraction": float(parts[2]), "mode": parts[3],
+        return {"size": parts[0], "method": parts[1], "subset_fraction": float(parts[2].removeprefix("f")),
+                "mode": parts[3],
                 "target_sparsity": float(parts[4])}
     except ValueError:
         return None
