@@ -101,6 +101,9 @@ class ExecutorConfig(StrictModel):
 class StudyConfig(StrictModel):
     name: str = "default"
     seed: int = 0
+    threads: int | None = Field(None, ge=1, description="torch threads per cell; default 1 for the micro family "
+                                "(its matmuls are too small to gain from more; the sandbox uses the other core), "
+                                "all cores for hf models")
     family: FamilyConfig = FamilyConfig()
     alignment: AlignmentConfig = AlignmentConfig()
     sparsity: SparsityConfig = SparsityConfig()

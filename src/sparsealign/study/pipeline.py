@@ -53,6 +53,9 @@ class Study:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # per-shard bars would bury the study's own progress line
+        threads = self.cfg.threads or (1 if self.cfg.family.kind == "micro" else None)
+        if threads:
+            torch.set_num_threads(threads)
         torch.manual_seed(self.cfg.seed)
         return getattr(self, f"cell_{cell.stage}")(cell)
 
