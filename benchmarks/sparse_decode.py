@@ -76,6 +76,8 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=16, help="decode steps timed per run")
     ap.add_argument("--repeats", type=int, default=2, help="paired dense/sparse decode runs per row (averaged)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--kernel-threads", type=int, default=None,
+                    help="experiment: threads of the C sparse kernel (default: as shipped = torch threads)")
     ap.add_argument("--json", default=None, help="also write the full result to this JSON file")
     args = ap.parse_args()
 
@@ -85,18 +87,22 @@ def main() -> int:
     from sparsealign.sparse import bench
 
     torch.set_num_threads(args.threads)
+    if args.kernel_threads:  # experiment on sparse.kernels' thread count, without touching torch's
+        from sparsealign.sparse import kernels
+
+        kernels._threads = lambda: args.kernel_threads
     layers = args.layers or (FULL_LAYERS if mem_available_gb() > 14 else 4)
     t0 = time.perf_counter()
     model = bench.build_preset("1b-relu", num_layers=layers, intermediate_size=args.intermediate)
     texts = bench.local_texts()
     tok = train_tokenizer(texts, 512)
     print(f"1B-shaped ReLU Llama: {layers} layers, hidden 2048, FFN {args.intermediate}, fp32, batch 1, "
-          f"{args.threads} threads; built in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+          f"{args.threads} threads (C kernel: {args.kernel_threads or 'same'}); built in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     res = bench.bench_decode(
         model, tok, texts[:4], texts[-1][:200], sparsities=[float(s) for s in args.sparsity.split(",")],
         modes=args.modes.split(","), tokens=args.tokens, repeats=args.repeats, calib_tokens=1024,
         extrapolate_layers=FULL_LAYERS if layers < FULL_LAYERS else None, log=lambda m: print(m, file=sys.stderr))
-    res.update(layers=layers, intermediate_size=args.intermediate, wall_s=time.perf_counter() - t0)
+    res.update(layers=layers, intermediate_size=args.intermediate, kernel_threads=args.kernel_threads, wall_s=time.perf_counter() - t0)
     rows = res["results"]
     extra = layers < FULL_LAYERS
     print(f"\n{'mode':>9} {'sparsity':>8} {'dense tok/s':>11} {'sparse tok/s':>12} {'speedup':>7} {'ideal':>6}"
