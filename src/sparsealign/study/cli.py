@@ -66,7 +66,9 @@ def plan_cmd(ctx: click.Context, config_path, as_json) -> None:
     opts = ctx.obj or {}
     cfg = _load(config_path or opts.get("config"), opts.get("preset", "default"), opts.get("overrides", ()))
     result = plan(cfg)
-    result["launch"] = launch_commands(config_path or f"<{opts.get('preset', 'default')} preset>", cfg)
+    path = config_path or opts.get("config")
+    source = f"--config {path}" if path else f"--preset {opts.get('preset', 'default')}"
+    result["launch"] = launch_commands(source, cfg)
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -74,11 +76,17 @@ def plan_cmd(ctx: click.Context, config_path, as_json) -> None:
     for size, params in result["params"].items():
         click.echo(f"  {size}: {params:,.0f} params" if params else f"  {size}: params unknown")
     for row in result["cells"]:
-        mem = f"{row['memory_gib']:.3f} GiB" if row["memory_gib"] is not None else "?"
+        mem = _fmt_memory(row["memory_gib"])
         click.echo(f"  {row['cell']:<60} {mem}")
     click.echo("launch:")
     for cmd in result["launch"]:
         click.echo(f"  {cmd}")
+
+
+def _fmt_memory(gib: float | None) -> str:
+    if gib is None:
+        return "? (unknown parameter count: set family.params)"
+    return f"{gib:.1f} GiB" if gib >= 1 else f"{gib * 1024:.2f} MiB"
 
 
 @study.command("report")

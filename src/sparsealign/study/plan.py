@@ -40,6 +40,8 @@ def param_counts(cfg: StudyConfig) -> dict[str, float | None]:
 
 
 def memory_gib(cell: Cell, params: float | None, cfg: StudyConfig) -> float | None:
+    if cell.stage == "pretrain" and cfg.family.kind == "hf":
+        return 0.0  # the hf family is only named by path here; nothing is loaded
     if params is None:
         return None
     if cell.stage in ("pretrain", "align"):
@@ -51,14 +53,15 @@ def memory_gib(cell: Cell, params: float | None, cfg: StudyConfig) -> float | No
         need = params * (4 if cfg.family.kind == "micro" else 2) * (2 if cell.method in ("dpo", "rdpo") else 1)
     else:
         need = params * 2
-    return round(need * 1.2 / GiB, 3)
+    return float(f"{need * 1.2 / GiB:.3g}")  # significant digits: micro cells are well under 1 MiB
 
 
-def launch_commands(cfg_path: str, cfg: StudyConfig) -> list[str]:
-    cmds = [f"sparsealign study --config {cfg_path}"]
+def launch_commands(source: str, cfg: StudyConfig) -> list[str]:
+    """`source` is how the study was named on the command line: `--config PATH` or `--preset NAME`."""
+    cmds = [f"sparsealign study {source}"]
     if cfg.executor.kind == "ray":
         cmds.insert(0, "ray start --head   # on the head node; `ray start --address=<head>:6379` on workers")
-        cmds.append(f"sparsealign study --config {cfg_path} --set executor.address=auto")
+        cmds.append(f"sparsealign study {source} --set executor.address=auto   # on the head node")
     if cfg.family.kind == "hf":
         cmds.append(
             "accelerate launch --config_file configs/accelerate/zero3.yaml -m sparsealign.cli align "
@@ -72,13 +75,15 @@ def plan(cfg: StudyConfig, cells: list[Cell] | None = None) -> dict[str, Any]:
 
     cells = cells if cells is not None else expand(cfg)
     params = param_counts(cfg)
+    known = [p for p in params.values() if p]
+    params_of = {**params, "*": max(known) if cfg.family.kind == "micro" and known else None}  # pretrain: largest
     rows = [
         {
             "cell": c.id,
             "stage": c.stage,
             "size": c.size,
-            "params": params.get(c.size),
-            "memory_gib": memory_gib(c, params.get(c.size), cfg),
+            "params": params_of.get(c.size),
+            "memory_gib": memory_gib(c, params_of.get(c.size), cfg),
             "deps": list(c.deps),
         }
         for c in cells
