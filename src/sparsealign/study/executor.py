@@ -7,6 +7,7 @@ marks the cell failed without running it, and an exception in one cell is record
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -71,7 +72,9 @@ def run_ray(
 
     started_here = not ray.is_initialized()
     if started_here:
-        kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+        kwargs: dict[str, Any] = {"num_cpus": num_cpus, "include_dashboard": False}
+        if address:  # workers on other nodes do not inherit this shell: send the settings that locate data/runs
+            kwargs = {"address": address, "runtime_env": {"env_vars": forwarded_env()}}
         ray.init(ignore_reinit_error=True, log_to_driver=False, **kwargs)
 
     @ray.remote
@@ -84,10 +87,26 @@ def run_ray(
         if cell.stage == "pretrain" or cell.stage == "calibrate":
             opts["num_cpus"] = max(cpus_per_cell, 1.0)
         refs[cell.id] = task.options(**opts).remote(cell, *[refs[d] for d in cell.deps if d in refs])
-    statuses = ray.get(list(refs.values()))
-    if started_here:
-        ray.shutdown()
     counts = {"done": 0, "skipped": 0, "failed": 0}
-    for status in statuses:
-        counts[status] += 1
+    try:
+        for cell_id, ref in refs.items():
+            try:
+                counts[ray.get(ref)] += 1
+            except ray.exceptions.RayError as exc:  # a crashed worker (e.g. out of memory), or a crashed dependency
+                counts["failed"] += 1
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                log.error("cell %s failed in Ray: %s", cell_id, first)
+                print(f"warning: cell {cell_id} failed in Ray: {first}", file=sys.stderr)
+    finally:
+        if started_here:
+            ray.shutdown()
     return counts
+
+
+def forwarded_env() -> dict[str, str]:
+    """sparsealign's and Hugging Face's settings (data/runs/cache dirs, offline flags), paths made absolute."""
+    out = {}
+    for key, value in os.environ.items():
+        if key.startswith(("SPARSEALIGN_", "HF_")) or key in ("TRANSFORMERS_OFFLINE",):
+            out[key] = str(Path(value).resolve()) if key.endswith("_DIR") else value
+    return out

@@ -41,9 +41,9 @@ def run_study(cfg: StudyConfig, *, name: str | None = None, restart: bool = Fals
     cells = select_cells(expand(cfg), only)  # config errors (e.g. unknown sizes) before anything is written
     identity = run_identity(cfg)
     run = RunDir.open(name or cfg.name, "study", identity, restart=restart)
-    study = Study(cfg, run.root)
+    study = Study(cfg, run.root.resolve())  # absolute: Ray workers need not share this process's cwd
     chash = config_hash(identity)
-    ledger_path = run.ledger.path
+    ledger_path = run.ledger.path.resolve()
     run.close()
     if cfg.executor.kind == "ray":
         counts = run_ray(cells, ledger_path, chash, study.run, address=cfg.executor.address,
