@@ -118,9 +118,9 @@ def test_config_file_errors_name_the_file(cli, tmp_path: Path):
 def test_help_is_useful(cli):
     res = cli("study", "--help")
     assert res.returncode == 0
-    for needle in ("--config", "--preset", "--set", "--only", "--restart", "--json", "plan", "report", "resumes"):
+    for needle in ("--config", "--preset", "--set", "--only", "--restart", "--json", "plan", "report", "resumes", "executor.kind=ray"):
         assert needle in res.stdout, needle
     res = cli("study", "plan", "--help")
     assert res.returncode == 0
-    for needle in ("memory", "launch", "CONFIG_PATH", "--json"):
+    for needle in ("memory", "launch", "CONFIG_PATH", "--preset paper plan", "--json"):
         assert needle in res.stdout, needle

@@ -24,8 +24,9 @@ def _load(config: str | None, preset: str, overrides: tuple[str, ...]):
 @click.option("--name", default=None, help="Run directory name under runs/ (default: the config's `name`).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config field, e.g. --set sparsity.targets=[0.5,0.9] (repeatable).")
-@click.option("--only", multiple=True, metavar="CELL|STAGE", help="Run only these cells or stages (repeatable).")
-@click.option("--restart", is_flag=True, help="Discard runs/<name> and start again.")
+@click.option("--only", multiple=True, metavar="CELL|STAGE", help="Run only these stages (pretrain, pairs, align, calibrate, eval) or cell ids from `study plan`, e.g. "
+                   "eval:micro-xs/dpo/f1.000/dense/0.00 (repeatable); their dependencies must be done.")
+@click.option("--restart", is_flag=True, help="Discard runs/<name> (every finished cell and output) and start again.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object on stdout.")
 @click.pass_context
 def study(ctx: click.Context, config, preset, name, overrides, only, restart, as_json) -> None:
@@ -34,7 +35,15 @@ def study(ctx: click.Context, config, preset, name, overrides, only, restart, as
     realized sparsity, decode speed) -> scaling fits -> runs/<name>/report.{md,html} + results.parquet.
 
     With no options it runs the embedded default (micro family, no downloads). Re-running the same command
-    resumes: finished cells are skipped; a changed config is refused (use --name or --restart).
+    resumes: finished cells are skipped; a changed config is refused (use --name or --restart). Cells run one
+    after another by default; --set executor.kind=ray runs them as Ray tasks (a local Ray, or
+    executor.address=auto on a started cluster).
+
+    \b
+    Examples:
+      sparsealign study                                   # the embedded default
+      sparsealign study --config my.yaml --set seed=1 --name seed1
+      sparsealign study --preset paper plan               # cells, memory, launch lines; downloads nothing
     """
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"config": config, "preset": preset, "overrides": overrides, "name": name}
@@ -60,7 +69,11 @@ def study(ctx: click.Context, config, preset, name, overrides, only, restart, as
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON object.")
 @click.pass_context
 def plan_cmd(ctx: click.Context, config_path, as_json) -> None:
-    """Print the cells, a memory estimate per cell and the launch commands (downloads nothing)."""
+    """Print the cells, a memory estimate per cell and the launch commands (downloads nothing).
+
+    CONFIG_PATH defaults to the group's --config / --preset, e.g. `sparsealign study --preset paper plan`.
+    Memory uses rules of thumb (full fine-tune 16 B/param, LoRA, bf16 inference, +20% headroom).
+    """
     from sparsealign.study.plan import launch_commands, plan
 
     opts = ctx.obj or {}
@@ -91,7 +104,7 @@ def _fmt_memory(gib: float | None) -> str:
 
 @study.command("report")
 @click.option("--name", required=True, help="Run directory name under runs/.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the output paths as one JSON object.")
 def report_cmd(name: str, as_json: bool) -> None:
     """Rebuild results.parquet and report.{md,html} from a run's ledger (e.g. after a partial study)."""
     import yaml
