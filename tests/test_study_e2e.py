@@ -187,10 +187,10 @@ def test_ray_executor_matches_local(env: Env, reference: Path):
     shutil.rmtree(run / "eval" / "micro-xs" / "dpo")
     (run / "results.parquet").unlink()
 
-    res = env.study("runs-ray", "--set", "executor.kind=ray", "--only", "eval", "--json")
+    res = env.study("runs-ray", "--set", "executor.kind=ray", "--only", "eval")
     assert res.returncode == 0, res.stderr[-3000:]
-    summary = res.json()
-    assert (summary["done"], summary["skipped"], summary["failed"]) == (2, 2, 0), summary
+    assert "2 cells run, 2 skipped (done before), 0 failed" in res.stdout, res.stdout
+    assert "study (ray)" in res.stderr  # the progress line follows cells as Ray finishes them
     assert (run / "eval" / "micro-xs" / "dpo" / "f1.000" / "dynamic" / "0.50" / "items.json").is_file()
     assert_same_metrics(run, reference)
 

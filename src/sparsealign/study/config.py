@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sparsealign.config import StrictModel
 
@@ -19,6 +19,18 @@ Method = Literal["dpo", "orpo", "simpo", "rdpo", "rorpo", "rsimpo"]
 Mode = Literal["static", "dynamic", "predictor"]
 RATIONALE_METHODS = {"rdpo", "rorpo", "rsimpo"}
 PRESETS = ("default", "small", "paper")
+
+
+def _distinct(values: list, fmt: str) -> list:
+    """Each value names cells and directories: two that print the same would overwrite each other's results."""
+    seen: dict[str, object] = {}
+    for v in values:
+        tag = fmt.format(v)
+        if tag in seen:
+            same = f"{v} is listed twice" if v == seen[tag] else f"{seen[tag]} and {v} name the same cells ({tag})"
+            raise ValueError(f"{same}; list each value once")
+        seen[tag] = v
+    return values
 
 
 class FamilyConfig(StrictModel):
@@ -50,10 +62,20 @@ class AlignmentConfig(StrictModel):
     settings: dict[str, object] = Field(default_factory=dict, description="AlignConfig overrides for every method")
     lora: bool = False
 
+    @field_validator("methods", "subset_methods")
+    @classmethod
+    def _methods_distinct(cls, v: list[str]) -> list[str]:
+        return _distinct(v, "{}")
+
+    @field_validator("subsets")
+    @classmethod
+    def _subsets_range(cls, v: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in v):
+            raise ValueError("subsets must be fractions in (0, 1]")
+        return _distinct(v, "{:.3f}")  # cell keys and directories carry f<frac:.3f>
+
     @model_validator(mode="after")
     def _subsets_valid(self) -> AlignmentConfig:
-        if any(not 0 < f <= 1 for f in self.subsets):
-            raise ValueError("alignment.subsets must be fractions in (0, 1]")
         if 1.0 not in self.subsets:
             self.subsets = [*self.subsets, 1.0]
         missing = set(self.subset_methods) - set(self.methods)
@@ -68,11 +90,17 @@ class SparsityConfig(StrictModel):
     calibration_texts: int = Field(64, ge=4, description="code snippets (MBPP train solutions) for calibration")
     prefill: Literal["dense", "sparse"] = "dense"
 
-    @model_validator(mode="after")
-    def _targets_valid(self) -> SparsityConfig:
-        if any(not 0 < t < 1 for t in self.targets):
-            raise ValueError("sparsity.targets must be in (0, 1); dense (0) is always evaluated")
-        return self
+    @field_validator("targets")
+    @classmethod
+    def _targets_valid(cls, v: list[float]) -> list[float]:
+        if any(not 0 < t < 1 for t in v):
+            raise ValueError("targets must be in (0, 1); dense (0) is always evaluated")
+        return _distinct(v, "{:.2f}")  # cell keys and artifact dirs carry <target:.2f>
+
+    @field_validator("modes")
+    @classmethod
+    def _modes_distinct(cls, v: list[str]) -> list[str]:
+        return _distinct(v, "{}")
 
 
 class EvaluationConfig(StrictModel):

@@ -66,9 +66,11 @@ def run_ray(
     cpus_per_cell: float = 1.0,
     gpus_per_cell: float = 0.0,
     num_cpus: int | None = None,
+    progress: bool = True,
 ) -> dict:
     """Each cell is a Ray task; dependencies are passed as object refs so Ray schedules them in DAG order."""
     import ray
+    from tqdm import tqdm
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -88,16 +90,24 @@ def run_ray(
             opts["num_cpus"] = max(cpus_per_cell, 1.0)
         refs[cell.id] = task.options(**opts).remote(cell, *[refs[d] for d in cell.deps if d in refs])
     counts = {"done": 0, "skipped": 0, "failed": 0}
+    pending = {ref: cell_id for cell_id, ref in refs.items()}
+    bar = tqdm(total=len(pending), desc="study (ray)", unit="cell", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
     try:
-        for cell_id, ref in refs.items():
+        while pending:  # in completion order, so the progress line moves as cells finish anywhere in the cluster
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            cell_id = pending.pop(ready[0])
             try:
-                counts[ray.get(ref)] += 1
+                counts[ray.get(ready[0])] += 1
             except ray.exceptions.RayError as exc:  # a crashed worker (e.g. out of memory), or a crashed dependency
                 counts["failed"] += 1
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 log.error("cell %s failed in Ray: %s", cell_id, first)
                 print(f"warning: cell {cell_id} failed in Ray: {first}", file=sys.stderr)
+            bar.update(1)
+            bar.set_postfix_str(cell_id[:60])
     finally:
+        bar.close()
         if started_here:
             ray.shutdown()
     return counts

@@ -47,7 +47,8 @@ def run_study(cfg: StudyConfig, *, name: str | None = None, restart: bool = Fals
     run.close()
     if cfg.executor.kind == "ray":
         counts = run_ray(cells, ledger_path, chash, study.run, address=cfg.executor.address,
-                         cpus_per_cell=cfg.executor.cpus_per_cell, gpus_per_cell=cfg.executor.gpus_per_cell)
+                         cpus_per_cell=cfg.executor.cpus_per_cell, gpus_per_cell=cfg.executor.gpus_per_cell,
+                         progress=progress)
     else:
         counts = run_local(cells, ledger_path, chash, study.run, progress=progress)
     from sparsealign.study.results import write_outputs
