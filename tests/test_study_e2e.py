@@ -213,3 +213,41 @@ def test_changed_config_is_refused_and_restart_discards(env: Env, reference: Pat
     assert "mbpp_limit: 3" in (run / "config" / "study.yaml").read_text()
     assert list(study_rows(run)) == [("study.pretrain", "family")]
     assert not (run / "eval").exists()
+
+
+def test_failed_cell_is_recorded_and_the_others_kept(env: Env, reference: Path):
+    """A broken aligned checkpoint fails its eval cell for real; its dependant is failed without running, the base
+    model's cells stay done, results and report are still written, and `study report` rebuilds them."""
+    runs = "runs-fail"
+    run = env.root / runs / "tiny"
+    shutil.copytree(reference, run)
+    conn = sqlite3.connect(run / "ledger.sqlite")
+    with conn:
+        conn.execute("DELETE FROM cells WHERE stage='study.eval' AND cell LIKE 'micro-xs/dpo/%'")
+    conn.close()
+    shutil.rmtree(run / "eval" / "micro-xs" / "dpo")
+    for weights in (run / "align" / "micro-xs" / "dpo" / "f1.000" / "model").glob("*.safetensors"):
+        weights.write_bytes(b"not a checkpoint")
+
+    res = env.study(runs, "--only", "eval", "--json")
+    assert res.returncode == 1, res.stderr[-2000:]
+    summary = res.json()
+    assert (summary["done"], summary["skipped"], summary["failed"]) == (0, 2, 2), summary
+    assert "warning: 2 cell(s) failed" in res.stderr and "Traceback" not in res.stderr
+    rows = study_rows(run)
+    dense, sparse = ("study.eval", "micro-xs/dpo/f1.000/dense/0.00"), ("study.eval", "micro-xs/dpo/f1.000/dynamic/0.50")
+    assert rows[dense]["status"] == "failed" and rows[sparse]["status"] == "failed"
+    conn = sqlite3.connect(run / "ledger.sqlite")
+    errors = dict(conn.execute("SELECT cell, error FROM cells WHERE status='failed'").fetchall())
+    conn.close()
+    assert errors[sparse[1]] == f"dependency eval:{dense[1]} did not finish"
+    assert errors[dense[1]]  # the real exception's one-line message
+    import pandas as pd
+
+    table = pd.read_parquet(run / "results.parquet")
+    assert set(table["method"]) == {"base"} and (run / "report.html").is_file()
+
+    (run / "report.html").unlink()
+    res = env.study(runs, "report", "--name", "tiny", "--json")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (run / "report.html").is_file() and Path(res.json()["results"]) == run / "results.parquet"
