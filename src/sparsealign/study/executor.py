@@ -74,7 +74,8 @@ def run_ray(
 
     started_here = not ray.is_initialized()
     if started_here:
-        kwargs: dict[str, Any] = {"num_cpus": num_cpus, "include_dashboard": False}
+        # "local": a fresh single-machine Ray, never a cluster some other `ray start` left running on this host
+        kwargs: dict[str, Any] = {"address": "local", "num_cpus": num_cpus, "include_dashboard": False}
         if address:  # workers on other nodes do not inherit this shell: send the settings that locate data/runs
             kwargs = {"address": address, "runtime_env": {"env_vars": forwarded_env()}}
         ray.init(ignore_reinit_error=True, log_to_driver=False, **kwargs)
