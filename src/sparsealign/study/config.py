@@ -108,6 +108,8 @@ class EvaluationConfig(StrictModel):
     mbpp_limit: int | None = Field(100, ge=1, description="MBPP tasks evaluated per cell (None = whole split)")
     generated_tasks: int = Field(100, ge=0, description="generated MBPP-format tasks (reported separately)")
     max_new_tokens: int = Field(96, ge=8)
+    max_length: int = Field(256, ge=16, description="tokens of prompt + response scored per pair (align and eval)")
+    max_prompt_length: int = Field(160, ge=8, description="prompt tokens kept (from the end) when a pair is too long")
     prompt_format: Literal["lm-eval", "bigcode"] = "lm-eval"
     shots: int = Field(3, ge=0, le=3, description="lm-eval few-shot examples (3 = the harness; the micro family "
                        "is pretrained on the 0-shot query)")

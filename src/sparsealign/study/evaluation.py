@@ -66,6 +66,7 @@ def _mbpp(study: Study, model, tok, tasks, name: str, eval_dir: Path) -> tuple[d
 def evaluate_cell(study: Study, cell: Cell) -> tuple[dict[str, Any], dict[str, Any]]:
     import torch
 
+    from sparsealign.align.logps import TokenizeSettings
     from sparsealign.data.generated_tasks import generated_split
     from sparsealign.data.mbpp import load_mbpp
     from sparsealign.data.preference import load_pairs
@@ -91,15 +92,18 @@ def evaluate_cell(study: Study, cell: Cell) -> tuple[dict[str, Any], dict[str, A
                                "target_sparsity": cell.sparsity}
     items: dict[str, list[float]] = {}
     # 1) code: MBPP (reported as "mbpp") and generated tasks (reported apart, as "generated")
-    mbpp_tasks = load_mbpp(split=ev.mbpp_split)[: ev.mbpp_limit]
-    m, items["mbpp_passed"] = _mbpp(study, model, tok, mbpp_tasks, "mbpp", out_dir)
-    metrics.update(m)
-    if ev.generated_tasks:
+    full_data = cell.subset == 1.0  # subset models only answer the annotation-efficiency question (preferences)
+    if full_data:
+        mbpp_tasks = load_mbpp(split=ev.mbpp_split)[: ev.mbpp_limit]
+        m, items["mbpp_passed"] = _mbpp(study, model, tok, mbpp_tasks, "mbpp", out_dir)
+        metrics.update(m)
+    if full_data and ev.generated_tasks:
         m, items["generated_passed"] = _mbpp(study, model, tok, generated_split("test", ev.generated_tasks),
                                              "generated", out_dir)
         metrics.update(m)
     # 2) preferences on held-out pairs (dialogue, then code)
     method, beta = reward_method(cell.method)
+    settings = TokenizeSettings(max_length=ev.max_length, max_prompt_length=ev.max_prompt_length)
     dense_items = None
     if cell.mode != "dense":
         dense_key = f"{cell.size}/{cell.method}/{cell.key.split('/')[2]}/dense/0.00"
@@ -111,7 +115,7 @@ def evaluate_cell(study: Study, cell: Cell) -> tuple[dict[str, Any], dict[str, A
         pairs = load_pairs(path, warn=False).pairs
         with handle.dense_prefix(0) if handle is not None else contextlib.nullcontext():
             summary, records = evaluate_preference(model, tok, pairs, method, ref_model=ref, beta=beta,
-                                                   n_resamples=ev.bootstrap, seed=cfg.seed)
+                                                   settings=settings, n_resamples=ev.bootstrap, seed=cfg.seed)
         metrics.update(_flat(f"{name}_", summary["metrics"], SUMMARY_METRICS))
         margins = [r["margin"] for r in records]
         items[f"{name}_margin"] = margins

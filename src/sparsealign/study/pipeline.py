@@ -124,7 +124,9 @@ class Study:
 
         a = self.cfg.alignment
         pairs = self.train_pairs(cell.size, cell.subset)
-        settings: dict[str, Any] = {"max_length": 384, "max_prompt_length": 256, "lr": 5e-4, "epochs": 1.0,
+        ev = self.cfg.evaluation
+        settings: dict[str, Any] = {"max_length": ev.max_length, "max_prompt_length": ev.max_prompt_length,
+                                    "rationale_max_length": 2 * ev.max_length, "lr": 5e-4, "epochs": 1.0,
                                     "batch_size": 8, "logging_steps": 5, "save_steps": 10_000, **a.settings}
         if a.lora:
             settings.setdefault("lora", {})
