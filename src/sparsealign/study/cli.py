@@ -57,7 +57,7 @@ def study(ctx: click.Context, config, preset, name, overrides, only, restart, as
     else:
         click.echo(f"study {summary['run']}: {summary['done']} cells run, {summary['skipped']} skipped (done "
                    f"before), {summary['failed']} failed")
-        for key in ("report_md", "report_html", "results"):
+        for key in ("results", "markdown", "html", "figures"):
             if key in summary:
                 click.echo(f"  {key}: {summary[key]}")
     if summary["failed"]:
