@@ -75,13 +75,7 @@ def plot_profile(profile: dict[str, Any], path: str | Path) -> Path:
     ax.set_xlabel("neuron rank (by firing frequency)")
     ax.set_ylabel("firing frequency (|a| > t)")
     ax.set_title(f"FFN activation profile ({profile['tokens']} tokens)")
-    if len(profile["layers"]) <= 12:
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, ax, path, legend=len(profile["layers"]) <= 12)
 
 
 def plot_trace(trace: dict[str, Any], path: str | Path, *, target: float | None = None, window: int = 16) -> Path:
@@ -103,7 +97,14 @@ def plot_trace(trace: dict[str, Any], path: str | Path, *, target: float | None 
         ax.axhline(target, color="k", ls=":", lw=0.8, label="target")
     ax.set_xlabel("sparse position (tokens, in processing order)")
     ax.set_ylabel(f"realized sparsity (moving avg {window})")
-    if len(trace["layers"]) <= 12:
+    return _save(fig, ax, path, legend=len(trace["layers"]) <= 12)
+
+
+def _save(fig, ax, path: str | Path, *, legend: bool) -> Path:
+    """Legend (when it stays readable), tight layout, atomic PNG write, close."""
+    import matplotlib.pyplot as plt
+
+    if legend:
         ax.legend(fontsize=6)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
