@@ -83,6 +83,18 @@ def test_tiny_model_generation_cli_end_to_end(cli, tiny_coder, tmp_path) -> None
     assert all(r["prompt"].endswith("[BEGIN]\n") and "[DONE]" not in r["completion"] for r in table)
 
 
+def test_zero_shot_lm_eval_prompt_is_the_bare_query(cli, tiny_coder) -> None:
+    from sparsealign.evaluate.prompts import lm_eval_query
+
+    model, tok, _ = tiny_coder
+    tasks = load_mbpp(split="test")[:2]
+    cfg = MbppEvalConfig(shots=0, sampling=SamplingConfig(max_new_tokens=4))
+    _, records = evaluate_mbpp(model, tok, tasks, cfg)
+    assert [r["prompt"] for r in records] == [lm_eval_query(t) for t in tasks]
+    _, three = evaluate_mbpp(model, tok, tasks[:1], MbppEvalConfig(sampling=SamplingConfig(max_new_tokens=4)))
+    assert three[0]["prompt"].count("[BEGIN]") == 4 and three[0]["prompt"].endswith(lm_eval_query(tasks[0]))
+
+
 def test_sampling_bigcode_and_chunk_resume(tiny_coder, tmp_path, monkeypatch) -> None:
     model, tok, path = tiny_coder
     tasks = load_mbpp(split="test")[:2]

@@ -23,6 +23,9 @@ SPLIT_CHOICES = ("test", "validation", "train", "prompt")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N tasks of the split.")
 @click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES), default="lm-eval", show_default=True,
               help="Prompt format: lm-evaluation-harness 3-shot [BEGIN]/[DONE], or bigcode zero-shot docstring.")
+@click.option("--shots", type=click.IntRange(0, 3), default=3, show_default=True,
+              help="lm-eval examples (tasks 2, 3, 4) before the query; 0 for models trained on the bare query "
+                   "(the embedded micro family).")
 @click.option("--n", type=click.IntRange(min=1), default=1, show_default=True, help="Samples per problem.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Sampling temperature; 0 = greedy (then --n must be 1).")
@@ -45,7 +48,7 @@ SPLIT_CHOICES = ("test", "validation", "train", "prompt")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the per-sample records table here (.parquet or .jsonl).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the summary) on stdout.")
-def mbpp_command(solutions, model_path, split, data_path, limit, fmt, n, temperature, top_p, max_new_tokens,
+def mbpp_command(solutions, model_path, split, data_path, limit, fmt, shots, n, temperature, top_p, max_new_tokens,
                  batch_size, seed, ks, timeout_s, memory_mb, workers, device, dtype, name, out_path, as_json) -> None:
     """MBPP pass@k: generate with --model (or take --solutions reference), run every program in the sandbox.
 
@@ -64,7 +67,7 @@ def mbpp_command(solutions, model_path, split, data_path, limit, fmt, n, tempera
         cfg = MbppRunConfig.model_validate({
             "solutions": solutions, "model": model_path, "split": split, "data": data_path, "limit": limit,
             "device": device, "dtype": dtype,
-            "eval": {"format": fmt, "ks": sorted(set(ks)), "timeout_s": timeout_s, "memory_mb": memory_mb,
+            "eval": {"format": fmt, "shots": shots, "ks": sorted(set(ks)), "timeout_s": timeout_s, "memory_mb": memory_mb,
                      "workers": workers, "seed": seed,
                      "sampling": {"n": n, "temperature": temperature, "top_p": top_p,
                                   "max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed}},
