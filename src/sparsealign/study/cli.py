@@ -66,18 +66,24 @@ def study(ctx: click.Context, config, preset, name, overrides, only, restart, as
 
 @study.command("plan")
 @click.argument("config_path", required=False, type=click.Path(dir_okay=False))
+@click.option("--preset", "plan_preset", default=None, help=f"{PRESET_HELP} (overrides the group's --preset)")
+@click.option("--set", "plan_overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON object.")
 @click.pass_context
-def plan_cmd(ctx: click.Context, config_path, as_json) -> None:
+def plan_cmd(ctx: click.Context, config_path, plan_preset, plan_overrides, as_json) -> None:
     """Print the cells, a memory estimate per cell and the launch commands (downloads nothing).
 
-    CONFIG_PATH defaults to the group's --config / --preset, e.g. `sparsealign study --preset paper plan`.
+    CONFIG_PATH defaults to the group's --config / --preset, e.g. `sparsealign study plan --preset paper` or
+    `sparsealign study --preset paper plan`.
     Memory uses rules of thumb (full fine-tune 16 B/param, LoRA, bf16 inference, +20% headroom).
     """
     from sparsealign.study.plan import launch_commands, plan
 
     opts = ctx.obj or {}
-    cfg = _load(config_path or opts.get("config"), opts.get("preset", "default"), opts.get("overrides", ()))
+    if plan_preset:
+        opts = {**opts, "preset": plan_preset}
+    overrides = (*opts.get("overrides", ()), *plan_overrides)
+    cfg = _load(config_path or opts.get("config"), opts.get("preset", "default"), overrides)
     result = plan(cfg)
     path = config_path or opts.get("config")
     source = f"--config {path}" if path else f"--preset {opts.get('preset', 'default')}"
