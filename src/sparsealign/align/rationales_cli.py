@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from sparsealign.clients.options import endpoint_options, make_client
+from sparsealign.output import emit
 
 SOURCES = ("openai", "hf", "execution")
 
@@ -115,11 +114,8 @@ def generate(data: str, out: str, source: str, model: str | None, temperature: f
     if client is not None:
         summary.update(requests=client.stats.requests, retries=client.stats.retries,
                        cache_hits=client.stats.cache_hits)
-    if as_json:
-        print(json.dumps(summary))
-    else:
-        print(f"wrote {out_path}: {summary['with_rationale']}/{len(pairs)} pairs with a rationale "
-              f"({counts['generated']} new, {reused} kept)", file=sys.stderr)
+    emit(summary, as_json, [f"wrote {out_path}: {summary['with_rationale']}/{len(pairs)} pairs with a rationale "
+                            f"({counts['generated']} new, {reused} kept)"], human_to_stderr=True)
 
 
 def register(cli: click.Group) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import click
 
 from sparsealign.clients.options import endpoint_options, make_client
+from sparsealign.output import emit
 
 
 def _items(candidate: str | None, baseline: str | None, pairs: str | None, limit: int | None):
@@ -149,11 +149,9 @@ def train_reward_model_cmd(data: str, out: str, base_model: str, eval_data: str 
                                        tiny_kwargs={"hidden_size": tiny_hidden, "num_layers": tiny_layers,
                                                     "num_heads": max(1, tiny_hidden // 16), "vocab_size": tiny_vocab})
     metrics["out"] = out
-    if as_json:
-        print(json.dumps(metrics))
-    else:
-        print(f"wrote {out}: pair accuracy {metrics['train_accuracy_start']:.3f} -> "
-              f"{metrics['train_accuracy_end']:.3f} on {metrics['pairs']} training pairs", file=sys.stderr)
+    emit(metrics, as_json, [f"wrote {out}: pair accuracy {metrics['train_accuracy_start']:.3f} -> "
+                            f"{metrics['train_accuracy_end']:.3f} on {metrics['pairs']} training pairs"],
+         human_to_stderr=True)
 
 
 def register(cli: click.Group) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
+
+from sparsealign.output import emit
 
 MODES = ("static", "dynamic", "predictor")
 
@@ -27,14 +27,6 @@ def load_model(name: str):
     except OSError as exc:
         raise UserError(f"{name}: cannot load model ({str(exc).splitlines()[0]})") from None
     return model.eval(), tok
-
-
-def _emit(result: dict[str, Any], as_json: bool, lines: list[str]) -> None:
-    if as_json:
-        click.echo(json.dumps(result, sort_keys=True, default=str))
-    else:
-        for line in lines:
-            click.echo(line)
 
 
 def _default_out(model: str, out: str | None, flag: str = "--out") -> Path:
@@ -112,7 +104,7 @@ def register(cli: click.Group) -> None:
         files = save_profile(prof, out_dir)
         result = {"out": str(out_dir), "files": [str(f) for f in files], "tokens": prof["tokens"],
                   "layers": prof["layers"]}
-        _emit(result, as_json, [f"profile of {prof['tokens']} tokens -> {out_dir}"] + [
+        emit(result, as_json, [f"profile of {prof['tokens']} tokens -> {out_dir}"] + [
             f"  {r['layer']}: hot {r['hot_neurons']:.1%} carry {r['hot_firing_share']:.1%} of firings; "
             f"80% of firings in {r['neurons_for_80pct_firings']:.1%} of neurons" for r in prof["layers"]])
 
@@ -144,7 +136,7 @@ def register(cli: click.Group) -> None:
         save_profile(build_profile(rec, art.thresholds, cfg.hot_fraction), out_dir / "profile")
         result = {"out": str(out_dir), "thresholds": art.thresholds, "layer_sparsity": art.layer_sparsity,
                   "calibration": art.calibration}
-        _emit(result, as_json, [f"artifacts -> {out_dir}",
+        emit(result, as_json, [f"artifacts -> {out_dir}",
                                 f"  thresholds: {', '.join(f'{t:.4g}' for t in art.thresholds)}",
                                 f"  layer sparsity: {', '.join(f'{s:.2f}' for s in art.layer_sparsity)}"])
 
@@ -194,7 +186,7 @@ def register(cli: click.Group) -> None:
         if speed:
             lines.append(f"decode: dense {res['dense_tokens_per_s']:.1f} tok/s, sparse "
                          f"{res['sparse_tokens_per_s']:.1f} tok/s ({res['speedup']:.2f}x)")
-        _emit(res, as_json, lines)
+        emit(res, as_json, lines)
 
     @group.command("generate", short_help="Generate with a sparse model; print text and realized sparsity.")
     @click.argument("model")
@@ -220,6 +212,6 @@ def register(cli: click.Group) -> None:
             stats = handle.stats()
         text = tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)
         res = {"text": text, "new_tokens": int(gen.shape[1] - ids.shape[1]), **stats, "apply_info": handle.info}
-        _emit(res, as_json, [text, f"[{mode}, prefill {prefill}] realized sparsity "
+        emit(res, as_json, [text, f"[{mode}, prefill {prefill}] realized sparsity "
                                    f"{stats.get('realized_sparsity', 0):.3f}"])
         sys.stdout.flush()
