@@ -83,11 +83,10 @@ def write_outputs(study: Study) -> dict[str, Path]:
     from sparsealign.study.report import write_report
 
     table = results_table(study)
+    if not table.empty:  # the report writes results.parquet itself (with the annotation-efficiency rows added)
+        return write_report(table, study.root, items=item_arrays(study), traces=traces(study),
+                            config=study.cfg.model_dump(mode="json"))
     results = study.root / "results.parquet"
     with atomic_path(results, suffix=".parquet") as tmp:
         table.to_parquet(tmp, index=False)
-    outputs = {"results": results}
-    if not table.empty:
-        outputs.update(write_report(table, study.root, items=item_arrays(study), traces=traces(study),
-                                    config=study.cfg.model_dump(mode="json")))
-    return outputs
+    return {"results": results}
