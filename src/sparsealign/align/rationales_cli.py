@@ -101,7 +101,7 @@ def generate(data: str, out: str, source: str, model: str | None, temperature: f
         counts = R.fill_rationales(pairs, generator, source=f"hf:{model}", save=save, save_every=save_every)
     else:
         from sparsealign.align.execution_rationales import execution_generator
-        from sparsealign.evaluate.sandbox import SandboxPool
+        from sparsealign.sandbox.pool import SandboxPool
 
         with SandboxPool(workers=workers, timeout_s=test_timeout, memory_mb=memory_mb) as pool:
             generator = execution_generator(pool, where=data)

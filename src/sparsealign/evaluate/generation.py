@@ -110,7 +110,7 @@ def generate_from_ids(
     import torch
     from tqdm import tqdm
 
-    from sparsealign.evaluate.extract import truncate_at_stop
+    from sparsealign.evaluate.mbpp.extract import truncate_at_stop
 
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

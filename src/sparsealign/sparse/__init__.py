@@ -21,7 +21,7 @@ _EXPORTS = {
     "SparsityArtifacts": "artifacts", "save_artifacts": "artifacts", "load_artifacts": "artifacts",
     "calibrate": "calibration", "record_activations": "calibration", "greedy_allocation": "calibration",
     "apply_sparsity": "patch", "find_mlps": "patch", "SparsityHandle": "patch",
-    "ThresholdController": "controller", "evaluate_sparsity": "evaluate", "decode_tokens_per_s": "evaluate",
+    "ThresholdController": "controller", "evaluate_sparsity": "quality", "decode_tokens_per_s": "quality",
     "build_profile": "profile", "save_profile": "profile", "plot_trace": "profile", "load_texts": "texts",
 }
 __all__ = sorted(_EXPORTS)

@@ -45,7 +45,7 @@ def sparsity_curve(model: nn.Module, tokenizer, calib_texts: Sequence[str], eval
                    prompt_tokens: int = 0, max_length: int = 256, log=None) -> dict[str, Any]:
     from sparsealign.sparse.calibration import calibrate, record_activations
     from sparsealign.sparse.config import SparsityConfig
-    from sparsealign.sparse.evaluate import evaluate_sparsity
+    from sparsealign.sparse.quality import evaluate_sparsity
 
     log = log or (lambda msg: None)
     rec = record_activations(model, tokenizer, calib_texts, max_length=max_length, max_tokens=1 << 20)

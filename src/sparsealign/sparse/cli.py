@@ -163,7 +163,7 @@ def register(cli: click.Group) -> None:
         """Run MODEL dense and sparse over texts (teacher forcing) and report quality and sparsity metrics."""
         from sparsealign.io import atomic_write_json
         from sparsealign.sparse.artifacts import load_artifacts
-        from sparsealign.sparse.evaluate import evaluate_sparsity
+        from sparsealign.sparse.quality import evaluate_sparsity
         from sparsealign.sparse.texts import load_texts
 
         art = load_artifacts(artifacts or _default_out(model, None, "--artifacts"))

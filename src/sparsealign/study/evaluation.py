@@ -47,7 +47,7 @@ def _flat(prefix: str, metrics: dict[str, Any], names: tuple[str, ...]) -> dict[
 
 def _mbpp(study: Study, model, tok, tasks, name: str, eval_dir: Path) -> tuple[dict[str, float], list[int]]:
     from sparsealign.evaluate.generation import SamplingConfig
-    from sparsealign.evaluate.mbpp import MbppEvalConfig, evaluate_mbpp, save_records
+    from sparsealign.evaluate.mbpp.evaluator import MbppEvalConfig, evaluate_mbpp, save_records
 
     ev = study.cfg.evaluation
     cfg = MbppEvalConfig(format=ev.prompt_format, shots=ev.shots, workers=ev.sandbox_workers,
@@ -67,11 +67,11 @@ def evaluate_cell(study: Study, cell: Cell) -> tuple[dict[str, Any], dict[str, A
     import torch
 
     from sparsealign.align.logps import TokenizeSettings
-    from sparsealign.data.generated_tasks import generated_split
-    from sparsealign.data.mbpp import load_mbpp
+    from sparsealign.data.mbpp.generated import generated_split
+    from sparsealign.data.mbpp.tasks import load_mbpp
     from sparsealign.data.preference import load_pairs
-    from sparsealign.evaluate.preference import flip_metrics
-    from sparsealign.evaluate.preference_eval import evaluate_preference
+    from sparsealign.evaluate.preference.metrics import flip_metrics
+    from sparsealign.evaluate.preference.score import evaluate_preference
     from sparsealign.models.pretrain import load_member
     from sparsealign.sparse import decode_tokens_per_s
     from sparsealign.study.pipeline import REFERENCE_METHODS

@@ -144,7 +144,7 @@ class Study:
 
     # -- calibrate ---------------------------------------------------------------------------------------------
     def calibration_texts(self) -> list[str]:
-        from sparsealign.data.mbpp import load_mbpp
+        from sparsealign.data.mbpp.tasks import load_mbpp
 
         tasks = load_mbpp(split="train")[: self.cfg.sparsity.calibration_texts]
         return [t.code.replace("\r\n", "\n") for t in tasks]

@@ -80,7 +80,7 @@ def traces(study: Study) -> dict[str, dict[str, Any]]:
 def write_outputs(study: Study) -> dict[str, Path]:
     """results.parquet + report.md + report.html (+ figures/) in the run directory; all written atomically."""
     from sparsealign.io import atomic_path
-    from sparsealign.study.report import write_report
+    from sparsealign.report.render import write_report
 
     table = results_table(study)
     if not table.empty:  # the report writes results.parquet itself (with the annotation-efficiency rows added)

@@ -1,0 +1,105 @@
+"""One MBPP evaluation as a resumable unit: load tasks (and the model), evaluate in chunks, write the run directory.
+
+With a run name, results go to runs/<name>/eval/mbpp/: every finished chunk of tasks is written atomically to
+parts/ as soon as it is done, so an interrupted run resumes at the first missing chunk; at the end records.parquet
+and summary.json are written and the ledger cell `eval-mbpp/<source>` is marked done (a rerun returns it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from sparsealign.config import StrictModel, config_hash
+from sparsealign.evaluate.mbpp.evaluator import (
+    MbppEvalConfig,
+    evaluate_mbpp,
+    run_reference,
+    save_records,
+    summarize_generations,
+)
+from sparsealign.evaluate.tables import load_table
+from sparsealign.io import atomic_write_json
+
+log = logging.getLogger("sparsealign.evaluate")
+STAGE = "eval-mbpp"
+
+
+class MbppRunConfig(StrictModel):
+    solutions: Literal["reference"] | None = None
+    model: str | None = None
+    split: Literal["test", "validation", "train", "prompt"] = "test"
+    data: str | None = None
+    limit: int | None = Field(None, ge=1)
+    device: str = "auto"
+    dtype: str = "auto"
+    chunk_size: int = Field(50, ge=1, description="tasks per resumable chunk")
+    eval: MbppEvalConfig = Field(default_factory=MbppEvalConfig)
+
+
+def _source_label(cfg: MbppRunConfig) -> str:
+    return "reference" if cfg.solutions else Path(cfg.model or "model").name
+
+
+def _evaluate(cfg: MbppRunConfig, parts_dir: Path | None, progress: bool) -> tuple[dict, list[dict]]:
+    from sparsealign.data.mbpp.tasks import load_mbpp
+
+    tasks = load_mbpp(cfg.data, split=cfg.split)[: cfg.limit]
+    if cfg.solutions == "reference":
+        return run_reference(tasks, cfg.eval)
+    from sparsealign.models.loading import load_model_and_tokenizer
+
+    shots = load_mbpp(cfg.data, split="prompt") if cfg.eval.format == "lm-eval" else None
+    model, tok = load_model_and_tokenizer(cfg.model or "", device=cfg.device, dtype=cfg.dtype)
+    records: list[dict[str, Any]] = []
+    chunks = [tasks[i: i + cfg.chunk_size] for i in range(0, len(tasks), cfg.chunk_size)]
+    for idx, chunk in enumerate(chunks):
+        part = parts_dir / f"part-{idx:04d}.jsonl" if parts_dir is not None else None
+        if part is not None and part.exists():
+            records += load_table(part)
+            continue
+        _, chunk_records = evaluate_mbpp(model, tok, chunk, cfg.eval, shots=shots, progress=progress)
+        if part is not None:
+            save_records(chunk_records, part)
+        records += chunk_records
+        log.info("mbpp chunk %d/%d done", idx + 1, len(chunks))
+    return summarize_generations(records, cfg.eval), records
+
+
+def run_mbpp(cfg: MbppRunConfig, *, name: str | None = None, out_path: str | None = None,
+             progress: bool = False) -> dict[str, Any]:
+    """Evaluate and return the summary (with `records` naming the table when one was written)."""
+    label = _source_label(cfg)
+    if name is None:
+        summary, records = _evaluate(cfg, None, progress)
+    else:
+        from sparsealign.rundir import RunDir
+
+        run = RunDir.open(name, STAGE, cfg)
+        out_dir = run.path("eval", "mbpp", "summary.json").parent
+        holder: dict[str, Any] = {}
+
+        def cell() -> tuple[dict, dict]:
+            summary, records = _evaluate(cfg, out_dir / "parts", progress)
+            table = save_records(records, out_dir / "records.parquet")
+            summary["records"] = str(table)
+            atomic_write_json(out_dir / "summary.json", summary)
+            holder["records"] = records
+            return summary, {"records": table, "summary": out_dir / "summary.json"}
+
+        try:
+            row, _ = run.ledger.run_cell(STAGE, label, config_hash(cfg), cell)
+        finally:
+            run.close()
+        summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8")) if not holder else row.metrics
+        records = holder.get("records")
+        if records is None and out_path:
+            records = load_table(out_dir / "records.parquet")
+    if out_path:
+        summary["records"] = str(save_records(records, out_path))
+    summary.update(source=label, split=cfg.split)
+    return summary
