@@ -2,7 +2,9 @@
 
 Metric names in eval cells are `<dataset>_<metric>` (dataset: mbpp, generated, hh, uf, code) or plain
 (`realized_sparsity`, `flops_skipped`, `tokens_per_s`, ...); `_ci_low` / `_ci_high` companions become the row's CI.
-Generated-task results keep their own dataset name and never enter MBPP figures.
+Proportions of 0/1 items (pass@1 from `<dataset>_passed`, reward accuracy from `<dataset>_correct`) get the Wilson
+interval of their per-item counts, whatever the cell recorded: a bootstrap collapses at 0 and 1, and the eval cell
+stores pass@1 without a CI.  Generated-task results keep their own dataset name and never enter MBPP figures.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sparsealign.ledger import Ledger
+from sparsealign.stats.intervals import wilson_interval
 from sparsealign.study.executor import ledger_stage
 
 if TYPE_CHECKING:
@@ -21,6 +24,17 @@ if TYPE_CHECKING:
 
 DATASETS = ("mbpp", "generated", "hh", "uf", "code")
 CELL_FIELDS = ("size", "method", "subset", "mode", "target_sparsity")
+PROPORTION_ITEMS = {"pass@1": "passed", "reward_accuracy": "correct"}  # metric -> its 0/1 per-item array
+
+
+def proportion_ci(metric: str, dataset: str, value: float, items: dict[str, list[float]]) -> tuple[float, float] | None:
+    """Wilson CI of a proportion metric from its 0/1 per-item array; None when the cell has no such array or the
+    array does not reproduce the recorded value (then the cell's own CI stands)."""
+    values = items.get(f"{dataset}_{PROPORTION_ITEMS.get(metric, '')}")
+    if not values or any(v not in (0, 1) for v in values) or abs(sum(values) / len(values) - value) > 1e-9:
+        return None
+    ci = wilson_interval(int(sum(values)), len(values))
+    return ci.low, ci.high
 
 
 def _split_metric(name: str) -> tuple[str, str]:
@@ -49,11 +63,11 @@ def results_table(study: Study) -> pd.DataFrame:
             for key in (f"{dataset}_passed", f"{dataset}_margin"):
                 if key in items:
                     n = len(items[key])
+            low, high = proportion_ci(metric, dataset, float(value), items) or (m.get(f"{name}_ci_low"), m.get(f"{name}_ci_high"))
             rows.append({
                 "cell": row.cell, "size": m["size"], "params": params.get(m["size"]), "method": m["method"],
                 "subset_fraction": float(m["subset"]), "mode": m["mode"], "target_sparsity": float(m["target_sparsity"]),
-                "dataset": dataset, "metric": metric, "value": float(value),
-                "ci_low": m.get(f"{name}_ci_low"), "ci_high": m.get(f"{name}_ci_high"), "n": n,
+                "dataset": dataset, "metric": metric, "value": float(value), "ci_low": low, "ci_high": high, "n": n,
             })
     columns = ["cell", "size", "params", "method", "subset_fraction", "mode", "target_sparsity", "dataset", "metric",
                "value", "ci_low", "ci_high", "n"]
@@ -77,15 +91,22 @@ def traces(study: Study) -> dict[str, dict[str, Any]]:
     return out
 
 
+def findings_of(run: str | Path) -> list[dict]:
+    """The Findings the report wrote for a run (`findings.json`), [] when none were written (no results yet)."""
+    path = Path(run) / "findings.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
 def write_outputs(study: Study) -> dict[str, Path]:
-    """results.parquet + report.md + report.html (+ figures/) in the run directory; all written atomically."""
+    """results.parquet + findings.json + report.md + report.html (+ figures/) in the run directory; all atomic."""
     from sparsealign.io import atomic_path
     from sparsealign.report.render import write_report
 
     table = results_table(study)
     if not table.empty:  # the report writes results.parquet itself (with the annotation-efficiency rows added)
         return write_report(table, study.root, items=item_arrays(study), traces=traces(study),
-                            config=study.cfg.model_dump(mode="json"))
+                            config={**study.cfg.model_dump(mode="json"),
+                                    "report": study.cfg.report.model_dump(mode="json")})
     results = study.root / "results.parquet"
     with atomic_path(results, suffix=".parquet") as tmp:
         table.to_parquet(tmp, index=False)

@@ -1,0 +1,166 @@
+"""Paired differences over items and seeds: a crossed bootstrap CI, an exact McNemar p for pass/fail, a sign-flip
+permutation p otherwise.
+
+Layout: a system's per-item values are an array of shape (seeds, items) -- one row per alignment seed -- or (items,)
+for a system with no seed (the base model), which is broadcast across the other system's seeds.  Both systems are
+scored on the same items in the same order (the pairing); seeds are paired by index (seed s of two aligned models
+shares its data order), so `diff[s, i] = a[s, i] - b[s, i]`.
+
+Resampling scheme (crossed, two-way bootstrap): each replicate draws the items with replacement AND the seeds with
+replacement, independently, and takes the mean of `diff` over the drawn seeds x drawn items.  The item draw carries
+item-sampling error, the seed draw carries seed-to-seed (training) variance.  With one seed it reduces to the
+ordinary paired bootstrap over items, and `seeds == 1` in the result says the CI holds no seed spread.  Percentile
+intervals from `DEFAULT_RESAMPLES` replicates; a proportion on its own gets a Wilson interval (`intervals.py`), never
+a bootstrap, so 13/13 is not reported as [1, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.stats import binomtest, permutation_test
+
+DEFAULT_RESAMPLES = 2000
+DEFAULT_PERMUTATIONS = 9999
+DEFAULT_LEVEL = 0.95
+_CHUNK = 250  # replicates per vectorised block
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    estimate: float  # mean of a - b over seeds x items
+    low: float
+    high: float
+    n: int  # paired items
+    seeds: int  # seed rows behind the CI (1 = no seed spread in it)
+    p: float  # two-sided, unadjusted
+    test: str  # "mcnemar-exact" | "sign-flip" | "none"
+    level: float = DEFAULT_LEVEL
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return asdict(self)
+
+    def covers(self, value: float = 0.0) -> bool:
+        return self.low <= value <= self.high
+
+
+def as_seed_items(values: Sequence | np.ndarray, name: str = "values") -> np.ndarray:
+    """(items,) -> (1, items); (seeds, items) unchanged; anything else is an error naming `name`."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] == 0 or arr.shape[0] == 0:
+        raise ValueError(f"{name}: expected (items,) or (seeds, items) values, got shape {arr.shape}")
+    return arr
+
+
+def common_seeds(arrays: Mapping[str, np.ndarray]) -> int:
+    """The seed count every array has, or 1 (broadcast); differing counts > 1 cannot be paired."""
+    counts = {a.shape[0] for a in arrays.values()} - {1}
+    if len(counts) > 1:
+        raise ValueError(f"cannot pair seeds: systems have {sorted(counts)} seeds; give each the same seeds")
+    items = {a.shape[1] for a in arrays.values()}
+    if len(items) != 1:
+        raise ValueError(f"paired statistics need the same items in every system; got item counts {sorted(items)}")
+    return counts.pop() if counts else 1
+
+
+def crossed_weights(n_seeds: int, n_items: int, n_resamples: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Blocks of (seed weights (b, S), item weights (b, N)): how often each seed / item is drawn in a replicate."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_resamples, _CHUNK):
+        b = min(_CHUNK, n_resamples - start)
+        ws = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=b).astype(np.float64)
+        wi = rng.multinomial(n_items, np.full(n_items, 1.0 / n_items), size=b).astype(np.float64)
+        yield ws, wi
+
+
+def replicate_means(arrays: Mapping[str, np.ndarray], *, n_resamples: int = DEFAULT_RESAMPLES,
+                    seed: int = 0) -> dict[str, np.ndarray]:
+    """Crossed-bootstrap replicate means per system, ONE draw of seeds and items shared by all systems.
+
+    `arrays[name]` is (S, N) or (1, N) (no seed: its seed weights are ignored).  Returns {name: (n_resamples,)}.
+    """
+    arrays = {k: as_seed_items(v, k) for k, v in arrays.items()}
+    n_seeds = common_seeds(arrays)
+    n_items = next(iter(arrays.values())).shape[1]
+    out: dict[str, list[np.ndarray]] = {k: [] for k in arrays}
+    for ws, wi in crossed_weights(n_seeds, n_items, n_resamples, seed):
+        for k, a in arrays.items():
+            w = ws if a.shape[0] == n_seeds else np.ones((ws.shape[0], 1))
+            out[k].append(np.einsum("bs,sn,bn->b", w, a, wi) / (w.sum(axis=1) * n_items))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def percentile_interval(replicates: np.ndarray, level: float = DEFAULT_LEVEL) -> tuple[float, float]:
+    reps = np.asarray(replicates, dtype=np.float64)
+    reps = reps[np.isfinite(reps)]
+    if reps.size == 0:
+        return float("nan"), float("nan")
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(reps, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def mcnemar_exact(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
+    """Exact (binomial) McNemar p, two-sided, for paired pass/fail: under H0 the discordant pairs split 50/50."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"mcnemar_exact: paired arrays differ in shape ({a.shape} vs {b.shape})")
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    if only_a + only_b == 0:
+        return 1.0
+    return float(binomtest(only_a, only_a + only_b, 0.5, alternative="two-sided").pvalue)
+
+
+def sign_flip_p(diffs: Sequence[float] | np.ndarray, *, n_resamples: int = DEFAULT_PERMUTATIONS,
+                seed: int = 0) -> float:
+    """Two-sided paired permutation p of mean(diffs) = 0: each item's difference keeps or flips its sign under H0."""
+    d = np.asarray(diffs, dtype=np.float64)
+    if not np.any(d):
+        return 1.0
+    res = permutation_test((d,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples",
+                           vectorized=True, n_resamples=n_resamples, alternative="two-sided", random_state=seed)
+    return float(min(1.0, res.pvalue))
+
+
+def is_binary(arr: np.ndarray) -> bool:
+    return bool(np.all((arr == 0) | (arr == 1)))
+
+
+def paired_difference(a: Sequence | np.ndarray, b: Sequence | np.ndarray, *, n_resamples: int = DEFAULT_RESAMPLES,
+                      level: float = DEFAULT_LEVEL, seed: int = 0) -> PairedDifference:
+    """mean(a - b) on shared items (and seeds) with a crossed-bootstrap CI and a two-sided p.
+
+    p: exact McNemar when both are pass/fail with one seed (the textbook paired test); otherwise the sign-flip
+    permutation test on each item's seed-averaged difference (valid for any metric, and for pooled comparisons).
+    """
+    arrays = {"a": as_seed_items(a, "a"), "b": as_seed_items(b, "b")}
+    n_seeds = common_seeds(arrays)
+    diff = arrays["a"] - arrays["b"]  # broadcasts a seedless system over the other's seeds
+    n_items = diff.shape[1]
+    estimate = float(diff.mean())
+    if n_items < 2 or n_resamples <= 0:
+        return PairedDifference(estimate, estimate, estimate, n_items, n_seeds, float("nan"), "none", level)
+    reps = replicate_means({"d": diff}, n_resamples=n_resamples, seed=seed)["d"]
+    low, high = percentile_interval(reps, level)
+    if n_seeds == 1 and is_binary(arrays["a"]) and is_binary(arrays["b"]):
+        p, test = mcnemar_exact(arrays["a"][0], arrays["b"][0]), "mcnemar-exact"
+    else:
+        p, test = sign_flip_p(diff.mean(axis=0), seed=seed), "sign-flip"
+    return PairedDifference(estimate, low, high, n_items, n_seeds, p, test, level)
+
+
+def bound_of(values: Sequence[float] | np.ndarray, *, lower: float = 0.0, upper: float = 1.0) -> str | None:
+    """"floor" / "ceiling" when every value sits at the metric's lower / upper bound, else None."""
+    arr = np.asarray(values, dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    if arr.size == 0:
+        return None
+    if np.all(arr == lower):
+        return "floor"
+    if np.all(arr == upper):
+        return "ceiling"
+    return None
