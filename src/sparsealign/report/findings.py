@@ -200,8 +200,7 @@ def compute_findings(store: ItemStore, params: Mapping[str, float], settings: Re
             out.append(_size_effect(store, spec, params, settings, seed))
         else:
             out += _annotation(store, spec, settings, seed)
-    adjusted = holm([f.p if f.p is not None and f.verdict != "not measurable" and f.effect is not None
-                     else math.nan for f in out])
+    adjusted = holm([f.p if f.p is not None and f.effect is not None else math.nan for f in out])
     for f, p in zip(out, adjusted, strict=True):
         if f.effect is None or math.isnan(p):
             f.verdict, f.p_holm = "not measurable", None
@@ -217,8 +216,9 @@ def sentence(f: Finding) -> str:
         return f"{f.contrast}: not measurable ({f.note})."
     seeds = f", {f.seeds} seeds" if f.seeds > 1 else ""
     null = "" if f.null == 0 else f" (null {f.null:g})"
-    return (f"{f.contrast}: {f.effect:+.3f}{null}, 95% CI [{f.ci_low:+.3f}, {f.ci_high:+.3f}], n = {f.n} paired "
-            f"items{seeds}, Holm p = {f.p_holm:.3g} ({f.test}) -- {f.verdict}.")
+    bound = " (a lower bound: reached at the smallest subset)" if "reached_at_smallest" in f.note else ""
+    return (f"{f.contrast}: {f.effect:+.3f}{null}{bound}, 95% CI [{f.ci_low:+.3f}, {f.ci_high:+.3f}], n = {f.n} "
+            f"paired items{seeds}, Holm p = {f.p_holm:.2g} ({f.test}) -- {f.verdict}.")
 
 
 def paragraphs(findings: list[Finding]) -> list[tuple[str, str]]:

@@ -47,7 +47,7 @@ def validate_results(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
     for col, dtype in OPTIONAL_COLUMNS.items():
         if col not in out:
-            out[col] = 1.0 if col == "subset_fraction" else pd.NA
+            out[col] = 1.0 if col == "subset_fraction" else np.nan if dtype is float else pd.NA
         out[col] = out[col].astype(dtype)
     out["params"] = pd.to_numeric(out["params"], errors="coerce")  # NaN when a hub model's count is unknown
     out["target_sparsity"] = out["target_sparsity"].astype(float)

@@ -102,7 +102,8 @@ def annotation_savings(curves: Mapping[tuple[str, float], Sequence | np.ndarray]
     for m in methods:
         need, saving = point[m]
         lo, hi = percentile_interval(rep[m], level)
-        p = min(1.0, 2.0 * min(np.mean(rep[m] <= 1.0), np.mean(rep[m] >= 1.0)))
+        tail = min(np.sum(rep[m] <= 1.0), np.sum(rep[m] >= 1.0))
+        p = min(1.0, 2.0 * (1 + tail) / (1 + n_resamples))  # never 0 from a finite number of replicates
         out.append(AnnotationSaving(m, need.pairs, need.status, saving, lo, hi, float(p),
                                     float(np.mean(rep[m] > 0)), n_items, len(subsets[m])))
     return out
