@@ -268,6 +268,8 @@ def test_pass1_wilson_ci_and_findings_reach_the_outputs(env: Env, reference: Pat
         ci = wilson_interval(int(sum(items)), len(items))
         assert (row.ci_low, row.ci_high, row.n) == (pytest.approx(ci.low), pytest.approx(ci.high), len(items))
         assert row.ci_high > row.value or row.value == 1.0  # never the collapsed [0, 0] of a bootstrap at 0
+    flips = table[table["metric"] == "flip_rate"]  # pairs ranked differently than by the same model dense
+    assert len(flips) == 4 and ((flips["ci_high"] > flips["value"]) | (flips["value"] == 1.0)).all()
 
     res = env.study("runs-ref", "--json")
     assert res.returncode == 0, res.stderr[-3000:]

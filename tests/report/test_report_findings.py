@@ -151,3 +151,11 @@ def test_report_states_findings_first(tmp_path):
     back = pd.read_parquet(paths["results"])
     ann = back[back["metric"] == "annotation_saving"]
     assert set(ann["method"]) == {"dpo", "rdpo"} and (ann.loc[ann["method"] == "dpo", "value"] == 1.0).all()
+
+
+def test_no_saving_claimed_when_dpo_needs_only_its_smallest_subset():
+    items = synthetic_items()
+    for key in [k for k in items if "/dpo/f0." in k]:  # DPO's subsets as good as all pairs: a flat curve
+        items[key] = {"hh_correct": [1.0] * N_HH}
+    (ann,) = [f for f in compute_findings(ItemStore(items), SIZES, SETTINGS) if f.question == "annotation"]
+    assert ann.verdict == "not measurable" and ann.effect is None and "smallest subset" in ann.note

@@ -67,10 +67,11 @@ def _figures(df: pd.DataFrame, traces: pd.DataFrame | None, fig_dir: Path) -> li
     bounded = {(d, m) for d, m, _ in scaling.bounded_everywhere(df)}
     specs = []
     for (metric, dataset), _ in df.groupby(["metric", "dataset"], sort=True):
+        floor = " -- at its floor/ceiling in every cell" if (dataset, metric) in bounded else ""
         if metric in SPARSITY_FIGURE_METRICS:
             specs.append((f"acc_vs_sparsity_{metric}_{dataset}", f"{metric} vs target sparsity per size ({dataset}); "
-                          "bands: 95% CI", lambda m=metric, d=dataset: figures.accuracy_vs_sparsity(df, metric=m,
-                                                                                                  dataset=d)))
+                          f"bands: 95% CI{floor}", lambda m=metric, d=dataset: figures.accuracy_vs_sparsity(
+                              df, metric=m, dataset=d)))
         if metric in SIZE_FIGURE_METRICS:
             dense = scaling.full_data(df[(df["metric"] == metric) & (df["dataset"] == dataset)
                                          & (df["mode"] == "dense")])
@@ -78,7 +79,7 @@ def _figures(df: pd.DataFrame, traces: pd.DataFrame | None, fig_dir: Path) -> li
                 method: slope_interval(g.groupby("params")["value"].mean().index, g.groupby("params")["value"].mean())
                 for method, g in dense.groupby("method")}
             specs.append((f"{metric}_vs_size_{dataset}", f"{metric} vs model size ({dataset}, dense; bars: 95% CI; "
-                          "dotted: OLS fit on log10 params where >= 4 sizes)",
+                          f"dotted: OLS fit on log10 params where >= 4 sizes){floor}",
                           lambda m=metric, d=dataset, f=fits: figures.metric_vs_size(df, metric=m, dataset=d, fits=f)))
     specs.append(("realized_sparsity_traces", "realized sparsity over decoding steps: static (dashed) vs dynamic "
                   "(solid) thresholds; horizontal lines are the targets", lambda: figures.sparsity_traces(traces)))
@@ -135,7 +136,7 @@ def _paired_tables(df: pd.DataFrame, store: ItemStore, settings: ReportConfig) -
         if not gain.empty:
             blocks += [Block("h2", f"Alignment gain: {m} ({d})"),
                        Block("p", "aligned - base on the same items, 95% paired CI, unadjusted p (secondary: not "
-                             "corrected for the many rows; the Findings hold the corrected contrasts).."),
+                             "corrected for the many rows; the Findings hold the corrected contrasts)."),
                        Block("table", table=gain)]
         svd = scaling.static_vs_dynamic_table(store, dataset=d, metric=m, **boot)
         if not svd.empty:

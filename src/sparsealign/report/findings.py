@@ -171,6 +171,10 @@ def _annotation(store: ItemStore, spec: ContrastConfig, settings: ReportConfig, 
     savings = [] if note else annotation_savings(curves, reference=REFERENCE, n_resamples=settings.bootstrap,
                                                  seed=seed)
     others = [s for s in savings if s.method != REFERENCE]
+    ref = next((s for s in savings if s.method == REFERENCE), None)
+    if ref is not None and ref.status == "reached_at_smallest":  # no part of DPO's curve lies below its target
+        note = f"{REFERENCE} already reaches its all-pairs accuracy with the smallest subset: nothing to save against"
+        others = []
     if not others:
         return [_unmeasurable(spec, label, note or f"no method besides {REFERENCE} was trained on >= 2 subsets",
                               n=n)]
