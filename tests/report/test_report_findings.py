@@ -134,6 +134,9 @@ def test_all_zero_metric_gets_no_fit_and_a_floor_note():
     assert (crit["critical_sparsity"] == "not measurable").all()  # never "0.9" for a floor row
     gain = scaling.alignment_gain_table(store, dataset="mbpp", metric="pass@1", n_boot=200)
     assert gain["diff"].isna().all() and gain["note"].str.contains("floor").all()
+    versus = scaling.alignment_gain_table(store, dataset="hh", metric="reward_accuracy", reference="dpo", n_boot=200)
+    assert set(versus["method"]) == {"rdpo"} and len(versus) == 4 * 5  # sizes x (dense + 2 modes x 2 targets)
+    assert (versus["seeds"] == 3).all() and versus["diff"].between(0.0, 0.07).all()  # planted: RDPO +0.03
 
 
 def test_report_states_findings_first(tmp_path):

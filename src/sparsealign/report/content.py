@@ -10,7 +10,7 @@ import pandas as pd
 
 from sparsealign.report import figures, scaling
 from sparsealign.report.blocks import Block
-from sparsealign.report.findings import Finding, paragraphs
+from sparsealign.report.findings import REFERENCE, Finding, paragraphs
 from sparsealign.report.items import ItemStore
 from sparsealign.stats.slopes import slope_interval
 from sparsealign.study.config import ReportConfig
@@ -138,6 +138,11 @@ def _paired_tables(df: pd.DataFrame, store: ItemStore, settings: ReportConfig) -
                        Block("p", "aligned - base on the same items, 95% paired CI, unadjusted p (secondary: not "
                              "corrected for the many rows; the Findings hold the corrected contrasts)."),
                        Block("table", table=gain)]
+        versus = scaling.alignment_gain_table(store, dataset=d, metric=m, reference=REFERENCE, **boot)
+        if not versus.empty:
+            blocks += [Block("h2", f"Methods vs {REFERENCE}: {m} ({d})"),
+                       Block("p", f"method - {REFERENCE} on the same items, 95% paired CI, unadjusted p."),
+                       Block("table", table=versus)]
         svd = scaling.static_vs_dynamic_table(store, dataset=d, metric=m, **boot)
         if not svd.empty:
             blocks += [Block("h2", f"Static vs dynamic thresholds: {m} ({d})"),

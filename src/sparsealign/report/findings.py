@@ -225,11 +225,23 @@ def sentence(f: Finding) -> str:
             f"paired items{seeds}, Holm p = {f.p_holm:.2g} ({f.test}) -- {f.verdict}.")
 
 
+def _unmeasured_sentence(rows: list[Finding]) -> str:
+    where = ", ".join("dense" if f.target == 0 else f"{f.target:g}" for f in rows if f.target is not None)
+    return f"{rows[0].dataset} {rows[0].metric}{f' ({where})' if where else ''}: not measurable -- {rows[0].note}."
+
+
 def paragraphs(findings: list[Finding]) -> list[tuple[str, str]]:
-    """(question heading, one paragraph) per research question, in (a)-(d) order."""
+    """(question heading, one paragraph) per research question, in (a)-(d) order; the not-measurable contrasts of
+    one (dataset, metric, reason) are said once, with their targets, after the measured ones."""
     out = []
     for q, heading in QUESTIONS.items():
         rows = [f for f in findings if f.question == q]
-        if rows:
-            out.append((heading, " ".join(sentence(f) for f in rows)))
+        groups: dict[tuple[str, str, str], list[Finding]] = {}
+        for f in rows:
+            if f.verdict == "not measurable" and q in ("alignment", "thresholds"):
+                groups.setdefault((f.dataset, f.metric, f.note), []).append(f)
+        text = [sentence(f) for f in rows if not (f.verdict == "not measurable" and q in ("alignment", "thresholds"))]
+        text += [_unmeasured_sentence(g) for g in groups.values()]
+        if text:
+            out.append((heading, " ".join(text)))
     return out

@@ -73,14 +73,15 @@ def _diff_row(a: np.ndarray, b: np.ndarray, metric: str, n_boot: int, seed: int)
 DIFF_COLUMNS = ["diff", "ci_low", "ci_high", "n", "seeds", "p", "note"]
 
 
-def alignment_gain_table(store: ItemStore, *, dataset: str, metric: str, n_boot: int = 2000,
+def alignment_gain_table(store: ItemStore, *, dataset: str, metric: str, reference: str = BASE, n_boot: int = 2000,
                          seed: int = 0) -> pd.DataFrame:
-    """aligned - base per (size, method, mode, target), paired on items; all-pairs alignment only."""
+    """method - `reference` per (size, method, mode, target), paired on items; all-pairs alignment only.
+    reference "base": the alignment gain; reference "dpo": each method against DPO (base left out)."""
     rows = []
     for c in store.cells(dataset, metric):
-        if c.method == BASE or c.subset != 1.0:
+        if c.method in (BASE, reference) or c.subset != 1.0:
             continue
-        base = store.get(CellKey(c.size, BASE, 1.0, c.mode, c.target), dataset, metric)
+        base = store.get(CellKey(c.size, reference, 1.0, c.mode, c.target), dataset, metric)
         if base is not None:
             rows.append({"size": c.size, "method": c.method, "mode": c.mode, "target_sparsity": c.target,
                          **_diff_row(store.get(c, dataset, metric), base, metric, n_boot, seed)})
