@@ -18,6 +18,7 @@ from sparsealign.study.config import ReportConfig
 HEADLINE_ACCURACY = ("pass@1", "preference_accuracy", "reward_accuracy")
 SPARSITY_FIGURE_METRICS = (*HEADLINE_ACCURACY, "divergence", "preference_divergence", "flip_rate")
 SIZE_FIGURE_METRICS = (*HEADLINE_ACCURACY, "divergence", "preference_divergence")
+SECONDARY_RESAMPLES = 1000  # the per-row tables have hundreds of rows; the primary contrasts use report.bootstrap
 MICRO_CAVEAT = ("The micro family (ReLU LLaMA-architecture models of 10^4-10^6 parameters, pretrained here) can stand "
                 "in for the mechanics -- how activation sparsity, threshold control and the alignment losses interact, "
                 "and the direction of effects -- but not for absolute capability: MBPP pass@1, alignment quality or "
@@ -118,7 +119,7 @@ def _paired_tables(df: pd.DataFrame, store: ItemStore, settings: ReportConfig) -
             if store.cells(*k)]
     if not keys:
         return []
-    boot = {"n_boot": settings.bootstrap}
+    boot = {"n_boot": min(settings.bootstrap, SECONDARY_RESAMPLES)}
     blocks = [Block("h2", "Critical sparsity"),
               Block("p", f"Highest target whose paired 95% CI of (sparse - dense) stays above -{settings.tolerance:g} "
                     "at it and every lower target ('none': the lowest target already fails). The note lists each "

@@ -121,7 +121,8 @@ def critical_sparsity_table(store: ItemStore, *, dataset: str, metric: str, tole
         if where:
             row["critical_sparsity"], row["note"] = "not measurable", f"at {where} at every sparsity"
         else:
-            drops = {t: paired_difference(a, dense, n_resamples=n_boot, seed=seed) for t, a in sparse.items()}
+            drops = {t: paired_difference(a, dense, n_resamples=n_boot, seed=seed, test=False)
+                     for t, a in sparse.items()}
             crit = critical_sparsity([(t, d.low) for t, d in drops.items()], tolerance=tolerance)
             row["critical_sparsity"] = "none" if crit is None else crit
             row["note"] = "; ".join(f"{t:g}: {d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
