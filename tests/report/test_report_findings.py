@@ -162,3 +162,19 @@ def test_no_saving_claimed_when_dpo_needs_only_its_smallest_subset():
         items[key] = {"hh_correct": [1.0] * N_HH}
     (ann,) = [f for f in compute_findings(ItemStore(items), SIZES, SETTINGS) if f.question == "annotation"]
     assert ann.verdict == "not measurable" and ann.effect is None and "smallest subset" in ann.note
+
+
+def test_figures_get_one_row_per_cell_with_seed_spread():
+    from sparsealign.report.content import seed_pooled
+
+    items = synthetic_items()
+    df = render.validate_results(results_from_items(items))
+    pooled = seed_pooled(df, ItemStore(items), n_boot=300)
+    cells = ["size", "method", "subset_fraction", "mode", "target_sparsity", "dataset", "metric"]
+    assert not pooled.duplicated(cells).any() and len(pooled) < len(df)
+    row = pooled[(pooled["size"] == "micro-a") & (pooled["method"] == "dpo") & (pooled["mode"] == "dense")
+                 & (pooled["dataset"] == "hh") & (pooled["subset_fraction"] == 1.0)].iloc[0]
+    seeds = df[(df["size"] == "micro-a") & (df["method"] == "dpo") & (df["mode"] == "dense") & (df["dataset"] == "hh")
+               & (df["subset_fraction"] == 1.0)]
+    assert len(seeds) == 3 and row["value"] == pytest.approx(seeds["value"].mean())
+    assert row["ci_low"] < row["value"] < row["ci_high"]

@@ -3,6 +3,7 @@ figures (with CI bands), then the tables.  Every sentence is generated from the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pandas as pd
 from sparsealign.report import figures, scaling
 from sparsealign.report.blocks import Block
 from sparsealign.report.findings import REFERENCE, Finding, paragraphs
-from sparsealign.report.items import ItemStore
+from sparsealign.report.items import CellKey, ItemStore
+from sparsealign.stats.paired import percentile_interval, replicate_means
 from sparsealign.stats.slopes import slope_interval
 from sparsealign.study.config import ReportConfig
 
@@ -63,8 +65,30 @@ def caveats(df: pd.DataFrame, store: ItemStore, found: list[Finding]) -> list[st
     return out
 
 
+CELL_COLUMNS = ["size", "params", "method", "subset_fraction", "mode", "target_sparsity", "dataset", "metric"]
+
+
+def seed_pooled(df: pd.DataFrame, store: ItemStore, *, n_boot: int = SECONDARY_RESAMPLES) -> pd.DataFrame:
+    """One row per cell for the figures: rows of several seeds are averaged, with the crossed-bootstrap CI of the
+    cell's (seeds, items) array where the items are there (else no CI: a per-seed CI says nothing about seeds)."""
+    multi = df.groupby(CELL_COLUMNS, dropna=False)["value"].transform("size") > 1
+    if not multi.any():
+        return df
+    pooled = df[multi].groupby(CELL_COLUMNS, as_index=False, dropna=False)["value"].mean()
+    lows, highs = [], []
+    for row in pooled.itertuples(index=False):
+        arr = store.get(CellKey(row.size, row.method, round(row.subset_fraction, 3), row.mode,
+                                round(row.target_sparsity, 2)), row.dataset, row.metric)
+        lo, hi = (math.nan, math.nan) if arr is None else percentile_interval(
+            replicate_means({"x": arr}, n_resamples=n_boot)["x"])
+        lows.append(lo)
+        highs.append(hi)
+    pooled = pooled.assign(ci_low=lows, ci_high=highs)
+    return pd.concat([df[~multi], pooled], ignore_index=True)
+
+
 def _figures(df: pd.DataFrame, traces: pd.DataFrame | None, fig_dir: Path) -> list[Block]:
-    """Render every figure the data supports; returns figure blocks in report order."""
+    """Render every figure the data supports (one row per cell: see `seed_pooled`); figure blocks in report order."""
     bounded = {(d, m) for d, m, _ in scaling.bounded_everywhere(df)}
     specs = []
     for (metric, dataset), _ in df.groupby(["metric", "dataset"], sort=True):
@@ -157,7 +181,7 @@ def build_blocks(df: pd.DataFrame, traces: pd.DataFrame | None, fig_dir: Path, t
     blocks = [Block("h1", title), *[Block("p", n) for n in notes],
               *findings_blocks(found, settings, bool(store)), Block("h2", "Caveats"),
               *[Block("p", c) for c in caveats(df, store, found)]]
-    figs = _figures(df, traces, fig_dir)
+    figs = _figures(seed_pooled(df, store), traces, fig_dir)
     if figs:
         blocks += [Block("h2", "Figures"), *figs]
     blocks += [Block("h2", "Model family"), Block("table", table=family_table(df)),
