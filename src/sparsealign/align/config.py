@@ -8,11 +8,11 @@ from pydantic import ConfigDict, Field, model_validator
 
 from sparsealign.config import StrictModel
 
-Method = Literal["dpo", "orpo", "simpo", "rdpo", "rorpo", "rsimpo"]
+# The method names, written once (light: the CLIs offer them as choices without importing torch).  What each method
+# is — reference or not, rationale or not, its implicit reward, its default β — is its loss object's
+# (`sparsealign.align.losses.LOSSES`, checked against this tuple at import).
 METHODS = ("dpo", "orpo", "simpo", "rdpo", "rorpo", "rsimpo")
-RATIONALE_METHODS = ("rdpo", "rorpo", "rsimpo")  # base loss + rationale NLL (arXiv 2407.14477)
-REFERENCE_FREE = ("orpo", "simpo", "rorpo", "rsimpo")  # never load a reference model
-DEFAULT_BETA = {"dpo": 0.1, "simpo": 2.0, "orpo": 0.1}  # SimPO paper: β in [2, 2.5] with γ/β = 0.5
+Method = Literal[METHODS]  # type: ignore[valid-type]
 
 
 class LoraSettings(StrictModel):
@@ -79,14 +79,6 @@ class AlignConfig(StrictModel):
         if self.max_prompt_length >= self.max_length:
             raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length})")
         return self
-
-    @property
-    def base_method(self) -> str:
-        return self.method[1:] if self.method.startswith("r") else self.method
-
-    @property
-    def resolved_beta(self) -> float:
-        return self.beta if self.beta is not None else DEFAULT_BETA[self.base_method]
 
     @property
     def cell_name(self) -> str:

@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sparsealign.align.config import RATIONALE_METHODS, AlignConfig
+from sparsealign.align.config import AlignConfig
+from sparsealign.align.losses import LossParams, loss_for
+from sparsealign.align.sidecar import write_record
 from sparsealign.config import config_hash
 from sparsealign.errors import UserError
 from sparsealign.io import atomic_dir, atomic_write_json
@@ -35,14 +37,15 @@ def load_align_pairs(cfg: AlignConfig) -> tuple[list[Any], list[Any]]:
 
 def check_rationales(cfg: AlignConfig, pairs: Sequence[Any], source: str) -> None:
     """A rationale method on pairs without rationales is a one-line error that names the fix."""
-    if cfg.method not in RATIONALE_METHODS:
+    loss = loss_for(cfg.method)
+    if not loss.uses_rationale:
         return
     missing = sum(1 for p in pairs if not (p.rationale or "").strip())
     if missing and (cfg.missing_rationales == "error" or missing == len(pairs)):
         raise UserError(
             f"{source}: method {cfg.method} needs a rationale for every pair, but {missing} of {len(pairs)} have none",
             hint=f"run `sparsealign rationales generate --data {source}` first and align on its output, "
-                 f"or use method {cfg.base_method} (or --set missing_rationales=skip for partly-rationalised data)",
+                 f"or use method {loss.base} (or --set missing_rationales=skip for partly-rationalised data)",
         )
 
 
@@ -142,7 +145,6 @@ def _train(cfg: AlignConfig, run: RunDir, pairs: list[Any] | None, eval_pairs: l
     from transformers.trainer_utils import get_last_checkpoint
 
     from sparsealign.align.logps import PairCollator, encode_pairs
-    from sparsealign.align.losses import LossParams, needs_reference
     from sparsealign.align.trainer import AlignTrainer, LedgerCallback, ListDataset
 
     cell = cfg.cell_name
@@ -158,7 +160,9 @@ def _train(cfg: AlignConfig, run: RunDir, pairs: list[Any] | None, eval_pairs: l
     set_seed(cfg.seed)
     model, tok = load_model_and_tokenizer(cfg)
     settings = tokenize_settings(cfg)
-    rationale = cfg.method in RATIONALE_METHODS
+    loss = loss_for(cfg.method)
+    beta = loss.resolve_beta(cfg.beta)
+    rationale = loss.uses_rationale
     train_feats, n_trunc = encode_pairs(tok, pairs, settings, rationale=rationale)
     eval_feats, n_trunc_eval = encode_pairs(tok, eval_pairs, settings, rationale=rationale)
     log.info("align %s: %d train pairs (%d truncated), %d eval pairs (%d truncated)", cell, len(pairs), n_trunc,
@@ -170,17 +174,17 @@ def _train(cfg: AlignConfig, run: RunDir, pairs: list[Any] | None, eval_pairs: l
     args = args or training_args(cfg, out_dir / "checkpoints", bool(eval_feats))
     trainer = AlignTrainer(
         model=model, args=args, data_collator=PairCollator(tok.pad_token_id), processing_class=tok,
-        loss_params=LossParams(cfg.method, beta=cfg.resolved_beta, lam=cfg.lam,
+        loss_params=LossParams(cfg.method, beta=beta, lam=cfg.lam,
                                gamma_beta_ratio=cfg.gamma_beta_ratio, rationale_weight=cfg.rationale_weight,
                                rationale_norm=cfg.rationale_norm),
         callbacks=[LedgerCallback(run.ledger, cell), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)
-    metrics: dict[str, Any] = {"method": cfg.method, "beta": cfg.resolved_beta, "n_train_pairs": len(pairs),
+    metrics: dict[str, Any] = {"method": cfg.method, "beta": beta, "n_train_pairs": len(pairs),
                                "n_eval_pairs": len(eval_pairs), "n_truncated": n_trunc,
                                "n_truncated_eval": n_trunc_eval, "ref_cache_hits": 0,
                                "world_size": trainer.accelerator.num_processes}
-    if needs_reference(cfg.method):
+    if loss.needs_reference:
         train_feats, eval_feats = _with_reference(cfg, trainer, train_feats, eval_feats, metrics)
     trainer.train_dataset = ListDataset(train_feats)
     eval_ds = ListDataset(eval_feats) if eval_feats else None
@@ -250,6 +254,7 @@ def _save_model(cfg: AlignConfig, trainer: Any, tok: Any, out_dir: Path) -> Path
             trainer.save_model(str(path))
         if main:
             tok.save_pretrained(path)
+            write_record(path, cfg)  # method, β, γ, reference: what its evaluators need
 
     if main:
         with atomic_dir(final) as tmp:

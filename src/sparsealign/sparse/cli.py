@@ -120,20 +120,14 @@ def register(cli: click.Group) -> None:
         """Per-layer thresholds on |act(gate x)| at the target sparsity (empirical quantile), optional TEAL-style
         greedy allocation (--set allocation=greedy) and low-rank predictors (--set predictor.enabled=true).
         Writes sparsity.safetensors + sparsity.json, and the activation profile beside them."""
-        from sparsealign.sparse.artifacts import save_artifacts
-        from sparsealign.sparse.calibration import calibrate, record_activations
-        from sparsealign.sparse.profile import build_profile, save_profile
+        from sparsealign.sparse.run import CalibrateRunConfig, run_calibrate
         from sparsealign.sparse.texts import load_texts
 
         cfg = _config(config, overrides, target)
         out_dir = _default_out(model, out)
-        texts = load_texts(source, n, skip)
-        m, tok = load_model(model)
-        rec = record_activations(m, tok, texts, max_length=cfg.max_length, max_tokens=cfg.max_tokens)
-        art = calibrate(m, tok, texts, cfg, recording=rec)
-        art.calibration["texts"] = {"source": source, "n": len(texts), "skip": skip}
-        save_artifacts(art, out_dir)
-        save_profile(build_profile(rec, art.thresholds, cfg.hot_fraction), out_dir / "profile")
+        load_texts(source, n, skip)  # a bad text source fails before the model loads
+        run_cfg = CalibrateRunConfig(model=model, texts=source, n=n, skip=skip, sparsity=cfg)
+        art = run_calibrate(run_cfg, out_dir, loaded=load_model(model))[cfg.target_sparsity]
         result = {"out": str(out_dir), "thresholds": art.thresholds, "layer_sparsity": art.layer_sparsity,
                   "calibration": art.calibration}
         emit(result, as_json, [f"artifacts -> {out_dir}",

@@ -11,15 +11,14 @@ PRESET_HELP = "packaged study preset: default (micro family, ~10 min on 2 cores)
 
 
 def _load(config: str | None, preset: str, overrides: tuple[str, ...]):
-    from sparsealign.config import load_config
-    from sparsealign.study.config import StudyConfig, preset_path
+    from sparsealign.study.config import load_study_config
 
-    return load_config(StudyConfig, config or preset_path(preset), list(overrides))
+    return load_study_config(config, preset, list(overrides))
 
 
 @click.group("study", invoke_without_command=True, context_settings={"max_content_width": 110})
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
-              help="Study YAML (see src/sparsealign/configs/study-*.yaml). Default: --preset.")
+              help="Study YAML: the fields it sets, over --preset's (see src/sparsealign/configs/study-*.yaml).")
 @click.option("--preset", default="default", show_default=True, help=PRESET_HELP)
 @click.option("--name", default=None, help="Run directory name under runs/ (default: the config's `name`).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",

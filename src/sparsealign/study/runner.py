@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import sys
-from pathlib import Path
 from typing import Any
 
 from sparsealign.config import config_hash
 from sparsealign.errors import UserError
 from sparsealign.rundir import RunDir
 from sparsealign.study.cells import Cell, expand
-from sparsealign.study.config import StudyConfig
+from sparsealign.study.config import ExecutorConfig, StudyConfig
 from sparsealign.study.executor import run_local, run_ray
-from sparsealign.study.pipeline import Study
+from sparsealign.study.pipeline import Study, run_cell
+from sparsealign.study.results import write_outputs
 
 
 def run_identity(cfg: StudyConfig) -> StudyConfig:
     """What the results depend on: the config minus `executor` (where cells run, not what they compute), so a study
     started locally can be resumed on Ray or pointed at a cluster address without being refused as changed."""
-    from sparsealign.study.config import ExecutorConfig
-
     return cfg.model_copy(update={"executor": ExecutorConfig()})
 
 
@@ -45,23 +44,16 @@ def run_study(cfg: StudyConfig, *, name: str | None = None, restart: bool = Fals
     chash = config_hash(identity)
     ledger_path = run.ledger.path.resolve()
     run.close()
+    fn = functools.partial(run_cell, study)  # picklable: Ray ships it to the workers
     if cfg.executor.kind == "ray":
-        counts = run_ray(cells, ledger_path, chash, study.run, address=cfg.executor.address,
+        counts = run_ray(cells, ledger_path, chash, fn, address=cfg.executor.address,
                          cpus_per_cell=cfg.executor.cpus_per_cell, gpus_per_cell=cfg.executor.gpus_per_cell,
                          progress=progress)
     else:
-        counts = run_local(cells, ledger_path, chash, study.run, progress=progress)
-    from sparsealign.study.results import write_outputs
-
+        counts = run_local(cells, ledger_path, chash, fn, progress=progress)
     outputs = write_outputs(study)
     summary = {"run": str(run.root), "cells": len(cells), **counts, **{k: str(v) for k, v in outputs.items()}}
     if counts["failed"]:
         print(f"warning: {counts['failed']} cell(s) failed; see {run.root / 'ledger.sqlite'} "
               f"(re-running the same command retries them)", file=sys.stderr)
     return summary
-
-
-def default_config_path(preset: str) -> Path:
-    from sparsealign.study.config import preset_path
-
-    return preset_path(preset)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
 from sparsealign.config import StrictModel, config_hash
+from sparsealign.data.records import MbppTask
 from sparsealign.evaluate.mbpp.evaluator import (
     MbppEvalConfig,
     evaluate_mbpp,
@@ -55,6 +57,13 @@ def _evaluate(cfg: MbppRunConfig, parts_dir: Path | None, progress: bool) -> tup
 
     shots = load_mbpp(cfg.data, split="prompt") if cfg.eval.format == "lm-eval" else None
     model, tok = load_model_and_tokenizer(cfg.model or "", device=cfg.device, dtype=cfg.dtype)
+    return evaluate_loaded(cfg, model, tok, tasks, parts_dir=parts_dir, shots=shots, progress=progress)
+
+
+def evaluate_loaded(cfg: MbppRunConfig, model, tok, tasks: Sequence[MbppTask], *, parts_dir: Path | None = None,
+                    shots: Sequence[MbppTask] | None = None, progress: bool = False) -> tuple[dict, list[dict]]:
+    """The verb's evaluation of an already loaded (possibly sparsified) model: `cfg.chunk_size` tasks at a time,
+    each finished chunk kept in `parts_dir` when given.  The study calls this with its own model and tasks."""
     records: list[dict[str, Any]] = []
     chunks = [tasks[i: i + cfg.chunk_size] for i in range(0, len(tasks), cfg.chunk_size)]
     for idx, chunk in enumerate(chunks):

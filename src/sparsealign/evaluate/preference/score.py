@@ -14,13 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from sparsealign.align.losses import loss_for
 from sparsealign.data.records import PreferencePair
 from sparsealign.evaluate.preference.divergence import human_preference_prob
 from sparsealign.evaluate.preference.metrics import flip_metrics, kl_estimate, preference_metrics
 from sparsealign.stats.intervals import DEFAULT_LEVEL, DEFAULT_RESAMPLES
-
-# The beta a method's implicit reward is scaled by when the caller does not say (use the one the model trained with).
-DEFAULT_BETA = {"dpo": 0.1, "simpo": 2.0, "orpo": 1.0}
 
 
 def human_probs(pairs: Sequence[PreferencePair], tau: float = 1.0) -> np.ndarray:
@@ -30,24 +28,17 @@ def human_probs(pairs: Sequence[PreferencePair], tau: float = 1.0) -> np.ndarray
 
 def method_rewards(method: str, scores: dict[str, Any], ref_scores: dict[str, Any] | None,
                    beta: float | None) -> tuple[np.ndarray, np.ndarray, float]:
-    """(rewards_chosen, rewards_rejected, beta used) from `score_pairs` outputs, with the method's own reward."""
-    from sparsealign.align.losses import base_method, dpo_rewards, log_odds, simpo_rewards
+    """(rewards_chosen, rewards_rejected, beta used) from `score_pairs` outputs, with the method's own reward.
 
-    base = base_method(method)
-    beta = DEFAULT_BETA[base] if beta is None else beta
+    `beta` should be the one the model trained with (`sparsealign.align.sidecar.read_record`); unset, it is the
+    loss's own default — the same one training used when its config left β unset."""
+    loss = loss_for(method)
+    beta = loss.resolve_beta(beta)
     out = []
     for side in ("chosen", "rejected"):
-        logp, n = scores[f"{side}_logps"], scores[f"{side}_n"]
-        if base == "dpo":
-            if ref_scores is None:
-                raise ValueError(f"{method}: the implicit reward beta*log(pi/pi_ref) needs a reference model")
-            r = dpo_rewards(logp, ref_scores[f"{side}_logps"], beta)
-        elif base == "simpo":
-            r = simpo_rewards(logp, n, beta)
-        else:  # ORPO's log odds carry no beta
-            r = log_odds(logp, n)
-        out.append(r.double().numpy())
-    return out[0], out[1], (1.0 if base == "orpo" else beta)
+        ref = ref_scores[f"{side}_logps"] if ref_scores is not None else None
+        out.append(loss.implicit_reward(scores[f"{side}_logps"], scores[f"{side}_n"], ref, beta).double().numpy())
+    return out[0], out[1], (beta if loss.reward_uses_beta else 1.0)
 
 
 def sample_kl(model, ref_model, tokenizer, pairs: Sequence[PreferencePair], *, settings, samples: int,
