@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from sparsealign.align.config import AlignConfig
+from sparsealign.align.logps import PairCollator, TokenizeSettings, encode_pairs
 from sparsealign.align.losses import LossParams, loss_for
+from sparsealign.align.reference import attach, cached_reference_logps, reference_key
 from sparsealign.align.sidecar import write_record
+from sparsealign.align.trainer import AlignTrainer, LedgerCallback, ListDataset
 from sparsealign.config import config_hash
+from sparsealign.data.preference import load_pairs
 from sparsealign.errors import UserError
 from sparsealign.io import atomic_dir, atomic_write_json
 from sparsealign.rundir import RunDir
@@ -28,8 +32,6 @@ STAGE = "align"
 
 
 def load_align_pairs(cfg: AlignConfig) -> tuple[list[Any], list[Any]]:
-    from sparsealign.data.preference import load_pairs
-
     train = load_pairs(cfg.data, split=cfg.data_split).pairs[: cfg.max_pairs]
     evals = load_pairs(cfg.eval_data, split=cfg.eval_split).pairs[: cfg.max_eval_pairs] if cfg.eval_data else []
     return train, evals
@@ -64,8 +66,6 @@ def check_report_to(cfg: AlignConfig) -> None:
 
 
 def tokenize_settings(cfg: AlignConfig):
-    from sparsealign.align.logps import TokenizeSettings
-
     return TokenizeSettings(
         max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
         max_rationale_tokens=cfg.max_rationale_tokens, rationale_max_length=cfg.rationale_max_length,
@@ -144,9 +144,6 @@ def _train(cfg: AlignConfig, run: RunDir, pairs: list[Any] | None, eval_pairs: l
     from transformers import PrinterCallback, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
-    from sparsealign.align.logps import PairCollator, encode_pairs
-    from sparsealign.align.trainer import AlignTrainer, LedgerCallback, ListDataset
-
     cell = cfg.cell_name
     if pairs is None:
         pairs, eval_pairs = load_align_pairs(cfg)
@@ -211,14 +208,10 @@ def _train(cfg: AlignConfig, run: RunDir, pairs: list[Any] | None, eval_pairs: l
 
 def _with_reference(cfg: AlignConfig, trainer: Any, train_feats: list, eval_feats: list, metrics: dict):
     """Attach cached/computed reference log-probs; a separate `ref_model` is loaded only for its pass."""
-    from sparsealign.align.reference import attach, cached_reference_logps, reference_key
-
     ref_name = cfg.ref_model or cfg.model
     extra = {"dtype": cfg.dtype, "bf16": use_bf16(cfg)}
     scorer = trainer
     if cfg.ref_model and cfg.ref_model != cfg.model:
-        from sparsealign.align.trainer import AlignTrainer
-
         ref_model, _ = load_model_and_tokenizer(cfg, cfg.ref_model)
         scorer = AlignTrainer(model=ref_model, args=trainer.args, data_collator=trainer.data_collator,
                               loss_params=trainer.loss_params)

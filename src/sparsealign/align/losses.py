@@ -21,7 +21,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sparsealign.align.config import METHODS
+from sparsealign.align.config import (  # noqa: F401 (METHODS, RATIONALE_METHODS, REFERENCE_METHODS re-exported)
+    METHOD_FACTS,
+    METHODS,
+    RATIONALE_METHODS,
+    REFERENCE_METHODS,
+    MethodFacts,
+    facts,
+)
 
 
 # -- implicit rewards (also used by evaluation: preference accuracy/margins of a finished model) -----------------------
@@ -92,22 +99,39 @@ class LossParams:
 
 
 class PreferenceLoss:
-    """One method's facts and formulas (torchtune style: the training loop and the evaluators ask the loss object,
-    never test method names).  Subclasses set the facts; `with_rationale` adds the R* rationale term."""
+    """One method's formulas, answering for its facts (torchtune style: the training loop and the evaluators ask
+    the loss object, never test method names).  Subclasses implement the base loss and its implicit reward; the
+    rationale term of the R* variants is added here, from the facts."""
 
-    name: str = ""
-    base: str = ""
-    needs_reference: bool = False  # DPO's reward is relative to a frozen reference policy
-    uses_rationale: bool = False  # adds γ_r·NLL(rationale) and needs a rationale per pair
-    default_beta: float = 0.1  # β when the config leaves it unset (SimPO paper: β in [2, 2.5] with γ/β = 0.5)
-    reward_uses_beta: bool = True  # ORPO's log-odds reward has no β
+    def __init__(self, name: str, facts: MethodFacts):
+        self.name, self.facts = name, facts
+
+    @property
+    def base(self) -> str:
+        return self.facts.base
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.facts.needs_reference
+
+    @property
+    def uses_rationale(self) -> bool:
+        return self.facts.uses_rationale
+
+    @property
+    def default_beta(self) -> float:
+        return self.facts.default_beta
+
+    @property
+    def reward_uses_beta(self) -> bool:
+        return self.facts.reward_uses_beta
+
+    def resolve_beta(self, beta: float | None) -> float:
+        return self.default_beta if beta is None else beta
 
     def implicit_reward(self, logp: torch.Tensor, n_tokens: torch.Tensor, ref_logp: torch.Tensor | None,
                         beta: float) -> torch.Tensor:
         raise NotImplementedError
-
-    def resolve_beta(self, beta: float | None) -> float:
-        return self.default_beta if beta is None else beta
 
     def base_terms(self, params: LossParams, logp_w, n_w, logp_l, n_l, ref_logp_w, ref_logp_l) -> dict:
         raise NotImplementedError
@@ -128,9 +152,6 @@ class PreferenceLoss:
 
 
 class DPOLoss(PreferenceLoss):
-    name = base = "dpo"
-    needs_reference = True
-
     def implicit_reward(self, logp, n_tokens, ref_logp, beta):
         if ref_logp is None:
             raise ValueError(f"{self.name}: the implicit reward beta*log(pi/pi_ref) needs a reference model")
@@ -143,9 +164,6 @@ class DPOLoss(PreferenceLoss):
 
 
 class SimPOLoss(PreferenceLoss):
-    name = base = "simpo"
-    default_beta = 2.0
-
     def implicit_reward(self, logp, n_tokens, ref_logp, beta):
         return simpo_rewards(logp, n_tokens, beta)
 
@@ -156,9 +174,6 @@ class SimPOLoss(PreferenceLoss):
 
 
 class ORPOLoss(PreferenceLoss):
-    name = base = "orpo"
-    reward_uses_beta = False
-
     def implicit_reward(self, logp, n_tokens, ref_logp, beta):
         return log_odds(logp, n_tokens)
 
@@ -168,35 +183,22 @@ class ORPOLoss(PreferenceLoss):
                 "rewards_chosen": log_odds(logp_w, n_w), "rewards_rejected": log_odds(logp_l, n_l)}
 
 
-def with_rationale(loss: type[PreferenceLoss]) -> PreferenceLoss:
-    """R<base>: the base loss plus the rationale NLL (arXiv 2407.14477); rewards are the base method's."""
-    cls = type(f"R{loss.__name__}", (loss,), {"name": f"r{loss.base}", "uses_rationale": True})
-    return cls()
-
-
-LOSSES: dict[str, PreferenceLoss] = {
-    loss.name: loss for loss in (DPOLoss(), ORPOLoss(), SimPOLoss(), *map(with_rationale, (DPOLoss, ORPOLoss,
-                                                                                             SimPOLoss)))
-}
-if set(LOSSES) != set(METHODS):  # the config's method names and the losses must be the same set
-    raise ImportError(f"align.config.METHODS {METHODS} != losses {tuple(LOSSES)}")
-RATIONALE_METHODS = tuple(m for m in METHODS if LOSSES[m].uses_rationale)
-REFERENCE_METHODS = tuple(m for m in METHODS if LOSSES[m].needs_reference)
+LOSS_CLASSES: dict[str, type[PreferenceLoss]] = {"dpo": DPOLoss, "orpo": ORPOLoss, "simpo": SimPOLoss}
+LOSSES: dict[str, PreferenceLoss] = {name: LOSS_CLASSES[f.base](name, f) for name, f in METHOD_FACTS.items()}
 
 
 def loss_for(method: str) -> PreferenceLoss:
-    if method not in LOSSES:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    facts(method)  # an unknown method: the one error message
     return LOSSES[method]
 
 
 def base_method(method: str) -> str:
     """`rdpo` -> `dpo`, `rorpo` -> `orpo`, `rsimpo` -> `simpo` (the rationale term is added on top)."""
-    return loss_for(method).base
+    return facts(method).base
 
 
 def needs_reference(method: str) -> bool:
-    return loss_for(method).needs_reference
+    return facts(method).needs_reference
 
 
 def preference_loss(

@@ -47,10 +47,12 @@ def study(ctx: click.Context, config, preset, name, overrides, only, restart, as
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"config": config, "preset": preset, "overrides": overrides, "name": name}
         return
+    cfg = _load(config, preset, overrides)  # config errors before the heavy imports below
+    from sparsealign.report.outputs import write_outputs
     from sparsealign.study.runner import run_study
 
-    cfg = _load(config, preset, overrides)
-    summary = run_study(cfg, name=name, restart=restart, only=list(only) or None, progress=not as_json)
+    summary = run_study(cfg, name=name, restart=restart, only=list(only) or None, progress=not as_json,
+                        write=write_outputs)
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -115,10 +117,10 @@ def report_cmd(name: str, as_json: bool) -> None:
     import yaml
 
     from sparsealign.errors import UserError
+    from sparsealign.report.outputs import write_outputs
     from sparsealign.settings import runs_dir
     from sparsealign.study.config import StudyConfig
     from sparsealign.study.pipeline import Study
-    from sparsealign.study.results import write_outputs
 
     root = runs_dir() / name
     cfg_path = root / "config" / "study.yaml"

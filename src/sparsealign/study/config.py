@@ -22,8 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from sparsealign.align.config import AlignConfig, Method
-from sparsealign.align.losses import loss_for
+from sparsealign.align.config import AlignConfig, Method, facts
 from sparsealign.config import StrictModel, load_config, read_yaml
 from sparsealign.errors import UserError
 from sparsealign.sparse.config import Mode
@@ -209,7 +208,7 @@ def align_config(cfg: StudyConfig, method: str, *, model: str, data: str, cell: 
 def cell_align_config(method: str, settings: dict[str, Any], *, model: str, data: str, seed: int,
                       cell: str) -> AlignConfig:
     return AlignConfig(method=method, model=model, data=data, seed=seed, cell=cell,
-                       missing_rationales="skip" if loss_for(method).uses_rationale else "error", **settings)
+                       missing_rationales="skip" if facts(method).uses_rationale else "error", **settings)
 
 
 def preset_path(name: str) -> Path:

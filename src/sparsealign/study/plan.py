@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparsealign.align.losses import loss_for
+from sparsealign.align.config import facts
 from sparsealign.models.micro import get_recipe, non_embedding_params
 from sparsealign.study.cells import BASE, Cell, expand, sizes_of
 from sparsealign.study.config import StudyConfig
@@ -50,7 +50,7 @@ def memory_gib(cell: Cell, params: float | None, cfg: StudyConfig) -> float | No
         else:
             need = params * 16
     elif cell.stage in ("calibrate", "eval", "pairs"):
-        need = params * (4 if cfg.family.kind == "micro" else 2) * (2 if cell.method != BASE and loss_for(cell.method).needs_reference else 1)
+        need = params * (4 if cfg.family.kind == "micro" else 2) * (2 if cell.method != BASE and facts(cell.method).needs_reference else 1)
     else:
         need = params * 2
     return float(f"{need * 1.2 / GiB:.3g}")  # significant digits: micro cells are well under 1 MiB

@@ -1,9 +1,12 @@
-"""`run_study`: open the run directory, expand the grid, execute the cells, then write the results and the report."""
+"""`run_study`: open the run directory, expand the grid, execute the cells, then write the outputs (the caller's
+`write`: the `study` verb passes the report's, which sits a layer above)."""
 
 from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sparsealign.config import config_hash
@@ -13,7 +16,6 @@ from sparsealign.study.cells import Cell, expand
 from sparsealign.study.config import ExecutorConfig, StudyConfig
 from sparsealign.study.executor import run_local, run_ray
 from sparsealign.study.pipeline import Study, run_cell
-from sparsealign.study.results import write_outputs
 
 
 def run_identity(cfg: StudyConfig) -> StudyConfig:
@@ -36,7 +38,8 @@ def select_cells(cells: list[Cell], only: list[str] | None) -> list[Cell]:
 
 
 def run_study(cfg: StudyConfig, *, name: str | None = None, restart: bool = False, progress: bool = True,
-              only: list[str] | None = None) -> dict[str, Any]:
+              only: list[str] | None = None,
+              write: Callable[[Study], dict[str, Path]] | None = None) -> dict[str, Any]:
     cells = select_cells(expand(cfg), only)  # config errors (e.g. unknown sizes) before anything is written
     identity = run_identity(cfg)
     run = RunDir.open(name or cfg.name, "study", identity, restart=restart)
@@ -51,7 +54,7 @@ def run_study(cfg: StudyConfig, *, name: str | None = None, restart: bool = Fals
                          progress=progress)
     else:
         counts = run_local(cells, ledger_path, chash, fn, progress=progress)
-    outputs = write_outputs(study)
+    outputs = write(study) if write is not None else {}
     summary = {"run": str(run.root), "cells": len(cells), **counts, **{k: str(v) for k, v in outputs.items()}}
     if counts["failed"]:
         print(f"warning: {counts['failed']} cell(s) failed; see {run.root / 'ledger.sqlite'} "

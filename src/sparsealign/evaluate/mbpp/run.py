@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from sparsealign.config import StrictModel, config_hash
+from sparsealign.data.mbpp.tasks import load_mbpp
 from sparsealign.data.records import MbppTask
 from sparsealign.evaluate.mbpp.evaluator import (
     MbppEvalConfig,
@@ -26,6 +27,8 @@ from sparsealign.evaluate.mbpp.evaluator import (
 )
 from sparsealign.evaluate.tables import load_table
 from sparsealign.io import atomic_write_json
+from sparsealign.models.loading import load_model_and_tokenizer
+from sparsealign.rundir import RunDir
 
 log = logging.getLogger("sparsealign.evaluate")
 STAGE = "eval-mbpp"
@@ -48,12 +51,9 @@ def _source_label(cfg: MbppRunConfig) -> str:
 
 
 def _evaluate(cfg: MbppRunConfig, parts_dir: Path | None, progress: bool) -> tuple[dict, list[dict]]:
-    from sparsealign.data.mbpp.tasks import load_mbpp
-
     tasks = load_mbpp(cfg.data, split=cfg.split)[: cfg.limit]
     if cfg.solutions == "reference":
         return run_reference(tasks, cfg.eval)
-    from sparsealign.models.loading import load_model_and_tokenizer
 
     shots = load_mbpp(cfg.data, split="prompt") if cfg.eval.format == "lm-eval" else None
     model, tok = load_model_and_tokenizer(cfg.model or "", device=cfg.device, dtype=cfg.dtype)
@@ -86,8 +86,6 @@ def run_mbpp(cfg: MbppRunConfig, *, name: str | None = None, out_path: str | Non
     if name is None:
         summary, records = _evaluate(cfg, None, progress)
     else:
-        from sparsealign.rundir import RunDir
-
         run = RunDir.open(name, STAGE, cfg)
         out_dir = run.path("eval", "mbpp", "summary.json").parent
         holder: dict[str, Any] = {}

@@ -16,7 +16,10 @@ from sparsealign.data.preference import load_pairs
 from sparsealign.data.records import PreferencePair
 from sparsealign.errors import UserError
 from sparsealign.evaluate.preference.score import evaluate_preference
+from sparsealign.evaluate.tables import load_table, save_table
 from sparsealign.io import atomic_write_json
+from sparsealign.models.loading import load_model_and_tokenizer
+from sparsealign.rundir import RunDir
 
 STAGE = "eval-preference"
 
@@ -70,8 +73,6 @@ def evaluate_loaded(cfg: PreferenceRunConfig, model, tok, pairs: Sequence[Prefer
 
 
 def _evaluate(cfg: PreferenceRunConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from sparsealign.models.loading import load_model_and_tokenizer
-
     cfg = with_alignment_record(cfg)
     pairs = load_pairs(cfg.data, split=cfg.split, limit=cfg.limit).pairs
     model, tok = load_model_and_tokenizer(cfg.model, device=cfg.device, dtype=cfg.dtype)
@@ -83,13 +84,9 @@ def _evaluate(cfg: PreferenceRunConfig) -> tuple[dict[str, Any], list[dict[str, 
 
 def run_preference(cfg: PreferenceRunConfig, *, name: str | None = None,
                    out_path: str | None = None) -> dict[str, Any]:
-    from sparsealign.evaluate.tables import load_table, save_table
-
     if name is None:
         summary, records = _evaluate(cfg)
     else:
-        from sparsealign.rundir import RunDir
-
         run = RunDir.open(name, STAGE, cfg)
         out_dir = run.path("eval", "preference", "summary.json").parent
         records = []

@@ -14,8 +14,16 @@ from typing import Any
 
 import numpy as np
 
+from sparsealign.align.logps import (
+    TokenizeSettings,
+    encode_prompt,
+    pad_sequences,
+    score_pairs,
+    sequence_logps,
+)
 from sparsealign.align.losses import loss_for
 from sparsealign.data.records import PreferencePair
+from sparsealign.evaluate.generation import SamplingConfig, generate_from_ids
 from sparsealign.evaluate.preference.divergence import human_preference_prob
 from sparsealign.evaluate.preference.metrics import flip_metrics, kl_estimate, preference_metrics
 from sparsealign.stats.intervals import DEFAULT_LEVEL, DEFAULT_RESAMPLES
@@ -45,9 +53,6 @@ def sample_kl(model, ref_model, tokenizer, pairs: Sequence[PreferencePair], *, s
               max_new_tokens: int, seed: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(log pi(y|x), log pi_ref(y|x)) of one completion y ~ pi(.|x) (temperature 1) per prompt of `pairs[:samples]`."""
     import torch
-
-    from sparsealign.align.logps import encode_prompt, pad_sequences, sequence_logps
-    from sparsealign.evaluate.generation import SamplingConfig, generate_from_ids
 
     prompts = [encode_prompt(tokenizer, p.prompt, settings, p.messages)[-settings.max_prompt_length:]
                for p in pairs[:samples]]
@@ -92,7 +97,6 @@ def evaluate_preference(
     the summary then carries `flip` metrics.  `kl_samples` > 0 (needs `ref_model`) samples that many completions
     from `model` and reports KL(pi || pi_ref).  Every figure has a seeded percentile-bootstrap CI.
     """
-    from sparsealign.align.logps import TokenizeSettings, score_pairs
 
     if not pairs:
         raise ValueError("no preference pairs to evaluate")
