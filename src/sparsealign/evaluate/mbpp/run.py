@@ -27,6 +27,7 @@ from sparsealign.io import atomic_write_json
 
 log = logging.getLogger("sparsealign.evaluate")
 STAGE = "eval-mbpp"
+LOAD_FIELDS = {"device", "dtype", "revision", "trust_remote_code", "device_map"}  # passed to the model loader
 
 
 class MbppRunConfig(StrictModel):
@@ -37,6 +38,9 @@ class MbppRunConfig(StrictModel):
     limit: int | None = Field(None, ge=1)
     device: str = "auto"
     dtype: str = "auto"
+    revision: str | None = None  # hub ids: branch, tag or commit
+    trust_remote_code: bool = False
+    device_map: str | None = None  # "auto": accelerate spreads a model too big for one device
     chunk_size: int = Field(50, ge=1, description="tasks per resumable chunk")
     eval: MbppEvalConfig = Field(default_factory=MbppEvalConfig)
 
@@ -54,7 +58,7 @@ def _evaluate(cfg: MbppRunConfig, parts_dir: Path | None, progress: bool) -> tup
     from sparsealign.models.loading import load_model_and_tokenizer
 
     shots = load_mbpp(cfg.data, split="prompt") if cfg.eval.format == "lm-eval" else None
-    model, tok = load_model_and_tokenizer(cfg.model or "", device=cfg.device, dtype=cfg.dtype)
+    model, tok = load_model_and_tokenizer(cfg.model or "", **cfg.model_dump(include=LOAD_FIELDS))
     records: list[dict[str, Any]] = []
     chunks = [tasks[i: i + cfg.chunk_size] for i in range(0, len(tasks), cfg.chunk_size)]
     for idx, chunk in enumerate(chunks):

@@ -32,6 +32,9 @@ class PreferenceRunConfig(StrictModel):
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    revision: str | None = None  # hub ids: branch, tag or commit (of --model; ref/baseline use their default)
+    trust_remote_code: bool = False
+    device_map: str | None = None  # "auto": accelerate spreads a model too big for one device
 
 
 def _evaluate(cfg: PreferenceRunConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -41,10 +44,10 @@ def _evaluate(cfg: PreferenceRunConfig) -> tuple[dict[str, Any], list[dict[str, 
     from sparsealign.models.loading import load_model_and_tokenizer
 
     pairs = load_pairs(cfg.data, split=cfg.split, limit=cfg.limit).pairs
-    model, tok = load_model_and_tokenizer(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    ref = load_model_and_tokenizer(cfg.ref_model, device=cfg.device, dtype=cfg.dtype)[0] if cfg.ref_model else None
-    baseline = (load_model_and_tokenizer(cfg.baseline_model, device=cfg.device, dtype=cfg.dtype)[0]
-                if cfg.baseline_model else None)
+    opts = cfg.model_dump(include={"device", "dtype", "trust_remote_code", "device_map"})
+    model, tok = load_model_and_tokenizer(cfg.model, revision=cfg.revision, **opts)
+    ref = load_model_and_tokenizer(cfg.ref_model, **opts)[0] if cfg.ref_model else None
+    baseline = load_model_and_tokenizer(cfg.baseline_model, **opts)[0] if cfg.baseline_model else None
     settings = TokenizeSettings(max_length=cfg.max_length, max_prompt_length=cfg.max_length // 2)
     try:
         summary, records = evaluate_preference(
