@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,6 +11,7 @@ from pydantic import Field
 from sparsealign.config import StrictModel, config_hash
 from sparsealign.errors import UserError
 from sparsealign.io import atomic_write_json
+from sparsealign.sparse.spec import SparsitySpec
 
 STAGE = "eval-preference"
 
@@ -18,6 +20,7 @@ class PreferenceRunConfig(StrictModel):
     model: str
     ref_model: str | None = None
     baseline_model: str | None = None
+    sparsity: SparsitySpec | None = Field(None, description="score `model` under activation sparsity; None = dense")
     method: Literal["dpo", "orpo", "simpo", "rdpo", "rorpo", "rsimpo"]
     data: str
     split: str | None = None
@@ -43,19 +46,40 @@ def _evaluate(cfg: PreferenceRunConfig) -> tuple[dict[str, Any], list[dict[str, 
     pairs = load_pairs(cfg.data, split=cfg.split, limit=cfg.limit).pairs
     model, tok = load_model_and_tokenizer(cfg.model, device=cfg.device, dtype=cfg.dtype)
     ref = load_model_and_tokenizer(cfg.ref_model, device=cfg.device, dtype=cfg.dtype)[0] if cfg.ref_model else None
-    baseline = (load_model_and_tokenizer(cfg.baseline_model, device=cfg.device, dtype=cfg.dtype)[0]
-                if cfg.baseline_model else None)
+    baseline_path = baseline_of(cfg)
+    baseline = (load_model_and_tokenizer(baseline_path, device=cfg.device, dtype=cfg.dtype)[0]
+                if baseline_path else None)
     settings = TokenizeSettings(max_length=cfg.max_length, max_prompt_length=cfg.max_length // 2)
+    handle = None
+    if cfg.sparsity is not None:
+        from sparsealign.sparse.spec import apply_spec
+
+        handle = apply_spec(model, cfg.sparsity)
     try:
-        summary, records = evaluate_preference(
-            model, tok, pairs, cfg.method, ref, beta=cfg.beta, tau=cfg.tau, baseline_model=baseline,
-            kl_samples=cfg.kl_samples, kl_max_new_tokens=cfg.kl_max_new_tokens, settings=settings,
-            batch_size=cfg.batch_size, n_resamples=cfg.n_resamples, seed=cfg.seed,
-        )
+        # teacher-forced scoring is one multi-position call per batch: every position runs sparse (as in the study)
+        with handle.dense_prefix(0) if handle is not None else contextlib.nullcontext():
+            summary, records = evaluate_preference(
+                model, tok, pairs, cfg.method, ref, beta=cfg.beta, tau=cfg.tau, baseline_model=baseline,
+                kl_samples=cfg.kl_samples, kl_max_new_tokens=cfg.kl_max_new_tokens, settings=settings,
+                batch_size=cfg.batch_size, n_resamples=cfg.n_resamples, seed=cfg.seed,
+            )
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    summary.update(model=cfg.model, ref_model=cfg.ref_model, baseline_model=cfg.baseline_model, data=cfg.data)
+    summary.update(model=cfg.model, ref_model=cfg.ref_model, baseline_model=baseline_path, data=cfg.data,
+                   sparsity=None)
+    if handle is not None:
+        stats = handle.stats()
+        summary["sparsity"] = {**cfg.sparsity.model_dump(), "realized_sparsity": stats.get("realized_sparsity"),
+                               "target_sparsity": handle.info.get("target_sparsity"), "scoring": "all positions sparse"}
+        handle.remove()
     return summary, records
+
+
+def baseline_of(cfg: PreferenceRunConfig) -> str | None:
+    """The dense model flips are counted against: --baseline-model, else (under --sparsity) the model itself."""
+    if cfg.baseline_model:
+        return cfg.baseline_model
+    return cfg.model if cfg.sparsity is not None else None
 
 
 def run_preference(cfg: PreferenceRunConfig, *, name: str | None = None,
@@ -79,7 +103,8 @@ def run_preference(cfg: PreferenceRunConfig, *, name: str | None = None,
             return {"summary": summary}, {"records": summary["records"], "summary": out_dir / "summary.json"}
 
         try:
-            row, _ = run.ledger.run_cell(STAGE, Path(cfg.model).name, config_hash(cfg), cell)
+            label = Path(cfg.model).name + (f"+{cfg.sparsity.mode}" if cfg.sparsity else "")
+            row, _ = run.ledger.run_cell(STAGE, label, config_hash(cfg), cell)
         finally:
             run.close()
         summary = row.metrics["summary"]
