@@ -119,11 +119,7 @@ def evaluate_loaded(cfg: MbppRunConfig, model, tok, tasks: Sequence[MbppTask], *
             save_records(chunk_records, part)
         records += chunk_records
         log.info("mbpp chunk %d/%d done", idx + 1, len(chunks))
-    summary = summarize_generations(records, cfg.eval)
-    if handle is not None:
-        summary["sparsity"] = _sparsity_summary(handle, cfg.sparsity)
-        handle.remove()
-    return summary, records
+    return summarize_generations(records, cfg.eval), records
 
 
 def run_mbpp(cfg: MbppRunConfig, *, name: str | None = None, out_path: str | None = None,
