@@ -16,20 +16,26 @@ from typing import Any, Literal
 from pydantic import Field
 
 from sparsealign.config import StrictModel, config_hash
+from sparsealign.data.mbpp.prompts import make_format
 from sparsealign.data.mbpp.tasks import load_mbpp
 from sparsealign.data.records import MbppTask
 from sparsealign.evaluate.mbpp.evaluator import (
     MbppEvalConfig,
+    completion_record,
     evaluate_mbpp,
+    run_records,
     run_reference,
     save_records,
     summarize_generations,
 )
+from sparsealign.evaluate.mbpp.samples import read_samples
 from sparsealign.evaluate.tables import load_table
 from sparsealign.io import atomic_write_json
 from sparsealign.models.loading import load_model_and_tokenizer
 from sparsealign.rundir import RunDir
-from sparsealign.sparse.spec import SparsitySpec, apply_spec
+from sparsealign.settings import resolve_data_path
+from sparsealign.sparse.apply import apply_spec
+from sparsealign.sparse.spec import SparsitySpec
 
 log = logging.getLogger("sparsealign.evaluate")
 STAGE = "eval-mbpp"
@@ -63,12 +69,6 @@ def _source_label(cfg: MbppRunConfig) -> str:
 
 
 def _score_samples(cfg: MbppRunConfig) -> tuple[dict, list[dict]]:
-    from sparsealign.data.mbpp.prompts import make_format
-    from sparsealign.data.mbpp.tasks import load_mbpp
-    from sparsealign.evaluate.mbpp.evaluator import completion_record, run_records
-    from sparsealign.evaluate.mbpp.samples import read_samples
-    from sparsealign.settings import resolve_data_path
-
     all_tasks = load_mbpp(cfg.data)
     fmt_name, samples = read_samples(resolve_data_path(cfg.samples or ""), all_tasks)
     fmt = make_format("lm-eval" if fmt_name == "lm-eval" else "bigcode", all_tasks)

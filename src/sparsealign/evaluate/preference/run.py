@@ -21,7 +21,8 @@ from sparsealign.evaluate.tables import load_table, save_table
 from sparsealign.io import atomic_write_json
 from sparsealign.models.loading import load_model_and_tokenizer
 from sparsealign.rundir import RunDir
-from sparsealign.sparse.spec import SparsitySpec, apply_spec
+from sparsealign.sparse.apply import apply_spec
+from sparsealign.sparse.spec import SparsitySpec
 
 STAGE = "eval-preference"
 
