@@ -4,7 +4,8 @@ Metric names in eval cells are `<dataset>_<metric>` (dataset: mbpp, generated, h
 (`realized_sparsity`, `flops_skipped`, `tokens_per_s`, ...); `_ci_low` / `_ci_high` companions become the row's CI.
 Proportions of 0/1 items (pass@1 from `<dataset>_passed`, reward accuracy from `<dataset>_correct`, flip rate from
 the cell's and its dense cell's `<dataset>_correct`) get the Wilson interval of their per-item counts, whatever the
-cell recorded: a bootstrap collapses at 0 and 1, and the eval cell stores pass@1 without a CI.  Generated-task results keep their own dataset name and never enter MBPP figures.
+cell recorded: a bootstrap collapses at 0 and 1, and the eval cell stores pass@1 without a CI.  Generated-task
+results keep their own dataset name and never enter MBPP figures.
 """
 
 from __future__ import annotations
@@ -110,19 +111,3 @@ def findings_of(run: str | Path) -> list[dict]:
     """The Findings the report wrote for a run (`findings.json`), [] when none were written (no results yet)."""
     path = Path(run) / "findings.json"
     return json.loads(path.read_text()) if path.is_file() else []
-
-
-def write_outputs(study: Study) -> dict[str, Path]:
-    """results.parquet + findings.json + report.md + report.html (+ figures/) in the run directory; all atomic."""
-    from sparsealign.io import atomic_path
-    from sparsealign.report.render import write_report
-
-    table = results_table(study)
-    if not table.empty:  # the report writes results.parquet itself (with the annotation-efficiency rows added)
-        return write_report(table, study.root, items=item_arrays(study), traces=traces(study),
-                            config={**study.cfg.model_dump(mode="json"),
-                                    "report": study.cfg.report.model_dump(mode="json")})
-    results = study.root / "results.parquet"
-    with atomic_path(results, suffix=".parquet") as tmp:
-        table.to_parquet(tmp, index=False)
-    return {"results": results}
