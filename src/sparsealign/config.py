@@ -106,7 +106,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: config file not found", hint="pass an existing YAML file")
-    if not path.is_file():  # a directory, or a FIFO that would block the read
+    if path.is_dir() or path.is_char_device() or path.is_block_device() or path.is_socket():  # /dev/zero never ends
         raise ConfigError(f"{path}: not a regular file", hint="pass a YAML file")
     try:
         data = _safe_load(path.read_text(encoding="utf-8"), str(path))

@@ -225,17 +225,16 @@ def _openai_preference(rec: dict[str, Any]) -> dict[str, Any]:
     return {"prompt": render_prompt(messages), "chosen": chosen, "rejected": rejected, "messages": messages}
 
 
-def _common_prefix(chosen: Any, rejected: Any) -> int:
-    """Length of the shared start of two texts or message lists; for texts, a space just before the point where
-    they differ stays with the responses (as `trl.extract_prompt` does)."""
-    n = 0
-    for a, b in zip(chosen, rejected, strict=False):
-        if a != b:
-            break
+def _common_prefix(chosen: str, rejected: str) -> int:
+    """Where `trl.extract_prompt` cuts two texts: after their common prefix, but a space just before the first
+    difference stays with the responses; when one text is a prefix of the other, TRL's loop ends one character
+    short, so that last shared character is both responses' start (kept, so the pairs equal TRL's)."""
+    n, limit = 0, min(len(chosen), len(rejected))
+    while n < limit and chosen[n] == rejected[n]:
         n += 1
-    if isinstance(chosen, str) and 0 < n < min(len(chosen), len(rejected)) and chosen[n - 1] == " ":
-        n -= 1
-    return n
+    if n == limit:
+        return max(limit - 1, 0)
+    return n - 1 if n > 0 and chosen[n - 1] == " " else n
 
 
 def _trl_implicit(rec: dict[str, Any]) -> dict[str, Any]:

@@ -133,10 +133,9 @@ def load_pairs(
         count += 1
         if row.error is not None:
             if not skip_invalid:
-                hint = ("re-download or re-compress the file; --skip-invalid keeps the rows before the damage"
-                        if row.error.startswith(("truncated_", "corrupt_"))
-                        else "fix the row, or pass --skip-invalid to skip broken rows")
-                raise _fail(shown, row, row.detail, hint=hint)
+                keep = "keeps the rows before the damage" if row.error.startswith(("truncated_", "corrupt_")) \
+                    else "skips broken rows"
+                raise _fail(shown, row, row.detail, hint=f"{row.hint()}; --skip-invalid {keep}")
             skipped[row.error] += 1
             continue
         record = row.value

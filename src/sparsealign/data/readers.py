@@ -44,6 +44,14 @@ class Row:
     detail: str = ""
     path: Path | None = None  # the file the row comes from, when the source is a folder of files
 
+    def hint(self) -> str:
+        """The fix for a broken row: a damaged compressed stream needs a new copy of the file; a row needs editing."""
+        if self.error and self.error.startswith(("truncated_", "corrupt_")):
+            return "re-download or re-compress the file"
+        if self.error == "non_utf8":
+            return "re-encode the file as UTF-8 (iconv -t UTF-8)"
+        return "fix the row"
+
     def where(self) -> tuple[int | None, str]:
         """(line for DataError, prefix for the reason) — JSON arrays and Parquet have records, not lines."""
         return (self.line, "") if self.line is not None else (None, f"record {self.index}: ")
@@ -62,11 +70,12 @@ def compression_of(path: Path) -> str | None:
 
 
 def check_regular_file(path: Path) -> None:
-    """A FIFO or device would block or never end; a directory is not a file."""
+    """A device (/dev/zero, /dev/urandom) never ends and a socket is no file; a directory is not one file.  A named
+    pipe is read like a file (it waits for its writer, as `cat` does)."""
     if path.is_dir():
         raise DataError(path, "is a directory, not a data file", hint="pass one file inside it")
-    if not path.is_file():
-        raise DataError(path, "not a regular file (a pipe, socket or device)", hint="pass a data file")
+    if path.is_char_device() or path.is_block_device() or path.is_socket():
+        raise DataError(path, "is a device or socket, not a data file", hint="pass a data file")
 
 
 def container_of(path: Path) -> str:
@@ -177,7 +186,7 @@ def _decode_line(raw: bytes, index: int, lineno: int) -> Row:
     except UnicodeDecodeError as exc:
         return Row(index, lineno, error="non_utf8",
                    detail=f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})")
-    return _loads(text, index, lineno)
+    return _loads(text.rstrip("\r\n"), index, lineno)  # one line: an error is on `lineno`, never the next
 
 
 def _jsonl_rows(path: Path) -> Iterator[Row]:
