@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import reprlib
 import typing
 from collections.abc import Iterable
@@ -43,8 +44,24 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"|\'[^\']*\'')
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _flow_depth(text: str) -> int:
+    """Deepest nesting of [ ] / { } outside quoted strings; PyYAML takes quadratic time on deep flow nesting
+    (seconds for 2,000 levels) before it fails, so deep text is refused before parsing."""
+    depth = deepest = 0
+    for match in _BRACKET.finditer(_QUOTED.sub("", text)):
+        depth = depth + 1 if match.group() in "[{" else max(depth - 1, 0)
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def _safe_load(text: str, where: str) -> Any:
     """yaml.safe_load with duplicate keys, deep nesting and alias bombs refused (ConfigError naming `where`)."""
+    if _flow_depth(text) > MAX_DEPTH:
+        raise ConfigError(f"{where}: YAML nested deeper than {MAX_DEPTH} levels", hint="flatten the config")
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except RecursionError:

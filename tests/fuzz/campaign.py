@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fuzz_contract import TARGETS, Outcome, run_case, strategy  # noqa: E402
+from fuzz_contract import TARGETS, Outcome, drive_rationales, drive_samples, run_case, strategy  # noqa: E402
 from fuzz_inputs import Case, seeds, serialise  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
@@ -99,10 +99,10 @@ def search(reader: str, examples: int, run_seed: int, counts: Counter[str]) -> t
 
 def campaign(reader: str, examples: int, first_seed: int, out: Path) -> dict[str, Any]:
     target = TARGETS[reader]
-    container = (target.containers or ("jsonl",))[0]
-    warm = Case(entry=f"warm.{container}",
-                files={f"warm.{container}": serialise(seeds(target.kind) if target.kind else [{}], container)})
-    run_case(target, warm, [], False)  # one-time imports (torch for the model-loading verbs) are not a hang
+    if target.drive in (drive_samples, drive_rationales):  # one-time imports (torch, to load the model) are no hang
+        name = f"warm.{target.containers[0]}"
+        run_case(target, Case(entry=name, files={name: serialise(seeds(target.kind), target.containers[0])}), [],
+                 False)
     counts: Counter[str] = Counter()
     saved: list[str] = []
     remaining, run_seed, start = examples, first_seed, time.perf_counter()

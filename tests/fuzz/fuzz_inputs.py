@@ -131,7 +131,8 @@ def _set(obj: Any, path: tuple, value: Any, *, drop: bool = False) -> None:
     for key in path[:-1]:
         obj = obj[key]
     if drop:
-        del obj[path[-1]]
+        if path[-1] in (obj if isinstance(obj, dict) else range(len(obj))):
+            del obj[path[-1]]
     else:
         obj[path[-1]] = value
 
