@@ -8,11 +8,13 @@ import json
 import pytest
 import torch
 
+from sparsealign.evaluate.generation import greedy_decode
 from sparsealign.models.tiny import build_llama, train_tokenizer
-from sparsealign.sparse import SparsityConfig, apply_sparsity, calibrate, record_activations
-from sparsealign.sparse.config import SITES, ControllerConfig
+from sparsealign.sparse.calibration import calibrate, record_activations
+from sparsealign.sparse.config import SITES, ControllerConfig, SparsityConfig
 from sparsealign.sparse.controller import ThresholdController
 from sparsealign.sparse.metrics import empirical_threshold
+from sparsealign.sparse.patch import apply_sparsity
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -56,6 +58,24 @@ def test_padded_batch16_greedy_equals_batch1(stories, texts, prompts, mode, site
     print(f"{mode} {sites}: {changed}/16 rows differ from dense; realized {stats['realized_sparsity']:.3f}")
     assert changed > 0  # the sparsity is real ...
     assert batched == one  # ... and every row of the padded batch decodes exactly as it does alone
+
+
+@torch.no_grad()
+def test_dynamic_rows_follow_the_prefix_cached_early_exit_loop(stories, texts, prompts):
+    """evaluate.generation.greedy_decode: shared prefix run once and its cache copied per batch, rows leave the
+    batch when they stop; each row's controller state must still be its own (batch 16 == batch 1)."""
+    model, tok = stories
+    art = calibrate(model, tok, texts[0][500:530], SparsityConfig(target_sparsity=0.5, max_length=128))
+    prefix = "You are an expert Python programmer, and here is your task: "
+    encoded = [tok(prefix + p)["input_ids"] for p in prompts]
+    stop = lambda ids: len(ids) >= 4 + sum(ids) % 17  # noqa: E731  rows finish at different steps
+    kw = {"max_new_tokens": 24, "eos": set(), "pad_id": tok.pad_token_id, "stop": stop}
+    with apply_sparsity(model, art, "dynamic", "dense"):
+        one = greedy_decode(model, encoded, batch_size=1, **kw)
+        batched = greedy_decode(model, encoded, batch_size=16, **kw)
+    assert len({len(o) for o in one}) > 3  # rows really left the batch at different steps
+    assert batched == one
+    assert one != greedy_decode(model, encoded, batch_size=16, **kw)  # and the sparsity changed tokens
 
 
 @torch.no_grad()

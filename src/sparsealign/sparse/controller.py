@@ -78,6 +78,13 @@ class ThresholdController:
 
     begin = reset  # a new sequence starts every row at the calibrated thresholds
 
+    def snapshot(self) -> tuple:
+        """The whole state (to return to it when a KV cache made at this point is copied and continued)."""
+        return tuple([v.clone() for v in store] for store in (self.m, self.delta, self.seen, self.ema))
+
+    def restore(self, snap: tuple) -> None:
+        self.m, self.delta, self.seen, self.ema = ([v.clone() for v in store] for store in snap)
+
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only these batch rows' state (a generation loop that drops finished rows calls this)."""
         rows = rows.cpu().long()

@@ -27,6 +27,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import re
+import types
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -83,6 +85,7 @@ class _Runtime:
         self.input_sites = [s for s in INPUT_SITES if s in art.sites]
         self.dense_prefix: int | None = None
         self.valid: torch.Tensor | None = None  # [B, T] real (non-padding) positions of the current call
+        self.fresh, self.root, self.last_cache = True, None, lambda: None  # which rows a call continues
         self.clear()
 
     def clear(self) -> None:
@@ -97,7 +100,10 @@ class _Runtime:
         self.site_counts = {s: [[0.0, 0.0] for _ in range(L)] for s in self.input_sites}
 
     def observe_call(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """Forward pre-hook on the decoder stack: padding mask of this call; a new sequence restarts the rows."""
+        """Forward pre-hook on the decoder stack: this call's padding mask, and which rows' controller state it
+        continues.  An empty KV cache is a new sequence (every row restarts); the cache of the previous call
+        continues its rows; another cache (a copy of a cached prompt prefix) restarts from the state saved when
+        that prefix was computed (else from t0).  Rows dropped with `cache.batch_select_indices` are followed."""
         ref = kwargs.get("input_ids", args[0] if args else None)
         ref = ref if ref is not None else kwargs.get("inputs_embeds")
         mask = kwargs.get("attention_mask")
@@ -105,10 +111,31 @@ class _Runtime:
         if ref is not None and isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[0] == ref.shape[0]:
             valid = mask[:, -ref.shape[1]:].bool()
             self.valid = None if bool(valid.all()) else valid
+        ctl = self.controller
+        if ctl is None:
+            return
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        fresh = cache is None or (hasattr(cache, "get_seq_length") and cache.get_seq_length() == 0)
-        if fresh and self.controller is not None:
-            self.controller.begin()
+        length = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
+        self.fresh = cache is None or length == 0
+        if self.fresh:
+            ctl.begin()
+        elif self.last_cache() is not cache:
+            ctl.restore(self.root[1]) if self.root and self.root[0] == length else ctl.begin()
+            if hasattr(cache, "batch_select_indices") and "batch_select_indices" not in vars(cache):
+                cache.batch_select_indices = types.MethodType(self._select_rows, cache)
+
+    def after_call(self, _module: nn.Module, _args: tuple, output: Any) -> None:
+        """Forward post-hook: remember the cache this call extended (and the state at the end of a fresh one)."""
+        cache = getattr(output, "cache", None)
+        cache = cache if cache is not None else getattr(output, "past_key_values", None)
+        self.last_cache = weakref.ref(cache) if cache is not None else lambda: None
+        if self.controller is not None and self.fresh and hasattr(cache, "get_seq_length"):
+            self.root = (cache.get_seq_length(), self.controller.snapshot())
+
+    def _select_rows(self, cache: Any, indices: torch.Tensor) -> None:
+        type(cache).batch_select_indices(cache, indices)
+        if self.controller is not None and self.last_cache() is cache:
+            self.controller.keep_rows(indices)
 
     def valid_for(self, B: int, T: int) -> torch.Tensor | None:
         v = self.valid
@@ -410,7 +437,9 @@ def apply_sparsity(
         originals.append((parent, attr, module))
         wrappers.append(SparseMLP(module, i, rt))
         setattr(parent, attr, wrappers[-1])
-    hooks = [decoder_stack(model, names[0]).register_forward_pre_hook(rt.observe_call, with_kwargs=True)]
+    stack = decoder_stack(model, names[0])
+    hooks = [stack.register_forward_pre_hook(rt.observe_call, with_kwargs=True),
+             stack.register_forward_hook(rt.after_call)]
     for i, name in enumerate(names):
         if "attn_input" in rt.input_sites:
             hooks.append(find_attention(model, name).register_forward_pre_hook(_attn_input_hook(rt, i),
