@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from sparse_helpers import load_code_and_dialogue, load_stories
 from sparsealign.evaluate.generation import greedy_decode
 from sparsealign.models.tiny import build_llama, train_tokenizer
 from sparsealign.sparse.calibration import calibrate, record_activations
@@ -15,6 +16,17 @@ from sparsealign.sparse.config import SITES, ControllerConfig, SparsityConfig
 from sparsealign.sparse.controller import ThresholdController
 from sparsealign.sparse.metrics import empirical_threshold
 from sparsealign.sparse.patch import apply_sparsity
+
+
+@pytest.fixture(scope="module")
+def stories(data_dir):
+    return load_stories(data_dir)
+
+
+@pytest.fixture(scope="module")
+def texts(data_dir):
+    return load_code_and_dialogue(data_dir)
+
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

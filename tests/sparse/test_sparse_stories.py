@@ -6,10 +6,21 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sparse_helpers import load_code_and_dialogue, load_stories
 from sparsealign.sparse.calibration import calibrate, record_activations
 from sparsealign.sparse.config import SparsityConfig
 from sparsealign.sparse.patch import apply_sparsity
 from sparsealign.sparse.quality import evaluate_sparsity
+
+
+@pytest.fixture(scope="module")
+def stories(data_dir):
+    return load_stories(data_dir)
+
+
+@pytest.fixture(scope="module")
+def texts(data_dir):
+    return load_code_and_dialogue(data_dir)
 
 
 @pytest.fixture(scope="module", autouse=True)
