@@ -115,3 +115,18 @@ def test_natural_sparsity_counts_relu_zeros_and_ignores_padding(tiny, tasks):
         h.remove()
     expected = sum(int((a == 0).sum()) for a in acts) / sum(a.numel() for a in acts)
     assert one.values[0] == pytest.approx(expected, abs=1e-12)
+
+
+def test_one_pass_gives_the_separate_metrics(tiny, tasks):
+    from sparsealign.evaluate.mbpp.likelihood import code_likelihood
+
+    model, tok = tiny
+    other = _copy_perturbed(model)
+    both = code_likelihood(model, tok, tasks[:6], kl_to={"alignment_kl": other}, kl_from={"sparse_kl": other},
+                           zeros=True, n_resamples=0)
+    assert set(both) == {"reference_nll", "alignment_kl", "sparse_kl", "natural_sparsity"}
+    np.testing.assert_allclose(both["reference_nll"].values, reference_nll(model, tok, tasks[:6]).values, atol=1e-9)
+    np.testing.assert_allclose(both["alignment_kl"].values, alignment_kl(model, other, tok, tasks[:6]).values,
+                               atol=1e-9)
+    np.testing.assert_allclose(both["sparse_kl"].values, sparse_kl(other, model, tok, tasks[:6]).values, atol=1e-9)
+    assert not np.allclose(both["sparse_kl"].values, both["alignment_kl"].values)  # KL is not symmetric

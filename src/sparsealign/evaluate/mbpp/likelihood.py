@@ -10,6 +10,7 @@ bootstrap CI over tasks:
                                                     reference positions (nats/token):
         sparse_kl   = reference_kl(dense, sparse)    the cost of sparsity
         alignment_kl = reference_kl(aligned, base)   the cost of alignment, on code neither model trained on
+    code_likelihood(model, tok, tasks, ...)      -> all of them for one model in one pass (what the study runs)
     natural_sparsity(model, tok, tasks)          -> fraction of exactly-zero MLP activations (ReLU gate) over
                                                     every real token of prompt + reference (no threshold)
 
@@ -24,7 +25,7 @@ is masked out of every sum, so batch 1 and batch 16 give the same values up to f
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,99 +123,91 @@ def _summarise(name: str, ids: list[Any], totals: np.ndarray, counts: np.ndarray
     return ItemMetric(name, list(ids), values, counts.astype(np.int64), summary)
 
 
-@torch.no_grad()
-def parts_nll(model: Any, parts: Parts, pad_id: int, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Per item: (summed NLL of its continuation tokens, number of tokens)."""
-    totals, counts = np.zeros(len(parts)), np.zeros(len(parts))
-    for idx, ids, attn, target in _batches(parts, batch_size, pad_id):
-        logp = _log_probs(model, ids, attn, target)
-        tokens = ids[:, 1:][target[:, 1:]].to(logp.device)
-        rows = target[:, 1:].nonzero()[:, 0]
-        t, c = _per_item(-logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), rows, len(idx))
-        totals[idx], counts[idx] = t, c
-    return totals, counts
+def _kl(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
+    """Per-row KL(p || q) of log-distributions [M, V]; rounding can give -1e-9, clamped to 0."""
+    return (lp.exp() * (lp - lq.to(lp.device))).sum(-1).clamp_min(0.0)
 
 
 @torch.no_grad()
-def parts_kl(p_model: Any, q_model: Any, parts: Parts, pad_id: int,
-             batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Per item: (summed per-token KL(p || q) of next-token distributions, number of tokens)."""
-    totals, counts = np.zeros(len(parts)), np.zeros(len(parts))
-    for idx, ids, attn, target in _batches(parts, batch_size, pad_id):
-        lp, lq = _log_probs(p_model, ids, attn, target), _log_probs(q_model, ids, attn, target)
-        kl = (lp.exp() * (lp - lq.to(lp.device))).sum(-1).clamp_min(0.0)  # rounding can give -1e-9
-        rows = target[:, 1:].nonzero()[:, 0]
-        t, c = _per_item(kl, rows, len(idx))
-        totals[idx], counts[idx] = t, c
-    return totals, counts
-
-
-@torch.no_grad()
-def parts_zero_fraction(model: Any, parts: Parts, pad_id: int,
-                        batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Per item: (exact-zero MLP activations over all layers and real tokens, activations counted)."""
+def score_parts(model: Any, parts: Parts, pad_id: int, batch_size: int = 16, *,
+                kl_to: Mapping[str, Any] | None = None, kl_from: Mapping[str, Any] | None = None,
+                zeros: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """One pass over the items: per item (sum, count) of "nll" (continuation tokens), of "<name>" for each
+    KL(model || kl_to[name]) and KL(kl_from[name] || model) at the same positions, and with `zeros` of
+    "natural_sparsity" (exact-zero MLP activations over all layers and real tokens, out of all counted)."""
     from sparsealign.sparse.patch import find_mlps
 
-    zeros, counts = np.zeros(len(parts)), np.zeros(len(parts))
+    kl_to, kl_from = dict(kl_to or {}), dict(kl_from or {})
+    names = ["nll", *kl_to, *kl_from] + (["natural_sparsity"] if zeros else [])
+    out = {name: (np.zeros(len(parts)), np.zeros(len(parts))) for name in names}
     state: dict[str, torch.Tensor] = {}
 
-    def hook(_module: Any, _inputs: Any, out: torch.Tensor) -> None:  # out: [B, T, I]
-        real = state["attn"].to(out.device).unsqueeze(-1).bool()
-        state["zeros"] += ((out == 0) & real).sum(dim=(1, 2)).double().cpu()
-        state["seen"] += (real.sum(dim=(1, 2)) * out.shape[-1]).double().cpu()
+    def hook(_module: Any, _inputs: Any, act: torch.Tensor) -> None:  # act: [B, T, I]
+        real = state["attn"].to(act.device).unsqueeze(-1).bool()
+        state["zeros"] += ((act == 0) & real).sum(dim=(1, 2)).double().cpu()
+        state["seen"] += (real.sum(dim=(1, 2)) * act.shape[-1]).double().cpu()
 
-    handles = [mlp.act_fn.register_forward_hook(hook) for _, mlp in find_mlps(model)]
+    handles = [mlp.act_fn.register_forward_hook(hook) for _, mlp in find_mlps(model)] if zeros else []
     try:
-        device = next(model.parameters()).device
-        for idx, ids, attn, _target in _batches(parts, batch_size, pad_id):
+        for idx, ids, attn, target in _batches(parts, batch_size, pad_id):
             state.update(attn=attn, zeros=torch.zeros(len(idx), dtype=torch.float64),
                          seen=torch.zeros(len(idx), dtype=torch.float64))
-            model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False)
-            zeros[idx], counts[idx] = state["zeros"].numpy(), state["seen"].numpy()
+            logp = _log_probs(model, ids, attn, target)
+            rows = target[:, 1:].nonzero()[:, 0]
+            tokens = ids[:, 1:][target[:, 1:]].to(logp.device)
+            sums = {"nll": -logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)}
+            sums.update({name: _kl(logp, _log_probs(m, ids, attn, target)) for name, m in kl_to.items()})
+            sums.update({name: _kl(_log_probs(m, ids, attn, target), logp) for name, m in kl_from.items()})
+            for name, values in sums.items():
+                out[name][0][idx], out[name][1][idx] = _per_item(values, rows, len(idx))
+            if zeros:
+                out["natural_sparsity"][0][idx] = state["zeros"].numpy()
+                out["natural_sparsity"][1][idx] = state["seen"].numpy()
     finally:
         for h in handles:
             h.remove()
-    return zeros, counts
+    return out
 
 
 def _pad_id(tok: Any) -> int:
     return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
 
-def reference_nll(model: Any, tok: Any, tasks: Sequence[MbppTask], *, fmt: PromptFormat | None = None,
-                  batch_size: int = 16, max_length: int = 1024, n_resamples: int = DEFAULT_RESAMPLES,
-                  level: float = DEFAULT_LEVEL, seed: int = 0) -> ItemMetric:
-    """Per-token NLL of each task's reference solution under the prompt `fmt` (default: lm-eval, 0-shot)."""
+def code_likelihood(model: Any, tok: Any, tasks: Sequence[MbppTask], *, kl_to: Mapping[str, Any] | None = None,
+                    kl_from: Mapping[str, Any] | None = None, zeros: bool = False, fmt: PromptFormat | None = None,
+                    batch_size: int = 16, max_length: int = 1024, n_resamples: int = DEFAULT_RESAMPLES,
+                    level: float = DEFAULT_LEVEL, seed: int = 0) -> dict[str, ItemMetric]:
+    """Every metric of this module for one model in one pass over the tasks (see `score_parts` for the names):
+    "reference_nll", each named KL, and with `zeros` "natural_sparsity"."""
     parts, cut = reference_parts(tok, tasks, fmt, max_length)
-    totals, counts = parts_nll(model, parts, _pad_id(tok), batch_size)
-    return _summarise("reference_nll", [t.task_id for t in tasks], totals, counts, {"prompts_truncated": cut},
-                      n_resamples, level, seed)
+    scores = score_parts(model, parts, _pad_id(tok), batch_size, kl_to=kl_to, kl_from=kl_from, zeros=zeros)
+    ids = [t.task_id for t in tasks]
+    return {("reference_nll" if name == "nll" else name):
+            _summarise("reference_nll" if name == "nll" else name, ids, totals, counts, {"prompts_truncated": cut},
+                       n_resamples, level, seed)
+            for name, (totals, counts) in scores.items()}
+
+
+def reference_nll(model: Any, tok: Any, tasks: Sequence[MbppTask], **kw: Any) -> ItemMetric:
+    """Per-token NLL of each task's reference solution under the prompt `fmt` (default: lm-eval, 0-shot)."""
+    return code_likelihood(model, tok, tasks, **kw)["reference_nll"]
 
 
 def reference_kl(p_model: Any, q_model: Any, tok: Any, tasks: Sequence[MbppTask], *, name: str = "reference_kl",
-                 fmt: PromptFormat | None = None, batch_size: int = 16, max_length: int = 1024,
-                 n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL, seed: int = 0) -> ItemMetric:
+                 **kw: Any) -> ItemMetric:
     """Per-token KL(p || q) at the reference-solution positions (p, q: two models with the same tokenizer)."""
-    parts, cut = reference_parts(tok, tasks, fmt, max_length)
-    totals, counts = parts_kl(p_model, q_model, parts, _pad_id(tok), batch_size)
-    return _summarise(name, [t.task_id for t in tasks], totals, counts, {"prompts_truncated": cut},
-                      n_resamples, level, seed)
+    return code_likelihood(p_model, tok, tasks, kl_to={name: q_model}, **kw)[name]
 
 
-def natural_sparsity(model: Any, tok: Any, tasks: Sequence[MbppTask], *, fmt: PromptFormat | None = None,
-                     batch_size: int = 16, max_length: int = 1024, n_resamples: int = DEFAULT_RESAMPLES,
-                     level: float = DEFAULT_LEVEL, seed: int = 0) -> ItemMetric:
+def natural_sparsity(model: Any, tok: Any, tasks: Sequence[MbppTask], **kw: Any) -> ItemMetric:
     """Fraction of MLP activations that are exactly 0 with no threshold (ReLU's own sparsity), per task; a sparsity
     target at or below it changes nothing, so the study's targets must lie above it."""
-    parts, cut = reference_parts(tok, tasks, fmt, max_length)
-    zeros, counts = parts_zero_fraction(model, parts, _pad_id(tok), batch_size)
-    return _summarise("natural_sparsity", [t.task_id for t in tasks], zeros, counts, {"prompts_truncated": cut},
-                      n_resamples, level, seed)
+    return code_likelihood(model, tok, tasks, zeros=True, **kw)["natural_sparsity"]
 
 
 def sparse_kl(dense_model: Any, sparse_model: Any, tok: Any, tasks: Sequence[MbppTask], **kw: Any) -> ItemMetric:
     """KL(dense || sparse): what sparsity changes in the next-token distribution (two model objects)."""
-    return reference_kl(dense_model, sparse_model, tok, tasks, name="sparse_kl", **kw)
+    return code_likelihood(sparse_model, tok, tasks, kl_from={"sparse_kl": dense_model}, **kw)["sparse_kl"]
 
 
 def alignment_kl(aligned_model: Any, base_model: Any, tok: Any, tasks: Sequence[MbppTask], **kw: Any) -> ItemMetric:
