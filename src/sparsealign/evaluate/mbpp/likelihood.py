@@ -34,6 +34,7 @@ import torch
 
 from sparsealign.data.mbpp.prompts import PromptFormat
 from sparsealign.data.records import MbppTask
+from sparsealign.sparse.patch import find_mlps
 from sparsealign.stats.intervals import DEFAULT_LEVEL, DEFAULT_RESAMPLES, bootstrap_ci
 
 DONE = "\n[DONE]"
@@ -135,8 +136,6 @@ def score_parts(model: Any, parts: Parts, pad_id: int, batch_size: int = 16, *,
     """One pass over the items: per item (sum, count) of "nll" (continuation tokens), of "<name>" for each
     KL(model || kl_to[name]) and KL(kl_from[name] || model) at the same positions, and with `zeros` of
     "natural_sparsity" (exact-zero MLP activations over all layers and real tokens, out of all counted)."""
-    from sparsealign.sparse.patch import find_mlps
-
     kl_to, kl_from = dict(kl_to or {}), dict(kl_from or {})
     names = ["nll", *kl_to, *kl_from] + (["natural_sparsity"] if zeros else [])
     out = {name: (np.zeros(len(parts)), np.zeros(len(parts))) for name in names}
