@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
 from sparsealign.config import StrictModel, config_hash
+from sparsealign.data.mbpp.tasks import load_mbpp
+from sparsealign.data.records import MbppTask
 from sparsealign.evaluate.mbpp.evaluator import (
     MbppEvalConfig,
     evaluate_mbpp,
@@ -24,9 +27,12 @@ from sparsealign.evaluate.mbpp.evaluator import (
 )
 from sparsealign.evaluate.tables import load_table
 from sparsealign.io import atomic_write_json
+from sparsealign.models.loading import load_model_and_tokenizer
+from sparsealign.rundir import RunDir
 
 log = logging.getLogger("sparsealign.evaluate")
 STAGE = "eval-mbpp"
+LOAD_FIELDS = {"device", "dtype", "revision", "trust_remote_code", "device_map"}  # passed to the model loader
 
 
 class MbppRunConfig(StrictModel):
@@ -37,6 +43,9 @@ class MbppRunConfig(StrictModel):
     limit: int | None = Field(None, ge=1)
     device: str = "auto"
     dtype: str = "auto"
+    revision: str | None = None  # hub ids: branch, tag or commit
+    trust_remote_code: bool = False
+    device_map: str | None = None  # "auto": accelerate spreads a model too big for one device
     chunk_size: int = Field(50, ge=1, description="tasks per resumable chunk")
     eval: MbppEvalConfig = Field(default_factory=MbppEvalConfig)
 
@@ -46,15 +55,19 @@ def _source_label(cfg: MbppRunConfig) -> str:
 
 
 def _evaluate(cfg: MbppRunConfig, parts_dir: Path | None, progress: bool) -> tuple[dict, list[dict]]:
-    from sparsealign.data.mbpp.tasks import load_mbpp
-
     tasks = load_mbpp(cfg.data, split=cfg.split)[: cfg.limit]
     if cfg.solutions == "reference":
         return run_reference(tasks, cfg.eval)
-    from sparsealign.models.loading import load_model_and_tokenizer
 
     shots = load_mbpp(cfg.data, split="prompt") if cfg.eval.format == "lm-eval" else None
-    model, tok = load_model_and_tokenizer(cfg.model or "", device=cfg.device, dtype=cfg.dtype)
+    model, tok = load_model_and_tokenizer(cfg.model or "", **cfg.model_dump(include=LOAD_FIELDS))
+    return evaluate_loaded(cfg, model, tok, tasks, parts_dir=parts_dir, shots=shots, progress=progress)
+
+
+def evaluate_loaded(cfg: MbppRunConfig, model, tok, tasks: Sequence[MbppTask], *, parts_dir: Path | None = None,
+                    shots: Sequence[MbppTask] | None = None, progress: bool = False) -> tuple[dict, list[dict]]:
+    """The verb's evaluation of an already loaded (possibly sparsified) model: `cfg.chunk_size` tasks at a time,
+    each finished chunk kept in `parts_dir` when given.  The study calls this with its own model and tasks."""
     records: list[dict[str, Any]] = []
     chunks = [tasks[i: i + cfg.chunk_size] for i in range(0, len(tasks), cfg.chunk_size)]
     for idx, chunk in enumerate(chunks):
@@ -77,8 +90,6 @@ def run_mbpp(cfg: MbppRunConfig, *, name: str | None = None, out_path: str | Non
     if name is None:
         summary, records = _evaluate(cfg, None, progress)
     else:
-        from sparsealign.rundir import RunDir
-
         run = RunDir.open(name, STAGE, cfg)
         out_dir = run.path("eval", "mbpp", "summary.json").parent
         holder: dict[str, Any] = {}

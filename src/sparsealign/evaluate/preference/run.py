@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
+from sparsealign.align.config import Method
+from sparsealign.align.logps import TokenizeSettings
+from sparsealign.align.sidecar import read_record
 from sparsealign.config import StrictModel, config_hash
+from sparsealign.data.preference import load_pairs
+from sparsealign.data.records import PreferencePair
 from sparsealign.errors import UserError
+from sparsealign.evaluate.preference.score import evaluate_preference
+from sparsealign.evaluate.tables import load_table, save_table
 from sparsealign.io import atomic_write_json
+from sparsealign.models.loading import load_model_and_tokenizer
+from sparsealign.rundir import RunDir
 
 STAGE = "eval-preference"
 
@@ -18,7 +28,7 @@ class PreferenceRunConfig(StrictModel):
     model: str
     ref_model: str | None = None
     baseline_model: str | None = None
-    method: Literal["dpo", "orpo", "simpo", "rdpo", "rorpo", "rsimpo"]
+    method: Method
     data: str
     split: str | None = None
     limit: int | None = Field(None, ge=1)
@@ -27,25 +37,32 @@ class PreferenceRunConfig(StrictModel):
     kl_samples: int = Field(0, ge=0)
     kl_max_new_tokens: int = Field(128, ge=1)
     max_length: int = Field(512, ge=8)
+    max_prompt_length: int | None = Field(None, ge=1, description="prompt tokens kept (default max_length // 2)")
     batch_size: int = Field(8, ge=1)
     n_resamples: int = Field(1000, ge=0)
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    revision: str | None = None  # hub ids: branch, tag or commit (of --model; ref/baseline use their default)
+    trust_remote_code: bool = False
+    device_map: str | None = None  # "auto": accelerate spreads a model too big for one device
 
 
-def _evaluate(cfg: PreferenceRunConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from sparsealign.align.logps import TokenizeSettings
-    from sparsealign.data.preference import load_pairs
-    from sparsealign.evaluate.preference.score import evaluate_preference
-    from sparsealign.models.loading import load_model_and_tokenizer
+def with_alignment_record(cfg: PreferenceRunConfig) -> PreferenceRunConfig:
+    """β and the reference the model was trained with, from the record its alignment wrote beside it
+    (`sparsealign_alignment.json`), where the config leaves them unset and the method is the one trained."""
+    record = read_record(cfg.model)
+    if record is None or record.method != cfg.method:
+        return cfg
+    return cfg.model_copy(update={"beta": record.beta if cfg.beta is None else cfg.beta,
+                                  "ref_model": cfg.ref_model or record.reference})
 
-    pairs = load_pairs(cfg.data, split=cfg.split, limit=cfg.limit).pairs
-    model, tok = load_model_and_tokenizer(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    ref = load_model_and_tokenizer(cfg.ref_model, device=cfg.device, dtype=cfg.dtype)[0] if cfg.ref_model else None
-    baseline = (load_model_and_tokenizer(cfg.baseline_model, device=cfg.device, dtype=cfg.dtype)[0]
-                if cfg.baseline_model else None)
-    settings = TokenizeSettings(max_length=cfg.max_length, max_prompt_length=cfg.max_length // 2)
+
+def evaluate_loaded(cfg: PreferenceRunConfig, model, tok, pairs: Sequence[PreferencePair], *, ref=None,
+                    baseline=None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The verb's scoring of already loaded models (the study passes its own, possibly sparsified, model)."""
+    settings = TokenizeSettings(max_length=cfg.max_length,
+                                max_prompt_length=cfg.max_prompt_length or cfg.max_length // 2)
     try:
         summary, records = evaluate_preference(
             model, tok, pairs, cfg.method, ref, beta=cfg.beta, tau=cfg.tau, baseline_model=baseline,
@@ -58,15 +75,21 @@ def _evaluate(cfg: PreferenceRunConfig) -> tuple[dict[str, Any], list[dict[str, 
     return summary, records
 
 
+def _evaluate(cfg: PreferenceRunConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    cfg = with_alignment_record(cfg)
+    pairs = load_pairs(cfg.data, split=cfg.split, limit=cfg.limit).pairs
+    opts = cfg.model_dump(include={"device", "dtype", "trust_remote_code", "device_map"})
+    model, tok = load_model_and_tokenizer(cfg.model, revision=cfg.revision, **opts)
+    ref = load_model_and_tokenizer(cfg.ref_model, **opts)[0] if cfg.ref_model else None
+    baseline = load_model_and_tokenizer(cfg.baseline_model, **opts)[0] if cfg.baseline_model else None
+    return evaluate_loaded(cfg, model, tok, pairs, ref=ref, baseline=baseline)
+
+
 def run_preference(cfg: PreferenceRunConfig, *, name: str | None = None,
                    out_path: str | None = None) -> dict[str, Any]:
-    from sparsealign.evaluate.tables import load_table, save_table
-
     if name is None:
         summary, records = _evaluate(cfg)
     else:
-        from sparsealign.rundir import RunDir
-
         run = RunDir.open(name, STAGE, cfg)
         out_dir = run.path("eval", "preference", "summary.json").parent
         records = []
