@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -10,14 +12,19 @@ from sparsealign.data.mbpp.prompts import lm_eval_query
 from sparsealign.data.mbpp.tasks import load_mbpp
 from sparsealign.evaluate.mbpp.likelihood import (
     alignment_kl,
+    code_likelihood,
     encode_pair,
     natural_sparsity,
     reference_kl,
     reference_nll,
+    reference_parts,
     reference_text,
     sparse_kl,
 )
 from sparsealign.models.tiny import tiny_model_and_tokenizer
+from sparsealign.sparse.calibration import calibrate
+from sparsealign.sparse.config import SparsityConfig
+from sparsealign.sparse.patch import apply_sparsity
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -72,8 +79,6 @@ def test_kl_of_a_model_with_itself_is_zero_and_positive_against_another(tiny, ta
 
 
 def _copy_perturbed(model):
-    import copy
-
     other = copy.deepcopy(model)
     with torch.no_grad():
         for p in other.parameters():
@@ -82,8 +87,6 @@ def _copy_perturbed(model):
 
 
 def test_threshold_zero_gives_kl_zero_and_a_real_threshold_does_not(tiny, tasks):
-    from sparsealign.sparse import SparsityConfig, apply_sparsity, calibrate
-
     model, tok = tiny
     dense = _copy_perturbed(model)  # any ReLU model; a separate object stays dense
     sparse = _copy_perturbed(model)
@@ -104,8 +107,6 @@ def test_natural_sparsity_counts_relu_zeros_and_ignores_padding(tiny, tasks):
     np.testing.assert_allclose(one.values, padded.values, atol=1e-12)  # padding would add (or drop) zeros
     assert 0.05 < one.summary["estimate"] < 0.95
     # by hand for one task: every layer's relu(gate(x)) over its tokens
-    from sparsealign.evaluate.mbpp.likelihood import reference_parts
-
     (ctx, tgt), = reference_parts(tok, tasks[:1])[0]
     acts = []
     hooks = [layer.mlp.act_fn.register_forward_hook(lambda m, i, o: acts.append(o)) for layer in model.model.layers]
@@ -118,8 +119,6 @@ def test_natural_sparsity_counts_relu_zeros_and_ignores_padding(tiny, tasks):
 
 
 def test_one_pass_gives_the_separate_metrics(tiny, tasks):
-    from sparsealign.evaluate.mbpp.likelihood import code_likelihood
-
     model, tok = tiny
     other = _copy_perturbed(model)
     both = code_likelihood(model, tok, tasks[:6], kl_to={"alignment_kl": other}, kl_from={"sparse_kl": other},
