@@ -63,9 +63,72 @@ void updown(const float* x, const float* c, const int64_t* idx, int64_t k, const
     }
     for (int t = 0; t < nthreads; t++) axpy(1.f, scratch + (int64_t)t * H, y, H);
 }
+/* Bounded gate pre-check: q [I, H] int8 with per-row scale s, e[i] = ||W[i] - s q[i]||_2 (stored at build time).
+   |W[i].x - s q[i].x| <= e[i] ||x||_2 (Cauchy-Schwarz), so g_i lies in [lo, hi] = s q[i].x -+ (e[i] ||x|| + slack)
+   and max |act(g)| over that interval bounds |a_i|.  Rows whose bound is <= floor (<= the threshold applied) can
+   never be active: they are skipped, exactly.  act: 0 relu, 1 silu.  Writes the candidate rows to idx. */
+static inline float silu(float v) { return v / (1.f + __builtin_expf(-v)); }
+int64_t precheck(const int8_t* q, const float* s, const float* e, int64_t I, int64_t H, const float* x,
+                 float xnorm, float floor_, int act, float* ub, int64_t* idx, int nthreads) {
+    #pragma omp parallel for num_threads(nthreads) if(nthreads > 1) schedule(static)
+    for (int64_t i0 = 0; i0 < I; i0 += 4) {  /* 4 rows at a time: 4 independent FMA chains, x read once */
+        const int8_t* r = q + i0 * H;
+        int64_t n = I - i0 < 4 ? I - i0 : 4;
+        float acc[4] = {0.f, 0.f, 0.f, 0.f};
+        if (n == 4) {
+            float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+            #pragma omp simd reduction(+:a0, a1, a2, a3)
+            for (int64_t j = 0; j < H; j++) {
+                a0 += (float)r[j] * x[j]; a1 += (float)r[H + j] * x[j];
+                a2 += (float)r[2 * H + j] * x[j]; a3 += (float)r[3 * H + j] * x[j];
+            }
+            acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;
+        } else {
+            for (int64_t m = 0; m < n; m++) {
+                float a0 = 0.f;
+                #pragma omp simd reduction(+:a0)
+                for (int64_t j = 0; j < H; j++) a0 += (float)r[m * H + j] * x[j];
+                acc[m] = a0;
+            }
+        }
+        for (int64_t m = 0; m < n; m++) {
+        int64_t i = i0 + m;
+        float g = s[i] * acc[m], rad = e[i] * xnorm * 1.0001f + 1e-4f * __builtin_fabsf(g) + 1e-30f;
+        float lo = g - rad, hi = g + rad, mx;
+        if (act == 0) mx = hi > 0.f ? hi : 0.f;
+        else {
+            float a = __builtin_fabsf(silu(lo)), b = __builtin_fabsf(silu(hi));
+            mx = a > b ? a : b;
+            if (lo < -1.2785f && hi > -1.2785f && mx < 0.2785f) mx = 0.2785f;
+        }
+        ub[i] = mx;
+        }
+    }
+    int64_t k = 0;
+    for (int64_t i = 0; i < I; i++) if (ub[i] > floor_) idx[k++] = i;
+    return k;
+}
+/* Column-sparse matvec (TEAL): y[O] = sum_j v[j] * wt[idx[j]], wt [*, O] the transposed (input-major) weight, so
+   only the rows of active inputs are read, each once.  Threads split the O outputs (no reduction needed). */
+void colsparse(const float* wt, const int64_t* idx, const float* v, int64_t k, int64_t O, float* y, int nthreads) {
+    #pragma omp parallel num_threads(nthreads) if(nthreads > 1)
+    {
+        int t = omp_get_thread_num(), n = omp_get_num_threads();
+        int64_t o0 = (O * t / n) & ~(int64_t)15, o1 = t == n - 1 ? O : (O * (t + 1) / n) & ~(int64_t)15;
+        memset(y + o0, 0, (o1 - o0) * sizeof(float));
+        for (int64_t j = 0; j < k; j++) axpy(v[j], wt + idx[j] * O + o0, y + o0, o1 - o0);
+    }
+}
+/* Sustained read bandwidth probe: a streaming sum the compiler vectorises (several accumulators). */
+float stream_sum(const float* a, int64_t n, int nthreads) {
+    float acc = 0.f;
+    #pragma omp parallel for simd num_threads(nthreads) reduction(+:acc) schedule(static)
+    for (int64_t i = 0; i < n; i++) acc += a[i];
+    return acc;
+}
 """
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
-P, I64, INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+P, I64, INT, FLT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 MAX_THREADS = 64
 
 
@@ -104,6 +167,11 @@ def load() -> ctypes.CDLL | None:
     lib = ctypes.CDLL(str(so))
     lib.rowdots.argtypes = [P, P, I64, P, I64, P, INT]
     lib.updown.argtypes = [P, P, P, I64, P, P, I64, P, P, INT]
+    lib.precheck.argtypes = [P, P, P, I64, I64, P, FLT, FLT, INT, P, P, INT]
+    lib.precheck.restype = I64
+    lib.colsparse.argtypes = [P, P, P, I64, I64, P, INT]
+    lib.stream_sum.argtypes = [P, I64, INT]
+    lib.stream_sum.restype = FLT
     return lib
 
 
@@ -131,3 +199,24 @@ def updown(lib: ctypes.CDLL, x: torch.Tensor, c: torch.Tensor, idx: torch.Tensor
     lib.updown(x.data_ptr(), c.data_ptr(), idx.data_ptr(), idx.numel(), w_up.data_ptr(), w_down_t.data_ptr(),
                x.numel(), y.data_ptr(), scratch.data_ptr(), _threads(idx.numel()))
     return y
+
+
+def precheck(lib: ctypes.CDLL, q: torch.Tensor, scale: torch.Tensor, err: torch.Tensor, x: torch.Tensor, floor: float,
+             act: int, threads: int = 1) -> torch.Tensor:
+    """Rows i of the int8 gate whose bound on |act(W_gate[i] . x)| exceeds `floor` (int64 [k])."""
+    rows, h = q.shape
+    ub, idx = torch.empty(rows), torch.empty(rows, dtype=torch.int64)
+    k = lib.precheck(q.data_ptr(), scale.data_ptr(), err.data_ptr(), rows, h, x.data_ptr(),
+                     float(torch.linalg.vector_norm(x)), floor, act, ub.data_ptr(), idx.data_ptr(), threads)
+    return idx[:k]
+
+
+def colsparse(lib: ctypes.CDLL, wt: torch.Tensor, idx: torch.Tensor, v: torch.Tensor, threads: int = 1) -> torch.Tensor:
+    """y = sum_j v[j] * wt[idx[j]] for an input-major weight wt [In, Out] (reads |idx| rows in place)."""
+    y = torch.empty(wt.shape[1], dtype=torch.float32)
+    lib.colsparse(wt.data_ptr(), idx.data_ptr(), v.data_ptr(), idx.numel(), wt.shape[1], y.data_ptr(), threads)
+    return y
+
+
+def stream_sum(lib: ctypes.CDLL, a: torch.Tensor, threads: int) -> float:
+    return float(lib.stream_sum(a.data_ptr(), a.numel(), threads))
