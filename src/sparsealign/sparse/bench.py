@@ -1,25 +1,30 @@
-"""Batch-1 CPU decode speed, dense vs sparse (static / dynamic / predictor), with the Amdahl ideal beside it.
+"""Batch-1 CPU decode speed, dense vs sparse (static / dynamic / predictor), against the memory roofline.
 
     bench_decode(model, tokenizer, calib_texts, prompt, sparsities=, modes=, tokens=) -> {"results": [...], ...}
 
-A row is {mode, sparsity, dense_tokens_per_s, sparse_tokens_per_s, speedup, ideal_speedup, ...}.  How it is
-measured (the same way for every row, in one process):
-- decode = greedy, batch 1, fp32, HF KV cache (DynamicCache): one prefill forward, then `tokens` single-token
-  forwards; only the single-token forwards are timed.  The sparse model uses the patched MLPs' fast path
-  (`sparse.fastpath`, gather-accumulate over neuron-major weights).
-- FFN time: forward pre/post hooks on every MLP module accumulate wall time during the timed steps, so each row
-  also reports the FFN block's own speedup.
-- Pairing: dense and sparse decode side by side, alternating every token step (each with its own KV cache; the
-  MLP modules are swapped between steps), so a busy neighbour on shared cores slows both sides of a ratio alike;
-  `repeats` such runs are averaged.
-- ideal_speedup = Amdahl: 1 / ((1 - f) + f * (1 - skipped)), f = FFN share of the dense decode time (measured
-  by the hooks), skipped = FFN FLOPs skipped (= weight bytes not read) from the realized active counts of the
-  timed steps, with the dense gate for static/dynamic and the predictor's own FLOPs for predictor mode
-  (`metrics.ffn_flops`).  ffn_ideal_speedup = 1 / (1 - skipped); ffn_fraction_of_ideal = ffn_speedup / that.
+A row is {mode, sparsity, dense_tokens_per_s, sparse_tokens_per_s, speedup, ideal_speedup,
+dense_fraction_of_roofline, sparse_fraction_of_roofline, ...}.  How it is measured (the same way for every row,
+in one process):
+- decode = greedy, batch 1, fp32, the static-KV decoder of `sparse.decode` (the layer loop in plain torch ops over
+  the model's own weights; no HF per-module dispatch): one dense prefill, then `tokens` single-token steps, of
+  which only the steps are timed.  The sparse side runs the same loop with the MLPs patched by `apply_sparsity`
+  (fast path of `sparse.fastpath`: C kernels reading active rows in place; static/dynamic use the exact int8 gate
+  pre-check).
+- Pairing: dense and sparse decode side by side, alternating every token step (each with its own KV cache), so a
+  busy neighbour on shared cores slows both sides of a ratio alike; the sparse side is fed the dense side's greedy
+  tokens, so KL(dense || sparse) and top-1 agreement of every step come with the speed (`kl_mean`,
+  `top1_agreement`).  `repeats` such runs are averaged.
+- Roofline (`sparse.roofline`): bytes per step are counted (dense: every weight, norms, K/V, lm_head; sparse: the
+  same outside the FFN plus what the active sets touched, predictor weights included), the read bandwidth is
+  measured in-process before every row (the median of the probes is used); roofline tokens/s = bandwidth / bytes,
+  `*_fraction_of_roofline` = measured / roofline, `*_overhead_ms_per_token` = time not explained by bytes.
+- ideal_speedup = dense bytes / sparse bytes per token (what the roofline allows); fraction_of_ideal = speedup /
+  ideal.  amdahl_speedup = 1 / ((1 - f) + f (1 - skipped)) with f the FFN share of dense decode time and skipped
+  the FFN bytes skipped; ffn_* = the FFN block alone (timed around each MLP call).  flops_skipped = from
+  `handle.stats()` (FLOP count, the gate counted dense for static/dynamic as before).
 - Predictor mode on random weights: a low-rank predictor cannot learn random activations, so for speed rows the
   logit cut-off is set to the quantile that keeps (1 - sparsity) of the neurons on the dense decode trajectory
-  being timed (`predictor_cutoff="density"`); quality is measured elsewhere (curves), speed only depends on
-  the size of the predicted set, and the predictor's own cost is timed and counted.
+  being timed (`predictor_cutoff="density"`); its KL on random weights says nothing about real models.
 """
 
 from __future__ import annotations
