@@ -69,8 +69,9 @@ def test_gate_precheck_keeps_every_active_row_and_their_exact_values(act):
     mlp.act_fn = torch.nn.ReLU() if act == "relu" else torch.nn.SiLU()
     nm = NeuronMajor(mlp, precheck=True)
     assert nm.q8 is not None
-    q, scale, err = quantize_rows(lin.weight)
+    q, scale, err, qnorm = quantize_rows(lin.weight)
     assert torch.all(err <= scale * math.sqrt(192) / 2 + 1e-7)  # rounding error <= half a step per entry
+    assert torch.allclose(qnorm, torch.linalg.vector_norm(q.float() * scale[:, None], dim=1))
     for seed in range(3):
         x = torch.randn(192, generator=torch.Generator().manual_seed(seed))
         a_ref = mlp.act_fn(lin(x)).detach()

@@ -77,11 +77,10 @@ class NeuronMajor:
         if self.q8 is None or floor <= 0.0 or (self._cand_frac > 0.6 and self._calls % 64):
             self.bytes_read += inter * self._row_bytes
             return self.act(F.linear(x, self.w_gate, self.b_gate))
-        q, scale, err = self.q8
         x = x.contiguous()
-        idx = kernels.precheck(self.lib, q, scale, err, x, floor, self.act_kind)
+        idx = kernels.precheck(self.lib, self.q8, x, floor, self.act_kind)
         self._cand_frac = idx.numel() / inter
-        self.bytes_read += q.numel() + 8 * inter + idx.numel() * self._row_bytes
+        self.bytes_read += self.q8[0].numel() + 12 * inter + idx.numel() * self._row_bytes
         a = torch.zeros(inter)
         a[idx] = self.act(kernels.rowdots(self.lib, self.w_gate, idx, x))
         return a
@@ -116,10 +115,12 @@ class NeuronMajor:
         return self._down(idx, a * u * keep), int(keep.sum())
 
 
-def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8 copy of w [R, C]: (q int8 [R, C], scale [R], ||w_r - scale_r q_r||_2 [R])."""
+def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8 copy of w [R, C]: (q int8 [R, C], scale [R], ||w_r - scale_r q_r||_2 [R],
+    ||scale_r q_r||_2 [R]) — the two norms bound the pre-check's error (`kernels.precheck`)."""
     w = w.detach().float()
     scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-30)
     q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-    err = torch.linalg.vector_norm(w - q.float() * scale[:, None], dim=1)
-    return q.contiguous(), scale.contiguous(), err.contiguous()
+    w_hat = q.float() * scale[:, None]
+    err = torch.linalg.vector_norm(w - w_hat, dim=1)
+    return q.contiguous(), scale.contiguous(), err.contiguous(), torch.linalg.vector_norm(w_hat, dim=1).contiguous()

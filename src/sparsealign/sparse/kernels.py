@@ -31,6 +31,7 @@ SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
 #include <omp.h>
+#include <immintrin.h>
 static inline float dot(const float* a, const float* b, int64_t n) {
     float acc = 0.f;
     #pragma omp simd reduction(+:acc)
@@ -63,45 +64,70 @@ void updown(const float* x, const float* c, const int64_t* idx, int64_t k, const
     }
     for (int t = 0; t < nthreads; t++) axpy(1.f, scratch + (int64_t)t * H, y, H);
 }
-/* Bounded gate pre-check: q [I, H] int8 with per-row scale s, e[i] = ||W[i] - s q[i]||_2 (stored at build time).
-   |W[i].x - s q[i].x| <= e[i] ||x||_2 (Cauchy-Schwarz), so g_i lies in [lo, hi] = s q[i].x -+ (e[i] ||x|| + slack)
-   and max |act(g)| over that interval bounds |a_i|.  Rows whose bound is <= floor (<= the threshold applied) can
-   never be active: they are skipped, exactly.  act: 0 relu, 1 silu.  Writes the candidate rows to idx. */
+/* Bounded gate pre-check.  q [I, H] int8 with per-row scale s (W[i] ~ s_i q_i), e[i] = ||W[i] - s_i q_i||_2 and
+   qn[i] = ||s_i q_i||_2, both stored at build time.  x is quantised to int16 xq with step sx (|xq| small enough
+   that the int32 dot cannot overflow), so q_i . xq is exact integer arithmetic (AVX-512 VNNI: 32 MACs an op) and
+       |W[i].x - s_i sx (q_i . xq)| <= e[i] ||x|| + qn[i] ||x - sx xq||          (Cauchy-Schwarz, twice)
+   g_i lies in [lo, hi] = estimate -+ that radius (+ a float-rounding slack), and max |act(g)| over the interval
+   bounds |a_i|.  Rows whose bound is <= floor (<= the threshold applied) can never be active: they are skipped,
+   exactly.  act: 0 relu, 1 silu.  Writes the candidate rows to idx, returns their number. */
 static inline float silu(float v) { return v / (1.f + __builtin_expf(-v)); }
-int64_t precheck(const int8_t* q, const float* s, const float* e, int64_t I, int64_t H, const float* x,
-                 float xnorm, float floor_, int act, float* ub, int64_t* idx, int nthreads) {
+static inline void dot4_i8(const int8_t* r, int64_t H, const int16_t* xq, int64_t n, int32_t* out) {
+    int64_t j0 = 0;
+    for (int64_t m = 0; m < 4; m++) out[m] = 0;
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    if (n == 4) {
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+        for (; j0 + 32 <= H; j0 += 32) {
+            __m512i xv = _mm512_loadu_si512((const void*)(xq + j0));
+            a0 = _mm512_dpwssd_epi32(a0, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(r + j0))), xv);
+            a1 = _mm512_dpwssd_epi32(a1, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(r + H + j0))), xv);
+            a2 = _mm512_dpwssd_epi32(a2, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(r + 2 * H + j0))), xv);
+            a3 = _mm512_dpwssd_epi32(a3, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(r + 3 * H + j0))), xv);
+        }
+        out[0] = _mm512_reduce_add_epi32(a0); out[1] = _mm512_reduce_add_epi32(a1);
+        out[2] = _mm512_reduce_add_epi32(a2); out[3] = _mm512_reduce_add_epi32(a3);
+    }
+#endif
+    for (int64_t m = 0; m < n; m++) {
+        int32_t acc = 0;
+        int64_t start = (n == 4) ? j0 : 0;
+        #pragma omp simd reduction(+:acc)
+        for (int64_t j = start; j < H; j++) acc += (int32_t)r[m * H + j] * (int32_t)xq[j];
+        out[m] += acc;
+    }
+}
+int64_t precheck(const int8_t* q, const float* s, const float* e, const float* qn, int64_t I, int64_t H,
+                 const float* x, float floor_, int act, float* ub, int64_t* idx, int16_t* xq, int nthreads) {
+    float amax = 0.f, xn2 = 0.f, dx2 = 0.f;
+    for (int64_t j = 0; j < H; j++) { float v = __builtin_fabsf(x[j]); amax = v > amax ? v : amax; xn2 += x[j] * x[j]; }
+    double lim = 2147483000.0 / (127.0 * (double)H);  /* |sum of H products| < 2^31 */
+    float qmax = (float)(lim < 32767.0 ? lim : 32767.0);
+    float sx = amax > 0.f ? amax / qmax : 1.f;
+    for (int64_t j = 0; j < H; j++) {
+        float v = __builtin_roundf(x[j] / sx);
+        v = v > qmax ? qmax : (v < -qmax ? -qmax : v);
+        xq[j] = (int16_t)v;
+        float d = x[j] - sx * v; dx2 += d * d;
+    }
+    float xnorm = __builtin_sqrtf(xn2) * 1.0001f, dxn = __builtin_sqrtf(dx2) * 1.0001f + 1e-30f;
     #pragma omp parallel for num_threads(nthreads) if(nthreads > 1) schedule(static)
-    for (int64_t i0 = 0; i0 < I; i0 += 4) {  /* 4 rows at a time: 4 independent FMA chains, x read once */
-        const int8_t* r = q + i0 * H;
+    for (int64_t i0 = 0; i0 < I; i0 += 4) {  /* 4 rows at a time: independent accumulators, xq read once */
         int64_t n = I - i0 < 4 ? I - i0 : 4;
-        float acc[4] = {0.f, 0.f, 0.f, 0.f};
-        if (n == 4) {
-            float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-            #pragma omp simd reduction(+:a0, a1, a2, a3)
-            for (int64_t j = 0; j < H; j++) {
-                a0 += (float)r[j] * x[j]; a1 += (float)r[H + j] * x[j];
-                a2 += (float)r[2 * H + j] * x[j]; a3 += (float)r[3 * H + j] * x[j];
-            }
-            acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;
-        } else {
-            for (int64_t m = 0; m < n; m++) {
-                float a0 = 0.f;
-                #pragma omp simd reduction(+:a0)
-                for (int64_t j = 0; j < H; j++) a0 += (float)r[m * H + j] * x[j];
-                acc[m] = a0;
-            }
-        }
+        int32_t acc[4];
+        dot4_i8(q + i0 * H, H, xq, n, acc);
         for (int64_t m = 0; m < n; m++) {
-        int64_t i = i0 + m;
-        float g = s[i] * acc[m], rad = e[i] * xnorm * 1.0001f + 1e-4f * __builtin_fabsf(g) + 1e-30f;
-        float lo = g - rad, hi = g + rad, mx;
-        if (act == 0) mx = hi > 0.f ? hi : 0.f;
-        else {
-            float a = __builtin_fabsf(silu(lo)), b = __builtin_fabsf(silu(hi));
-            mx = a > b ? a : b;
-            if (lo < -1.2785f && hi > -1.2785f && mx < 0.2785f) mx = 0.2785f;
-        }
-        ub[i] = mx;
+            int64_t i = i0 + m;
+            float g = s[i] * sx * (float)acc[m];
+            float rad = e[i] * xnorm + qn[i] * dxn + 1e-5f * __builtin_fabsf(g) + 1e-30f;
+            float lo = g - rad, hi = g + rad, mx;
+            if (act == 0) mx = hi > 0.f ? hi : 0.f;
+            else {
+                float a = __builtin_fabsf(silu(lo)), b = __builtin_fabsf(silu(hi));
+                mx = a > b ? a : b;
+                if (lo < -1.2785f && hi > -1.2785f && mx < 0.2785f) mx = 0.2785f;
+            }
+            ub[i] = mx;
         }
     }
     int64_t k = 0;
@@ -167,7 +193,7 @@ def load() -> ctypes.CDLL | None:
     lib = ctypes.CDLL(str(so))
     lib.rowdots.argtypes = [P, P, I64, P, I64, P, INT]
     lib.updown.argtypes = [P, P, P, I64, P, P, I64, P, P, INT]
-    lib.precheck.argtypes = [P, P, P, I64, I64, P, FLT, FLT, INT, P, P, INT]
+    lib.precheck.argtypes = [P, P, P, P, I64, I64, P, FLT, INT, P, P, P, INT]
     lib.precheck.restype = I64
     lib.colsparse.argtypes = [P, P, P, I64, I64, P, INT]
     lib.stream_sum.argtypes = [P, I64, INT]
@@ -201,13 +227,15 @@ def updown(lib: ctypes.CDLL, x: torch.Tensor, c: torch.Tensor, idx: torch.Tensor
     return y
 
 
-def precheck(lib: ctypes.CDLL, q: torch.Tensor, scale: torch.Tensor, err: torch.Tensor, x: torch.Tensor, floor: float,
-             act: int, threads: int = 1) -> torch.Tensor:
-    """Rows i of the int8 gate whose bound on |act(W_gate[i] . x)| exceeds `floor` (int64 [k])."""
+def precheck(lib: ctypes.CDLL, q8: tuple[torch.Tensor, ...], x: torch.Tensor, floor: float, act: int,
+             threads: int = 1) -> torch.Tensor:
+    """Rows i of the int8 gate `q8` = (q, scale, err, qnorm) whose bound on |act(W_gate[i] . x)| exceeds
+    `floor` (int64 [k])."""
+    q, scale, err, qnorm = q8
     rows, h = q.shape
-    ub, idx = torch.empty(rows), torch.empty(rows, dtype=torch.int64)
-    k = lib.precheck(q.data_ptr(), scale.data_ptr(), err.data_ptr(), rows, h, x.data_ptr(),
-                     float(torch.linalg.vector_norm(x)), floor, act, ub.data_ptr(), idx.data_ptr(), threads)
+    ub, idx, xq = torch.empty(rows), torch.empty(rows, dtype=torch.int64), torch.empty(h, dtype=torch.int16)
+    k = lib.precheck(q.data_ptr(), scale.data_ptr(), err.data_ptr(), qnorm.data_ptr(), rows, h, x.data_ptr(), floor,
+                     act, ub.data_ptr(), idx.data_ptr(), xq.data_ptr(), threads)
     return idx[:k]
 
 
