@@ -32,26 +32,45 @@ SOURCE = r"""
 #include <string.h>
 #include <omp.h>
 #include <immintrin.h>
-static inline float dot(const float* a, const float* b, int64_t n) {
+/* Rows are read in an order only the index knows, so the hardware prefetcher restarts at every row; while one
+   row is processed, the next one (pf) is prefetched line by line, a 1 KB block at a time. */
+static inline void prefetch_block(const float* pf, int64_t i0, int64_t i1) {
+    if (pf) for (int64_t p = i0; p < i1; p += 16) __builtin_prefetch(pf + p, 0, 3);
+}
+static inline float dot(const float* a, const float* b, int64_t n, const float* pf) {
     float acc = 0.f;
-    #pragma omp simd reduction(+:acc)
-    for (int64_t i = 0; i < n; i++) acc += a[i] * b[i];
+    for (int64_t i0 = 0; i0 < n; i0 += 256) {
+        int64_t i1 = i0 + 256 < n ? i0 + 256 : n;
+        prefetch_block(pf, i0, i1);
+        #pragma omp simd reduction(+:acc)
+        for (int64_t i = i0; i < i1; i++) acc += a[i] * b[i];
+    }
     return acc;
 }
-static inline void axpy(float s, const float* x, float* y, int64_t n) {
-    #pragma omp simd
-    for (int64_t i = 0; i < n; i++) y[i] += s * x[i];
+static inline void axpy(float s, const float* x, float* y, int64_t n, const float* pf) {
+    for (int64_t i0 = 0; i0 < n; i0 += 256) {
+        int64_t i1 = i0 + 256 < n ? i0 + 256 : n;
+        prefetch_block(pf, i0, i1);
+        #pragma omp simd
+        for (int64_t i = i0; i < i1; i++) y[i] += s * x[i];
+    }
 }
+#define NEXT(base, idx, j, k, stride) ((j) + 1 < (k) ? (base) + (idx)[(j) + 1] * (stride) : (const float*)0)
 void rowdots(const float* w, const int64_t* idx, int64_t k, const float* x, int64_t H, float* out, int nthreads) {
     #pragma omp parallel for num_threads(nthreads) if(nthreads > 1 && k >= 256) schedule(static)
-    for (int64_t j = 0; j < k; j++) out[j] = dot(w + idx[j] * H, x, H);
+    for (int64_t j = 0; j < k; j++) out[j] = dot(w + idx[j] * H, x, H, NEXT(w, idx, j, k, H));
+}
+static void updown_range(const float* x, const float* c, const int64_t* idx, int64_t j0, int64_t j1,
+                         const float* w_up, const float* w_down_t, int64_t H, float* y) {
+    for (int64_t j = j0; j < j1; j++)
+        axpy(c[j] * dot(w_up + idx[j] * H, x, H, NEXT(w_up, idx, j, j1, H)), w_down_t + idx[j] * H, y, H,
+             NEXT(w_down_t, idx, j, j1, H));
 }
 void updown(const float* x, const float* c, const int64_t* idx, int64_t k, const float* w_up,
             const float* w_down_t, int64_t H, float* y, float* scratch, int nthreads) {
     memset(y, 0, H * sizeof(float));
     if (nthreads <= 1 || k < 256) {
-        for (int64_t j = 0; j < k; j++)
-            axpy(c[j] * dot(w_up + idx[j] * H, x, H), w_down_t + idx[j] * H, y, H);
+        updown_range(x, c, idx, 0, k, w_up, w_down_t, H, y);
         return;
     }
     #pragma omp parallel num_threads(nthreads)
@@ -59,10 +78,9 @@ void updown(const float* x, const float* c, const int64_t* idx, int64_t k, const
         int t = omp_get_thread_num(), n = omp_get_num_threads();
         float* acc = scratch + (int64_t)t * H;
         memset(acc, 0, H * sizeof(float));
-        for (int64_t j = k * t / n; j < k * (t + 1) / n; j++)
-            axpy(c[j] * dot(w_up + idx[j] * H, x, H), w_down_t + idx[j] * H, acc, H);
+        updown_range(x, c, idx, k * t / n, k * (t + 1) / n, w_up, w_down_t, H, acc);
     }
-    for (int t = 0; t < nthreads; t++) axpy(1.f, scratch + (int64_t)t * H, y, H);
+    for (int t = 0; t < nthreads; t++) axpy(1.f, scratch + (int64_t)t * H, y, H, 0);
 }
 /* Bounded gate pre-check.  q [I, H] int8 with per-row scale s (W[i] ~ s_i q_i), e[i] = ||W[i] - s_i q_i||_2 and
    qn[i] = ||s_i q_i||_2, both stored at build time.  x is quantised to int16 xq with step sx (|xq| small enough
@@ -142,7 +160,8 @@ void colsparse(const float* wt, const int64_t* idx, const float* v, int64_t k, i
         int t = omp_get_thread_num(), n = omp_get_num_threads();
         int64_t o0 = (O * t / n) & ~(int64_t)15, o1 = t == n - 1 ? O : (O * (t + 1) / n) & ~(int64_t)15;
         memset(y + o0, 0, (o1 - o0) * sizeof(float));
-        for (int64_t j = 0; j < k; j++) axpy(v[j], wt + idx[j] * O + o0, y + o0, o1 - o0);
+        for (int64_t j = 0; j < k; j++)
+            axpy(v[j], wt + idx[j] * O + o0, y + o0, o1 - o0, j + 1 < k ? wt + idx[j + 1] * O + o0 : 0);
     }
 }
 /* Sustained read bandwidth probe: a streaming sum the compiler vectorises (several accumulators). */
