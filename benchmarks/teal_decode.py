@@ -121,7 +121,7 @@ def main() -> int:
             sp = {k: statistics.mean(r["sparse"][k] for r in runs) for k in keys}
             row = {"sites": name, "sparsity": s, "dense_tokens_per_s": 1 / d["total"],
                    "sparse_tokens_per_s": 1 / sp["total"], "speedup": d["total"] / sp["total"],
-                   **roofline_fields(d, sp, statistics.median(bws)),
+                   **roofline_fields(d, sp, statistics.median(b for r in runs for b in r["bandwidth_probes"])),
                    "decode_kl_mean": statistics.mean(r["kl"] for r in runs),
                    "decode_top1": statistics.mean(r["top1"] for r in runs),
                    **quality(model, tok, held, th)}

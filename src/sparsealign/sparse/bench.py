@@ -16,7 +16,8 @@ in one process):
   `top1_agreement`).  `repeats` such runs are averaged.
 - Roofline (`sparse.roofline`): bytes per step are counted (dense: every weight, norms, K/V, lm_head; sparse: the
   same outside the FFN plus what the active sets touched, predictor weights included), the read bandwidth is
-  measured in-process before every row (the median of the probes is used); roofline tokens/s = bandwidth / bytes,
+  measured in-process before every step pair (the row uses the median; `bandwidth_probe_spread` = min, max; the
+  result's `bandwidth_probes` are 256 MB probes between rows); roofline tokens/s = bandwidth / bytes,
   `*_fraction_of_roofline` = measured / roofline, `*_overhead_ms_per_token` = time not explained by bytes.
 - ideal_speedup = dense bytes / sparse bytes per token (what the roofline allows); fraction_of_ideal = speedup /
   ideal.  amdahl_speedup = 1 / ((1 - f) + f (1 - skipped)) with f the FFN share of dense decode time and skipped
@@ -258,7 +259,9 @@ def bench_decode(
             d = {k: sum(r["dense"][k] for r in runs) / repeats for k in keys}
             sp = {k: sum(r["sparse"][k] for r in runs) / repeats for k in keys}
             sp.update(kl=sum(r["kl"] for r in runs) / repeats, top1=sum(r["top1"] for r in runs) / repeats)
-            row = _row(mode, sparsity, d, sp, stats, statistics.median(bws), num_layers, extrapolate_layers)
+            inloop = [b for r in runs for b in r["bandwidth_probes"]]
+            row = _row(mode, sparsity, d, sp, stats, statistics.median(inloop), num_layers, extrapolate_layers)
+            row["bandwidth_probe_spread"] = [min(inloop), max(inloop)]
             rows.append(row)
             log(f"{mode:>9} s={sparsity:.2f}: dense {row['dense_tokens_per_s']:7.2f} tok/s "
                 f"({100 * row['dense_fraction_of_roofline']:.0f}% of roofline), sparse "

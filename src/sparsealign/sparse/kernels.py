@@ -164,6 +164,14 @@ void colsparse(const float* wt, const int64_t* idx, const float* v, int64_t k, i
             axpy(v[j], wt + idx[j] * O + o0, y + o0, o1 - o0, j + 1 < k ? wt + idx[j + 1] * O + o0 : 0);
     }
 }
+/* The same with the selection fused in (one call per projection): J = {j : |x_j| > t}; returns |J|. */
+int64_t colsparse_t(const float* wt, const float* x, int64_t In, float t, int64_t O, float* y, int64_t* idx,
+                    float* v, int nthreads) {
+    int64_t k = 0;
+    for (int64_t j = 0; j < In; j++) if (__builtin_fabsf(x[j]) > t) { idx[k] = j; v[k++] = x[j]; }
+    colsparse(wt, idx, v, k, O, y, nthreads);
+    return k;
+}
 /* Sustained read bandwidth probe: a streaming sum the compiler vectorises (several accumulators). */
 float stream_sum(const float* a, int64_t n, int nthreads) {
     float acc = 0.f;
@@ -215,6 +223,8 @@ def load() -> ctypes.CDLL | None:
     lib.precheck.argtypes = [P, P, P, P, I64, I64, P, FLT, INT, P, P, P, INT]
     lib.precheck.restype = I64
     lib.colsparse.argtypes = [P, P, P, I64, I64, P, INT]
+    lib.colsparse_t.argtypes = [P, P, I64, FLT, I64, P, P, P, INT]
+    lib.colsparse_t.restype = I64
     lib.stream_sum.argtypes = [P, I64, INT]
     lib.stream_sum.restype = FLT
     return lib
@@ -263,6 +273,15 @@ def colsparse(lib: ctypes.CDLL, wt: torch.Tensor, idx: torch.Tensor, v: torch.Te
     y = torch.empty(wt.shape[1], dtype=torch.float32)
     lib.colsparse(wt.data_ptr(), idx.data_ptr(), v.data_ptr(), idx.numel(), wt.shape[1], y.data_ptr(), threads)
     return y
+
+
+def colsparse_t(lib: ctypes.CDLL, wt: torch.Tensor, x: torch.Tensor, t: float, threads: int = 1) -> tuple[torch.Tensor, int]:
+    """(W x_J, |J|) with J = {j : |x_j| > t}, W given input-major as wt [In, Out]: selection and matvec in one call."""
+    n_in, n_out = wt.shape
+    y, idx, v = torch.empty(n_out), torch.empty(n_in, dtype=torch.int64), torch.empty(n_in)
+    k = lib.colsparse_t(wt.data_ptr(), x.data_ptr(), n_in, t, n_out, y.data_ptr(), idx.data_ptr(), v.data_ptr(),
+                        threads)
+    return y, int(k)
 
 
 def stream_sum(lib: ctypes.CDLL, a: torch.Tensor, threads: int) -> float:

@@ -2,8 +2,9 @@
 
 At batch 1 every weight read per token is used for one multiply-add, so decode is bound by bytes read, not FLOPs:
     roofline tokens/s = sustained read bandwidth / bytes read per decode step.
-- bandwidth: measured in this process (a streaming sum over a buffer far larger than the last-level cache, with 1
-  and with the decode's thread count; the larger median is the machine's figure).
+- bandwidth: measured in this process (a streaming sum over a buffer larger than the last-level cache, with 1 and
+  with the decode's thread count, the better of the two), before every decode step pair of `paired_decode`, so the
+  roofline sees the shared machine as the decoders saw it; the median of those probes is used.
 - bytes per step: dense = every weight matrix of every layer + norms + the K/V cache up to the position + lm_head +
   one embedding row (`step_bytes`, the hand formula); sparse = the same outside the FFN, plus what the active sets
   touched in it (counted by the kernels themselves: int8 pre-check rows, exact gate rows, up and down rows, the
@@ -24,6 +25,7 @@ from sparsealign.sparse import kernels
 from sparsealign.sparse.metrics import kl_per_token
 
 PROBE_MB = 256
+INLOOP_PROBE_MB = 64  # twice the last-level cache of the machine measured here; ~10 ms a probe
 
 
 def step_bytes(*, hidden: int, inter: int, layers: int, heads: int, kv_heads: int, head_dim: int, vocab: int,
@@ -71,7 +73,9 @@ def paired_decode(model, sparse_ops, prompt: torch.Tensor, tokens: int) -> dict[
     for d in sides.values():
         d.reset_counters()
     totals, kls, agree = dict.fromkeys(sides, 0.0), [], 0
+    buf, probes = torch.ones(INLOOP_PROBE_MB * 2**18), []
     for _ in range(tokens):
+        probes.append(_probe(buf))
         for side, dec in sides.items():
             start = time.perf_counter()
             logits[side] = dec.step(nxt)
@@ -83,8 +87,23 @@ def paired_decode(model, sparse_ops, prompt: torch.Tensor, tokens: int) -> dict[
     out: dict[str, Any] = {side: {"total": totals[side] / tokens, "ffn": d.ffn_seconds / tokens,
                                   "layers": d.layer_seconds / tokens, "bytes": d.bytes_read / tokens,
                                   "ffn_bytes": d.ops.mlp_bytes / tokens} for side, d in sides.items()}
-    out.update(kl=sum(kls) / tokens, top1=agree / tokens)
+    out.update(kl=sum(kls) / tokens, top1=agree / tokens, bandwidth_probes=probes)
     return out
+
+
+def _probe(buf: torch.Tensor) -> float:
+    """GB/s of one streaming read of `buf` (1 thread and torch's count, the better), between decode steps, so
+    the roofline sees the machine as the decoders saw it."""
+    lib = kernels.load()
+    best = 0.0
+    for n in sorted({1, torch.get_num_threads()}):
+        start = time.perf_counter()
+        if lib is not None:
+            kernels.stream_sum(lib, buf, n)
+        else:
+            buf.sum()
+        best = max(best, buf.numel() * 4 / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 def roofline_fields(d: dict[str, float], s: dict[str, float], gb_per_s: float) -> dict[str, float]:

@@ -94,13 +94,13 @@ class _ColSparse:
         self._offsets = torch.zeros(1, dtype=torch.long)
 
     def __call__(self, x: torch.Tensor, t: float, lib) -> tuple[torch.Tensor, int]:
-        idx = (x.abs() > t).nonzero().squeeze(1)
-        v = x.index_select(0, idx)
         if lib is not None:
-            y = kernels.colsparse(lib, self.wt, idx, v.contiguous())
+            y, k = kernels.colsparse_t(lib, self.wt, x.contiguous(), t)
         else:  # gather-accumulate without a [|J|, Out] copy
-            y = F.embedding_bag(idx, self.wt, self._offsets, mode="sum", per_sample_weights=v)[0]
-        return (y if self.bias is None else y + self.bias), int(idx.numel())
+            idx = (x.abs() > t).nonzero().squeeze(1)
+            y = F.embedding_bag(idx, self.wt, self._offsets, mode="sum", per_sample_weights=x.index_select(0, idx))[0]
+            k = int(idx.numel())
+        return (y if self.bias is None else y + self.bias), k
 
 
 class TealOps(DenseOps):
