@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from sparsealign.sparse import kernels
+from sparsealign.sparse.decode import Decoder, DenseOps
 from sparsealign.sparse.metrics import kl_per_token
 
 PROBE_MB = 256
@@ -64,8 +65,6 @@ def paired_decode(model, sparse_ops, prompt: torch.Tensor, tokens: int) -> dict[
     The sparse side is fed the dense side's greedy tokens (teacher-forced on the dense trajectory), so the work per
     step is the same as free decoding while KL(dense || sparse) and top-1 agreement of every step are measurable.
     Returns per-token seconds, FFN seconds and bytes for each side, and the quality figures."""
-    from sparsealign.sparse.decode import Decoder, DenseOps
-
     max_len = prompt.numel() + tokens + 1
     sides = {"dense": Decoder(model, DenseOps(model), max_len), "sparse": Decoder(model, sparse_ops, max_len)}
     logits = {k: d.prefill(prompt.reshape(-1)) for k, d in sides.items()}
