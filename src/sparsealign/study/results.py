@@ -75,18 +75,3 @@ def traces(study: Study) -> dict[str, dict[str, Any]]:
     for path in sorted((study.root / "eval").rglob("trace.json")):
         out[str(path.parent.relative_to(study.root / "eval"))] = json.loads(path.read_text())
     return out
-
-
-def write_outputs(study: Study) -> dict[str, Path]:
-    """results.parquet + report.md + report.html (+ figures/) in the run directory; all written atomically."""
-    from sparsealign.io import atomic_path
-    from sparsealign.report.render import write_report
-
-    table = results_table(study)
-    if not table.empty:  # the report writes results.parquet itself (with the annotation-efficiency rows added)
-        return write_report(table, study.root, items=item_arrays(study), traces=traces(study),
-                            config=study.cfg.model_dump(mode="json"))
-    results = study.root / "results.parquet"
-    with atomic_path(results, suffix=".parquet") as tmp:
-        table.to_parquet(tmp, index=False)
-    return {"results": results}
