@@ -83,16 +83,10 @@ def use_bf16(cfg: AlignConfig) -> bool:
 
 
 def load_model_and_tokenizer(cfg: AlignConfig, name: str | None = None):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Policy (or reference) model through the project's one loader; the trainer places it on its device."""
+    from sparsealign.models.loading import load_model_and_tokenizer as load
 
-    name = name or cfg.model
-    tok = AutoTokenizer.from_pretrained(name)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    dtype = cfg.dtype if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
-    return model, tok
+    return load(name or cfg.model, device=None, dtype=cfg.dtype)
 
 
 def apply_lora(cfg: AlignConfig, model):

@@ -13,20 +13,10 @@ MODES = ("static", "dynamic", "predictor")
 
 
 def load_model(name: str):
-    """HF model (float32, eval) + tokenizer from a local directory or a hub id."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """fp32 model (eval, CPU: the sparse kernels and calibration run there) + tokenizer, from any `--model` spec."""
+    from sparsealign.models.loading import load_model_and_tokenizer
 
-    from sparsealign.errors import UserError
-
-    if not Path(name).exists() and (name.startswith((".", "/")) or name.count("/") != 1):
-        raise UserError(f"{name}: model directory not found", hint="pass a saved HF model directory or a hub id")
-    try:
-        tok = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
-    except OSError as exc:
-        raise UserError(f"{name}: cannot load model ({str(exc).splitlines()[0]})") from None
-    return model.eval(), tok
+    return load_model_and_tokenizer(name, device="cpu", dtype="float32")
 
 
 def _default_out(model: str, out: str | None, flag: str = "--out") -> Path:
@@ -37,8 +27,11 @@ def _default_out(model: str, out: str | None, flag: str = "--out") -> Path:
         return Path(out)
     if Path(model).is_dir():
         return Path(model) / "sparsity"
-    if model.startswith((".", "/")) or model.count("/") != 1:
-        raise UserError(f"{model}: model directory not found", hint="pass a saved HF model directory or a hub id")
+    from sparsealign.models.loading import resolve_model
+
+    resolved = resolve_model(model)  # a GGUF / short name: beside its dequantized copy in the cache
+    if resolved.source == "gguf":
+        return Path(resolved.path) / "sparsity"
     raise UserError(f"{model} is a hub id, so there is no default place for artifacts", hint=f"pass {flag} DIR")
 
 

@@ -32,6 +32,7 @@ from sparsealign.rundir import RunDir
 
 log = logging.getLogger("sparsealign.evaluate")
 STAGE = "eval-mbpp"
+LOAD_FIELDS = {"device", "dtype", "revision", "trust_remote_code", "device_map"}  # passed to the model loader
 
 
 class MbppRunConfig(StrictModel):
@@ -42,6 +43,9 @@ class MbppRunConfig(StrictModel):
     limit: int | None = Field(None, ge=1)
     device: str = "auto"
     dtype: str = "auto"
+    revision: str | None = None  # hub ids: branch, tag or commit
+    trust_remote_code: bool = False
+    device_map: str | None = None  # "auto": accelerate spreads a model too big for one device
     chunk_size: int = Field(50, ge=1, description="tasks per resumable chunk")
     eval: MbppEvalConfig = Field(default_factory=MbppEvalConfig)
 
@@ -56,7 +60,7 @@ def _evaluate(cfg: MbppRunConfig, parts_dir: Path | None, progress: bool) -> tup
         return run_reference(tasks, cfg.eval)
 
     shots = load_mbpp(cfg.data, split="prompt") if cfg.eval.format == "lm-eval" else None
-    model, tok = load_model_and_tokenizer(cfg.model or "", device=cfg.device, dtype=cfg.dtype)
+    model, tok = load_model_and_tokenizer(cfg.model or "", **cfg.model_dump(include=LOAD_FIELDS))
     return evaluate_loaded(cfg, model, tok, tasks, parts_dir=parts_dir, shots=shots, progress=progress)
 
 

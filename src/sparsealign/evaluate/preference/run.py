@@ -43,6 +43,9 @@ class PreferenceRunConfig(StrictModel):
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    revision: str | None = None  # hub ids: branch, tag or commit (of --model; ref/baseline use their default)
+    trust_remote_code: bool = False
+    device_map: str | None = None  # "auto": accelerate spreads a model too big for one device
 
 
 def with_alignment_record(cfg: PreferenceRunConfig) -> PreferenceRunConfig:
@@ -75,10 +78,10 @@ def evaluate_loaded(cfg: PreferenceRunConfig, model, tok, pairs: Sequence[Prefer
 def _evaluate(cfg: PreferenceRunConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     cfg = with_alignment_record(cfg)
     pairs = load_pairs(cfg.data, split=cfg.split, limit=cfg.limit).pairs
-    model, tok = load_model_and_tokenizer(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    ref = load_model_and_tokenizer(cfg.ref_model, device=cfg.device, dtype=cfg.dtype)[0] if cfg.ref_model else None
-    baseline = (load_model_and_tokenizer(cfg.baseline_model, device=cfg.device, dtype=cfg.dtype)[0]
-                if cfg.baseline_model else None)
+    opts = cfg.model_dump(include={"device", "dtype", "trust_remote_code", "device_map"})
+    model, tok = load_model_and_tokenizer(cfg.model, revision=cfg.revision, **opts)
+    ref = load_model_and_tokenizer(cfg.ref_model, **opts)[0] if cfg.ref_model else None
+    baseline = load_model_and_tokenizer(cfg.baseline_model, **opts)[0] if cfg.baseline_model else None
     return evaluate_loaded(cfg, model, tok, pairs, ref=ref, baseline=baseline)
 
 
