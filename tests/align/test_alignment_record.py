@@ -35,23 +35,25 @@ def base_dir(pairs, tmp_path_factory):
     return save_pretrained(model, tok, tmp_path_factory.mktemp("tiny") / "base")
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPARSEALIGN_CACHE_DIR", str(tmp_path / "cache"))
-
-
 def aligned(tmp_path, base_dir, pairs, **fields):
     cfg = AlignConfig(**{"data": HH, "model": str(base_dir), **SMALL, **fields})
-    run = RunDir.open("r", "align", cfg, runs_root=tmp_path / "runs")
-    try:
-        run_align(cfg, run, pairs=pairs, eval_pairs=[])
-    finally:
-        run.close()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPARSEALIGN_CACHE_DIR", str(tmp_path / "cache"))
+        run = RunDir.open("r", "align", cfg, runs_root=tmp_path / "runs")
+        try:
+            run_align(cfg, run, pairs=pairs, eval_pairs=[])
+        finally:
+            run.close()
     return run.root / "align" / cfg.cell_name / "model"
 
 
-def test_non_default_beta_reaches_the_preference_evaluator(tmp_path, base_dir, pairs):
-    model = aligned(tmp_path, base_dir, pairs, method="dpo", beta=0.2)
+@pytest.fixture(scope="module")
+def dpo_model(base_dir, pairs, tmp_path_factory):
+    return aligned(tmp_path_factory.mktemp("dpo"), base_dir, pairs, method="dpo", beta=0.2)
+
+
+def test_non_default_beta_reaches_the_preference_evaluator(tmp_path, base_dir, dpo_model):
+    model = dpo_model
     record = read_record(model)
     assert record is not None and record.method == "dpo" and record.beta == 0.2
     assert record.reference == str(base_dir) and record.rationale == "none"
@@ -65,6 +67,14 @@ def test_non_default_beta_reaches_the_preference_evaluator(tmp_path, base_dir, p
     a = [json.loads(x)["margin"] for x in (tmp_path / "a.jsonl").read_text().splitlines()]
     b = [json.loads(x)["margin"] for x in (tmp_path / "b.jsonl").read_text().splitlines()]
     assert any(abs(m) > 0 for m in b) and a == pytest.approx([2 * m for m in b], rel=1e-6)
+
+
+def test_the_eval_verb_reads_beta_and_reference_from_the_record(cli, base_dir, dpo_model):
+    res = cli("eval", "preference", "--model", str(dpo_model), "--method", "dpo", "--data", HH, "--limit", "4",
+              "--max-length", "48", "--bootstrap", "0", "--json")
+    assert res.returncode == 0, res.stderr
+    out = res.json()
+    assert out["beta"] == 0.2 and out["ref_model"] == str(base_dir) and out["n_pairs"] == 4
 
 
 def test_reference_free_methods_record_their_own_beta_and_no_reference(tmp_path, base_dir, pairs):

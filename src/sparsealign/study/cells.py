@@ -18,7 +18,7 @@ from typing import ClassVar, Union
 
 from sparsealign.errors import ConfigError
 from sparsealign.models.micro import get_recipe
-from sparsealign.study.config import AlignSettings, EvaluationConfig, StudyConfig, align_config
+from sparsealign.study.config import AlignSettings, EvaluationConfig, FamilyConfig, StudyConfig, align_config
 
 BASE = "base"
 
@@ -60,6 +60,7 @@ class PretrainCell(Cell):
     stage: ClassVar[str] = "pretrain"
     size: str = "*"
     sizes: tuple[str, ...] = ()
+    family: FamilyConfig = field(default_factory=FamilyConfig)
 
     @property
     def key(self) -> str:
@@ -179,7 +180,7 @@ def expand(cfg: StudyConfig) -> list[Cell]:
     """All cells in a valid topological order (parents first)."""
     a, sp = cfg.alignment, cfg.sparsity
     sizes = sizes_of(cfg)
-    pre = PretrainCell(sizes=tuple(sizes))
+    pre = PretrainCell(sizes=tuple(sizes), family=cfg.family)
     cells: list[Cell] = [pre]
     settings = {m: align_settings(cfg, m) for m in a.methods}
     for size in sizes:
