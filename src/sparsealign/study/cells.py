@@ -14,7 +14,7 @@ ledger, `--only` and `study plan` use:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Union
+from typing import ClassVar
 
 from sparsealign.errors import ConfigError
 from sparsealign.models.micro import get_recipe
@@ -94,7 +94,7 @@ class AlignCell(Cell):
         return f"{self.size}/{self.method}/{frac_tag(self.subset)}"
 
 
-Model = Union[PretrainCell, AlignCell]  # noqa: UP007 (a runtime alias): where a model comes from
+Model = PretrainCell | AlignCell  # where a model comes from: the base family or an alignment
 
 
 def model_method(model: Model) -> str:
