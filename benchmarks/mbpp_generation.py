@@ -71,7 +71,9 @@ def main() -> None:
         "goal": ">= 3x",
     }
     if args.sparsity > 0:
-        from sparsealign.sparse import SparsityConfig, apply_sparsity, calibrate
+        from sparsealign.sparse.calibration import calibrate
+        from sparsealign.sparse.config import SparsityConfig
+        from sparsealign.sparse.patch import apply_sparsity
 
         calib = [t.code for t in load_mbpp(split="train")[:32]]
         art = calibrate(model, tok, calib, SparsityConfig(target_sparsity=args.sparsity))

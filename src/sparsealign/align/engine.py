@@ -25,7 +25,7 @@ from sparsealign.config import config_hash
 from sparsealign.data.preference import load_pairs
 from sparsealign.errors import UserError
 from sparsealign.io import atomic_dir, atomic_write_json
-from sparsealign.models.loading import load_model_and_tokenizer as load_model
+from sparsealign.models import loading
 from sparsealign.rundir import RunDir
 
 log = logging.getLogger("sparsealign.align")
@@ -85,7 +85,7 @@ def use_bf16(cfg: AlignConfig) -> bool:
 
 def load_model_and_tokenizer(cfg: AlignConfig, name: str | None = None):
     """Policy (or reference) model through the project's one loader; the trainer places it on its device."""
-    return load_model(name or cfg.model, device=None, dtype=cfg.dtype)
+    return loading.load_model_and_tokenizer(name or cfg.model, device=None, dtype=cfg.dtype)
 
 
 def apply_lora(cfg: AlignConfig, model):

@@ -20,6 +20,7 @@ from sparsealign.sparse.artifacts import SparsityArtifacts, save_artifacts
 from sparsealign.sparse.calibration import calibrate, record_activations
 from sparsealign.sparse.config import SparsityConfig
 from sparsealign.sparse.profile import build_profile, save_profile
+from sparsealign.sparse.spec import describe_artifacts
 from sparsealign.sparse.texts import load_texts
 
 
@@ -57,6 +58,7 @@ def run_calibrate(cfg: CalibrateRunConfig, out_dir: str | Path, *, texts: Sequen
         where = target_dir(out_dir, target) if several else Path(out_dir)
         if not several:
             art.calibration["texts"] = source
+        art.model_info.update(describe_artifacts(art, model, cfg.model))  # self-describing: refused on another model
         save_artifacts(art, where)
         if cfg.profile:
             save_profile(build_profile(rec, art.thresholds, sp.hot_fraction), where / "profile")

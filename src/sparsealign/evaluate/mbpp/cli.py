@@ -7,6 +7,9 @@ import sys
 
 import click
 
+from sparsealign.sparse.options import sparsity_options, sparsity_spec
+
+EXTRACT_CHOICES = ("harness", "lenient")
 FORMAT_CHOICES = ("lm-eval", "bigcode")
 SPLIT_CHOICES = ("test", "validation", "train", "prompt")
 
@@ -16,6 +19,10 @@ SPLIT_CHOICES = ("test", "validation", "train", "prompt")
               help="Run the dataset's own reference solutions instead of a model (checks the data and the sandbox).")
 @click.option("--model", "model_path", default=None, metavar="PATH",
               help="Model directory (save_pretrained) or hub id whose generations are evaluated.")
+@click.option("--samples", "samples_path", default=None, metavar="FILE",
+              help="Score generations made elsewhere: lm-eval --log_samples JSONL (mbpp task) or evalplus samples "
+                   "JSONL ({task_id: Mbpp/N, solution|completion}); run here against the MBPP file's tests.")
+@sparsity_options()
 @click.option("--split", type=click.Choice(SPLIT_CHOICES), default="test", show_default=True,
               help="Standard MBPP split by task id (test = tasks 11-510).")
 @click.option("--data", "data_path", default=None, metavar="FILE",
@@ -26,6 +33,9 @@ SPLIT_CHOICES = ("test", "validation", "train", "prompt")
 @click.option("--shots", type=click.IntRange(0, 3), default=3, show_default=True,
               help="lm-eval examples (tasks 2, 3, 4) before the query; 0 for models trained on the bare query "
                    "(the embedded micro family).")
+@click.option("--extract", "extraction", type=click.Choice(EXTRACT_CHOICES), default="harness", show_default=True,
+              help="harness: run exactly what lm-eval (or bigcode, per --format) runs; lenient: the longest prefix "
+                   "that parses, without top-level calls (more forgiving, not comparable to published numbers).")
 @click.option("--n", type=click.IntRange(min=1), default=1, show_default=True, help="Samples per problem.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Sampling temperature; 0 = greedy (then --n must be 1).")
@@ -48,7 +58,8 @@ SPLIT_CHOICES = ("test", "validation", "train", "prompt")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the per-sample records table here (.parquet or .jsonl).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the summary) on stdout.")
-def mbpp_command(solutions, model_path, split, data_path, limit, fmt, shots, n, temperature, top_p, max_new_tokens,
+def mbpp_command(solutions, model_path, samples_path, sparsity, mode, prefill, split, data_path, limit, fmt, shots,
+                 extraction, n, temperature, top_p, max_new_tokens,
                  batch_size, seed, ks, timeout_s, memory_mb, workers, device, dtype, name, out_path, as_json) -> None:
     """MBPP pass@k: generate with --model (or take --solutions reference), run every program in the sandbox.
 
@@ -57,17 +68,22 @@ def mbpp_command(solutions, model_path, split, data_path, limit, fmt, shots, n, 
       sparsealign eval mbpp --solutions reference --split test --json
       sparsealign eval mbpp --model runs/x/align/model --split test --limit 50 --json
       sparsealign eval mbpp --model PATH --format bigcode --n 10 --temperature 0.8 --k 1 --k 10 --name run1
+      sparsealign eval mbpp --model PATH --sparsity PATH/sparsity --mode dynamic --limit 50 --json
+      sparsealign eval mbpp --samples lm_eval_out/samples_mbpp.jsonl --json
     """
     from sparsealign.errors import UserError
     from sparsealign.evaluate.mbpp.run import MbppRunConfig, run_mbpp
 
-    if (solutions is None) == (model_path is None):
-        raise UserError("pass exactly one of --model PATH or --solutions reference")
+    if sum(x is not None for x in (solutions, model_path, samples_path)) != 1:
+        raise UserError("pass exactly one of --model PATH, --samples FILE or --solutions reference")
+    if sparsity and model_path is None:
+        raise UserError("--sparsity runs a model: add --model PATH (the model the artifacts were calibrated on)")
     try:
         cfg = MbppRunConfig.model_validate({
-            "solutions": solutions, "model": model_path, "split": split, "data": data_path, "limit": limit,
+            "solutions": solutions, "model": model_path, "samples": samples_path,
+            "sparsity": sparsity_spec(sparsity, mode, prefill), "split": split, "data": data_path, "limit": limit,
             "device": device, "dtype": dtype,
-            "eval": {"format": fmt, "shots": shots, "ks": sorted(set(ks)), "timeout_s": timeout_s, "memory_mb": memory_mb,
+            "eval": {"format": fmt, "shots": shots, "extract": extraction, "ks": sorted(set(ks)), "timeout_s": timeout_s, "memory_mb": memory_mb,
                      "workers": workers, "seed": seed,
                      "sampling": {"n": n, "temperature": temperature, "top_p": top_p,
                                   "max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed}},
@@ -85,7 +101,12 @@ def mbpp_command(solutions, model_path, split, data_path, limit, fmt, shots, n, 
 
 def _print_human(summary: dict) -> None:
     total, passed = summary.get("total", 0), summary.get("passed", 0)
-    click.echo(f"passed {passed}/{total} problems")
+    how = f" (extract {summary['extract']})" if summary.get("extract") else ""
+    click.echo(f"passed {passed}/{total} problems{how}")
+    sp = summary.get("sparsity")
+    if sp:
+        click.echo(f"sparsity: {sp['mode']} (prefill {sp['prefill']}), realized {sp['realized_sparsity']:.3f} "
+                   f"(target {sp['target_sparsity']})")
     for key, value in sorted(summary.items()):
         if key.startswith("pass@") and not key.endswith("_ci"):
             ci = summary.get(f"{key}_ci", {})

@@ -20,10 +20,10 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from sparsealign.config import StrictModel
-from sparsealign.data.mbpp.prompts import FORMATS, make_format
+from sparsealign.data.mbpp.prompts import FORMATS, PromptFormat, make_format
 from sparsealign.data.records import MbppTask
 from sparsealign.evaluate.generation import SamplingConfig, generate
-from sparsealign.evaluate.mbpp.extract import extract_code
+from sparsealign.evaluate.mbpp.extract import Extraction, extract
 from sparsealign.evaluate.mbpp.passk import pass_at_k_interval
 from sparsealign.evaluate.tables import save_table
 
@@ -38,6 +38,8 @@ class MbppEvalConfig(StrictModel):
 
     format: Literal["lm-eval", "bigcode"] = "lm-eval"
     shots: int = Field(3, ge=0, le=3, description="lm-eval examples (tasks 2, 3, 4) before the query; 3 = the harness")
+    extract: Extraction = Field("harness", description="harness: the program the format's harness runs; lenient: "
+                                "longest parsing prefix without top-level calls")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     ks: list[int] = Field(default_factory=lambda: [1], description="pass@k values reported (k <= n)")
     timeout_s: float = Field(10.0, gt=0)
@@ -171,15 +173,32 @@ def evaluate_mbpp(
         fmt = dataclasses.replace(fmt, shots=fmt.shots[: cfg.shots])
     prompts = [fmt.prompt(t) for t in tasks]
     generations = generate(model, tokenizer, prompts, cfg.sampling, stop=fmt.stop_sequences, progress=progress)
-    records = []
-    for task, prompt, samples in zip(tasks, prompts, generations, strict=True):
-        for j, gen in enumerate(samples):
-            code = extract_code(gen.text, fmt.stop_sequences)
-            code = transform(code) if transform else code
-            solution = fmt.solution(task, code)
-            records.append({"task_id": task.task_id, "sample": j, "format": cfg.format, "prompt": prompt,
-                            "completion": gen.text, "solution": solution, "program": task.test_program(solution),
-                            "prompt_truncated": gen.prompt_truncated})
+    records = [
+        completion_record(task, j, gen.text, fmt, cfg, prompt=prompt, prompt_truncated=gen.prompt_truncated,
+                          transform=transform)
+        for task, prompt, samples in zip(tasks, prompts, generations, strict=True)
+        for j, gen in enumerate(samples)
+    ]
+    records = _attach_results(records, cfg)
+    return summarize_generations(records, cfg), records
+
+
+def completion_record(task: MbppTask, sample: int, completion: str, fmt: PromptFormat, cfg: MbppEvalConfig, *,
+                      prompt: str | None = None, prompt_truncated: bool = False,
+                      transform: Callable[[str], str] | None = None, code: str | None = None) -> dict[str, Any]:
+    """One record (before running): the completion -> code (cfg.extract) -> solution -> test program.
+    `code` given = a self-contained solution (evalplus "solution"): run as is, no extraction."""
+    if code is None:
+        code = extract(completion, fmt.stop_sequences, cfg.extract)
+        code = transform(code) if transform else code
+        code = fmt.solution(task, code)
+    return {"task_id": task.task_id, "sample": sample, "format": fmt.name,
+            "prompt": fmt.prompt(task) if prompt is None else prompt, "completion": completion, "solution": code,
+            "program": task.test_program(code), "prompt_truncated": prompt_truncated}
+
+
+def run_records(records: list[dict[str, Any]], cfg: MbppEvalConfig) -> tuple[dict, list[dict]]:
+    """Run prepared records' programs in the sandbox and summarize (scoring generations made elsewhere)."""
     records = _attach_results(records, cfg)
     return summarize_generations(records, cfg), records
 
@@ -187,7 +206,7 @@ def evaluate_mbpp(
 def summarize_generations(records: Sequence[dict[str, Any]], cfg: MbppEvalConfig) -> dict[str, Any]:
     """`summarize` plus the generation settings and how many prompts had to be cut to fit the context."""
     summary = summarize(records, cfg)
-    summary.update(format=cfg.format, n=cfg.sampling.n, temperature=cfg.sampling.temperature,
+    summary.update(format=cfg.format, extract=cfg.extract, n=cfg.sampling.n, temperature=cfg.sampling.temperature,
                    prompts_truncated=sum(bool(r["prompt_truncated"]) for r in records if r["sample"] == 0))
     return summary
 

@@ -1,5 +1,12 @@
 """From a model completion to the code that is tested.
 
+Two extractions (`MbppEvalConfig.extract`, `eval mbpp --extract`):
+
+harness (default)  exactly what the harness of the prompt format runs, so pass@1 is comparable to published
+                   numbers: lm-evaluation-harness `mbpp` runs the generation cut at "[DONE]" as is (its HF model
+                   cuts at the `until` strings; the task has no filter), bigcode-evaluation-harness `mbpp` runs
+                   prompt + generation cut at its stop words.  A broken helper after a correct function fails.
+lenient            ours, more forgiving (what the study used first):
 1. cut at the earliest stop sequence (generation may overshoot by a few tokens: stops are checked on decoded text);
 2. take the first markdown-fenced block if there is one (chat-tuned models fence their code), and drop a stray
    leading "[BEGIN]";
@@ -14,6 +21,10 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Sequence
+from typing import Literal
+
+Extraction = Literal["harness", "lenient"]
+EXTRACTIONS: tuple[str, ...] = ("harness", "lenient")
 
 _FENCE = re.compile(r"```[ \t]*[\w+-]*[ \t]*\n(.*?)(?:\n[ \t]*```|\Z)", re.DOTALL)
 
@@ -78,3 +89,17 @@ def extract_code(completion: str, stops: Sequence[str] = ()) -> str:
     if not kept.strip():
         return text  # nothing parses: keep it, so the failure is reported as the model's syntax error
     return drop_top_level_runs(kept).rstrip() + "\n"
+
+
+def harness_code(completion: str, stops: Sequence[str] = ()) -> str:
+    """What lm-eval / bigcode execute: the completion up to the first stop sequence, untouched."""
+    return truncate_at_stop(completion, stops)
+
+
+def extract(completion: str, stops: Sequence[str], how: Extraction = "harness") -> str:
+    """The code to test under the chosen extraction (see the module docstring)."""
+    if how == "harness":
+        return harness_code(completion, stops)
+    if how == "lenient":
+        return extract_code(completion, stops)
+    raise ValueError(f"unknown extraction {how!r}; choose one of {', '.join(EXTRACTIONS)}")

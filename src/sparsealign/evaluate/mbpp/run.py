@@ -16,19 +16,26 @@ from typing import Any, Literal
 from pydantic import Field
 
 from sparsealign.config import StrictModel, config_hash
+from sparsealign.data.mbpp.prompts import make_format
 from sparsealign.data.mbpp.tasks import load_mbpp
 from sparsealign.data.records import MbppTask
 from sparsealign.evaluate.mbpp.evaluator import (
     MbppEvalConfig,
+    completion_record,
     evaluate_mbpp,
+    run_records,
     run_reference,
     save_records,
     summarize_generations,
 )
+from sparsealign.evaluate.mbpp.samples import read_samples
 from sparsealign.evaluate.tables import load_table
 from sparsealign.io import atomic_write_json
 from sparsealign.models.loading import load_model_and_tokenizer
 from sparsealign.rundir import RunDir
+from sparsealign.settings import resolve_data_path
+from sparsealign.sparse.apply import apply_spec
+from sparsealign.sparse.spec import SparsitySpec
 
 log = logging.getLogger("sparsealign.evaluate")
 STAGE = "eval-mbpp"
@@ -38,6 +45,8 @@ LOAD_FIELDS = {"device", "dtype", "revision", "trust_remote_code", "device_map"}
 class MbppRunConfig(StrictModel):
     solutions: Literal["reference"] | None = None
     model: str | None = None
+    samples: str | None = Field(None, description="score generations made elsewhere (lm-eval / evalplus JSONL)")
+    sparsity: SparsitySpec | None = Field(None, description="run the model under activation sparsity; None = dense")
     split: Literal["test", "validation", "train", "prompt"] = "test"
     data: str | None = None
     limit: int | None = Field(None, ge=1)
@@ -51,17 +60,47 @@ class MbppRunConfig(StrictModel):
 
 
 def _source_label(cfg: MbppRunConfig) -> str:
-    return "reference" if cfg.solutions else Path(cfg.model or "model").name
+    if cfg.solutions:
+        return "reference"
+    if cfg.samples:
+        return f"samples:{Path(cfg.samples).name}"
+    label = Path(cfg.model or "model").name
+    return f"{label}+{cfg.sparsity.mode}" if cfg.sparsity else label
+
+
+def _score_samples(cfg: MbppRunConfig) -> tuple[dict, list[dict]]:
+    all_tasks = load_mbpp(cfg.data)
+    fmt_name, samples = read_samples(resolve_data_path(cfg.samples or ""), all_tasks)
+    fmt = make_format("lm-eval" if fmt_name == "lm-eval" else "bigcode", all_tasks)
+    ecfg = cfg.eval.model_copy(update={"format": fmt.name})
+    records = [completion_record(s["task"], s["sample"], s["completion"], fmt, ecfg, code=s["code"])
+               for s in samples]
+    summary, records = run_records(records, ecfg)
+    summary.update(samples_format=fmt_name, n=max(r["sample"] for r in records) + 1)
+    return summary, records
+
+
+def _sparsity_summary(handle, spec: SparsitySpec) -> dict[str, Any]:
+    stats = handle.stats()
+    return {**spec.model_dump(), "realized_sparsity": stats.get("realized_sparsity"),
+            "target_sparsity": handle.info.get("target_sparsity")}
 
 
 def _evaluate(cfg: MbppRunConfig, parts_dir: Path | None, progress: bool) -> tuple[dict, list[dict]]:
+    if cfg.samples:
+        return _score_samples(cfg)
     tasks = load_mbpp(cfg.data, split=cfg.split)[: cfg.limit]
     if cfg.solutions == "reference":
         return run_reference(tasks, cfg.eval)
 
     shots = load_mbpp(cfg.data, split="prompt") if cfg.eval.format == "lm-eval" else None
     model, tok = load_model_and_tokenizer(cfg.model or "", **cfg.model_dump(include=LOAD_FIELDS))
-    return evaluate_loaded(cfg, model, tok, tasks, parts_dir=parts_dir, shots=shots, progress=progress)
+    handle = apply_spec(model, cfg.sparsity) if cfg.sparsity is not None else None
+    summary, records = evaluate_loaded(cfg, model, tok, tasks, parts_dir=parts_dir, shots=shots, progress=progress)
+    if handle is not None:
+        summary["sparsity"] = _sparsity_summary(handle, cfg.sparsity)
+        handle.remove()
+    return summary, records
 
 
 def evaluate_loaded(cfg: MbppRunConfig, model, tok, tasks: Sequence[MbppTask], *, parts_dir: Path | None = None,
@@ -113,4 +152,6 @@ def run_mbpp(cfg: MbppRunConfig, *, name: str | None = None, out_path: str | Non
     if out_path:
         summary["records"] = str(save_records(records, out_path))
     summary.update(source=label, split=cfg.split)
+    if cfg.solutions is None and cfg.samples is None:
+        summary.setdefault("sparsity", None)  # dense, said explicitly
     return summary

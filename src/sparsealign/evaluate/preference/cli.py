@@ -7,6 +7,7 @@ import json
 import click
 
 from sparsealign.align.config import METHODS
+from sparsealign.sparse.options import sparsity_options, sparsity_spec
 
 
 @click.command("preference")
@@ -25,8 +26,10 @@ from sparsealign.align.config import METHODS
                    "aligned here; else DPO 0.1, SimPO 2.0; ORPO uses none).")
 @click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Temperature of p_h = sigma((s_w - s_l)/tau) for pairs that carry scores.")
+@sparsity_options()
 @click.option("--baseline-model", "baseline_path", default=None, metavar="PATH",
-              help="The dense model this (sparsified) model is compared with: adds flip rate and flip divergence.")
+              help="The dense model this (sparsified) model is compared with: adds flip rate and flip divergence "
+                   "(with --sparsity it defaults to --model itself, dense).")
 @click.option("--kl-samples", type=click.IntRange(min=0), default=0, show_default=True,
               help="Sample this many completions from --model to estimate KL(pi || pi_ref).")
 @click.option("--kl-max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True)
@@ -43,7 +46,8 @@ from sparsealign.align.config import METHODS
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the per-pair table here (.parquet or .jsonl).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the summary) on stdout.")
-def preference_command(model_path, ref_path, method, data, split, limit, beta, tau, baseline_path, kl_samples,
+def preference_command(model_path, ref_path, method, data, split, limit, beta, tau, sparsity, mode, prefill,
+                       baseline_path, kl_samples,
                        kl_max_new_tokens, max_length, batch_size, n_resamples, seed, device, dtype, name, out_path,
                        as_json) -> None:
     """Preference metrics of a model on held-out pairs, each with a bootstrap CI.
@@ -52,7 +56,8 @@ def preference_command(model_path, ref_path, method, data, split, limit, beta, t
     Examples:
       sparsealign eval preference --model runs/x/align/model --ref-model base --method dpo \\
           --data hh-rlhf/helpful-base/test.jsonl.gz --limit 500 --json
-      sparsealign eval preference --model sparse --baseline-model dense --method simpo --data D --json
+      sparsealign eval preference --model M --sparsity M/sparsity --mode dynamic --method simpo --data D --json
+      (flips are counted against --model run dense, or against --baseline-model)
     """
     from sparsealign.align.config import facts
     from sparsealign.align.sidecar import read_record
@@ -65,7 +70,8 @@ def preference_command(model_path, ref_path, method, data, split, limit, beta, t
         raise UserError(f"--method {method} needs --ref-model (its reward is beta*log(pi/pi_ref))")
     if kl_samples and ref_path is None:
         raise UserError("--kl-samples needs --ref-model (KL is measured against the reference)")
-    cfg = PreferenceRunConfig(model=model_path, ref_model=ref_path, baseline_model=baseline_path, method=method,
+    cfg = PreferenceRunConfig(model=model_path, ref_model=ref_path, baseline_model=baseline_path,
+                              sparsity=sparsity_spec(sparsity, mode, prefill), method=method,
                               data=data, split=split, limit=limit, beta=beta, tau=tau, kl_samples=kl_samples,
                               kl_max_new_tokens=kl_max_new_tokens, max_length=max_length, batch_size=batch_size,
                               n_resamples=n_resamples, seed=seed, device=device, dtype=dtype)
@@ -73,7 +79,9 @@ def preference_command(model_path, ref_path, method, data, split, limit, beta, t
     if as_json:
         click.echo(json.dumps(summary, sort_keys=True))
         return
-    click.echo(f"{summary['method']} on {summary['n_pairs']} pairs (beta={summary['beta']})")
+    sp = summary.get("sparsity")
+    how = f", {sp['mode']} sparsity realized {sp['realized_sparsity']:.3f}" if sp else ", dense"
+    click.echo(f"{summary['method']} on {summary['n_pairs']} pairs (beta={summary['beta']}{how})")
     sections = [("", summary["metrics"]), ("flip ", summary.get("flip") or {})]
     if summary.get("kl"):
         sections.append(("", {"kl": summary["kl"]}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from sparsealign.evaluate.tables import load_table, save_table
 from sparsealign.io import atomic_write_json
 from sparsealign.models.loading import load_model_and_tokenizer
 from sparsealign.rundir import RunDir
+from sparsealign.sparse.apply import apply_spec
+from sparsealign.sparse.spec import SparsitySpec
 
 STAGE = "eval-preference"
 
@@ -28,6 +31,7 @@ class PreferenceRunConfig(StrictModel):
     model: str
     ref_model: str | None = None
     baseline_model: str | None = None
+    sparsity: SparsitySpec | None = Field(None, description="score `model` under activation sparsity; None = dense")
     method: Method
     data: str
     split: str | None = None
@@ -57,21 +61,35 @@ def with_alignment_record(cfg: PreferenceRunConfig) -> PreferenceRunConfig:
     return cfg.model_copy(update={"beta": record.beta if cfg.beta is None else cfg.beta,
                                   "ref_model": cfg.ref_model or record.reference})
 
+def baseline_of(cfg: PreferenceRunConfig) -> str | None:
+    """The dense model flips are counted against: --baseline-model, else (under --sparsity) the model itself."""
+    if cfg.baseline_model:
+        return cfg.baseline_model
+    return cfg.model if cfg.sparsity is not None else None
+
 
 def evaluate_loaded(cfg: PreferenceRunConfig, model, tok, pairs: Sequence[PreferencePair], *, ref=None,
-                    baseline=None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The verb's scoring of already loaded models (the study passes its own, possibly sparsified, model)."""
+                    baseline=None, handle=None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The verb's scoring of already loaded models (the study passes its own, possibly sparsified, model);
+    `handle` is the sparsity patch on `model`, if any (its realized sparsity goes into the summary)."""
     settings = TokenizeSettings(max_length=cfg.max_length,
                                 max_prompt_length=cfg.max_prompt_length or cfg.max_length // 2)
     try:
-        summary, records = evaluate_preference(
-            model, tok, pairs, cfg.method, ref, beta=cfg.beta, tau=cfg.tau, baseline_model=baseline,
-            kl_samples=cfg.kl_samples, kl_max_new_tokens=cfg.kl_max_new_tokens, settings=settings,
-            batch_size=cfg.batch_size, n_resamples=cfg.n_resamples, seed=cfg.seed,
-        )
+        # teacher-forced scoring is one multi-position call per batch: every position runs sparse (as in the study)
+        with handle.dense_prefix(0) if handle is not None else contextlib.nullcontext():
+            summary, records = evaluate_preference(
+                model, tok, pairs, cfg.method, ref, beta=cfg.beta, tau=cfg.tau, baseline_model=baseline,
+                kl_samples=cfg.kl_samples, kl_max_new_tokens=cfg.kl_max_new_tokens, settings=settings,
+                batch_size=cfg.batch_size, n_resamples=cfg.n_resamples, seed=cfg.seed,
+            )
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    summary.update(model=cfg.model, ref_model=cfg.ref_model, baseline_model=cfg.baseline_model, data=cfg.data)
+    summary.update(model=cfg.model, ref_model=cfg.ref_model, baseline_model=baseline_of(cfg), data=cfg.data,
+                   sparsity=None)
+    if handle is not None and cfg.sparsity is not None:
+        stats = handle.stats()
+        summary["sparsity"] = {**cfg.sparsity.model_dump(), "realized_sparsity": stats.get("realized_sparsity"),
+                               "target_sparsity": handle.info.get("target_sparsity"), "scoring": "all positions sparse"}
     return summary, records
 
 
@@ -81,8 +99,14 @@ def _evaluate(cfg: PreferenceRunConfig) -> tuple[dict[str, Any], list[dict[str, 
     opts = cfg.model_dump(include={"device", "dtype", "trust_remote_code", "device_map"})
     model, tok = load_model_and_tokenizer(cfg.model, revision=cfg.revision, **opts)
     ref = load_model_and_tokenizer(cfg.ref_model, **opts)[0] if cfg.ref_model else None
-    baseline = load_model_and_tokenizer(cfg.baseline_model, **opts)[0] if cfg.baseline_model else None
-    return evaluate_loaded(cfg, model, tok, pairs, ref=ref, baseline=baseline)
+    baseline_path = baseline_of(cfg)
+    baseline = load_model_and_tokenizer(baseline_path, **opts)[0] if baseline_path else None
+    handle = apply_spec(model, cfg.sparsity) if cfg.sparsity is not None else None
+    try:
+        return evaluate_loaded(cfg, model, tok, pairs, ref=ref, baseline=baseline, handle=handle)
+    finally:
+        if handle is not None:
+            handle.remove()
 
 
 def run_preference(cfg: PreferenceRunConfig, *, name: str | None = None,
@@ -102,7 +126,8 @@ def run_preference(cfg: PreferenceRunConfig, *, name: str | None = None,
             return {"summary": summary}, {"records": summary["records"], "summary": out_dir / "summary.json"}
 
         try:
-            row, _ = run.ledger.run_cell(STAGE, Path(cfg.model).name, config_hash(cfg), cell)
+            label = Path(cfg.model).name + (f"+{cfg.sparsity.mode}" if cfg.sparsity else "")
+            row, _ = run.ledger.run_cell(STAGE, label, config_hash(cfg), cell)
         finally:
             run.close()
         summary = row.metrics["summary"]
