@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install install-test study test lint bench fuzz
+.PHONY: install install-test study test test-fast lint bench fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ study: install
 test: install-test
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
+
+# Everything but the end-to-end tests (tests/e2e/ and the other `slow` ones): under a minute on 2 idle cores.
+test-fast: install-test
+	$(BIN)/python -m pytest -m "not slow" -q; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
 lint: $(BIN)/python
