@@ -165,7 +165,8 @@ class EvaluationConfig(StrictModel):
                                          "(NLL, KL to dense / base, natural sparsity); None = the whole split, 0 = off")
     sparse_sets: list[Literal["hh", "uf", "code"]] = Field(
         default_factory=lambda: ["hh", "uf", "code"],
-        description="held-out preference sets also scored in sparse cells (dense cells score them all)")
+        description="held-out preference sets scored in sparse cells and in the dense cells of annotation "
+        "subset models (dense full-data cells score them all)")
     bootstrap: int = Field(1000, ge=100)
     speed_tokens: int = Field(32, ge=4, description="decode tokens timed for tokens/s")
     sandbox_workers: int = Field(2, ge=1)

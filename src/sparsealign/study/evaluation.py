@@ -178,7 +178,8 @@ def preference_step(ctx: EvalContext) -> None:
     dense_items = None
     if cell.dense is not None:
         dense_items = json.loads((study.eval_dir(cell.dense) / "items.json").read_text())
-    sets = PREFERENCE_SETS if cell.calibrate is None else [n for n in PREFERENCE_SETS if n in ev.sparse_sets]
+    full = cell.calibrate is None and cell.subset == 1.0  # sparse and annotation-subset cells: ev.sparse_sets only
+    sets = PREFERENCE_SETS if full else [n for n in PREFERENCE_SETS if n in ev.sparse_sets]
     for name in sets:
         path = study.pairs_dir(cell.size) / f"heldout_{name}.jsonl"
         if not path.exists() or path.stat().st_size == 0:
