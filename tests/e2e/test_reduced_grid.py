@@ -9,6 +9,8 @@ column, rows in canonical order, floats printed with 17 significant digits) that
 
 The same run on this code must give the same table, exactly.  A change that is meant to move these numbers (a new
 default, a new metric) regenerates the fixture with `python tests/e2e/test_reduced_grid.py OUT_RUN_DIR`.
+Regenerated for issue 9 (design): shared reward for every model (implicit rewards as `implicit_*`), MBPP reference
+NLL / natural sparsity / KL metrics; the fixture pins seeds 1, lr 5e-4 and the old sample-split held-out code.
 """
 
 from __future__ import annotations
@@ -70,10 +72,12 @@ def test_a_non_default_beta_reaches_the_evaluator(env):
     run = Path(summary["run"])
     record = json.loads((run / "align/micro-xs/dpo/f1.000/model/sparsealign_alignment.json").read_text())
     assert record["method"] == "dpo" and record["beta"] == 0.2
-    scored = json.loads((run / "eval/micro-xs/dpo/f1.000/dense/0.00/metrics.json").read_text())["scoring"]
-    assert scored == {"method": "dpo", "beta": 0.2, "reference": record["reference"]}
-    base = json.loads((run / "eval/micro-xs/base/f1.000/dense/0.00/metrics.json").read_text())["scoring"]
-    assert base == {"method": "simpo", "beta": 1.0, "reference": None}  # the unaligned model's own reward
+    metrics = json.loads((run / "eval/micro-xs/dpo/f1.000/dense/0.00/metrics.json").read_text())
+    assert metrics["implicit_beta"] == 0.2  # the method's own implicit reward, with the β it trained with
+    shared = {"method": "simpo", "beta": 1.0, "shared_reward": "mean token log-prob"}
+    assert metrics["scoring"] == shared  # the reward every model is compared on
+    base = json.loads((run / "eval/micro-xs/base/f1.000/dense/0.00/metrics.json").read_text())
+    assert base["scoring"] == shared and "implicit_beta" not in base
 
 
 if __name__ == "__main__":  # regenerate the fixture from a finished run of reduced_study.yaml
