@@ -47,6 +47,7 @@ class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: 
 
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"|\'[^\']*\'')
 _BRACKET = re.compile(r"[\[\]{}]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _flow_depth(text: str) -> int:
@@ -77,8 +78,11 @@ def _safe_load(text: str, where: str) -> Any:
             what = f"nested deeper than {MAX_DEPTH} levels" if depth > MAX_DEPTH else \
                 f"expands to more than {MAX_NODES:,} values (YAML aliases?)"
             raise ConfigError(f"{where}: YAML {what}", hint="write the config out plainly")
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+        if isinstance(node, str) and _SURROGATE.search(node):  # "\ud800" in YAML: no text, fails every encode
+            raise ConfigError(f"{where}: a string holds a lone surrogate escape, which is not text",
+                              hint="write the value in UTF-8")
+        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list, str)))
     return data
 
 

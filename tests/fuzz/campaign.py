@@ -28,7 +28,7 @@ from fuzz_inputs import Case, seeds, serialise  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
 HANG_S = 120
-CHUNK = 500  # inputs per hypothesis search (each with its own seed)
+CHUNK = 100  # inputs per hypothesis search (each with its own seed); the time budget is checked between them
 
 
 class _Hang(Exception):

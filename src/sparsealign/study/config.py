@@ -79,6 +79,17 @@ class FamilyConfig(StrictModel):
     def _hf_needs_models(self) -> FamilyConfig:
         if self.kind == "hf" and not self.models:
             raise ValueError("family.kind=hf needs family.models (size name -> path or hub id)")
+        if self.kind == "micro":  # checked here, so the error names the config file and the field
+            from sparsealign.models.micro import PRESETS
+
+            if self.preset not in PRESETS:
+                raise ValueError(f"unknown preset {self.preset!r} in family.preset; choose one of: "
+                                 f"{', '.join(PRESETS)}")
+            known = [spec.name for spec in PRESETS[self.preset].sizes]
+            unknown = [size for size in self.sizes if size not in known]
+            if unknown:
+                raise ValueError(f"unknown size(s) {', '.join(unknown)} in family.sizes for preset "
+                                 f"{self.preset!r}; choose from: {', '.join(known)}")
         return self
 
 
