@@ -15,11 +15,12 @@ from sparsealign.study.results import item_arrays, results_table, traces
 
 
 def write_outputs(study: Study) -> dict[str, Path]:
-    """results.parquet + report.md + report.html (+ figures/) in the run directory; all written atomically."""
+    """results.parquet + findings.json + report.md + report.html (+ figures/) in the run directory; all atomic.
+    The config's `report` part (primary contrasts; kept out of the run's identity) is passed along explicitly."""
     table = results_table(study)
     if not table.empty:  # the report writes results.parquet itself (with the annotation-efficiency rows added)
-        return write_report(table, study.root, items=item_arrays(study), traces=traces(study),
-                            config=study.cfg.model_dump(mode="json"))
+        config = {**study.cfg.model_dump(mode="json"), "report": study.cfg.report.model_dump(mode="json")}
+        return write_report(table, study.root, items=item_arrays(study), traces=traces(study), config=config)
     results = study.root / "results.parquet"
     with atomic_path(results, suffix=".parquet") as tmp:
         table.to_parquet(tmp, index=False)

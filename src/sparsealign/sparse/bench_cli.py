@@ -84,11 +84,12 @@ def _log(msg: str) -> None:
 def bench(model_dir: str | None, preset: str | None, layers: int | None, extrapolate_layers: int | None,
           sparsity: str, modes: str, tokens: int, repeats: int, threads: int, calib_file: Path | None,
           prompt: str | None, predictor_cutoff: str, as_json: bool) -> None:
-    """Batch-1 fp32 CPU decode speed: dense vs sparse per mode and sparsity, with the Amdahl ideal.
+    """Batch-1 fp32 CPU decode speed: dense vs sparse per mode and sparsity, against the memory roofline.
 
-    Each row: mode, sparsity, dense_tokens_per_s, sparse_tokens_per_s, speedup, ideal_speedup (FFN share of
-    dense decode time measured; FFN FLOPs skipped from the realized active sets, predictor cost included), plus
-    the FFN block's own speedup and its fraction of ideal. See docs/benchmarks.md.
+    Each row: mode, sparsity, dense_tokens_per_s, sparse_tokens_per_s, speedup, ideal_speedup (dense / sparse
+    bytes read per token), dense_fraction_of_roofline and sparse_fraction_of_roofline (measured tokens/s over
+    bandwidth / bytes, the read bandwidth measured in-process), per-token overhead beyond weight traffic, the
+    FFN block's own speedup, and KL / top-1 agreement of the sparse steps. See docs/benchmarks.md.
 
     \b
     Examples:
@@ -135,11 +136,12 @@ def bench(model_dir: str | None, preset: str | None, layers: int | None, extrapo
         click.echo(json.dumps(result, sort_keys=True))
         return
     click.echo(f"{'mode':>9} {'sparsity':>8} {'dense tok/s':>11} {'sparse tok/s':>12} {'speedup':>7} {'ideal':>6} "
-               f"{'FFN x':>6} {'FFN ideal':>9}")
+               f"{'dense %roof':>11} {'sparse %roof':>12}")
     for r in result["results"]:
         click.echo(f"{r['mode']:>9} {r['sparsity']:>8.2f} {r['dense_tokens_per_s']:>11.2f} "
                    f"{r['sparse_tokens_per_s']:>12.2f} {r['speedup']:>7.2f} {r['ideal_speedup']:>6.2f} "
-                   f"{r['ffn_speedup']:>6.2f} {r['ffn_ideal_speedup']:>9.2f}")
+                   f"{100 * r['dense_fraction_of_roofline']:>10.0f}% {100 * r['sparse_fraction_of_roofline']:>11.0f}%")
+    click.echo(f"bandwidth {result['bandwidth_gb_per_s']:.1f} GB/s (measured in-process)")
 
 
 def _read_chunks(path: Path, chars: int = 1200) -> list[str]:

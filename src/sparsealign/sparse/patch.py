@@ -70,7 +70,8 @@ class SparseMLP(nn.Module):
         super().__init__()
         self.inner, self.layer = inner, layer
         object.__setattr__(self, "_rt", rt)  # shared, not a submodule
-        object.__setattr__(self, "_nm", NeuronMajor(inner, with_gate_up=rt.mode == "predictor") if rt.fast else None)
+        object.__setattr__(self, "_nm", NeuronMajor(inner, with_gate_up=rt.mode == "predictor",
+                                                    precheck=rt.mode != "predictor") if rt.fast else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rt = self._rt
@@ -118,9 +119,13 @@ class SparseMLP(nn.Module):
             y, kept = nm.predicted_decode(x, idx, t)
             computed = idx.numel()
         else:
-            a = nm.gate(x)
+            floor = self._threshold_floor()
+            a = nm.gate(x, floor)  # exact wherever |a| can exceed floor; the gate pre-check skips the other rows
             abs_a = a.abs()
             t = float(rt.controller.step(li, abs_a.view(1, -1))[0]) if rt.mode == "dynamic" else rt.thresholds[li]
+            if t < floor:  # not reachable with a correct floor; keeps the fast path exact regardless
+                a = nm.gate(x)
+                abs_a = a.abs()
             y, kept = nm.from_gate(x, a, abs_a, t)
             computed = kept
         rt.realized[li].append(1.0 - kept / inter)
@@ -130,6 +135,16 @@ class SparseMLP(nn.Module):
         if li == 0:
             rt.is_prefill.append(False)
         return y
+
+    def _threshold_floor(self) -> float:
+        """Hook for the fast path's gate pre-check: a value <= the threshold this decode step will apply."""
+        rt, li = self._rt, self.layer
+        if rt.mode != "dynamic":
+            return rt.thresholds[li]
+        ctl = rt.controller
+        if not ctl.enabled[li]:
+            return 0.0
+        return rt.thresholds[li] if ctl.cfg.frozen else ctl.threshold(li)  # what ctl.step will return
 
     def _record(self, mask, t, w, valid, n_dense, computed) -> None:
         """Trace (per position, mean over real rows) and counts (real, sparse positions only)."""

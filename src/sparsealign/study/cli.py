@@ -54,7 +54,9 @@ def study(ctx: click.Context, config, preset, name, overrides, only, restart, as
     summary = run_study(cfg, name=name, restart=restart, only=list(only) or None, progress=not as_json,
                         write=write_outputs)
     if as_json:
-        click.echo(json.dumps(summary))
+        from sparsealign.study.results import findings_of
+
+        click.echo(json.dumps({**summary, "findings": findings_of(summary["run"])}))
     else:
         click.echo(f"study {summary['run']}: {summary['done']} cells run, {summary['skipped']} skipped (done "
                    f"before), {summary['failed']} failed")

@@ -165,6 +165,43 @@ class ExecutorConfig(StrictModel):
     gpus_per_cell: float = Field(0.0, ge=0)
 
 
+Question = Literal["alignment", "thresholds", "size", "annotation"]
+
+
+class ContrastConfig(StrictModel):
+    """One primary contrast of the report's Findings (Holm-corrected together with the others)."""
+
+    question: Question = Field(description="alignment: aligned - base at each target; thresholds: dynamic - static "
+                               "at each target; size: slope over log10(params) of `of` at the highest target; "
+                               "annotation: each rationale method's annotation saving against DPO")
+    dataset: str = Field(description="mbpp | generated | hh | uf | code")
+    metric: str = Field("reward_accuracy", description="pass@1 | reward_accuracy | mean_margin | any per-item array")
+    mode: Mode = Field("dynamic", description="threshold mode of the sparse cells (alignment, size)")
+    of: Literal["alignment", "thresholds"] | None = Field(None, description="question=size: the effect followed")
+
+    @model_validator(mode="after")
+    def _size_needs_of(self) -> ContrastConfig:
+        if self.question == "size" and self.of is None:
+            raise ValueError("a question=size contrast needs `of: alignment` or `of: thresholds`")
+        return self
+
+
+def _default_contrasts() -> list[ContrastConfig]:
+    rows = [("alignment", "generated", "pass@1", None), ("alignment", "mbpp", "pass@1", None),
+            ("alignment", "hh", "reward_accuracy", None), ("thresholds", "generated", "pass@1", None),
+            ("thresholds", "hh", "reward_accuracy", None), ("size", "generated", "pass@1", "alignment"),
+            ("size", "generated", "pass@1", "thresholds"), ("annotation", "hh", "reward_accuracy", None)]
+    return [ContrastConfig(question=q, dataset=d, metric=m, of=o) for q, d, m, o in rows]
+
+
+class ReportConfig(StrictModel):
+    primary_contrasts: list[ContrastConfig] = Field(default_factory=_default_contrasts)
+    alpha: float = Field(0.05, gt=0, lt=1, description="family-wise error rate of the primary contrasts (Holm)")
+    tolerance: float = Field(0.01, ge=0, description="critical sparsity: allowed drop from dense (CI low >= -tol)")
+    bootstrap: int = Field(2000, ge=200, description="crossed bootstrap replicates (items x seeds) per CI")
+    min_items: int = Field(10, ge=2, description="fewer paired items than this: 'not measurable'")
+
+
 class StudyConfig(StrictModel):
     name: str = "default"
     seed: int = 0
@@ -176,6 +213,9 @@ class StudyConfig(StrictModel):
     sparsity: SparsityGrid = SparsityGrid()
     evaluation: EvaluationConfig = EvaluationConfig()
     executor: ExecutorConfig = ExecutorConfig()
+    # How results are summarised, not what cells compute: left out of model_dump (so out of the run's identity and
+    # saved config; changing the contrasts rewrites the report without refusing the run).
+    report: ReportConfig = Field(default_factory=ReportConfig, exclude=True)
 
     @model_validator(mode="after")
     def _align_configs_valid(self) -> StudyConfig:
