@@ -8,37 +8,8 @@ import json
 import pytest
 
 from conftest import assert_one_line_error
-from sparsealign.models.tiny import save_pretrained, tiny_model_and_tokenizer
 
 HH = "hh-rlhf/helpful-base/test.jsonl.gz"
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory, data_dir):
-    code = [json.loads(line)["code"] for line in (data_dir / "mbpp" / "mbpp.jsonl").open()]
-    root = tmp_path_factory.mktemp("sparse-eval")
-    for seed in (0, 1):
-        model, tok = tiny_model_and_tokenizer(code[:150], vocab_size=320, hidden_size=32, num_layers=2,
-                                              intermediate_size=96, max_position_embeddings=2048, seed=seed)
-        save_pretrained(model, tok, root / f"m{seed}")
-    return root
-
-
-@pytest.fixture(scope="module")
-def calibrated(models, data_dir):
-    """Artifacts at 0.5 and at 0 (threshold 0 = the dense MLP bit for bit), through the real CLI."""
-    import os
-    import subprocess
-
-    from conftest import sparsealign_exe
-
-    env = {**os.environ, "SPARSEALIGN_DATA_DIR": str(data_dir)}
-    for target, name in ((0.5, "s50"), (0.0, "s0")):
-        proc = subprocess.run([*sparsealign_exe(), "sparsify", "calibrate", "--model", str(models / "m0"), "-n", "20",
-                               "--target", str(target), "--out", str(models / name), "--json"],
-                              capture_output=True, text=True, env=env, timeout=600)
-        assert proc.returncode == 0, proc.stderr
-    return models
 
 
 def test_artifacts_describe_their_model(calibrated) -> None:
