@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
@@ -42,8 +43,16 @@ def _items(candidate: str | None, baseline: str | None, pairs: str | None, limit
 @click.option("--model", default=None, help="Judge model name at the endpoint (--judge llm).")
 @click.option("--reward-model", default=None, help="Reward model path or hub id (--judge reward-model).")
 @endpoint_options
-@click.option("--max-tokens", default=1024, show_default=True, type=click.IntRange(1),
-              help="Maximum tokens of each judgement.")
+@click.option("--verdict", "verdict_mode", type=click.Choice(["text", "logprobs", "json"]), default="text",
+              show_default=True,
+              help="--judge llm: read the verdict from the [[A]]/[[B]]/[[C]] marker (text), from the first token's "
+                   "log-probabilities of A vs B (logprobs: for small/local judges; needs a server that returns "
+                   "top_logprobs, e.g. llama.cpp, vLLM, OpenAI), or from a JSON-schema response (json).")
+@click.option("--strict", is_flag=True,
+              help="Fail (one-line error, nothing written) when more than 10% of the items got no parsable verdict, instead of marking the "
+                   "result unusable.")
+@click.option("--max-tokens", "--max-new-tokens", "max_tokens", default=1024, show_default=True,
+              type=click.IntRange(1), help="Maximum tokens of each judgement.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Reward-model batch.")
 @click.option("--max-length", default=1024, show_default=True, type=click.IntRange(8),
               help="Reward-model tokens per text (truncated from the left).")
@@ -56,12 +65,14 @@ def _items(candidate: str | None, baseline: str | None, pairs: str | None, limit
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Per-item verdicts as JSONL (atomic).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object on stdout.")
 def winrate(judge: str, candidate: str | None, baseline: str | None, pairs: str | None, model: str | None,
-            reward_model: str | None, max_tokens: int, batch_size: int, max_length: int, device: str, ci: str,
+            reward_model: str | None, verdict_mode: str, strict: bool, max_tokens: int, batch_size: int, max_length: int, device: str, ci: str,
             level: float, seed: int, limit: int | None, out: str | None, as_json: bool, **endpoint: Any) -> None:
     """Win rate of candidate responses against baseline responses, judged by an LLM or a reward model.
 
     Win rate = (wins + ties/2) / n with a confidence interval. The LLM judge sees every item twice (candidate as A,
-    then as B); verdicts that disagree across the two orders count as ties.
+    then as B); verdicts that disagree across the two orders count as ties.  An item without a parsable verdict
+    is missing data: counted (`missing`), left out of the rate and its CI, and above 10% missing the result says
+    `usable: false` (--strict: an error).
 
     \b
     Examples:
@@ -80,10 +91,10 @@ def winrate(judge: str, candidate: str | None, baseline: str | None, pairs: str 
     extra: dict[str, object] = {"judge": judge}
     if judge == "llm":
         client = make_client(model, seed=seed, **endpoint)
-        records = W.llm_judge(client, items, temperature=0.0, max_tokens=max_tokens)
+        records = W.llm_judge(client, items, verdict=verdict_mode, max_tokens=max_tokens)
         client.close()
-        extra.update(model=model, requests=client.stats.requests, cache_hits=client.stats.cache_hits,
-                     inconsistent=sum(not r["consistent"] for r in records),
+        extra.update(model=model, verdict=verdict_mode, requests=client.stats.requests,
+                     cache_hits=client.stats.cache_hits, inconsistent=sum(r["consistent"] is False for r in records),
                      unparsed=sum(r[k] is None for r in records
                                   for k in ("verdict_candidate_first", "verdict_candidate_second")))
     else:
@@ -93,6 +104,14 @@ def winrate(judge: str, candidate: str | None, baseline: str | None, pairs: str 
         records = W.reward_model_judge(RewardScorer(rm, tok, batch_size=batch_size, max_length=max_length), items)
         extra["model"] = reward_model
     summary = {**extra, **W.winrate_summary([r["outcome"] for r in records], ci=ci, level=level, seed=seed)}
+    warning = None
+    if not summary["usable"]:
+        message = (f"{summary['missing']}/{summary['items']} items have no parsable verdict (> 10%): the win rate "
+                   "is not usable")
+        hint = "try --verdict logprobs (or json) for a small judge, or a larger judge model"
+        if strict:
+            raise UserError(message, hint=hint)
+        warning = f"warning: {message} (fix: {hint})"
     if out:
         from sparsealign.io import atomic_write_text
 
@@ -101,9 +120,14 @@ def winrate(judge: str, candidate: str | None, baseline: str | None, pairs: str 
         summary["out"] = out
     if as_json:
         print(json.dumps(summary))
+    elif summary["win_rate"] is None:
+        print(f"no verdicts: all {summary['items']} items missing (unparsed judge output)")
     else:
         print(f"win rate {summary['win_rate']:.3f} [{summary['ci_low']:.3f}, {summary['ci_high']:.3f}] "
-              f"({summary['wins']} wins, {summary['ties']} ties, {summary['losses']} losses, n={summary['n']})")
+              f"({summary['wins']} wins, {summary['ties']} ties, {summary['losses']} losses, n={summary['n']}; "
+              f"{summary['missing']} missing)")
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 @click.command("train-reward-model")
