@@ -128,7 +128,15 @@ class ExecutorConfig(StrictModel):
     gpus_per_cell: float = Field(0.0, ge=0)
 
 
+# `--set beta=0.2` on a study means the alignment hyper-parameter, which lives in alignment.settings
+_ALIGN_SETTING_ALIASES = {k: f"alignment.settings.{v}" for k, v in {
+    "beta": "beta", "lr": "lr", "learning_rate": "lr", "batch_size": "batch_size",
+    "per_device_train_batch_size": "batch_size", "grad_accum": "grad_accum", "gradient_accumulation_steps":
+    "grad_accum", "epochs": "epochs", "num_train_epochs": "epochs", "lora_r": "lora.r"}.items()}
+
+
 class StudyConfig(StrictModel):
+    set_aliases = _ALIGN_SETTING_ALIASES
     name: str = "default"
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch threads per cell; default 1 for the micro family "
