@@ -87,3 +87,18 @@ def test_artifacts_refused_on_another_model(cli, calibrated) -> None:
     assert_one_line_error(res, "calibrated on a different model")
     assert_one_line_error(cli("eval", "mbpp", "--solutions", "reference", "--sparsity", "x"), "--sparsity", "--model")
     assert_one_line_error(cli("sparsify", "calibrate"), "missing --model")
+
+
+def test_rationales_generated_under_sparsity(cli, calibrated, tmp_path) -> None:
+    out = tmp_path / "r.jsonl"
+    res = cli("rationales", "generate", "--data", HH, "--out", str(out), "--source", "hf", "--model",
+              str(calibrated / "m0"), "--sparsity", str(calibrated / "s50"), "--mode", "dynamic", "--limit", "2",
+              "--max-new-tokens", "6", "--temperature", "1.0", "--device", "cpu", "--json")
+    assert res.returncode == 0, res.stderr
+    from sparsealign.data.preference import load_pairs
+
+    got = load_pairs(out, warn=False).pairs
+    assert len(got) == 2
+    assert all(p.meta["rationale_source"] == f"hf:{calibrated / 'm0'}+dynamic-sparse" and p.rationale for p in got)
+    assert_one_line_error(cli("rationales", "generate", "--data", HH, "--out", str(tmp_path / "x.jsonl"),
+                              "--source", "openai", "--model", "m", "--sparsity", "s"), "--source hf")
