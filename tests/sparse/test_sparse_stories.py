@@ -9,13 +9,10 @@ import json
 import pytest
 import torch
 
-from sparsealign.sparse import (
-    SparsityConfig,
-    apply_sparsity,
-    calibrate,
-    evaluate_sparsity,
-    record_activations,
-)
+from sparsealign.sparse.calibration import calibrate, record_activations
+from sparsealign.sparse.config import SparsityConfig
+from sparsealign.sparse.patch import apply_sparsity
+from sparsealign.sparse.quality import evaluate_sparsity
 
 
 @pytest.fixture(scope="module", autouse=True)

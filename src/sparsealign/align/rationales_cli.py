@@ -14,24 +14,6 @@ from sparsealign.sparse.options import sparsity_options, sparsity_spec
 SOURCES = ("openai", "hf", "execution")
 
 
-def _load_hf(model_id: str, device: str):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from sparsealign.errors import UserError
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_id)
-        model = AutoModelForCausalLM.from_pretrained(model_id, dtype="auto")
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"--model {model_id}: cannot load a causal LM ({first})",
-                        hint="pass a local directory with config.json and weights, or a hub id") from None
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval(), tokenizer
-
-
 @click.command("generate")
 @click.option("--data", "data", required=True, help="Pairs file (JSONL/JSON/CSV/Parquet, or a dataset name under the "
               "data dir).")
@@ -100,10 +82,13 @@ def generate(data: str, out: str, source: str, model: str | None, temperature: f
         counts = R.fill_rationales(pairs, generator, source=label, save=save, save_every=save_every)
         client.close()
     elif source == "hf":
-        lm, tokenizer = _load_hf(model, device)
+        from sparsealign.models.loading import load_model_and_tokenizer
+
+        lm, tokenizer = load_model_and_tokenizer(model, device=device)
         spec = sparsity_spec(sparsity, mode, prefill)
         if spec is not None:
-            from sparsealign.sparse.spec import SparsitySpec, apply_spec
+            from sparsealign.sparse.apply import apply_spec
+            from sparsealign.sparse.spec import SparsitySpec
 
             apply_spec(lm, SparsitySpec(**spec))
         generator = R.hf_generator(lm, tokenizer, batch_size=batch_size, max_new_tokens=max_tokens,

@@ -23,6 +23,7 @@ from typing import Any
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
+from sparsealign.sparse.apply import apply_spec
 from sparsealign.sparse.spec import SparsitySpec
 
 
@@ -37,8 +38,6 @@ class SparseAlignLM(HFLM):
         self.sparsity_handle = None
         if self.sparsity_spec is None:
             return
-        from sparsealign.sparse.spec import apply_spec
-
         if hasattr(self._model, "merge_and_unload"):  # a PEFT adapter: sparsity patches the plain merged MLPs
             self._model = self._model.merge_and_unload()
         self.sparsity_handle = apply_spec(self._model, self.sparsity_spec)

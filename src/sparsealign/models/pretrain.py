@@ -354,9 +354,7 @@ def _rows(docs: list[str], tok, recipe: PretrainRecipe):
 
 
 def load_member(path: str | Path):
-    """(model, tokenizer) of a family member, in eval mode."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    """(model, tokenizer) of a family member (or any --model spec), fp32, in eval mode, through the one loader."""
+    from sparsealign.models.loading import load_model_and_tokenizer
 
-    model = LlamaForCausalLM.from_pretrained(path)
-    model.eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    return load_model_and_tokenizer(path, device="cpu", dtype="float32")

@@ -35,22 +35,18 @@ def parse_modes(value: str) -> list[str]:
     return modes
 
 
-def check_model_dir(path: Path) -> None:
-    from sparsealign.errors import UserError
+def check_model_dir(spec: str) -> None:
+    """Fail early (before any measurement) on a --model the project's loader cannot resolve."""
+    from sparsealign.models.loading import resolve_model
 
-    if not (path / "config.json").exists():
-        raise UserError(f"{path}: not a Hugging Face model directory (no config.json)",
-                        hint="pass a directory written by save_pretrained or `sparsealign convert llama2c`")
+    resolve_model(spec)
 
 
-def load_model_dir(path: Path):
-    """fp32 model + tokenizer from an HF directory, with one-line errors for a wrong path."""
-    check_model_dir(path)
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_model_dir(spec: str):
+    """fp32 model + tokenizer on the CPU from any --model spec (folder, hub id, .gguf, short name, adapter)."""
+    from sparsealign.models.loading import load_model_and_tokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    return load_model_and_tokenizer(spec, device="cpu", dtype="float32")
 
 
 def _log(msg: str) -> None:
@@ -58,8 +54,9 @@ def _log(msg: str) -> None:
 
 
 @click.command("bench")
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="HF model directory (e.g. one written by `sparsealign convert llama2c`).")
+@click.option("--model", "model_dir", default=None,
+              help="Model: HF directory (e.g. one written by `sparsealign convert llama2c`), hub id, .gguf file, "
+                   "PEFT adapter folder or smollm2-135m-instruct.")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
               help="Random-weight ReLU Llama instead of --model: 1b-relu (TinyLlama-1.1B shape, 22 layers), "
                    "1b-relu-small (same widths, 4 layers), tiny-relu (for smoke tests).")
@@ -84,7 +81,7 @@ def _log(msg: str) -> None:
                    "exactly 1-sparsity of neurons on the timed trajectory (speed only); auto = recall for --model, "
                    "density for --preset (random weights cannot be predicted).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with a `results` list.")
-def bench(model_dir: Path | None, preset: str | None, layers: int | None, extrapolate_layers: int | None,
+def bench(model_dir: str | None, preset: str | None, layers: int | None, extrapolate_layers: int | None,
           sparsity: str, modes: str, tokens: int, repeats: int, threads: int, calib_file: Path | None,
           prompt: str | None, predictor_cutoff: str, as_json: bool) -> None:
     """Batch-1 fp32 CPU decode speed: dense vs sparse per mode and sparsity, with the Amdahl ideal.
@@ -156,7 +153,7 @@ def _read_chunks(path: Path, chars: int = 1200) -> list[str]:
 
 
 @click.command("curve")
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--model", "model_dir", required=True,
               help="HF model directory (e.g. stories260K converted with `sparsealign convert llama2c`).")
 @click.option("--sparsity", "sparsity", default="0,0.1,0.2,0.3,0.5,0.7,0.9", show_default=True,
               help="Comma-separated target sparsities.")
@@ -178,7 +175,7 @@ def _read_chunks(path: Path, chars: int = 1200) -> list[str]:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory for curve.json/csv/png and the texts used; default runs/curve-<model name>.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (rows and file paths).")
-def curve(model_dir: Path, sparsity: str, modes: str, calib_texts: int, eval_texts: int, new_tokens: int,
+def curve(model_dir: str, sparsity: str, modes: str, calib_texts: int, eval_texts: int, new_tokens: int,
           calib_file: Path | None, eval_file: Path | None, prompt_tokens: int, threads: int, out_dir: Path | None,
           as_json: bool) -> None:
     """KL(dense || sparse) per token and next-token top-1 agreement versus sparsity, static vs dynamic.
@@ -209,10 +206,10 @@ def curve(model_dir: Path, sparsity: str, modes: str, calib_texts: int, eval_tex
                                                                  new_tokens=new_tokens, seed=1)
     result = sparsity_curve(model, tokenizer, calib, held, sparsities, mode_list, prompt_tokens=prompt_tokens,
                             log=_log)
-    out_dir = out_dir or runs_dir() / f"curve-{model_dir.resolve().name}"
+    out_dir = out_dir or runs_dir() / f"curve-{Path(model_dir).resolve().name}"
     result.update(model=str(model_dir), calib_source=str(calib_file or "sampled:seed0"),
                   eval_source=str(eval_file or "sampled:seed1"))
-    paths = write_curve(result, out_dir, title=f"{model_dir.resolve().name}: sparse vs dense")
+    paths = write_curve(result, out_dir, title=f"{Path(model_dir).resolve().name}: sparse vs dense")
     paths.append(atomic_write_json(out_dir / "texts.json", {"calibration": calib, "eval": held}))
     result["files"] = [str(p) for p in paths]
     if as_json:

@@ -13,20 +13,10 @@ MODES = ("static", "dynamic", "predictor")
 
 
 def load_model(name: str):
-    """HF model (float32, eval) + tokenizer from a local directory or a hub id."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """fp32 model (eval, CPU: the sparse kernels and calibration run there) + tokenizer, from any `--model` spec."""
+    from sparsealign.models.loading import load_model_and_tokenizer
 
-    from sparsealign.errors import UserError
-
-    if not Path(name).exists() and (name.startswith((".", "/")) or name.count("/") != 1):
-        raise UserError(f"{name}: model directory not found", hint="pass a saved HF model directory or a hub id")
-    try:
-        tok = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
-    except OSError as exc:
-        raise UserError(f"{name}: cannot load model ({str(exc).splitlines()[0]})") from None
-    return model.eval(), tok
+    return load_model_and_tokenizer(name, device="cpu", dtype="float32")
 
 
 def _default_out(model: str, out: str | None, flag: str = "--out") -> Path:
@@ -37,8 +27,11 @@ def _default_out(model: str, out: str | None, flag: str = "--out") -> Path:
         return Path(out)
     if Path(model).is_dir():
         return Path(model) / "sparsity"
-    if model.startswith((".", "/")) or model.count("/") != 1:
-        raise UserError(f"{model}: model directory not found", hint="pass a saved HF model directory or a hub id")
+    from sparsealign.models.loading import resolve_model
+
+    resolved = resolve_model(model)  # a GGUF / short name: beside its dequantized copy in the cache
+    if resolved.source == "gguf":
+        return Path(resolved.path) / "sparsity"
     raise UserError(f"{model} is a hub id, so there is no default place for artifacts", hint=f"pass {flag} DIR")
 
 
@@ -141,23 +134,15 @@ def register(cli: click.Group) -> None:
         """Per-layer thresholds on |act(gate x)| at the target sparsity (empirical quantile), optional TEAL-style
         greedy allocation (--set allocation=greedy) and low-rank predictors (--set predictor.enabled=true).
         Writes sparsity.safetensors + sparsity.json, and the activation profile beside them."""
-        from sparsealign.sparse.artifacts import save_artifacts
-        from sparsealign.sparse.calibration import calibrate, record_activations
-        from sparsealign.sparse.profile import build_profile, save_profile
-        from sparsealign.sparse.spec import describe_artifacts
+        from sparsealign.sparse.run import CalibrateRunConfig, run_calibrate
         from sparsealign.sparse.texts import load_texts
 
         model = _pick_model(model_opt, model_arg)
         cfg = _config(config, overrides, target)
         out_dir = _default_out(model, out)
-        texts = load_texts(source, n, skip)
-        m, tok = load_model(model)
-        rec = record_activations(m, tok, texts, max_length=cfg.max_length, max_tokens=cfg.max_tokens)
-        art = calibrate(m, tok, texts, cfg, recording=rec)
-        art.calibration["texts"] = {"source": source, "n": len(texts), "skip": skip}
-        art.model_info.update(describe_artifacts(art, m, model))  # self-describing: refused on another model
-        save_artifacts(art, out_dir)
-        save_profile(build_profile(rec, art.thresholds, cfg.hot_fraction), out_dir / "profile")
+        load_texts(source, n, skip)  # a bad text source fails before the model loads
+        run_cfg = CalibrateRunConfig(model=model, texts=source, n=n, skip=skip, sparsity=cfg)
+        art = run_calibrate(run_cfg, out_dir, loaded=load_model(model))[cfg.target_sparsity]
         result = {"out": str(out_dir), "thresholds": art.thresholds, "layer_sparsity": art.layer_sparsity,
                   "calibration": art.calibration}
         emit(result, as_json, [f"artifacts -> {out_dir}",

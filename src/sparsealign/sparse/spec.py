@@ -2,7 +2,7 @@
 the model an artifacts folder was calibrated on.
 
     spec = SparsitySpec(artifacts="runs/x/sparsity", mode="dynamic")
-    handle = apply_spec(model, spec)          # refuses artifacts calibrated on another model
+    handle = apply_spec(model, spec)          # (sparse.apply) refuses artifacts calibrated on another model
 
 `sparsify calibrate` writes `model_identity(model)` into sparsity.json's model_info (with target and sites), so the
 folder says what it is for; `apply_spec` compares that hash with the model it is applied to.  The hash covers the
@@ -81,13 +81,3 @@ def check_artifacts_model(art, model, where: str) -> None:
     raise UserError(f"{where}: these sparsity artifacts were calibrated on a different model ({source}, hash "
                     f"{want[:12]}; this model's {what} differ, hash {got['model_hash'][:12]})",
                     hint="calibrate on this model: sparsealign sparsify calibrate --model MODEL --out DIR")
-
-
-def apply_spec(model, spec: SparsitySpec):
-    """Load the artifacts, check they belong to `model`, patch it; returns the SparsityHandle."""
-    from sparsealign.sparse.artifacts import load_artifacts
-    from sparsealign.sparse.patch import apply_sparsity
-
-    art = load_artifacts(spec.artifacts)
-    check_artifacts_model(art, model, spec.artifacts)
-    return apply_sparsity(model, art, spec.mode, spec.prefill)

@@ -94,24 +94,15 @@ def build_tiny_reward_model(texts: Sequence[str], *, vocab_size: int = 512, seed
 
 
 def load_reward_model(path: str, *, device: str = "auto", num_labels: int | None = None):
-    """`AutoModelForSequenceClassification` + tokenizer from a path or hub id; one-line error when it fails."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """Sequence classifier + tokenizer through the project's one loader (any --model spec); must have one output."""
+    from sparsealign.models.loading import load_model_and_tokenizer
 
-    kwargs = {"num_labels": num_labels} if num_labels else {}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"{path}: cannot load a sequence-classification model ({first[:200]})",
-                        hint="pass a directory written by `sparsealign eval train-reward-model` or a hub id") from None
+    model, tokenizer = load_model_and_tokenizer(path, device=device, task="sequence-classification",
+                                                num_labels=num_labels)
     if model.config.num_labels != 1:
         raise UserError(f"{path}: the classifier has {model.config.num_labels} outputs; a reward model has 1",
                         hint="use a reward model (num_labels=1)")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval(), tokenizer
+    return model, tokenizer
 
 
 def train_reward_model(

@@ -9,25 +9,37 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
 from sparsealign.config import StrictModel, config_hash
+from sparsealign.data.mbpp.prompts import make_format
+from sparsealign.data.mbpp.tasks import load_mbpp
+from sparsealign.data.records import MbppTask
 from sparsealign.evaluate.mbpp.evaluator import (
     MbppEvalConfig,
+    completion_record,
     evaluate_mbpp,
+    run_records,
     run_reference,
     save_records,
     summarize_generations,
 )
+from sparsealign.evaluate.mbpp.samples import read_samples
 from sparsealign.evaluate.tables import load_table
 from sparsealign.io import atomic_write_json
+from sparsealign.models.loading import load_model_and_tokenizer
+from sparsealign.rundir import RunDir
+from sparsealign.settings import resolve_data_path
+from sparsealign.sparse.apply import apply_spec
 from sparsealign.sparse.spec import SparsitySpec
 
 log = logging.getLogger("sparsealign.evaluate")
 STAGE = "eval-mbpp"
+LOAD_FIELDS = {"device", "dtype", "revision", "trust_remote_code", "device_map"}  # passed to the model loader
 
 
 class MbppRunConfig(StrictModel):
@@ -40,6 +52,9 @@ class MbppRunConfig(StrictModel):
     limit: int | None = Field(None, ge=1)
     device: str = "auto"
     dtype: str = "auto"
+    revision: str | None = None  # hub ids: branch, tag or commit
+    trust_remote_code: bool = False
+    device_map: str | None = None  # "auto": accelerate spreads a model too big for one device
     chunk_size: int = Field(50, ge=1, description="tasks per resumable chunk")
     eval: MbppEvalConfig = Field(default_factory=MbppEvalConfig)
 
@@ -54,12 +69,6 @@ def _source_label(cfg: MbppRunConfig) -> str:
 
 
 def _score_samples(cfg: MbppRunConfig) -> tuple[dict, list[dict]]:
-    from sparsealign.data.mbpp.prompts import make_format
-    from sparsealign.data.mbpp.tasks import load_mbpp
-    from sparsealign.evaluate.mbpp.evaluator import completion_record, run_records
-    from sparsealign.evaluate.mbpp.samples import read_samples
-    from sparsealign.settings import resolve_data_path
-
     all_tasks = load_mbpp(cfg.data)
     fmt_name, samples = read_samples(resolve_data_path(cfg.samples or ""), all_tasks)
     fmt = make_format("lm-eval" if fmt_name == "lm-eval" else "bigcode", all_tasks)
@@ -78,22 +87,26 @@ def _sparsity_summary(handle, spec: SparsitySpec) -> dict[str, Any]:
 
 
 def _evaluate(cfg: MbppRunConfig, parts_dir: Path | None, progress: bool) -> tuple[dict, list[dict]]:
-    from sparsealign.data.mbpp.tasks import load_mbpp
-
     if cfg.samples:
         return _score_samples(cfg)
     tasks = load_mbpp(cfg.data, split=cfg.split)[: cfg.limit]
     if cfg.solutions == "reference":
         return run_reference(tasks, cfg.eval)
-    from sparsealign.models.loading import load_model_and_tokenizer
 
     shots = load_mbpp(cfg.data, split="prompt") if cfg.eval.format == "lm-eval" else None
-    model, tok = load_model_and_tokenizer(cfg.model or "", device=cfg.device, dtype=cfg.dtype)
-    handle = None
-    if cfg.sparsity is not None:
-        from sparsealign.sparse.spec import apply_spec
+    model, tok = load_model_and_tokenizer(cfg.model or "", **cfg.model_dump(include=LOAD_FIELDS))
+    handle = apply_spec(model, cfg.sparsity) if cfg.sparsity is not None else None
+    summary, records = evaluate_loaded(cfg, model, tok, tasks, parts_dir=parts_dir, shots=shots, progress=progress)
+    if handle is not None:
+        summary["sparsity"] = _sparsity_summary(handle, cfg.sparsity)
+        handle.remove()
+    return summary, records
 
-        handle = apply_spec(model, cfg.sparsity)
+
+def evaluate_loaded(cfg: MbppRunConfig, model, tok, tasks: Sequence[MbppTask], *, parts_dir: Path | None = None,
+                    shots: Sequence[MbppTask] | None = None, progress: bool = False) -> tuple[dict, list[dict]]:
+    """The verb's evaluation of an already loaded (possibly sparsified) model: `cfg.chunk_size` tasks at a time,
+    each finished chunk kept in `parts_dir` when given.  The study calls this with its own model and tasks."""
     records: list[dict[str, Any]] = []
     chunks = [tasks[i: i + cfg.chunk_size] for i in range(0, len(tasks), cfg.chunk_size)]
     for idx, chunk in enumerate(chunks):
@@ -106,11 +119,7 @@ def _evaluate(cfg: MbppRunConfig, parts_dir: Path | None, progress: bool) -> tup
             save_records(chunk_records, part)
         records += chunk_records
         log.info("mbpp chunk %d/%d done", idx + 1, len(chunks))
-    summary = summarize_generations(records, cfg.eval)
-    if handle is not None:
-        summary["sparsity"] = _sparsity_summary(handle, cfg.sparsity)
-        handle.remove()
-    return summary, records
+    return summarize_generations(records, cfg.eval), records
 
 
 def run_mbpp(cfg: MbppRunConfig, *, name: str | None = None, out_path: str | None = None,
@@ -120,8 +129,6 @@ def run_mbpp(cfg: MbppRunConfig, *, name: str | None = None, out_path: str | Non
     if name is None:
         summary, records = _evaluate(cfg, None, progress)
     else:
-        from sparsealign.rundir import RunDir
-
         run = RunDir.open(name, STAGE, cfg)
         out_dir = run.path("eval", "mbpp", "summary.json").parent
         holder: dict[str, Any] = {}

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sparsealign.data.readers import read_rows
 from sparsealign.data.records import MbppTask
 from sparsealign.errors import DataError
 
@@ -59,8 +60,6 @@ def _task_id(record: dict[str, Any], fmt: str) -> int | None:
 
 def read_samples(path: str | Path, tasks: Sequence[MbppTask]) -> tuple[str, list[dict[str, Any]]]:
     """(format, [{task, sample, completion, code}]) from a samples file; every task id must be in `tasks`."""
-    from sparsealign.data.readers import read_rows
-
     path = Path(path)
     by_id = {t.task_id: t for t in tasks}
     fmt_seen: str | None = None

@@ -6,16 +6,15 @@ import json
 
 import click
 
+from sparsealign.align.config import METHODS
 from sparsealign.sparse.options import sparsity_options, sparsity_spec
-
-METHOD_CHOICES = ("dpo", "orpo", "simpo", "rdpo", "rorpo", "rsimpo")
 
 
 @click.command("preference")
 @click.option("--model", "model_path", required=True, metavar="PATH", help="Aligned (or sparsified) model to evaluate.")
 @click.option("--ref-model", "ref_path", default=None, metavar="PATH",
               help="Reference model: required for DPO/RDPO rewards and for --kl-samples.")
-@click.option("--method", type=click.Choice(METHOD_CHOICES), required=True,
+@click.option("--method", type=click.Choice(METHODS), required=True,
               help="Whose implicit reward to use: DPO beta*log(pi/pi_ref), SimPO beta/|y|*log pi, ORPO log-odds.")
 @click.option("--data", "data", required=True, metavar="FILE",
               help="Held-out preference pairs (any format `data inspect` reads; relative to the data directory).")

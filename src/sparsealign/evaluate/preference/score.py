@@ -14,13 +14,19 @@ from typing import Any
 
 import numpy as np
 
+from sparsealign.align.logps import (
+    TokenizeSettings,
+    encode_prompt,
+    pad_sequences,
+    score_pairs,
+    sequence_logps,
+)
+from sparsealign.align.losses import loss_for
 from sparsealign.data.records import PreferencePair
+from sparsealign.evaluate.generation import SamplingConfig, generate_from_ids
 from sparsealign.evaluate.preference.divergence import human_preference_prob
 from sparsealign.evaluate.preference.metrics import flip_metrics, kl_estimate, preference_metrics
 from sparsealign.stats.intervals import DEFAULT_LEVEL, DEFAULT_RESAMPLES
-
-# The beta a method's implicit reward is scaled by when the caller does not say (use the one the model trained with).
-DEFAULT_BETA = {"dpo": 0.1, "simpo": 2.0, "orpo": 1.0}
 
 
 def human_probs(pairs: Sequence[PreferencePair], tau: float = 1.0) -> np.ndarray:
@@ -30,33 +36,23 @@ def human_probs(pairs: Sequence[PreferencePair], tau: float = 1.0) -> np.ndarray
 
 def method_rewards(method: str, scores: dict[str, Any], ref_scores: dict[str, Any] | None,
                    beta: float | None) -> tuple[np.ndarray, np.ndarray, float]:
-    """(rewards_chosen, rewards_rejected, beta used) from `score_pairs` outputs, with the method's own reward."""
-    from sparsealign.align.losses import base_method, dpo_rewards, log_odds, simpo_rewards
+    """(rewards_chosen, rewards_rejected, beta used) from `score_pairs` outputs, with the method's own reward.
 
-    base = base_method(method)
-    beta = DEFAULT_BETA[base] if beta is None else beta
+    `beta` should be the one the model trained with (`sparsealign.align.sidecar.read_record`); unset, it is the
+    loss's own default — the same one training used when its config left β unset."""
+    loss = loss_for(method)
+    beta = loss.resolve_beta(beta)
     out = []
     for side in ("chosen", "rejected"):
-        logp, n = scores[f"{side}_logps"], scores[f"{side}_n"]
-        if base == "dpo":
-            if ref_scores is None:
-                raise ValueError(f"{method}: the implicit reward beta*log(pi/pi_ref) needs a reference model")
-            r = dpo_rewards(logp, ref_scores[f"{side}_logps"], beta)
-        elif base == "simpo":
-            r = simpo_rewards(logp, n, beta)
-        else:  # ORPO's log odds carry no beta
-            r = log_odds(logp, n)
-        out.append(r.double().numpy())
-    return out[0], out[1], (1.0 if base == "orpo" else beta)
+        ref = ref_scores[f"{side}_logps"] if ref_scores is not None else None
+        out.append(loss.implicit_reward(scores[f"{side}_logps"], scores[f"{side}_n"], ref, beta).double().numpy())
+    return out[0], out[1], (beta if loss.reward_uses_beta else 1.0)
 
 
 def sample_kl(model, ref_model, tokenizer, pairs: Sequence[PreferencePair], *, settings, samples: int,
               max_new_tokens: int, seed: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(log pi(y|x), log pi_ref(y|x)) of one completion y ~ pi(.|x) (temperature 1) per prompt of `pairs[:samples]`."""
     import torch
-
-    from sparsealign.align.logps import encode_prompt, pad_sequences, sequence_logps
-    from sparsealign.evaluate.generation import SamplingConfig, generate_from_ids
 
     prompts = [encode_prompt(tokenizer, p.prompt, settings, p.messages)[-settings.max_prompt_length:]
                for p in pairs[:samples]]
@@ -101,7 +97,6 @@ def evaluate_preference(
     the summary then carries `flip` metrics.  `kl_samples` > 0 (needs `ref_model`) samples that many completions
     from `model` and reports KL(pi || pi_ref).  Every figure has a seeded percentile-bootstrap CI.
     """
-    from sparsealign.align.logps import TokenizeSettings, score_pairs
 
     if not pairs:
         raise ValueError("no preference pairs to evaluate")
