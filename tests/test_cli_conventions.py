@@ -48,7 +48,8 @@ def test_hf_and_trl_names_in_set_map_to_our_fields() -> None:
     assert load_config(AlignConfig, None, ["lora=true"], base={"model": "m", "data": "d"}).lora.r == 16
     assert load_config(AlignConfig, None, ["lora=false"], base={"model": "m", "data": "d"}).lora is None
     study = load_config(StudyConfig, None, ["beta=0.3", "learning_rate=1e-4", "lora_r=4"])
-    assert study.alignment.settings == {"beta": 0.3, "lr": 1e-4, "lora": {"r": 4}}
+    settings = study.alignment.settings
+    assert (settings.beta, settings.lr, settings.lora.r) == (0.3, 1e-4, 4)
 
 
 def test_unknown_set_keys_suggest_instead_of_listing(cli) -> None:
