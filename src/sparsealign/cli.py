@@ -68,6 +68,7 @@ STAGE_CLI_MODULES = [
     "sparsealign.evaluate.mbpp.cli",
     "sparsealign.evaluate.preference.cli",
     "sparsealign.evaluate.judges.cli",
+    "sparsealign.evaluate.report_cli",
     "sparsealign.models.convert_cli",
     "sparsealign.models.pretrain_cli",
     "sparsealign.study.cli",
