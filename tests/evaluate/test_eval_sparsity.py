@@ -102,3 +102,20 @@ def test_rationales_generated_under_sparsity(cli, calibrated, tmp_path) -> None:
     assert all(p.meta["rationale_source"] == f"hf:{calibrated / 'm0'}+dynamic-sparse" and p.rationale for p in got)
     assert_one_line_error(cli("rationales", "generate", "--data", HH, "--out", str(tmp_path / "x.jsonl"),
                               "--source", "openai", "--model", "m", "--sparsity", "s"), "--source hf")
+
+
+def test_winrate_sparse_answers_against_dense_answers(cli, calibrated) -> None:
+    from llm_server import FakeOpenAI
+
+    args = ["eval", "winrate", "--judge", "llm", "--model", "judge", "--api-key-env", "none", "--no-cache",
+            "--pairs", HH, "--limit", "4", "--responses-model", str(calibrated / "m0"), "--responses-max-new-tokens",
+            "8", "--device", "cpu", "--json"]
+    with FakeOpenAI() as server:
+        zero = cli(*args, "--base-url", server.url, "--sparsity", str(calibrated / "s0"), "--mode", "static")
+        half = cli(*args, "--base-url", server.url, "--sparsity", str(calibrated / "s50"), "--mode", "dynamic")
+    assert zero.returncode == 0 and half.returncode == 0, zero.stderr + half.stderr
+    z, h = zero.json(), half.json()
+    # threshold 0: the sparse answers are the dense ones, and the (length-preferring) judge calls every item a tie
+    assert z["sparsity"]["identical_answers"] == 4 and (z["ties"], z["n"], z["win_rate"]) == (4, 4, 0.5)
+    assert h["sparsity"]["mode"] == "dynamic" and h["sparsity"]["realized_sparsity"] > 0.3
+    assert h["n"] + h["missing"] == 4 and h["items"] == 4

@@ -10,6 +10,7 @@ import click
 
 from sparsealign.clients.options import endpoint_options, make_client
 from sparsealign.output import emit
+from sparsealign.sparse.options import sparsity_options, sparsity_spec
 
 
 def _items(candidate: str | None, baseline: str | None, pairs: str | None, limit: int | None):
@@ -40,6 +41,12 @@ def _items(candidate: str | None, baseline: str | None, pairs: str | None, limit
               "else by prompt).")
 @click.option("--pairs", default=None, help="A pairs file instead: candidate = chosen, baseline = rejected (the win "
               "rate is then the judge's agreement with the labels).")
+@click.option("--responses-model", default=None, metavar="PATH",
+              help="With --pairs and --sparsity: judge this model's answers to the pairs' prompts under sparsity "
+                   "(candidate) against its own dense answers (baseline).")
+@sparsity_options(what="--responses-model")
+@click.option("--responses-max-new-tokens", default=128, show_default=True, type=click.IntRange(1),
+              help="Tokens per answer of --responses-model.")
 @click.option("--model", default=None, help="Judge model name at the endpoint (--judge llm).")
 @click.option("--reward-model", default=None, help="Reward model path or hub id (--judge reward-model).")
 @endpoint_options
@@ -64,7 +71,8 @@ def _items(candidate: str | None, baseline: str | None, pairs: str | None, limit
 @click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N items.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Per-item verdicts as JSONL (atomic).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object on stdout.")
-def winrate(judge: str, candidate: str | None, baseline: str | None, pairs: str | None, model: str | None,
+def winrate(judge: str, candidate: str | None, baseline: str | None, pairs: str | None, responses_model: str | None,
+            sparsity: str | None, mode: str, prefill: str, responses_max_new_tokens: int, model: str | None,
             reward_model: str | None, verdict_mode: str, strict: bool, max_tokens: int, batch_size: int, max_length: int, device: str, ci: str,
             level: float, seed: int, limit: int | None, out: str | None, as_json: bool, **endpoint: Any) -> None:
     """Win rate of candidate responses against baseline responses, judged by an LLM or a reward model.
@@ -87,8 +95,20 @@ def winrate(judge: str, candidate: str | None, baseline: str | None, pairs: str 
     if judge == "reward-model" and not reward_model:
         raise UserError("--judge reward-model needs --reward-model PATH",
                         hint="train one with `sparsealign eval train-reward-model` or pass a hub id")
-    items = _items(candidate, baseline, pairs, limit)
     extra: dict[str, object] = {"judge": judge}
+    if responses_model or sparsity:
+        if not (responses_model and sparsity and pairs):
+            raise UserError("dense-vs-sparse judging needs --responses-model PATH, --sparsity DIR and --pairs FILE")
+        from sparsealign.data.preference import load_pairs
+        from sparsealign.evaluate.judges.responses import dense_vs_sparse_items
+        from sparsealign.sparse.spec import SparsitySpec
+
+        spec = SparsitySpec(**sparsity_spec(sparsity, mode, prefill))
+        items, extra["sparsity"] = dense_vs_sparse_items(responses_model, load_pairs(pairs, limit=limit).pairs, spec,
+                                                         max_new_tokens=responses_max_new_tokens, device=device,
+                                                         batch_size=batch_size)
+    else:
+        items = _items(candidate, baseline, pairs, limit)
     if judge == "llm":
         client = make_client(model, seed=seed, **endpoint)
         records = W.llm_judge(client, items, verdict=verdict_mode, max_tokens=max_tokens)
