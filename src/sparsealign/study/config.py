@@ -213,7 +213,15 @@ class ReportConfig(StrictModel):
     min_items: int = Field(10, ge=2, description="fewer paired items than this: 'not measurable'")
 
 
+# `--set beta=0.2` on a study means the alignment hyper-parameter, which lives in alignment.settings
+_ALIGN_SETTING_ALIASES = {k: f"alignment.settings.{v}" for k, v in {
+    "beta": "beta", "lr": "lr", "learning_rate": "lr", "batch_size": "batch_size",
+    "per_device_train_batch_size": "batch_size", "grad_accum": "grad_accum", "gradient_accumulation_steps":
+    "grad_accum", "epochs": "epochs", "num_train_epochs": "epochs", "lora_r": "lora.r"}.items()}
+
+
 class StudyConfig(StrictModel):
+    set_aliases = _ALIGN_SETTING_ALIASES
     name: str = "default"
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch threads per cell; default 1 for the micro family "

@@ -63,9 +63,12 @@ def launch_commands(source: str, cfg: StudyConfig) -> list[str]:
         cmds.insert(0, "ray start --head   # on the head node; `ray start --address=<head>:6379` on workers")
         cmds.append(f"sparsealign study {source} --set executor.address=auto   # on the head node")
     if cfg.family.kind == "hf":
-        cmds.append(
+        size, model = next(iter(cfg.family.models.items()))
+        lora = " --set lora=true" if cfg.alignment.lora else ""
+        cmds.append(  # a literal, runnable line (checked with --dry-run in tests/test_cli_conventions.py)
             "accelerate launch --config_file configs/accelerate/zero3.yaml -m sparsealign.cli align "
-            "--method dpo --model <hub id> --data <pairs> --set lora=true   # one align cell by hand"
+            f"--method dpo --model {model} --data {cfg.alignment.preference_data} --name {cfg.name}-{size}"
+            f"{lora}   # one align cell by hand"
         )
     return cmds
 
