@@ -48,7 +48,12 @@ def study(ctx: click.Context, config, preset, name, overrides, only, restart, dr
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"config": config, "preset": preset, "overrides": overrides, "name": name}
         return
-    cfg = _load(config, preset, overrides)  # config errors before the heavy imports below
+    from sparsealign.rundir import check_run_name
+    from sparsealign.study.cells import expand, select_cells
+
+    cfg = _load(config, preset, overrides)  # config, --only and --name errors before the heavy imports below
+    select_cells(expand(cfg), list(only) or None)
+    check_run_name(name or cfg.name)
     from sparsealign.report.outputs import write_outputs
     from sparsealign.study.runner import run_study
 
@@ -130,7 +135,7 @@ def report_cmd(name: str, as_json: bool) -> None:
     from sparsealign.report.outputs import write_outputs
     from sparsealign.settings import runs_dir
     from sparsealign.study.config import StudyConfig
-    from sparsealign.study.pipeline import Study
+    from sparsealign.study.layout import Study
 
     root = runs_dir() / name
     cfg_path = root / "config" / "study.yaml"
