@@ -27,6 +27,12 @@ def frac_tag(frac: float) -> str:
     return f"f{frac:.3f}"
 
 
+def seed_tag(seed: int) -> str:
+    """Path segment of an alignment replicate: none for the first (keys of one-seed studies stay as they were),
+    "/s<r>" after the subset for the others (`report.items.parse_cell_key` reads it back)."""
+    return f"/s{seed}" if seed else ""
+
+
 @dataclass(frozen=True, eq=False)
 class Cell:
     stage: ClassVar[str] = ""
@@ -84,6 +90,7 @@ class AlignCell(Cell):
     method: str = ""  # type: ignore[assignment]
     subset: float = 1.0
     settings: AlignSettings | None = None  # type: ignore[valid-type]  (resolved from the study config)
+    seed: int = 0  # replicate index: trained with study seed + seed
 
     @property
     def parents(self) -> tuple[Cell, ...]:
@@ -91,7 +98,7 @@ class AlignCell(Cell):
 
     @property
     def key(self) -> str:
-        return f"{self.size}/{self.method}/{frac_tag(self.subset)}"
+        return f"{self.size}/{self.method}/{frac_tag(self.subset)}{seed_tag(self.seed)}"
 
 
 Model = PretrainCell | AlignCell  # where a model comes from: the base family or an alignment
@@ -103,6 +110,10 @@ def model_method(model: Model) -> str:
 
 def model_subset(model: Model) -> float:
     return model.subset if isinstance(model, AlignCell) else 1.0
+
+
+def model_seed(model: Model) -> int:
+    return model.seed if isinstance(model, AlignCell) else 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,7 +134,7 @@ class CalibrateCell(Cell):
 
     @property
     def key(self) -> str:
-        return f"{self.size}/{self.method}"
+        return f"{self.size}/{self.method}{seed_tag(model_seed(self.model))}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,7 +165,8 @@ class EvalCell(Cell):
 
     @property
     def key(self) -> str:
-        return f"{self.size}/{self.method}/{frac_tag(self.subset)}/{self.mode}/{self.sparsity:.2f}"
+        return (f"{self.size}/{self.method}/{frac_tag(self.subset)}{seed_tag(model_seed(self.model))}/{self.mode}/"
+                f"{self.sparsity:.2f}")
 
 
 def sizes_of(cfg: StudyConfig) -> list[str]:
@@ -189,14 +201,15 @@ def expand(cfg: StudyConfig) -> list[Cell]:
         models: list[Model] = [pre]
         for method in a.methods:
             for frac in sorted(set(a.subsets)) if method in a.subset_methods else [1.0]:
-                al = AlignCell(size, pairs, method, frac, settings[method])
-                cells.append(al)
-                models.append(al)
+                for seed in range(a.seeds):
+                    al = AlignCell(size, pairs, method, frac, settings[method], seed)
+                    cells.append(al)
+                    models.append(al)
         for model in models:
             dense = EvalCell(size, model, pairs, cfg.evaluation, prefill=sp.prefill)
             cells.append(dense)
-            if model_subset(model) != 1.0:
-                continue  # annotation-efficiency models are compared dense only
+            if model_subset(model) != 1.0 or sp.methods is not None and model_method(model) not in {BASE, *sp.methods}:
+                continue  # annotation-efficiency models (and methods left out of the sparse grid) stay dense
             cal = CalibrateCell(size, model, tuple(sp.targets), sp.calibration_texts, "predictor" in sp.modes)
             cells.append(cal)
             cells += [EvalCell(size, model, pairs, cfg.evaluation, mode, target, sp.prefill, cal, dense)

@@ -102,6 +102,8 @@ class AlignmentConfig(StrictModel):
     code_pair_samples: int = Field(4, ge=2, description="samples per task used to find a passing and a failing one")
     subsets: list[float] = Field(default_factory=lambda: [1 / 9, 1 / 3, 1.0])
     subset_methods: list[Method] = Field(default_factory=lambda: ["dpo", "rdpo"])
+    seeds: int = Field(1, ge=1, le=20, description="alignment seeds per aligned model: replicate r trains with seed "
+                       "study.seed + r (data order, rationale order); r > 0 adds an s<r> segment to its cell keys")
     settings: AlignSettings = Field(default_factory=AlignSettings,  # type: ignore[valid-type]
                                     description="AlignConfig fields for every method (unset: the align defaults)")
     lora: bool = False
@@ -136,6 +138,8 @@ class SparsityGrid(StrictModel):
     targets: list[float] = Field(default_factory=lambda: [0.5, 0.7, 0.9])
     modes: list[Mode] = Field(default_factory=lambda: ["static", "dynamic"])
     calibration_texts: int = Field(64, ge=4, description="code snippets (MBPP train solutions) for calibration")
+    methods: list[Method] | None = Field(None, description="aligned methods evaluated sparse (the base model always "
+                                         "is); None = every method in alignment.methods")
     prefill: Literal["dense", "sparse"] = "dense"
 
     @field_validator("targets")
@@ -164,6 +168,16 @@ class EvaluationConfig(StrictModel):
     preference_sets: list[str] = Field(
         default_factory=lambda: ["hh-rlhf/helpful-base/test.jsonl.gz", "ultrafeedback_binarized/train_clean.jsonl"]
     )
+    uf_pairs: int | None = Field(None, ge=8, description="held-out UltraFeedback pairs (None = the whole file)")
+    heldout_code: Literal["mutants", "samples"] = Field(
+        "mutants", description="held-out code pairs: reference vs failing one-edit mutant of the MBPP test and "
+        "generated test tasks (the same items for every size), or a 20% split of each size's own sampled pairs")
+    likelihood_tasks: int | None = Field(None, ge=0, description="MBPP tasks whose reference solution is scored "
+                                         "(NLL, KL to dense / base, natural sparsity); None = the whole split, 0 = off")
+    sparse_sets: list[Literal["hh", "uf", "code"]] = Field(
+        default_factory=lambda: ["hh", "uf", "code"],
+        description="held-out preference sets scored in sparse cells and in the dense cells of annotation "
+        "subset models (dense full-data cells score them all)")
     bootstrap: int = Field(1000, ge=100)
     speed_tokens: int = Field(32, ge=4, description="decode tokens timed for tokens/s")
     sandbox_workers: int = Field(2, ge=1)
@@ -172,6 +186,8 @@ class EvaluationConfig(StrictModel):
 class ExecutorConfig(StrictModel):
     kind: Literal["local", "ray"] = "local"
     address: str | None = Field(None, description="Ray cluster address (None = start a local Ray)")
+    workers: int = Field(1, ge=1, le=64, description="local: cells run at once, each in its own process on "
+                         "`threads` torch threads (2 on a 2-core machine: one cell's torch work beside another's)")
     cpus_per_cell: float = Field(1.0, gt=0)
     gpus_per_cell: float = Field(0.0, ge=0)
 
@@ -235,6 +251,13 @@ class StudyConfig(StrictModel):
     # How results are summarised, not what cells compute: left out of model_dump (so out of the run's identity and
     # saved config; changing the contrasts rewrites the report without refusing the run).
     report: ReportConfig = Field(default_factory=ReportConfig, exclude=True)
+
+    @model_validator(mode="after")
+    def _sparse_methods_aligned(self) -> StudyConfig:
+        missing = set(self.sparsity.methods or ()) - set(self.alignment.methods)
+        if missing:
+            raise ValueError(f"sparsity.methods {sorted(missing)} are not in alignment.methods")
+        return self
 
     @model_validator(mode="after")
     def _align_configs_valid(self) -> StudyConfig:

@@ -39,7 +39,7 @@ def run_study(cfg: StudyConfig, *, name: str | None = None, restart: bool = Fals
                          cpus_per_cell=cfg.executor.cpus_per_cell, gpus_per_cell=cfg.executor.gpus_per_cell,
                          progress=progress)
     else:
-        counts = run_local(cells, ledger_path, chash, fn, progress=progress)
+        counts = run_local(cells, ledger_path, chash, fn, progress=progress, workers=cfg.executor.workers)
     outputs = write(study) if write is not None else {}
     summary = {"run": str(run.root), "cells": len(cells), **counts, **{k: str(v) for k, v in outputs.items()}}
     if counts["failed"]:
