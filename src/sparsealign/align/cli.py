@@ -9,7 +9,7 @@ import sys
 
 import click
 
-METHODS = ["dpo", "orpo", "simpo", "rdpo", "rorpo", "rsimpo"]
+from sparsealign.align.config import METHODS
 
 
 @click.command("align", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
 from sparsealign.config import StrictModel
 
-Method = Literal["dpo", "orpo", "simpo", "rdpo", "rorpo", "rsimpo"]
-METHODS = ("dpo", "orpo", "simpo", "rdpo", "rorpo", "rsimpo")
-RATIONALE_METHODS = ("rdpo", "rorpo", "rsimpo")  # base loss + rationale NLL (arXiv 2407.14477)
-REFERENCE_FREE = ("orpo", "simpo", "rorpo", "rsimpo")  # never load a reference model
-DEFAULT_BETA = {"dpo": 0.1, "simpo": 2.0, "orpo": 0.1}  # SimPO paper: β in [2, 2.5] with γ/β = 0.5
+
+@dataclass(frozen=True)
+class MethodFacts:
+    """What a method is, declared once.  The loss objects (`sparsealign.align.losses.LOSSES`) are built from these
+    and answer for them; light consumers (CLI choices, `study plan`, the study config) read them without torch."""
+
+    base: str  # the preference loss: dpo, orpo or simpo
+    needs_reference: bool  # DPO: the reward is relative to a frozen reference policy
+    uses_rationale: bool  # R*: adds γ_r·NLL(rationale), needs a rationale per pair (arXiv 2407.14477)
+    default_beta: float  # β when the config leaves it unset (SimPO paper: β in [2, 2.5] with γ/β = 0.5)
+    reward_uses_beta: bool  # ORPO's log-odds reward carries no β
+
+
+_BASES = {"dpo": (True, 0.1, True), "orpo": (False, 0.1, False), "simpo": (False, 2.0, True)}
+METHOD_FACTS = {
+    f"{prefix}{base}": MethodFacts(base, ref, prefix == "r", beta, scaled)
+    for prefix in ("", "r") for base, (ref, beta, scaled) in _BASES.items()
+}
+METHODS = tuple(METHOD_FACTS)  # dpo, orpo, simpo, rdpo, rorpo, rsimpo
+Method = Literal[METHODS]  # type: ignore[valid-type]
+RATIONALE_METHODS = tuple(m for m, f in METHOD_FACTS.items() if f.uses_rationale)
+REFERENCE_METHODS = tuple(m for m, f in METHOD_FACTS.items() if f.needs_reference)
+
+
+def facts(method: str) -> MethodFacts:
+    if method not in METHOD_FACTS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    return METHOD_FACTS[method]
 
 
 class LoraSettings(StrictModel):
@@ -79,14 +103,6 @@ class AlignConfig(StrictModel):
         if self.max_prompt_length >= self.max_length:
             raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length})")
         return self
-
-    @property
-    def base_method(self) -> str:
-        return self.method[1:] if self.method.startswith("r") else self.method
-
-    @property
-    def resolved_beta(self) -> float:
-        return self.beta if self.beta is not None else DEFAULT_BETA[self.base_method]
 
     @property
     def cell_name(self) -> str:

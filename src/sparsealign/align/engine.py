@@ -15,10 +15,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sparsealign.align.config import RATIONALE_METHODS, AlignConfig
+from sparsealign.align.config import AlignConfig
+from sparsealign.align.logps import PairCollator, TokenizeSettings, encode_pairs
+from sparsealign.align.losses import LossParams, loss_for
+from sparsealign.align.reference import attach, cached_reference_logps, reference_key
+from sparsealign.align.sidecar import write_record
+from sparsealign.align.trainer import AlignTrainer, LedgerCallback, ListDataset
 from sparsealign.config import config_hash
+from sparsealign.data.preference import load_pairs
 from sparsealign.errors import UserError
 from sparsealign.io import atomic_dir, atomic_write_json
+from sparsealign.models import loading
 from sparsealign.rundir import RunDir
 
 log = logging.getLogger("sparsealign.align")
@@ -26,8 +33,6 @@ STAGE = "align"
 
 
 def load_align_pairs(cfg: AlignConfig) -> tuple[list[Any], list[Any]]:
-    from sparsealign.data.preference import load_pairs
-
     train = load_pairs(cfg.data, split=cfg.data_split).pairs[: cfg.max_pairs]
     evals = load_pairs(cfg.eval_data, split=cfg.eval_split).pairs[: cfg.max_eval_pairs] if cfg.eval_data else []
     return train, evals
@@ -35,14 +40,15 @@ def load_align_pairs(cfg: AlignConfig) -> tuple[list[Any], list[Any]]:
 
 def check_rationales(cfg: AlignConfig, pairs: Sequence[Any], source: str) -> None:
     """A rationale method on pairs without rationales is a one-line error that names the fix."""
-    if cfg.method not in RATIONALE_METHODS:
+    loss = loss_for(cfg.method)
+    if not loss.uses_rationale:
         return
     missing = sum(1 for p in pairs if not (p.rationale or "").strip())
     if missing and (cfg.missing_rationales == "error" or missing == len(pairs)):
         raise UserError(
             f"{source}: method {cfg.method} needs a rationale for every pair, but {missing} of {len(pairs)} have none",
             hint=f"run `sparsealign rationales generate --data {source}` first and align on its output, "
-                 f"or use method {cfg.base_method} (or --set missing_rationales=skip for partly-rationalised data)",
+                 f"or use method {loss.base} (or --set missing_rationales=skip for partly-rationalised data)",
         )
 
 
@@ -61,8 +67,6 @@ def check_report_to(cfg: AlignConfig) -> None:
 
 
 def tokenize_settings(cfg: AlignConfig):
-    from sparsealign.align.logps import TokenizeSettings
-
     return TokenizeSettings(
         max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
         max_rationale_tokens=cfg.max_rationale_tokens, rationale_max_length=cfg.rationale_max_length,
@@ -80,16 +84,8 @@ def use_bf16(cfg: AlignConfig) -> bool:
 
 
 def load_model_and_tokenizer(cfg: AlignConfig, name: str | None = None):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    name = name or cfg.model
-    tok = AutoTokenizer.from_pretrained(name)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    dtype = cfg.dtype if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
-    return model, tok
+    """Policy (or reference) model through the project's one loader; the trainer places it on its device."""
+    return loading.load_model_and_tokenizer(name or cfg.model, device=None, dtype=cfg.dtype)
 
 
 def apply_lora(cfg: AlignConfig, model):
@@ -141,10 +137,6 @@ def _train(cfg: AlignConfig, run: RunDir, pairs: list[Any] | None, eval_pairs: l
     from transformers import PrinterCallback, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
-    from sparsealign.align.logps import PairCollator, encode_pairs
-    from sparsealign.align.losses import LossParams, needs_reference
-    from sparsealign.align.trainer import AlignTrainer, LedgerCallback, ListDataset
-
     cell = cfg.cell_name
     if pairs is None:
         pairs, eval_pairs = load_align_pairs(cfg)
@@ -158,7 +150,9 @@ def _train(cfg: AlignConfig, run: RunDir, pairs: list[Any] | None, eval_pairs: l
     set_seed(cfg.seed)
     model, tok = load_model_and_tokenizer(cfg)
     settings = tokenize_settings(cfg)
-    rationale = cfg.method in RATIONALE_METHODS
+    loss = loss_for(cfg.method)
+    beta = loss.resolve_beta(cfg.beta)
+    rationale = loss.uses_rationale
     train_feats, n_trunc = encode_pairs(tok, pairs, settings, rationale=rationale)
     eval_feats, n_trunc_eval = encode_pairs(tok, eval_pairs, settings, rationale=rationale)
     log.info("align %s: %d train pairs (%d truncated), %d eval pairs (%d truncated)", cell, len(pairs), n_trunc,
@@ -170,17 +164,17 @@ def _train(cfg: AlignConfig, run: RunDir, pairs: list[Any] | None, eval_pairs: l
     args = args or training_args(cfg, out_dir / "checkpoints", bool(eval_feats))
     trainer = AlignTrainer(
         model=model, args=args, data_collator=PairCollator(tok.pad_token_id), processing_class=tok,
-        loss_params=LossParams(cfg.method, beta=cfg.resolved_beta, lam=cfg.lam,
+        loss_params=LossParams(cfg.method, beta=beta, lam=cfg.lam,
                                gamma_beta_ratio=cfg.gamma_beta_ratio, rationale_weight=cfg.rationale_weight,
                                rationale_norm=cfg.rationale_norm),
         callbacks=[LedgerCallback(run.ledger, cell), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)
-    metrics: dict[str, Any] = {"method": cfg.method, "beta": cfg.resolved_beta, "n_train_pairs": len(pairs),
+    metrics: dict[str, Any] = {"method": cfg.method, "beta": beta, "n_train_pairs": len(pairs),
                                "n_eval_pairs": len(eval_pairs), "n_truncated": n_trunc,
                                "n_truncated_eval": n_trunc_eval, "ref_cache_hits": 0,
                                "world_size": trainer.accelerator.num_processes}
-    if needs_reference(cfg.method):
+    if loss.needs_reference:
         train_feats, eval_feats = _with_reference(cfg, trainer, train_feats, eval_feats, metrics)
     trainer.train_dataset = ListDataset(train_feats)
     eval_ds = ListDataset(eval_feats) if eval_feats else None
@@ -207,14 +201,10 @@ def _train(cfg: AlignConfig, run: RunDir, pairs: list[Any] | None, eval_pairs: l
 
 def _with_reference(cfg: AlignConfig, trainer: Any, train_feats: list, eval_feats: list, metrics: dict):
     """Attach cached/computed reference log-probs; a separate `ref_model` is loaded only for its pass."""
-    from sparsealign.align.reference import attach, cached_reference_logps, reference_key
-
     ref_name = cfg.ref_model or cfg.model
     extra = {"dtype": cfg.dtype, "bf16": use_bf16(cfg)}
     scorer = trainer
     if cfg.ref_model and cfg.ref_model != cfg.model:
-        from sparsealign.align.trainer import AlignTrainer
-
         ref_model, _ = load_model_and_tokenizer(cfg, cfg.ref_model)
         scorer = AlignTrainer(model=ref_model, args=trainer.args, data_collator=trainer.data_collator,
                               loss_params=trainer.loss_params)
@@ -250,6 +240,7 @@ def _save_model(cfg: AlignConfig, trainer: Any, tok: Any, out_dir: Path) -> Path
             trainer.save_model(str(path))
         if main:
             tok.save_pretrained(path)
+            write_record(path, cfg)  # method, β, γ, reference: what its evaluators need
 
     if main:
         with atomic_dir(final) as tmp:

@@ -21,18 +21,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sparsealign.align.config import METHODS, RATIONALE_METHODS, REFERENCE_FREE  # noqa: F401 (re-exported)
-
-
-def base_method(method: str) -> str:
-    """`rdpo` -> `dpo`, `rorpo` -> `orpo`, `rsimpo` -> `simpo` (the rationale term is added on top)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    return method[1:] if method in RATIONALE_METHODS else method
-
-
-def needs_reference(method: str) -> bool:
-    return base_method(method) == "dpo"
+from sparsealign.align.config import (  # noqa: F401 (METHODS, RATIONALE_METHODS, REFERENCE_METHODS re-exported)
+    METHOD_FACTS,
+    METHODS,
+    RATIONALE_METHODS,
+    REFERENCE_METHODS,
+    MethodFacts,
+    facts,
+)
 
 
 # -- implicit rewards (also used by evaluation: preference accuracy/margins of a finished model) -----------------------
@@ -102,32 +98,114 @@ class LossParams:
     rationale_norm: str = "mean"
 
 
+class PreferenceLoss:
+    """One method's formulas, answering for its facts (torchtune style: the training loop and the evaluators ask
+    the loss object, never test method names).  Subclasses implement the base loss and its implicit reward; the
+    rationale term of the R* variants is added here, from the facts."""
+
+    def __init__(self, name: str, facts: MethodFacts):
+        self.name, self.facts = name, facts
+
+    @property
+    def base(self) -> str:
+        return self.facts.base
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.facts.needs_reference
+
+    @property
+    def uses_rationale(self) -> bool:
+        return self.facts.uses_rationale
+
+    @property
+    def default_beta(self) -> float:
+        return self.facts.default_beta
+
+    @property
+    def reward_uses_beta(self) -> bool:
+        return self.facts.reward_uses_beta
+
+    def resolve_beta(self, beta: float | None) -> float:
+        return self.default_beta if beta is None else beta
+
+    def implicit_reward(self, logp: torch.Tensor, n_tokens: torch.Tensor, ref_logp: torch.Tensor | None,
+                        beta: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def base_terms(self, params: LossParams, logp_w, n_w, logp_l, n_l, ref_logp_w, ref_logp_l) -> dict:
+        raise NotImplementedError
+
+    def __call__(self, params: LossParams, logp_w: torch.Tensor, n_w: torch.Tensor, logp_l: torch.Tensor,
+                 n_l: torch.Tensor, ref_logp_w: torch.Tensor | None = None, ref_logp_l: torch.Tensor | None = None,
+                 logp_r: torch.Tensor | None = None, n_r: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Per-example `loss`, `rewards_chosen`, `rewards_rejected` (+ extras), shape [B]; the caller averages."""
+        if self.needs_reference and (ref_logp_w is None or ref_logp_l is None):
+            raise ValueError(f"{self.name} needs reference log-probs")
+        out = self.base_terms(params, logp_w, n_w, logp_l, n_l, ref_logp_w, ref_logp_l)
+        if self.uses_rationale:
+            if logp_r is None or n_r is None:
+                raise ValueError(f"{self.name} needs rationale log-probs")
+            out["rationale_nll"] = rationale_nll(logp_r, n_r, params.rationale_norm)
+            out["loss"] = out["loss"] + params.rationale_weight * out["rationale_nll"]
+        return out
+
+
+class DPOLoss(PreferenceLoss):
+    def implicit_reward(self, logp, n_tokens, ref_logp, beta):
+        if ref_logp is None:
+            raise ValueError(f"{self.name}: the implicit reward beta*log(pi/pi_ref) needs a reference model")
+        return dpo_rewards(logp, ref_logp, beta)
+
+    def base_terms(self, params, logp_w, n_w, logp_l, n_l, ref_logp_w, ref_logp_l):
+        return {"loss": dpo_loss(logp_w, logp_l, ref_logp_w, ref_logp_l, params.beta),
+                "rewards_chosen": dpo_rewards(logp_w, ref_logp_w, params.beta),
+                "rewards_rejected": dpo_rewards(logp_l, ref_logp_l, params.beta)}
+
+
+class SimPOLoss(PreferenceLoss):
+    def implicit_reward(self, logp, n_tokens, ref_logp, beta):
+        return simpo_rewards(logp, n_tokens, beta)
+
+    def base_terms(self, params, logp_w, n_w, logp_l, n_l, ref_logp_w, ref_logp_l):
+        return {"loss": simpo_loss(logp_w, n_w, logp_l, n_l, params.beta, params.gamma_beta_ratio),
+                "rewards_chosen": simpo_rewards(logp_w, n_w, params.beta),
+                "rewards_rejected": simpo_rewards(logp_l, n_l, params.beta)}
+
+
+class ORPOLoss(PreferenceLoss):
+    def implicit_reward(self, logp, n_tokens, ref_logp, beta):
+        return log_odds(logp, n_tokens)
+
+    def base_terms(self, params, logp_w, n_w, logp_l, n_l, ref_logp_w, ref_logp_l):
+        loss, sft_nll, or_loss = orpo_loss(logp_w, n_w, logp_l, n_l, params.lam)
+        return {"loss": loss, "sft_nll": sft_nll, "odds_ratio_loss": or_loss,
+                "rewards_chosen": log_odds(logp_w, n_w), "rewards_rejected": log_odds(logp_l, n_l)}
+
+
+LOSS_CLASSES: dict[str, type[PreferenceLoss]] = {"dpo": DPOLoss, "orpo": ORPOLoss, "simpo": SimPOLoss}
+LOSSES: dict[str, PreferenceLoss] = {name: LOSS_CLASSES[f.base](name, f) for name, f in METHOD_FACTS.items()}
+
+
+def loss_for(method: str) -> PreferenceLoss:
+    facts(method)  # an unknown method: the one error message
+    return LOSSES[method]
+
+
+def base_method(method: str) -> str:
+    """`rdpo` -> `dpo`, `rorpo` -> `orpo`, `rsimpo` -> `simpo` (the rationale term is added on top)."""
+    return facts(method).base
+
+
+def needs_reference(method: str) -> bool:
+    return facts(method).needs_reference
+
+
 def preference_loss(
     params: LossParams,
     logp_w: torch.Tensor, n_w: torch.Tensor, logp_l: torch.Tensor, n_l: torch.Tensor,
     ref_logp_w: torch.Tensor | None = None, ref_logp_l: torch.Tensor | None = None,
     logp_r: torch.Tensor | None = None, n_r: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Dispatch on the method; returns per-example `loss`, `rewards_chosen`, `rewards_rejected` (+ extras)."""
-    base = base_method(params.method)
-    out: dict[str, torch.Tensor] = {}
-    if base == "dpo":
-        if ref_logp_w is None or ref_logp_l is None:
-            raise ValueError(f"{params.method} needs reference log-probs")
-        out["loss"] = dpo_loss(logp_w, logp_l, ref_logp_w, ref_logp_l, params.beta)
-        out["rewards_chosen"] = dpo_rewards(logp_w, ref_logp_w, params.beta)
-        out["rewards_rejected"] = dpo_rewards(logp_l, ref_logp_l, params.beta)
-    elif base == "simpo":
-        out["loss"] = simpo_loss(logp_w, n_w, logp_l, n_l, params.beta, params.gamma_beta_ratio)
-        out["rewards_chosen"] = simpo_rewards(logp_w, n_w, params.beta)
-        out["rewards_rejected"] = simpo_rewards(logp_l, n_l, params.beta)
-    else:
-        out["loss"], out["sft_nll"], out["odds_ratio_loss"] = orpo_loss(logp_w, n_w, logp_l, n_l, params.lam)
-        out["rewards_chosen"] = log_odds(logp_w, n_w)
-        out["rewards_rejected"] = log_odds(logp_l, n_l)
-    if params.method in RATIONALE_METHODS:
-        if logp_r is None or n_r is None:
-            raise ValueError(f"{params.method} needs rationale log-probs")
-        out["rationale_nll"] = rationale_nll(logp_r, n_r, params.rationale_norm)
-        out["loss"] = out["loss"] + params.rationale_weight * out["rationale_nll"]
-    return out
+    """The method's loss object applied (kept as a function: the trainer and the TRL checks call it)."""
+    return loss_for(params.method)(params, logp_w, n_w, logp_l, n_l, ref_logp_w, ref_logp_l, logp_r, n_r)

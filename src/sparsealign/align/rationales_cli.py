@@ -13,24 +13,6 @@ from sparsealign.output import emit
 SOURCES = ("openai", "hf", "execution")
 
 
-def _load_hf(model_id: str, device: str):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from sparsealign.errors import UserError
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_id)
-        model = AutoModelForCausalLM.from_pretrained(model_id, dtype="auto")
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"--model {model_id}: cannot load a causal LM ({first})",
-                        hint="pass a local directory with config.json and weights, or a hub id") from None
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval(), tokenizer
-
-
 @click.command("generate")
 @click.option("--data", "data", required=True, help="Pairs file (JSONL/JSON/CSV/Parquet, or a dataset name under the "
               "data dir).")
@@ -95,13 +77,15 @@ def generate(data: str, out: str, source: str, model: str | None, temperature: f
         counts = R.fill_rationales(pairs, generator, source=label, save=save, save_every=save_every)
         client.close()
     elif source == "hf":
-        lm, tokenizer = _load_hf(model, device)
+        from sparsealign.models.loading import load_model_and_tokenizer
+
+        lm, tokenizer = load_model_and_tokenizer(model, device=device)
         generator = R.hf_generator(lm, tokenizer, batch_size=batch_size, max_new_tokens=max_tokens,
                                    temperature=temperature, top_p=top_p, seed=seed)
         counts = R.fill_rationales(pairs, generator, source=f"hf:{model}", save=save, save_every=save_every)
     else:
         from sparsealign.align.execution_rationales import execution_generator
-        from sparsealign.evaluate.sandbox import SandboxPool
+        from sparsealign.sandbox.pool import SandboxPool
 
         with SandboxPool(workers=workers, timeout_s=test_timeout, memory_mb=memory_mb) as pool:
             generator = execution_generator(pool, where=data)

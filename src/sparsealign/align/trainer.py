@@ -18,7 +18,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from sparsealign.align.logps import sequence_logps
-from sparsealign.align.losses import RATIONALE_METHODS, LossParams, preference_loss
+from sparsealign.align.losses import LossParams, loss_for, preference_loss
 
 log = logging.getLogger("sparsealign.align")
 
@@ -48,7 +48,7 @@ class AlignTrainer(Trainer):
 
     # -- loss --------------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        n_seq = 3 if self.loss_params.method in RATIONALE_METHODS else 2
+        n_seq = 3 if loss_for(self.loss_params.method).uses_rationale else 2
         logp, n = sequence_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
         chunks = list(zip(logp.chunk(n_seq), n.chunk(n_seq), strict=True))  # each ([B], [B])
         (logp_w, n_w), (logp_l, n_l) = chunks[0], chunks[1]

@@ -8,6 +8,9 @@ from typing import Any
 
 import click
 
+from sparsealign.clients.openai_compat import ChatClient
+from sparsealign.settings import cache_dir
+
 ENDPOINT_OPTIONS = [
     click.option("--base-url", default="https://api.openai.com/v1", show_default=True,
                  help="OpenAI-compatible API root, ending in /v1 (e.g. http://127.0.0.1:8000/v1 for vLLM)."),
@@ -39,9 +42,6 @@ def make_client(model: str, *, base_url: str, api_key_env: str, concurrency: int
                 retry_backoff: float, request_timeout: float, cache: str | None, no_cache: bool,
                 seed: int | None = None):
     """A `ChatClient` from the option values (the default cache lives in the project cache dir)."""
-    from sparsealign.clients.openai_compat import ChatClient
-    from sparsealign.settings import cache_dir
-
     cache_path = None if no_cache else Path(cache) if cache else cache_dir() / "chat_responses.sqlite"
     return ChatClient(base_url, model, api_key_env=api_key_env, concurrency=concurrency, max_retries=max_retries,
                       timeout_s=request_timeout, backoff_base_s=retry_backoff, cache_path=cache_path, seed=seed)

@@ -16,7 +16,7 @@ def _inspect(source: str, fmt: str | None, split: str | None, strict: bool, skip
              eval_fraction: float, seed: int) -> dict[str, Any]:
     from pathlib import Path
 
-    from sparsealign.data.mbpp import MBPP_FORMATS, is_mbpp_source, load_mbpp, mbpp_split_counts
+    from sparsealign.data.mbpp.tasks import MBPP_FORMATS, is_mbpp_source, load_mbpp, mbpp_split_counts
     from sparsealign.data.preference import load_pairs, pair_example, resolve_source
     from sparsealign.data.splits import split_pairs
 

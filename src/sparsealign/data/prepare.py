@@ -21,7 +21,7 @@ from pydantic import Field
 
 from sparsealign.config import StrictModel, config_hash
 from sparsealign.data.formats import FORMATS
-from sparsealign.data.mbpp import MBPP_FORMATS, is_mbpp_source, load_mbpp, mbpp_split_counts
+from sparsealign.data.mbpp.tasks import MBPP_FORMATS, is_mbpp_source, load_mbpp, mbpp_split_counts
 from sparsealign.data.preference import load_pairs, resolve_source, write_pairs_jsonl
 from sparsealign.data.records import mbpp_split_of
 from sparsealign.data.splits import split_pairs

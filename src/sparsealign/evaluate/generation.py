@@ -1,14 +1,24 @@
-"""Batched generation with HF `generate`: left padding, stop strings, greedy or n seeded samples.
+"""Batched generation: greedy through our own KV-cache loop (`greedy_decode`), sampling through HF `generate`.
 
-Prompts are sorted by length before batching (less padding) and results are returned in the caller's order.
-Each batch reseeds torch with `seed + batch index`, so a run is reproducible for a given batch size.  Prompts longer
-than the model's context minus `max_new_tokens` are cut from the left (as lm-evaluation-harness does) and flagged.
+Greedy (the MBPP pass@1 path): the prompts' shared token prefix (the 3-shot block of the lm-eval prompt) is run
+once and its KV cache copied into every batch; each batch row is laid out as [prefix][pads][own suffix] with the
+pads masked out and explicit position ids that skip them, so every row sees exactly its unpadded prompt.  Rows stop
+on EOS or a stop string (per row) and leave the batch at once (their cache rows are dropped), so a batch costs what
+its remaining rows need.  The tokens equal plain `model.generate` one prompt at a time (tested).
+
+Sampling: HF `generate` with left padding; each batch reseeds torch with `seed + batch index`, so a run is
+reproducible for a given batch size.  Prompts are sorted by length before batching (less padding) and results are
+returned in the caller's order.  Prompts longer than the model's context minus `max_new_tokens` are cut from the
+left (as lm-evaluation-harness does) and flagged.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pydantic import Field, model_validator
@@ -27,6 +37,7 @@ class SamplingConfig(StrictModel):
     max_new_tokens: int = Field(512, ge=1)
     batch_size: int = Field(8, ge=1, description="prompts per generate call (each yields n sequences)")
     seed: int = 0
+    prefix_cache: bool = Field(True, description="greedy: run the prompts' shared prefix once (False: HF generate)")
 
     @model_validator(mode="after")
     def _greedy_is_single(self) -> SamplingConfig:
@@ -62,6 +73,18 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return set(ids) if isinstance(ids, (list, tuple)) else {int(ids)}
 
 
+def _stop_window(stop: Sequence[str]) -> int:
+    return max(len(s) for s in stop) + 8  # tokens: every token decodes to >= 1 character or a byte piece
+
+
+def _row_stop(tokenizer, stop: Sequence[str]) -> Callable[[list[int]], bool]:
+    """Per-row stop test on the decoded tail of the completion (same window as `_stop_criteria`)."""
+    if not stop:
+        return lambda ids: False
+    window = _stop_window(stop)
+    return lambda ids: any(s in tokenizer.decode(ids[-window:], skip_special_tokens=True) for s in stop)
+
+
 def _stop_criteria(tokenizer, stop: Sequence[str]):
     """Per-row stop on decoded text: checks only the last few tokens each step, where a new stop string can appear.
 
@@ -70,7 +93,7 @@ def _stop_criteria(tokenizer, stop: Sequence[str]):
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
-    window = max(len(s) for s in stop) + 8  # tokens: every token decodes to >= 1 character or a byte piece
+    window = _stop_window(stop)
 
     class _TailStop(StoppingCriteria):
         start = 0  # prompt width of the current batch, set before each generate call
@@ -110,7 +133,7 @@ def generate_from_ids(
     import torch
     from tqdm import tqdm
 
-    from sparsealign.evaluate.extract import truncate_at_stop
+    from sparsealign.evaluate.mbpp.extract import truncate_at_stop
 
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -126,9 +149,16 @@ def generate_from_ids(
         log.warning("%d of %d prompts were longer than %s tokens and were cut from the left",
                     sum(truncated), len(encoded), max_prompt)
 
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     results: list[list[Generation]] = [[] for _ in encoded]
     sampling = cfg.temperature > 0
+    if not sampling and cfg.prefix_cache:
+        completions = greedy_decode(model, encoded, max_new_tokens=cfg.max_new_tokens, eos=eos, pad_id=pad_id,
+                                    stop=_row_stop(tokenizer, stop), batch_size=cfg.batch_size, progress=progress)
+        for i, ids in enumerate(completions):
+            text = truncate_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
+            results[i].append(Generation(text, ids, list(encoded[i]), truncated[i]))
+        return results
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     gen_kwargs = {"max_new_tokens": cfg.max_new_tokens, "do_sample": sampling, "num_return_sequences": cfg.n,
                   "pad_token_id": pad_id}
     if sampling:
@@ -155,3 +185,165 @@ def generate_from_ids(
             text = truncate_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
             results[i].append(Generation(text, ids, list(encoded[i]), truncated[i]))
     return results
+
+
+def shared_prefix_length(encoded: Sequence[Sequence[int]]) -> int:
+    """Tokens every prompt starts with, leaving each prompt at least one token of its own (0 for one prompt)."""
+    if len(encoded) < 2:
+        return 0
+    n = min(len(ids) for ids in encoded) - 1
+    first = encoded[0]
+    for i in range(max(n, 0)):
+        if any(ids[i] != first[i] for ids in encoded[1:]):
+            return i
+    return max(n, 0)
+
+
+def greedy_decode(
+    model,
+    encoded: Sequence[list[int]],
+    *,
+    max_new_tokens: int,
+    eos: set[int],
+    pad_id: int,
+    stop: Callable[[list[int]], bool] = lambda ids: False,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> list[list[int]]:
+    """Greedy completion ids for every prompt, in prompt order (each ends at its EOS or stop, at most max_new_tokens).
+
+    The shared prefix runs once; each batch gets a copy of its KV cache expanded to the batch, then one prefill of
+    the left-padded suffixes and a decode loop that drops finished rows from the batch (ids, mask, positions and
+    cache rows).  Works unchanged on a sparsity-patched model: every call passes the per-row attention mask and
+    position ids, and rows only ever attend to their own prompt.  Modules that keep per-row state (a per-row
+    sparsity controller) follow the rows by exposing `batch_select_indices(indices)`, as HF caches do.
+    """
+    import torch
+    from tqdm import tqdm
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    P = 0 if _adaptive_sparsity(model) else shared_prefix_length(encoded)
+    prefix_cache = None
+    with torch.no_grad():
+        if P:
+            prefix_ids = torch.tensor([encoded[0][:P]], device=device)
+            out_p = model(input_ids=prefix_ids, use_cache=True)
+            prefix_cache = out_p.cache if getattr(out_p, "cache", None) is not None else out_p.past_key_values
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        out: list[list[int]] = [[] for _ in encoded]
+        row_state = [m for m in model.modules() if callable(getattr(m, "batch_select_indices", None))]
+        batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+        for batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
+            suffixes = [encoded[i][P:] for i in batch]
+            cache = copy.deepcopy(prefix_cache) if prefix_cache is not None else DynamicCache(config=model.config)
+            if prefix_cache is not None:
+                cache.batch_repeat_interleave(len(batch))
+            _decode_batch(model, suffixes, P, cache, [out[i] for i in batch], max_new_tokens=max_new_tokens,
+                          eos=eos, pad_id=pad_id, stop=stop, row_state=row_state)
+    return out
+
+
+def _adaptive_sparsity(model) -> bool:
+    """A dynamic sparsity controller adapts to the positions it has seen, so a prefix run once for all rows would
+    change what each row's decode sees: then every row prefills its whole prompt itself."""
+    return any(getattr(getattr(m, "_rt", None), "controller", None) is not None for m in model.modules())
+
+
+def _cache_kw(model) -> str:
+    """transformers >= 5.2x calls the KV-cache argument `cache`; older versions `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _decode_batch(model, suffixes: list[list[int]], P: int, cache, outs: list[list[int]], *, max_new_tokens: int,
+                  eos: set[int], pad_id: int, stop: Callable[[list[int]], bool], row_state: Sequence = ()) -> None:
+    """Prefill the left-padded suffixes after a cached prefix of P positions, then decode; appends to `outs`."""
+    import torch
+
+    device = next(model.parameters()).device
+    kw = {_cache_kw(model): cache, "use_cache": True}
+    width = max(len(s) for s in suffixes)
+    ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in suffixes], device=device)
+    own = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes], device=device)
+    mask = torch.cat([torch.ones(len(suffixes), P, dtype=own.dtype, device=device), own], dim=1)
+    # position of each real token = tokens before it in its own prompt; pads get a harmless in-range value
+    pos = (P + own.cumsum(1) - 1).clamp_min(0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1, **kw).logits[:, -1]
+    _preallocate(cache, max_new_tokens)
+    nxt_pos = pos[:, -1:] + 1
+    alive = list(range(len(suffixes)))
+    while True:
+        tok = logits.argmax(-1)
+        keep = []
+        for j, row in enumerate(alive):
+            t = int(tok[j])
+            outs[row].append(t)
+            if not (t in eos or len(outs[row]) >= max_new_tokens or stop(outs[row])):
+                keep.append(j)
+        if not keep:
+            return
+        if len(keep) < len(alive):  # finished rows leave the batch: their cache rows are dropped
+            idx = torch.tensor(keep, device=device)
+            for holder in (cache, *row_state):
+                holder.batch_select_indices(idx)
+            tok, mask, nxt_pos = tok[idx], mask[idx], nxt_pos[idx]
+            alive = [alive[j] for j in keep]
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        logits = model(input_ids=tok[:, None], attention_mask=mask, position_ids=nxt_pos, **kw).logits[:, -1]
+        nxt_pos = nxt_pos + 1
+
+
+@functools.cache
+def _prealloc_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocLayer(DynamicLayer):
+        """A DynamicLayer whose K/V live in a buffer sized for the whole decode: a new token writes one column, where
+        DynamicLayer re-concatenates (copies) the entire cache of every layer at every step."""
+
+        def __init__(self, keys, values, capacity: int):
+            super().__init__()
+            B, H, n, D = keys.shape
+            self._k, self._v = keys.new_empty(B, H, capacity, D), values.new_empty(B, H, capacity, D)
+            self._k[:, :, :n], self._v[:, :, :n] = keys, values
+            self._n, self.device, self.is_initialized = n, keys.device, True
+            self._views()
+
+        def _views(self) -> None:
+            self.keys, self.values = self._k[:, :, : self._n], self._v[:, :, : self._n]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            import torch
+
+            n = key_states.shape[-2]
+            if self._n + n > self._k.shape[-2]:  # more than planned (not in our loop): grow like DynamicLayer
+                self._k = torch.cat([self._k, torch.empty_like(self._k[:, :, : self._n + n])], dim=-2)
+                self._v = torch.cat([self._v, torch.empty_like(self._v[:, :, : self._n + n])], dim=-2)
+            self._k[:, :, self._n: self._n + n], self._v[:, :, self._n: self._n + n] = key_states, value_states
+            self._n += n
+            self._views()
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices) -> None:
+            self._k, self._v = self._k[indices], self._v[indices]
+            self._views()
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            self._k, self._v = self._k.repeat_interleave(repeats, 0), self._v.repeat_interleave(repeats, 0)
+            self._views()
+
+    return PreallocLayer
+
+
+def _preallocate(cache, extra: int) -> None:
+    """Swap every plain DynamicLayer of `cache` for a preallocated one with room for `extra` more positions
+    (sliding-window and other layer kinds are left as they are)."""
+    from transformers.cache_utils import DynamicLayer
+
+    cls = _prealloc_layer_class()
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        return
+    for i, layer in enumerate(layers):
+        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys is not None and layer.keys.numel():
+            layers[i] = cls(layer.keys, layer.values, layer.keys.shape[-2] + extra)

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sparsealign.io import atomic_path
+
 
 def save_table(rows: Sequence[dict[str, Any]], path: str | Path, columns: Sequence[str] | None = None) -> Path:
     """Write `rows` to `path` atomically: `.jsonl` by suffix, else Parquet; `columns` fixes the column order."""
-    from sparsealign.io import atomic_path
-
     path = Path(path)
     cols = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
     rows = [{c: r.get(c) for c in cols} for r in rows]

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sparsealign.config import config_hash
-from sparsealign.data.generated_tasks import generated_split
+from sparsealign.data.mbpp.generated import generated_split
 from sparsealign.data.records import MbppTask, mbpp_split_of
 from sparsealign.io import atomic_dir, atomic_write_json
 from sparsealign.models.micro import PretrainRecipe, SizeSpec, non_embedding_params
@@ -41,7 +41,7 @@ _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "_
 # ---------------------------------------------------------------- corpus
 def task_prompt(task: MbppTask) -> str:
     """The zero-shot lm-evaluation-harness MBPP query; the family is pretrained on `query + code + [DONE]`."""
-    from sparsealign.evaluate.prompts import lm_eval_query
+    from sparsealign.data.mbpp.prompts import lm_eval_query
 
     return lm_eval_query(task)
 
@@ -194,7 +194,7 @@ def train_size(spec: SizeSpec, recipe: PretrainRecipe, tok, train_rows, heldout_
 def generated_pass_rate(model, tok, n_tasks: int = 26, max_new_tokens: int = 40) -> float:
     """Greedy zero-shot pass@1 on the first `n_tasks` held-out generated tasks (a sanity figure for the card).
 
-    Model output is untrusted code: it runs in the project sandbox (`sparsealign.evaluate.sandbox`).
+    Model output is untrusted code: it runs in the project sandbox (`sparsealign.sandbox.pool`).
     """
     import torch
 
@@ -202,7 +202,7 @@ def generated_pass_rate(model, tok, n_tasks: int = 26, max_new_tokens: int = 40)
     enc = tok([task_prompt(t) for t in tasks], return_tensors="pt", padding=True)
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    from sparsealign.evaluate.sandbox import SandboxPool
+    from sparsealign.sandbox.pool import SandboxPool
 
     codes = [tok.decode(row, skip_special_tokens=True).split("[DONE]")[0]
              for row in out[:, enc["input_ids"].shape[1]:]]
@@ -354,9 +354,7 @@ def _rows(docs: list[str], tok, recipe: PretrainRecipe):
 
 
 def load_member(path: str | Path):
-    """(model, tokenizer) of a family member, in eval mode."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    """(model, tokenizer) of a family member (or any --model spec), fp32, in eval mode, through the one loader."""
+    from sparsealign.models.loading import load_model_and_tokenizer
 
-    model = LlamaForCausalLM.from_pretrained(path)
-    model.eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    return load_model_and_tokenizer(path, device="cpu", dtype="float32")

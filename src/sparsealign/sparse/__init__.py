@@ -1,33 +1,13 @@
 """Stage 3 — sparsify: PowerInfer-style activation sparsity with static, predictor and dynamic thresholds.
 
-Public API (see docs/sparse.md):
-    calibrate(model, tokenizer, texts, SparsityConfig) -> SparsityArtifacts
-    apply_sparsity(model, artifacts, mode="static"|"dynamic"|"predictor", prefill="dense"|"sparse") -> handle
-        handle.remove(), handle.trace(), handle.stats(), handle.reset(), handle.info
-    save_artifacts(artifacts, dir) / load_artifacts(dir)
-    evaluate_sparsity(model, tokenizer, texts, artifacts, mode, prefill) -> dict
-    record_activations / build_profile / save_profile (hot/cold profile), plot_trace(handle.trace(), png)
-    load_texts("mbpp" | "hh" | path, n, skip)
-Heavy imports (torch) happen on first attribute access, so `import sparsealign.sparse` stays light.
+Modules (see docs/sparse.md), imported by name — this package file imports nothing, so `sparsify --help` and the
+other light commands start without torch:
+    config       SparsityConfig (what to calibrate), PredictorConfig, ControllerConfig
+    calibration  record_activations, calibrate(model, tokenizer, texts, SparsityConfig) -> SparsityArtifacts
+    artifacts    save_artifacts(artifacts, dir) / load_artifacts(dir)
+    patch        apply_sparsity(model, artifacts, mode, prefill) -> SparsityHandle (remove, trace, stats, reset)
+    quality      evaluate_sparsity, decode_tokens_per_s
+    profile      build_profile / save_profile (hot/cold profile), plot_trace
+    texts        load_texts("mbpp" | "hh" | path, n, skip)
+    run          run_calibrate: the calibrate stage's runner (`sparsify calibrate` and the study)
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "SparsityConfig": "config", "PredictorConfig": "config", "ControllerConfig": "config",
-    "SparsityArtifacts": "artifacts", "save_artifacts": "artifacts", "load_artifacts": "artifacts",
-    "calibrate": "calibration", "record_activations": "calibration", "greedy_allocation": "calibration",
-    "apply_sparsity": "patch", "find_mlps": "patch", "SparsityHandle": "patch",
-    "ThresholdController": "controller", "evaluate_sparsity": "evaluate", "decode_tokens_per_s": "evaluate",
-    "build_profile": "profile", "save_profile": "profile", "plot_trace": "profile", "load_texts": "texts",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"sparsealign.sparse.{_EXPORTS[name]}"), name)
-    raise AttributeError(name)

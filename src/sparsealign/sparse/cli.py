@@ -13,20 +13,10 @@ MODES = ("static", "dynamic", "predictor")
 
 
 def load_model(name: str):
-    """HF model (float32, eval) + tokenizer from a local directory or a hub id."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """fp32 model (eval, CPU: the sparse kernels and calibration run there) + tokenizer, from any `--model` spec."""
+    from sparsealign.models.loading import load_model_and_tokenizer
 
-    from sparsealign.errors import UserError
-
-    if not Path(name).exists() and (name.startswith((".", "/")) or name.count("/") != 1):
-        raise UserError(f"{name}: model directory not found", hint="pass a saved HF model directory or a hub id")
-    try:
-        tok = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
-    except OSError as exc:
-        raise UserError(f"{name}: cannot load model ({str(exc).splitlines()[0]})") from None
-    return model.eval(), tok
+    return load_model_and_tokenizer(name, device="cpu", dtype="float32")
 
 
 def _default_out(model: str, out: str | None, flag: str = "--out") -> Path:
@@ -37,8 +27,11 @@ def _default_out(model: str, out: str | None, flag: str = "--out") -> Path:
         return Path(out)
     if Path(model).is_dir():
         return Path(model) / "sparsity"
-    if model.startswith((".", "/")) or model.count("/") != 1:
-        raise UserError(f"{model}: model directory not found", hint="pass a saved HF model directory or a hub id")
+    from sparsealign.models.loading import resolve_model
+
+    resolved = resolve_model(model)  # a GGUF / short name: beside its dequantized copy in the cache
+    if resolved.source == "gguf":
+        return Path(resolved.path) / "sparsity"
     raise UserError(f"{model} is a hub id, so there is no default place for artifacts", hint=f"pass {flag} DIR")
 
 
@@ -50,6 +43,26 @@ def _config(config: str | None, overrides: tuple[str, ...], target: float | None
     return load_config(SparsityConfig, config, [*overrides, *extra])
 
 
+def model_opts(fn):
+    """`--model M` (the convention of every verb); the old positional MODEL still works."""
+    fn = click.argument("model_arg", required=False, metavar="[MODEL]")(fn)
+    return click.option("--model", "model_opt", default=None, metavar="PATH",
+                        help="Model directory (save_pretrained) or hub id.")(fn)
+
+
+def _pick_model(model_opt: str | None, model_arg: str | None) -> str:
+    from sparsealign.errors import UserError
+
+    if model_opt and model_arg and model_opt != model_arg:
+        raise UserError(f"two models given ({model_arg} and --model {model_opt})", hint="pass only --model PATH")
+    model = model_opt or model_arg
+    if not model:
+        raise UserError("missing --model", hint="add --model PATH (a saved HF model directory or a hub id)")
+    return model
+
+
+artifacts_opt = click.option("--sparsity", "--artifacts", "artifacts", default=None, metavar="DIR",
+                             help="Artifacts directory from `sparsify calibrate` (default MODEL/sparsity).")
 texts_opt = click.option("--texts", "source", default="mbpp", show_default=True,
                          help="Text source: mbpp (code), hh (dialogue), hh-harmless, or a .jsonl/.txt path.")
 n_opt = click.option("-n", "--n", "n", type=click.IntRange(1), default=64, show_default=True,
@@ -61,7 +74,7 @@ config_opts = [
     click.option("--config", type=click.Path(dir_okay=False), default=None, help="SparsityConfig YAML file."),
     click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                  help="Override a config field, e.g. --set predictor.enabled=true (repeatable)."),
-    click.option("--target", type=click.FloatRange(0, 1, max_open=True), default=None,
+    click.option("--target", "--target-sparsity", "target", type=click.FloatRange(0, 1, max_open=True), default=None,
                  help="Target sparsity (shortcut for --set target_sparsity=...)."),
 ]
 
@@ -79,14 +92,14 @@ def register(cli: click.Group) -> None:
     assert isinstance(group, click.Group)
 
     @group.command("profile", short_help="Per-neuron firing frequency / magnitude profile (hot/cold split, plot).")
-    @click.argument("model")
+    @model_opts
     @texts_opt
     @n_opt
     @skip_opt
     @_with(config_opts)
     @click.option("--out", default=None, help="Output directory (default MODEL/sparsity/profile).")
     @json_opt
-    def profile(model, source, n, skip, config, overrides, target, out, as_json):
+    def profile(model_opt, model_arg, source, n, skip, config, overrides, target, out, as_json):
         """Record FFN activations of MODEL on calibration texts and write profile.safetensors, profile.json
         and profile.png (neurons sorted by how often |act(gate x)| exceeds the layer's threshold at the target
         sparsity; hot = fires on >= hot_fraction of tokens)."""
@@ -94,11 +107,12 @@ def register(cli: click.Group) -> None:
         from sparsealign.sparse.profile import build_profile, save_profile
         from sparsealign.sparse.texts import load_texts
 
+        model = _pick_model(model_opt, model_arg)
         cfg = _config(config, overrides, target)
         out_dir = Path(out) if out else _default_out(model, None) / "profile"
         m, tok = load_model(model)
         rec = record_activations(m, tok, load_texts(source, n, skip), max_length=cfg.max_length,
-                                 max_tokens=cfg.max_tokens)
+                                 max_tokens=cfg.max_tokens, sites=cfg.sites)
         art = calibrate(m, tok, [], cfg.model_copy(update={"allocation": "uniform"}), recording=rec)
         prof = build_profile(rec, art.thresholds, cfg.hot_fraction)
         files = save_profile(prof, out_dir)
@@ -109,31 +123,26 @@ def register(cli: click.Group) -> None:
             f"80% of firings in {r['neurons_for_80pct_firings']:.1%} of neurons" for r in prof["layers"]])
 
     @group.command("calibrate", short_help="Calibrate thresholds (+ greedy allocation, predictors); save artifacts.")
-    @click.argument("model")
+    @model_opts
     @texts_opt
     @n_opt
     @skip_opt
     @_with(config_opts)
     @click.option("--out", default=None, help="Artifacts directory (default MODEL/sparsity).")
     @json_opt
-    def calibrate_cmd(model, source, n, skip, config, overrides, target, out, as_json):
+    def calibrate_cmd(model_opt, model_arg, source, n, skip, config, overrides, target, out, as_json):
         """Per-layer thresholds on |act(gate x)| at the target sparsity (empirical quantile), optional TEAL-style
         greedy allocation (--set allocation=greedy) and low-rank predictors (--set predictor.enabled=true).
         Writes sparsity.safetensors + sparsity.json, and the activation profile beside them."""
-        from sparsealign.sparse.artifacts import save_artifacts
-        from sparsealign.sparse.calibration import calibrate, record_activations
-        from sparsealign.sparse.profile import build_profile, save_profile
+        from sparsealign.sparse.run import CalibrateRunConfig, run_calibrate
         from sparsealign.sparse.texts import load_texts
 
+        model = _pick_model(model_opt, model_arg)
         cfg = _config(config, overrides, target)
         out_dir = _default_out(model, out)
-        texts = load_texts(source, n, skip)
-        m, tok = load_model(model)
-        rec = record_activations(m, tok, texts, max_length=cfg.max_length, max_tokens=cfg.max_tokens)
-        art = calibrate(m, tok, texts, cfg, recording=rec)
-        art.calibration["texts"] = {"source": source, "n": len(texts), "skip": skip}
-        save_artifacts(art, out_dir)
-        save_profile(build_profile(rec, art.thresholds, cfg.hot_fraction), out_dir / "profile")
+        load_texts(source, n, skip)  # a bad text source fails before the model loads
+        run_cfg = CalibrateRunConfig(model=model, texts=source, n=n, skip=skip, sparsity=cfg)
+        art = run_calibrate(run_cfg, out_dir, loaded=load_model(model))[cfg.target_sparsity]
         result = {"out": str(out_dir), "thresholds": art.thresholds, "layer_sparsity": art.layer_sparsity,
                   "calibration": art.calibration}
         emit(result, as_json, [f"artifacts -> {out_dir}",
@@ -141,14 +150,14 @@ def register(cli: click.Group) -> None:
                                 f"  layer sparsity: {', '.join(f'{s:.2f}' for s in art.layer_sparsity)}"])
 
     @group.command("evaluate", short_help="KL, top-1 agreement, realized sparsity, FLOPs skipped (and tokens/s).")
-    @click.argument("model")
-    @click.option("--artifacts", default=None, help="Artifacts directory (default MODEL/sparsity).")
+    @model_opts
+    @artifacts_opt
     @texts_opt
     @n_opt
     @skip_opt
     @click.option("--mode", type=click.Choice(MODES), default="static", show_default=True,
                   help="static thresholds, dynamic controller, or predictor active sets.")
-    @click.option("--prefill", type=click.Choice(["dense", "sparse"]), default="sparse", show_default=True,
+    @click.option("--prefill", type=click.Choice(["dense", "sparse"]), default="dense", show_default=True,
                   help="Whether the prompt positions (--prompt-tokens) run dense or sparse.")
     @click.option("--prompt-tokens", type=click.IntRange(0), default=0, show_default=True,
                   help="Leading tokens of each text treated as the prompt.")
@@ -158,17 +167,21 @@ def register(cli: click.Group) -> None:
     @click.option("--plot", default=None, type=click.Path(dir_okay=False),
                   help="Write a PNG of per-layer realized sparsity over the processed tokens.")
     @json_opt
-    def evaluate_cmd(model, artifacts, source, n, skip, mode, prefill, prompt_tokens, frozen, speed, out, plot,
-                     as_json):
+    def evaluate_cmd(model_opt, model_arg, artifacts, source, n, skip, mode, prefill, prompt_tokens, frozen, speed,
+                     out, plot, as_json):
         """Run MODEL dense and sparse over texts (teacher forcing) and report quality and sparsity metrics."""
         from sparsealign.io import atomic_write_json
         from sparsealign.sparse.artifacts import load_artifacts
-        from sparsealign.sparse.evaluate import evaluate_sparsity
+        from sparsealign.sparse.quality import evaluate_sparsity
+        from sparsealign.sparse.spec import check_artifacts_model
         from sparsealign.sparse.texts import load_texts
 
-        art = load_artifacts(artifacts or _default_out(model, None, "--artifacts"))
+        model = _pick_model(model_opt, model_arg)
+        art_dir = artifacts or _default_out(model, None, "--sparsity")
+        art = load_artifacts(art_dir)
         texts = load_texts(source, n, skip)
         m, tok = load_model(model)
+        check_artifacts_model(art, m, str(art_dir))
         ctl = art.config.controller.model_copy(update={"frozen": True}) if frozen else None
         res = evaluate_sparsity(m, tok, texts, art, mode, prefill, prompt_tokens=prompt_tokens,
                                 max_length=art.config.max_length, controller=ctl, measure_speed=speed,
@@ -189,23 +202,27 @@ def register(cli: click.Group) -> None:
         emit(res, as_json, lines)
 
     @group.command("generate", short_help="Generate with a sparse model; print text and realized sparsity.")
-    @click.argument("model")
-    @click.option("--artifacts", default=None, help="Artifacts directory (default MODEL/sparsity).")
+    @model_opts
+    @artifacts_opt
     @click.option("--prompt", required=True, help="Prompt text.")
     @click.option("--mode", type=click.Choice(MODES), default="dynamic", show_default=True, help="Sparsity mode.")
     @click.option("--prefill", type=click.Choice(["dense", "sparse"]), default="dense", show_default=True,
                   help="Prompt computed dense (default) or sparse.")
     @click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
     @json_opt
-    def generate_cmd(model, artifacts, prompt, mode, prefill, max_new_tokens, as_json):
+    def generate_cmd(model_opt, model_arg, artifacts, prompt, mode, prefill, max_new_tokens, as_json):
         """Greedy generation under sparsity; reports the per-layer realized sparsity of the decoded tokens."""
         import torch
 
         from sparsealign.sparse.artifacts import load_artifacts
         from sparsealign.sparse.patch import apply_sparsity
+        from sparsealign.sparse.spec import check_artifacts_model
 
-        art = load_artifacts(artifacts or _default_out(model, None, "--artifacts"))
+        model = _pick_model(model_opt, model_arg)
+        art_dir = artifacts or _default_out(model, None, "--sparsity")
+        art = load_artifacts(art_dir)
         m, tok = load_model(model)
+        check_artifacts_model(art, m, str(art_dir))
         ids = tok(prompt, return_tensors="pt")["input_ids"]
         with apply_sparsity(m, art, mode, prefill) as handle, torch.no_grad():
             gen = m.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from sparsealign.errors import DataError, UserError
+from sparsealign.settings import resolve_data_path
 
 NAMED = {
     "mbpp": ("mbpp/mbpp.jsonl", "code"),
@@ -43,8 +44,6 @@ def _jsonl(path: Path, field: str | None) -> list[str]:
 
 
 def load_texts(source: str, n: int | None = None, skip: int = 0) -> list[str]:
-    from sparsealign.settings import resolve_data_path
-
     if source in NAMED:
         rel, field = NAMED[source]
         texts = _jsonl(resolve_data_path(rel), field)

@@ -1,89 +1,204 @@
-"""Expand a study config into a DAG of cells.
+"""The study as a typed cell graph: each cell carries its own settings and its parent cells (objects, not keys).
 
-A cell is the unit the ledger tracks and the executor schedules: it reads its dependencies' files from the run
-directory and writes its own.  Stages, in data-flow order:
+A cell is the unit the ledger tracks and the executor schedules; its runner (`study.pipeline.RUNNERS[stage]`) reads
+its parents' files from the run directory and writes its own.  Stages, in data-flow order, with the cell ids the
+ledger, `--only` and `study plan` use:
 
-    pretrain:family                          base models (micro family: pretrained here, cached; hf: paths)
-    pairs:<size>                             alignment data: HH train pairs + execution-feedback code pairs
-    align:<size>/<method>/<frac>             aligned model (method 'base' = no alignment, not a cell)
-    calibrate:<size>/<method>                sparsity artifacts (thresholds per target, predictors)
-    eval:<size>/<method>/<frac>/<mode>/<s>   metrics for one model x one sparsity setting
+    pretrain:family                          PretrainCell   base models (micro: pretrained here, cached; hf: paths)
+    pairs:<size>                             PairsCell      HH train pairs + execution-feedback code pairs
+    align:<size>/<method>/<frac>             AlignCell      aligned model (the base model is a PretrainCell)
+    calibrate:<size>/<method>                CalibrateCell  sparsity artifacts (thresholds per target, predictors)
+    eval:<size>/<method>/<frac>/<mode>/<s>   EvalCell       metrics for one model x one sparsity setting
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from sparsealign.study.config import StudyConfig
+from sparsealign.errors import ConfigError
+from sparsealign.models.micro import get_recipe
+from sparsealign.study.config import AlignSettings, EvaluationConfig, FamilyConfig, StudyConfig, align_config
 
 BASE = "base"
-
-
-@dataclass(frozen=True)
-class Cell:
-    stage: str
-    key: str
-    size: str
-    method: str = BASE
-    subset: float = 1.0
-    mode: str = "dense"
-    sparsity: float = 0.0
-    deps: tuple[str, ...] = field(default=())
-
-    @property
-    def id(self) -> str:
-        return f"{self.stage}:{self.key}"
 
 
 def frac_tag(frac: float) -> str:
     return f"f{frac:.3f}"
 
 
+@dataclass(frozen=True, eq=False)
+class Cell:
+    stage: ClassVar[str] = ""
+    size: str
+
+    @property
+    def parents(self) -> tuple[Cell, ...]:
+        return ()
+
+    @property
+    def key(self) -> str:
+        return self.size
+
+    @property
+    def id(self) -> str:
+        return f"{self.stage}:{self.key}"
+
+    @property
+    def deps(self) -> tuple[str, ...]:
+        """Parent ids: what the ledger checks before the cell runs."""
+        return tuple(p.id for p in self.parents)
+
+    @property
+    def method(self) -> str:
+        """The method of the model this cell works on (`base` until a model-carrying cell says otherwise)."""
+        return BASE
+
+
+@dataclass(frozen=True, eq=False)
+class PretrainCell(Cell):
+    stage: ClassVar[str] = "pretrain"
+    size: str = "*"
+    sizes: tuple[str, ...] = ()
+    family: FamilyConfig = field(default_factory=FamilyConfig)
+
+    @property
+    def key(self) -> str:
+        return "family"
+
+
+@dataclass(frozen=True, eq=False)
+class PairsCell(Cell):
+    stage: ClassVar[str] = "pairs"
+    pretrain: PretrainCell = PretrainCell()
+
+    @property
+    def parents(self) -> tuple[Cell, ...]:
+        return (self.pretrain,)
+
+
+@dataclass(frozen=True, eq=False)
+class AlignCell(Cell):
+    stage: ClassVar[str] = "align"
+    pairs: PairsCell = PairsCell("")
+    method: str = ""  # type: ignore[assignment]
+    subset: float = 1.0
+    settings: AlignSettings | None = None  # type: ignore[valid-type]  (resolved from the study config)
+
+    @property
+    def parents(self) -> tuple[Cell, ...]:
+        return (self.pairs,)
+
+    @property
+    def key(self) -> str:
+        return f"{self.size}/{self.method}/{frac_tag(self.subset)}"
+
+
+Model = PretrainCell | AlignCell  # where a model comes from: the base family or an alignment
+
+
+def model_method(model: Model) -> str:
+    return model.method if isinstance(model, AlignCell) else BASE
+
+
+def model_subset(model: Model) -> float:
+    return model.subset if isinstance(model, AlignCell) else 1.0
+
+
+@dataclass(frozen=True, eq=False)
+class CalibrateCell(Cell):
+    stage: ClassVar[str] = "calibrate"
+    model: Model = PretrainCell()
+    targets: tuple[float, ...] = ()
+    texts: int = 0
+    predictor: bool = False
+
+    @property
+    def method(self) -> str:  # type: ignore[override]
+        return model_method(self.model)
+
+    @property
+    def parents(self) -> tuple[Cell, ...]:
+        return (self.model,)
+
+    @property
+    def key(self) -> str:
+        return f"{self.size}/{self.method}"
+
+
+@dataclass(frozen=True, eq=False)
+class EvalCell(Cell):
+    stage: ClassVar[str] = "eval"
+    model: Model = PretrainCell()
+    pairs: PairsCell = PairsCell("")
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    mode: str = "dense"
+    sparsity: float = 0.0
+    prefill: str = "dense"
+    calibrate: CalibrateCell | None = None  # sparse cells: their thresholds
+    dense: EvalCell | None = None  # sparse cells: the same model dense (flips are measured against it)
+
+    @property
+    def method(self) -> str:  # type: ignore[override]
+        return model_method(self.model)
+
+    @property
+    def subset(self) -> float:
+        return model_subset(self.model)
+
+    @property
+    def parents(self) -> tuple[Cell, ...]:
+        if self.calibrate is not None and self.dense is not None:
+            return (self.calibrate, self.dense)
+        return (self.model, self.pairs)
+
+    @property
+    def key(self) -> str:
+        return f"{self.size}/{self.method}/{frac_tag(self.subset)}/{self.mode}/{self.sparsity:.2f}"
+
+
 def sizes_of(cfg: StudyConfig) -> list[str]:
     if cfg.family.kind == "hf":
         names = list(cfg.family.models)
     else:
-        from sparsealign.models.micro import get_recipe
-
         names = [spec.name for spec in get_recipe(cfg.family.preset).sizes]
     if cfg.family.sizes:
         unknown = [s for s in cfg.family.sizes if s not in names]
         if unknown:
-            from sparsealign.errors import ConfigError
-
             raise ConfigError(f"family.sizes: unknown size(s) {unknown}; allowed values: {', '.join(names)}")
         names = [s for s in names if s in cfg.family.sizes]
     return names
 
 
+def align_settings(cfg: StudyConfig, method: str) -> AlignSettings:  # type: ignore[valid-type]
+    """The typed settings an align cell carries: the study's resolved AlignConfig minus what the runner fills in."""
+    full = align_config(cfg, method, model="-", data="-", cell="-")
+    return AlignSettings.model_validate(full.model_dump(include=set(AlignSettings.model_fields)))
+
+
 def expand(cfg: StudyConfig) -> list[Cell]:
-    """All cells in a valid topological order (dependencies first)."""
-    cells: list[Cell] = []
+    """All cells in a valid topological order (parents first)."""
     a, sp = cfg.alignment, cfg.sparsity
-    pre = Cell("pretrain", "family", "*")
-    cells.append(pre)
-    for size in sizes_of(cfg):
-        pairs = Cell("pairs", size, size, deps=(pre.id,))
+    sizes = sizes_of(cfg)
+    pre = PretrainCell(sizes=tuple(sizes), family=cfg.family)
+    cells: list[Cell] = [pre]
+    settings = {m: align_settings(cfg, m) for m in a.methods}
+    for size in sizes:
+        pairs = PairsCell(size, pre)
         cells.append(pairs)
-        models: list[tuple[str, float, tuple[str, ...]]] = [(BASE, 1.0, (pre.id,))]
+        models: list[Model] = [pre]
         for method in a.methods:
-            fracs = sorted(set(a.subsets)) if method in a.subset_methods else [1.0]
-            for frac in fracs:
-                al = Cell("align", f"{size}/{method}/{frac_tag(frac)}", size, method, frac, deps=(pairs.id,))
+            for frac in sorted(set(a.subsets)) if method in a.subset_methods else [1.0]:
+                al = AlignCell(size, pairs, method, frac, settings[method])
                 cells.append(al)
-                models.append((method, frac, (al.id,)))
-        for method, frac, model_deps in models:
-            ekey = f"{size}/{method}/{frac_tag(frac)}"
-            dense = Cell("eval", f"{ekey}/dense/0.00", size, method, frac, deps=(*model_deps, pairs.id))
+                models.append(al)
+        for model in models:
+            dense = EvalCell(size, model, pairs, cfg.evaluation, prefill=sp.prefill)
             cells.append(dense)
-            if frac != 1.0:
+            if model_subset(model) != 1.0:
                 continue  # annotation-efficiency models are compared dense only
-            cal = Cell("calibrate", f"{size}/{method}", size, method, frac, deps=model_deps)
+            cal = CalibrateCell(size, model, tuple(sp.targets), sp.calibration_texts, "predictor" in sp.modes)
             cells.append(cal)
-            for mode in sp.modes:
-                for target in sp.targets:
-                    cells.append(
-                        Cell("eval", f"{ekey}/{mode}/{target:.2f}", size, method, frac, mode, target,
-                             deps=(cal.id, dense.id))
-                    )
+            cells += [EvalCell(size, model, pairs, cfg.evaluation, mode, target, sp.prefill, cal, dense)
+                      for mode in sp.modes for target in sp.targets]
     return cells

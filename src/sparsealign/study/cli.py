@@ -11,15 +11,14 @@ PRESET_HELP = "packaged study preset: default (micro family, ~10 min on 2 cores)
 
 
 def _load(config: str | None, preset: str, overrides: tuple[str, ...]):
-    from sparsealign.config import load_config
-    from sparsealign.study.config import StudyConfig, preset_path
+    from sparsealign.study.config import load_study_config
 
-    return load_config(StudyConfig, config or preset_path(preset), list(overrides))
+    return load_study_config(config, preset, list(overrides))
 
 
 @click.group("study", invoke_without_command=True, context_settings={"max_content_width": 110})
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
-              help="Study YAML (see src/sparsealign/configs/study-*.yaml). Default: --preset.")
+              help="Study YAML: the fields it sets, over --preset's (see src/sparsealign/configs/study-*.yaml).")
 @click.option("--preset", default="default", show_default=True, help=PRESET_HELP)
 @click.option("--name", default=None, help="Run directory name under runs/ (default: the config's `name`).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -48,12 +47,16 @@ def study(ctx: click.Context, config, preset, name, overrides, only, restart, as
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"config": config, "preset": preset, "overrides": overrides, "name": name}
         return
+    cfg = _load(config, preset, overrides)  # config errors before the heavy imports below
+    from sparsealign.report.outputs import write_outputs
     from sparsealign.study.runner import run_study
 
-    cfg = _load(config, preset, overrides)
-    summary = run_study(cfg, name=name, restart=restart, only=list(only) or None, progress=not as_json)
+    summary = run_study(cfg, name=name, restart=restart, only=list(only) or None, progress=not as_json,
+                        write=write_outputs)
     if as_json:
-        click.echo(json.dumps(summary))
+        from sparsealign.study.results import findings_of
+
+        click.echo(json.dumps({**summary, "findings": findings_of(summary["run"])}))
     else:
         click.echo(f"study {summary['run']}: {summary['done']} cells run, {summary['skipped']} skipped (done "
                    f"before), {summary['failed']} failed")
@@ -116,10 +119,10 @@ def report_cmd(name: str, as_json: bool) -> None:
     import yaml
 
     from sparsealign.errors import UserError
+    from sparsealign.report.outputs import write_outputs
     from sparsealign.settings import runs_dir
     from sparsealign.study.config import StudyConfig
     from sparsealign.study.pipeline import Study
-    from sparsealign.study.results import write_outputs
 
     root = runs_dir() / name
     cfg_path = root / "config" / "study.yaml"

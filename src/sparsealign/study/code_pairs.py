@@ -12,7 +12,15 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from sparsealign.align.execution_rationales import execution_generator
+from sparsealign.data.mbpp.generated import generated_split
+from sparsealign.data.mbpp.prompts import lm_eval_query
+from sparsealign.data.mbpp.tasks import load_mbpp
 from sparsealign.data.records import MbppTask, PreferencePair
+from sparsealign.evaluate.generation import SamplingConfig, generate
+from sparsealign.evaluate.mbpp.extract import extract_code
+from sparsealign.models.pretrain import load_member
+from sparsealign.sandbox.pool import SandboxPool
 from sparsealign.study.config import StudyConfig
 
 STOP = ("[DONE]",)
@@ -20,9 +28,6 @@ STOP = ("[DONE]",)
 
 def code_tasks(n: int, seed: int) -> list[MbppTask]:
     """Half MBPP train/validation, half generated training tasks (deterministic by seed)."""
-    from sparsealign.data.generated_tasks import generated_split
-    from sparsealign.data.mbpp import load_mbpp
-
     mbpp = load_mbpp(split="train") + load_mbpp(split="validation")
     random.Random(seed).shuffle(mbpp)
     n_gen = n // 2
@@ -30,13 +35,6 @@ def code_tasks(n: int, seed: int) -> list[MbppTask]:
 
 
 def build_code_pairs(model_path: str, cfg: StudyConfig) -> tuple[list[PreferencePair], dict[str, Any]]:
-    from sparsealign.align.execution_rationales import execution_generator
-    from sparsealign.evaluate.extract import extract_code
-    from sparsealign.evaluate.generation import SamplingConfig, generate
-    from sparsealign.evaluate.prompts import lm_eval_query
-    from sparsealign.evaluate.sandbox import SandboxPool
-    from sparsealign.models.pretrain import load_member
-
     a, ev = cfg.alignment, cfg.evaluation
     tasks = code_tasks(a.code_pair_tasks, cfg.seed)
     model, tok = load_member(model_path)

@@ -7,18 +7,50 @@ ReluLLaMA 7B-70B on a cluster).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
-from sparsealign.config import StrictModel
+from sparsealign.align.config import AlignConfig, Method, facts
+from sparsealign.config import StrictModel, load_config, read_yaml
+from sparsealign.errors import UserError
+from sparsealign.sparse.config import Mode
 
-Method = Literal["dpo", "orpo", "simpo", "rdpo", "rorpo", "rsimpo"]
-Mode = Literal["static", "dynamic", "predictor"]
-RATIONALE_METHODS = {"rdpo", "rorpo", "rsimpo"}
 PRESETS = ("default", "small", "paper")
+# AlignConfig fields the study sets per cell itself (which model, which pairs, the seed, the cell's name)
+STUDY_SET_FIELDS = ("method", "model", "data", "data_split", "eval_data", "eval_split", "max_pairs",
+                    "max_eval_pairs", "seed", "cell", "missing_rationales")
+
+
+class _Partial(StrictModel):
+    model_config = ConfigDict(**StrictModel.model_config, populate_by_name=True)
+
+
+def partial_of(model: type[StrictModel], name: str, exclude: Iterable[str] = ()) -> type[StrictModel]:
+    """`model` with every field optional (None = unset) but the same names, aliases, bounds and descriptions,
+    so a typo or an out-of-range value in a partial fails where it is written, not when the full config is built."""
+    fields: dict[str, Any] = {}
+    for fname, info in model.model_fields.items():
+        if fname in exclude:
+            continue
+        field = info._copy() if hasattr(info, "_copy") else info.__class__.merge_field_infos(info)
+        field.default, field.default_factory = None, None
+        fields[fname] = (info.annotation | None, field)
+    return create_model(name, __base__=_Partial, __doc__=f"{model.__name__}, every field optional", **fields)
+
+
+AlignSettings = partial_of(AlignConfig, "AlignSettings", exclude=STUDY_SET_FIELDS)
 
 
 def _distinct(values: list, fmt: str) -> list:
@@ -70,8 +102,13 @@ class AlignmentConfig(StrictModel):
     code_pair_samples: int = Field(4, ge=2, description="samples per task used to find a passing and a failing one")
     subsets: list[float] = Field(default_factory=lambda: [1 / 9, 1 / 3, 1.0])
     subset_methods: list[Method] = Field(default_factory=lambda: ["dpo", "rdpo"])
-    settings: dict[str, object] = Field(default_factory=dict, description="AlignConfig overrides for every method")
+    settings: AlignSettings = Field(default_factory=AlignSettings,  # type: ignore[valid-type]
+                                    description="AlignConfig fields for every method (unset: the align defaults)")
     lora: bool = False
+
+    @field_serializer("settings")
+    def _settings_set_only(self, v: StrictModel) -> dict[str, Any]:
+        return v.model_dump(mode="json", exclude_none=True, by_alias=True)  # the run's config.yaml lists what was set
 
     @field_validator("methods", "subset_methods")
     @classmethod
@@ -95,7 +132,7 @@ class AlignmentConfig(StrictModel):
         return self
 
 
-class SparsityConfig(StrictModel):
+class SparsityGrid(StrictModel):
     targets: list[float] = Field(default_factory=lambda: [0.5, 0.7, 0.9])
     modes: list[Mode] = Field(default_factory=lambda: ["static", "dynamic"])
     calibration_texts: int = Field(64, ge=4, description="code snippets (MBPP train solutions) for calibration")
@@ -139,6 +176,43 @@ class ExecutorConfig(StrictModel):
     gpus_per_cell: float = Field(0.0, ge=0)
 
 
+Question = Literal["alignment", "thresholds", "size", "annotation"]
+
+
+class ContrastConfig(StrictModel):
+    """One primary contrast of the report's Findings (Holm-corrected together with the others)."""
+
+    question: Question = Field(description="alignment: aligned - base at each target; thresholds: dynamic - static "
+                               "at each target; size: slope over log10(params) of `of` at the highest target; "
+                               "annotation: each rationale method's annotation saving against DPO")
+    dataset: str = Field(description="mbpp | generated | hh | uf | code")
+    metric: str = Field("reward_accuracy", description="pass@1 | reward_accuracy | mean_margin | any per-item array")
+    mode: Mode = Field("dynamic", description="threshold mode of the sparse cells (alignment, size)")
+    of: Literal["alignment", "thresholds"] | None = Field(None, description="question=size: the effect followed")
+
+    @model_validator(mode="after")
+    def _size_needs_of(self) -> ContrastConfig:
+        if self.question == "size" and self.of is None:
+            raise ValueError("a question=size contrast needs `of: alignment` or `of: thresholds`")
+        return self
+
+
+def _default_contrasts() -> list[ContrastConfig]:
+    rows = [("alignment", "generated", "pass@1", None), ("alignment", "mbpp", "pass@1", None),
+            ("alignment", "hh", "reward_accuracy", None), ("thresholds", "generated", "pass@1", None),
+            ("thresholds", "hh", "reward_accuracy", None), ("size", "generated", "pass@1", "alignment"),
+            ("size", "generated", "pass@1", "thresholds"), ("annotation", "hh", "reward_accuracy", None)]
+    return [ContrastConfig(question=q, dataset=d, metric=m, of=o) for q, d, m, o in rows]
+
+
+class ReportConfig(StrictModel):
+    primary_contrasts: list[ContrastConfig] = Field(default_factory=_default_contrasts)
+    alpha: float = Field(0.05, gt=0, lt=1, description="family-wise error rate of the primary contrasts (Holm)")
+    tolerance: float = Field(0.01, ge=0, description="critical sparsity: allowed drop from dense (CI low >= -tol)")
+    bootstrap: int = Field(2000, ge=200, description="crossed bootstrap replicates (items x seeds) per CI")
+    min_items: int = Field(10, ge=2, description="fewer paired items than this: 'not measurable'")
+
+
 class StudyConfig(StrictModel):
     name: str = "default"
     seed: int = 0
@@ -147,15 +221,57 @@ class StudyConfig(StrictModel):
                                 "all cores for hf models")
     family: FamilyConfig = FamilyConfig()
     alignment: AlignmentConfig = AlignmentConfig()
-    sparsity: SparsityConfig = SparsityConfig()
+    sparsity: SparsityGrid = SparsityGrid()
     evaluation: EvaluationConfig = EvaluationConfig()
     executor: ExecutorConfig = ExecutorConfig()
+    # How results are summarised, not what cells compute: left out of model_dump (so out of the run's identity and
+    # saved config; changing the contrasts rewrites the report without refusing the run).
+    report: ReportConfig = Field(default_factory=ReportConfig, exclude=True)
+
+    @model_validator(mode="after")
+    def _align_configs_valid(self) -> StudyConfig:
+        """Every method's AlignConfig is built once here, so a bad combination of settings (e.g. max_prompt_length
+        >= max_length) fails when the study config loads, before any cell runs."""
+        for method in self.alignment.methods:
+            try:
+                align_config(self, method, model="<base model>", data="<pairs>", cell="check")
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+                msg = str(err["msg"]).removeprefix("Value error, ")
+                raise ValueError(f"alignment.settings ({method}): {msg}" if where == "settings" else
+                                 f"alignment.settings.{where} ({method}): {msg}") from None
+        return self
+
+
+def align_config(cfg: StudyConfig, method: str, *, model: str, data: str, cell: str) -> AlignConfig:
+    """One align cell's AlignConfig: max lengths follow the evaluation's (one tokenisation for training and
+    scoring), then the preset's / user's `alignment.settings`; rationale methods skip pairs without a rationale
+    (human pairs have none, execution-feedback code pairs do)."""
+    ev, a = cfg.evaluation, cfg.alignment
+    settings = {"max_length": ev.max_length, "max_prompt_length": ev.max_prompt_length,
+                **a.settings.model_dump(exclude_none=True, by_alias=True)}
+    if a.lora:
+        settings.setdefault("lora", {})
+    return cell_align_config(method, settings, model=model, data=data, seed=cfg.seed, cell=cell)
+
+
+def cell_align_config(method: str, settings: dict[str, Any], *, model: str, data: str, seed: int,
+                      cell: str) -> AlignConfig:
+    return AlignConfig(method=method, model=model, data=data, seed=seed, cell=cell,
+                       missing_rationales="skip" if facts(method).uses_rationale else "error", **settings)
 
 
 def preset_path(name: str) -> Path:
     """Packaged study presets: default (micro, ~10 min on 2 cores), small (larger micro grid), paper (cluster)."""
     if name not in PRESETS:
-        from sparsealign.errors import UserError
-
         raise UserError(f"unknown study preset {name!r}", hint=f"use one of {', '.join(PRESETS)} or a YAML path")
     return Path(str(resources.files("sparsealign") / "configs" / f"study-{name}.yaml"))
+
+
+def load_study_config(config: str | Path | None, preset: str = "default", overrides: Iterable[str] = ()) -> StudyConfig:
+    """preset YAML <- the user's YAML (only the fields it names) <- `--set`, validated once: the study's defaults
+    (e.g. the align cells' learning rate) live in the packaged presets, not in code."""
+    if config is None:
+        return load_config(StudyConfig, preset_path(preset), overrides)
+    return load_config(StudyConfig, config, overrides, base=read_yaml(preset_path(preset)))

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from sparsealign.ledger import Ledger
 from sparsealign.study.cells import Cell
 
@@ -29,12 +31,11 @@ def run_one(ledger_path: Path, cell: Cell, config_hash: str, fn: CellFn) -> str:
     """Run one cell through the ledger; returns 'done', 'skipped' or 'failed'."""
     stage = ledger_stage(cell.stage)
     with Ledger(ledger_path) as ledger:
-        for dep in cell.deps:
-            dep_stage, key = dep.split(":", 1)
-            row = ledger.get(ledger_stage(dep_stage), key)
+        for parent in cell.parents:
+            row = ledger.get(ledger_stage(parent.stage), parent.key)
             if row is None or row.status != "done":
                 ledger.start(stage, cell.key, config_hash)
-                ledger.fail(stage, cell.key, f"dependency {dep} did not finish")
+                ledger.fail(stage, cell.key, f"dependency {parent.id} did not finish")
                 return "failed"
         try:
             _, ran = ledger.run_cell(stage, cell.key, config_hash, lambda: fn(cell))
@@ -46,8 +47,6 @@ def run_one(ledger_path: Path, cell: Cell, config_hash: str, fn: CellFn) -> str:
 
 
 def run_local(cells: list[Cell], ledger_path: Path, config_hash: str, fn: CellFn, *, progress: bool = True) -> dict:
-    from tqdm import tqdm
-
     counts = {"done": 0, "skipped": 0, "failed": 0}
     bar = tqdm(cells, desc="study", unit="cell", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     for cell in bar:
@@ -68,9 +67,8 @@ def run_ray(
     num_cpus: int | None = None,
     progress: bool = True,
 ) -> dict:
-    """Each cell is a Ray task; dependencies are passed as object refs so Ray schedules them in DAG order."""
-    import ray
-    from tqdm import tqdm
+    """Each cell is a Ray task; parents are passed as object refs so Ray schedules them in DAG order."""
+    import ray  # the optional `ray` extra: only this executor needs it
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -89,7 +87,7 @@ def run_ray(
         opts = {"num_cpus": cpus_per_cell, "num_gpus": gpus_per_cell}
         if cell.stage == "pretrain" or cell.stage == "calibrate":
             opts["num_cpus"] = max(cpus_per_cell, 1.0)
-        refs[cell.id] = task.options(**opts).remote(cell, *[refs[d] for d in cell.deps if d in refs])
+        refs[cell.id] = task.options(**opts).remote(cell, *[refs[p.id] for p in cell.parents if p.id in refs])
     counts = {"done": 0, "skipped": 0, "failed": 0}
     pending = {ref: cell_id for cell_id, ref in refs.items()}
     bar = tqdm(total=len(pending), desc="study (ray)", unit="cell", file=sys.stderr, disable=not progress,

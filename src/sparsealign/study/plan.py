@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparsealign.study.cells import Cell, sizes_of
+from sparsealign.align.config import facts
+from sparsealign.models.micro import get_recipe, non_embedding_params
+from sparsealign.study.cells import BASE, Cell, expand, sizes_of
 from sparsealign.study.config import StudyConfig
 
 KNOWN_PARAMS = {  # published parameter counts, so planning a cluster run needs no download
@@ -27,8 +29,6 @@ GiB = 1024**3
 
 def micro_params(preset: str) -> dict[str, float]:
     """Exact parameter counts of the micro family from its recipe (tied embeddings, no biases)."""
-    from sparsealign.models.micro import get_recipe, non_embedding_params
-
     recipe = get_recipe(preset)
     return {s.name: float(non_embedding_params(s) + recipe.vocab_size * s.hidden_size) for s in recipe.sizes}
 
@@ -50,7 +50,7 @@ def memory_gib(cell: Cell, params: float | None, cfg: StudyConfig) -> float | No
         else:
             need = params * 16
     elif cell.stage in ("calibrate", "eval", "pairs"):
-        need = params * (4 if cfg.family.kind == "micro" else 2) * (2 if cell.method in ("dpo", "rdpo") else 1)
+        need = params * (4 if cfg.family.kind == "micro" else 2) * (2 if cell.method != BASE and facts(cell.method).needs_reference else 1)
     else:
         need = params * 2
     return float(f"{need * 1.2 / GiB:.3g}")  # significant digits: micro cells are well under 1 MiB
@@ -71,8 +71,6 @@ def launch_commands(source: str, cfg: StudyConfig) -> list[str]:
 
 
 def plan(cfg: StudyConfig, cells: list[Cell] | None = None) -> dict[str, Any]:
-    from sparsealign.study.cells import expand
-
     cells = cells if cells is not None else expand(cfg)
     params = param_counts(cfg)
     known = [p for p in params.values() if p]

@@ -1,8 +1,11 @@
-"""`run_study`: open the run directory, expand the grid, execute the cells, then write the results and the report."""
+"""`run_study`: open the run directory, expand the grid, execute the cells, then write the outputs (the caller's
+`write`: the `study` verb passes the report's, which sits a layer above)."""
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,16 +13,14 @@ from sparsealign.config import config_hash
 from sparsealign.errors import UserError
 from sparsealign.rundir import RunDir
 from sparsealign.study.cells import Cell, expand
-from sparsealign.study.config import StudyConfig
+from sparsealign.study.config import ExecutorConfig, StudyConfig
 from sparsealign.study.executor import run_local, run_ray
-from sparsealign.study.pipeline import Study
+from sparsealign.study.pipeline import Study, run_cell
 
 
 def run_identity(cfg: StudyConfig) -> StudyConfig:
     """What the results depend on: the config minus `executor` (where cells run, not what they compute), so a study
     started locally can be resumed on Ray or pointed at a cluster address without being refused as changed."""
-    from sparsealign.study.config import ExecutorConfig
-
     return cfg.model_copy(update={"executor": ExecutorConfig()})
 
 
@@ -37,7 +38,8 @@ def select_cells(cells: list[Cell], only: list[str] | None) -> list[Cell]:
 
 
 def run_study(cfg: StudyConfig, *, name: str | None = None, restart: bool = False, progress: bool = True,
-              only: list[str] | None = None) -> dict[str, Any]:
+              only: list[str] | None = None,
+              write: Callable[[Study], dict[str, Path]] | None = None) -> dict[str, Any]:
     cells = select_cells(expand(cfg), only)  # config errors (e.g. unknown sizes) before anything is written
     identity = run_identity(cfg)
     run = RunDir.open(name or cfg.name, "study", identity, restart=restart)
@@ -45,23 +47,16 @@ def run_study(cfg: StudyConfig, *, name: str | None = None, restart: bool = Fals
     chash = config_hash(identity)
     ledger_path = run.ledger.path.resolve()
     run.close()
+    fn = functools.partial(run_cell, study)  # picklable: Ray ships it to the workers
     if cfg.executor.kind == "ray":
-        counts = run_ray(cells, ledger_path, chash, study.run, address=cfg.executor.address,
+        counts = run_ray(cells, ledger_path, chash, fn, address=cfg.executor.address,
                          cpus_per_cell=cfg.executor.cpus_per_cell, gpus_per_cell=cfg.executor.gpus_per_cell,
                          progress=progress)
     else:
-        counts = run_local(cells, ledger_path, chash, study.run, progress=progress)
-    from sparsealign.study.results import write_outputs
-
-    outputs = write_outputs(study)
+        counts = run_local(cells, ledger_path, chash, fn, progress=progress)
+    outputs = write(study) if write is not None else {}
     summary = {"run": str(run.root), "cells": len(cells), **counts, **{k: str(v) for k, v in outputs.items()}}
     if counts["failed"]:
         print(f"warning: {counts['failed']} cell(s) failed; see {run.root / 'ledger.sqlite'} "
               f"(re-running the same command retries them)", file=sys.stderr)
     return summary
-
-
-def default_config_path(preset: str) -> Path:
-    from sparsealign.study.config import preset_path
-
-    return preset_path(preset)

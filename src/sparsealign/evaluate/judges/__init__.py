@@ -1,0 +1,1 @@
+"""Judges: LLM-as-judge and Bradley-Terry reward-model win rates."""

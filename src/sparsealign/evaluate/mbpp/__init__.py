@@ -1,0 +1,1 @@
+"""MBPP functional correctness: generation, extraction of the program, sandboxed scoring, pass@k."""

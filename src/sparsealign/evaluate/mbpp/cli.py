@@ -1,0 +1,127 @@
+"""`sparsealign eval mbpp`: MBPP pass@k of a model's generations, or of the dataset's reference solutions."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from sparsealign.models.options import loader_options
+from sparsealign.sparse.options import sparsity_options, sparsity_spec
+
+EXTRACT_CHOICES = ("harness", "lenient")
+FORMAT_CHOICES = ("lm-eval", "bigcode")
+SPLIT_CHOICES = ("test", "validation", "train", "prompt")
+
+
+@click.command("mbpp")
+@click.option("--solutions", type=click.Choice(["reference"]), default=None,
+              help="Run the dataset's own reference solutions instead of a model (checks the data and the sandbox).")
+@click.option("--model", "model_path", default=None, metavar="PATH",
+              help="Model whose generations are evaluated: a save_pretrained directory, hub id, PEFT adapter folder, "
+                   ".gguf file or smollm2-135m-instruct.")
+@click.option("--samples", "samples_path", default=None, metavar="FILE",
+              help="Score generations made elsewhere: lm-eval --log_samples JSONL (mbpp task) or evalplus samples "
+                   "JSONL ({task_id: Mbpp/N, solution|completion}); run here against the MBPP file's tests.")
+@sparsity_options()
+@click.option("--split", type=click.Choice(SPLIT_CHOICES), default="test", show_default=True,
+              help="Standard MBPP split by task id (test = tasks 11-510).")
+@click.option("--data", "data_path", default=None, metavar="FILE",
+              help="MBPP file (default mbpp/mbpp.jsonl in the data directory; sanitized-mbpp.json also works).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N tasks of the split.")
+@click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES), default="lm-eval", show_default=True,
+              help="Prompt format: lm-evaluation-harness 3-shot [BEGIN]/[DONE], or bigcode zero-shot docstring.")
+@click.option("--shots", type=click.IntRange(0, 3), default=3, show_default=True,
+              help="lm-eval examples (tasks 2, 3, 4) before the query; 0 for models trained on the bare query "
+                   "(the embedded micro family).")
+@click.option("--extract", "extraction", type=click.Choice(EXTRACT_CHOICES), default="harness", show_default=True,
+              help="harness: run exactly what lm-eval (or bigcode, per --format) runs; lenient: the longest prefix "
+                   "that parses, without top-level calls (more forgiving, not comparable to published numbers).")
+@click.option("--n", type=click.IntRange(min=1), default=1, show_default=True, help="Samples per problem.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Sampling temperature; 0 = greedy (then --n must be 1).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Nucleus sampling mass.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Prompts per generate call.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling and bootstrap seed.")
+@click.option("--k", "ks", type=click.IntRange(min=1), multiple=True, default=(1,), show_default=True,
+              help="pass@k to report (repeatable; k <= n).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Wall-clock seconds per test program.")
+@click.option("--memory-mb", type=click.IntRange(min=64), default=1024, show_default=True,
+              help="Address-space limit per test program.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Sandbox worker processes.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", default="auto", show_default=True, help="Model dtype: auto, float32, bfloat16, float16.")
+@click.option("--name", default=None, metavar="RUN",
+              help="Record results in runs/RUN/eval/mbpp/ (summary.json, records.parquet, ledger); reruns resume.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the per-sample records table here (.parquet or .jsonl).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the summary) on stdout.")
+@loader_options
+def mbpp_command(solutions, model_path, samples_path, sparsity, mode, prefill, split, data_path, limit, fmt, shots,
+                 extraction, n, temperature, top_p, max_new_tokens,
+                 batch_size, seed, ks, timeout_s, memory_mb, workers, device, dtype, name, out_path, as_json, loader) -> None:
+    """MBPP pass@k: generate with --model (or take --solutions reference), run every program in the sandbox.
+
+    \b
+    Examples:
+      sparsealign eval mbpp --solutions reference --split test --json
+      sparsealign eval mbpp --model runs/x/align/model --split test --limit 50 --json
+      sparsealign eval mbpp --model PATH --format bigcode --n 10 --temperature 0.8 --k 1 --k 10 --name run1
+      sparsealign eval mbpp --model PATH --sparsity PATH/sparsity --mode dynamic --limit 50 --json
+      sparsealign eval mbpp --samples lm_eval_out/samples_mbpp.jsonl --json
+    """
+    from sparsealign.errors import UserError
+    from sparsealign.evaluate.mbpp.run import MbppRunConfig, run_mbpp
+
+    if sum(x is not None for x in (solutions, model_path, samples_path)) != 1:
+        raise UserError("pass exactly one of --model PATH, --samples FILE or --solutions reference")
+    if sparsity and model_path is None:
+        raise UserError("--sparsity runs a model: add --model PATH (the model the artifacts were calibrated on)")
+    try:
+        cfg = MbppRunConfig.model_validate({
+            "solutions": solutions, "model": model_path, "samples": samples_path,
+            "sparsity": sparsity_spec(sparsity, mode, prefill), "split": split, "data": data_path, "limit": limit,
+            "device": device, "dtype": dtype, **loader,
+            "eval": {"format": fmt, "shots": shots, "extract": extraction, "ks": sorted(set(ks)), "timeout_s": timeout_s, "memory_mb": memory_mb,
+                     "workers": workers, "seed": seed,
+                     "sampling": {"n": n, "temperature": temperature, "top_p": top_p,
+                                  "max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed}},
+        })
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        errors = getattr(exc, "errors", None)
+        msg = errors()[0]["msg"] if callable(errors) else str(exc)
+        raise UserError(msg.removeprefix("Value error, ")) from None
+    summary = run_mbpp(cfg, name=name, out_path=out_path, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(summary, sort_keys=True))
+    else:
+        _print_human(summary)
+
+
+def _print_human(summary: dict) -> None:
+    total, passed = summary.get("total", 0), summary.get("passed", 0)
+    how = f" (extract {summary['extract']})" if summary.get("extract") else ""
+    click.echo(f"passed {passed}/{total} problems{how}")
+    sp = summary.get("sparsity")
+    if sp:
+        click.echo(f"sparsity: {sp['mode']} (prefill {sp['prefill']}), realized {sp['realized_sparsity']:.3f} "
+                   f"(target {sp['target_sparsity']})")
+    for key, value in sorted(summary.items()):
+        if key.startswith("pass@") and not key.endswith("_ci"):
+            ci = summary.get(f"{key}_ci", {})
+            click.echo(f"{key} = {value:.4f}  [{ci.get('low', value):.4f}, {ci.get('high', value):.4f}] "
+                       f"({ci.get('method', '')})")
+    if summary.get("failed_task_ids") is not None and len(summary["failed_task_ids"]) <= 20:
+        click.echo(f"failed task ids: {summary['failed_task_ids']}")
+    for defect in summary.get("dataset_defects", []):
+        print(f"dataset defect: task {defect['task_id']}: {defect['error']}", file=sys.stderr)
+    if summary.get("records"):
+        click.echo(f"records: {summary['records']}")
+
+
+def register(cli: click.Group) -> None:
+    cli.commands["eval"].add_command(mbpp_command)

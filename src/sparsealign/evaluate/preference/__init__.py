@@ -1,0 +1,1 @@
+"""Preference evaluation: implicit rewards on held-out pairs, accuracy, margins, divergences, flips."""

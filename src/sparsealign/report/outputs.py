@@ -1,0 +1,27 @@
+"""A study run's outputs from its ledger: results.parquet, and the report (report.md, report.html, figures/).
+
+Called by the `study` verbs (the entry point), after the cells ran: the study layer produces the results table, the
+report layer above it renders them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sparsealign.io import atomic_path
+from sparsealign.report.render import write_report
+from sparsealign.study.layout import Study
+from sparsealign.study.results import item_arrays, results_table, traces
+
+
+def write_outputs(study: Study) -> dict[str, Path]:
+    """results.parquet + findings.json + report.md + report.html (+ figures/) in the run directory; all atomic.
+    The config's `report` part (primary contrasts; kept out of the run's identity) is passed along explicitly."""
+    table = results_table(study)
+    if not table.empty:  # the report writes results.parquet itself (with the annotation-efficiency rows added)
+        config = {**study.cfg.model_dump(mode="json"), "report": study.cfg.report.model_dump(mode="json")}
+        return write_report(table, study.root, items=item_arrays(study), traces=traces(study), config=config)
+    results = study.root / "results.parquet"
+    with atomic_path(results, suffix=".parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    return {"results": results}

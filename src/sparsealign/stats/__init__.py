@@ -1,0 +1,1 @@
+"""Statistics shared by every stage: confidence intervals, paired tests, multiple-comparison control, fits."""

@@ -1,0 +1,117 @@
+"""Divergences, Bradley-Terry cross-entropy, preference metrics and the bootstrap, against hand computation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from sparsealign.evaluate.preference.divergence import (
+    bernoulli_js,
+    bernoulli_kl,
+    bt_cross_entropy,
+    human_preference_prob,
+)
+from sparsealign.evaluate.preference.metrics import flip_metrics, kl_estimate, preference_metrics
+from sparsealign.stats.intervals import bootstrap_ci, paired_bootstrap
+
+LN2 = math.log(2)
+
+
+def _sig(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_js_by_hand() -> None:
+    p, q = 0.9, 0.4
+    m = (p + q) / 2
+    kl_pm = p * math.log(p / m) + (1 - p) * math.log((1 - p) / (1 - m))
+    kl_qm = q * math.log(q / m) + (1 - q) * math.log((1 - q) / (1 - m))
+    assert bernoulli_js(p, q) == pytest.approx(0.5 * kl_pm + 0.5 * kl_qm)
+    assert bernoulli_kl(p, q) == pytest.approx(p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q)))
+    # hard label against the model: p_h = 1, p_m = 0.7 -> 0.5 ln(1/0.85) + 0.5 [0.7 ln(0.7/0.85) + 0.3 ln(0.3/0.15)]
+    expected = 0.5 * math.log(1 / 0.85) + 0.5 * (0.7 * math.log(0.7 / 0.85) + 0.3 * math.log(2))
+    assert bernoulli_js(1.0, 0.7) == pytest.approx(expected)
+
+
+def test_js_is_bounded_symmetric_and_zero_when_equal() -> None:
+    rng = np.random.default_rng(0)
+    p, q = rng.uniform(size=1000), rng.uniform(size=1000)
+    js = bernoulli_js(p, q)
+    assert np.all(js >= 0) and np.all(js <= LN2 + 1e-12)
+    assert np.allclose(js, bernoulli_js(q, p))
+    assert np.all(bernoulli_js(p, p) == 0)
+    assert bernoulli_js(1.0, 0.0) == pytest.approx(LN2)  # the bound is attained by opposite certainties
+    assert bernoulli_js(0.0, 0.0) == 0.0
+
+
+def test_bt_cross_entropy_by_hand_and_stable() -> None:
+    p_h, m = 0.8, 0.5
+    expected = -(p_h * math.log(_sig(m)) + (1 - p_h) * math.log(1 - _sig(m)))
+    assert bt_cross_entropy(p_h, m) == pytest.approx(expected)
+    assert bt_cross_entropy(1.0, 2.0) == pytest.approx(-math.log(_sig(2.0)))
+    assert bt_cross_entropy(1.0, -1000.0) == pytest.approx(1000.0)  # finite where sigma underflows
+    assert bt_cross_entropy(0.0, 1000.0) == pytest.approx(1000.0)
+
+
+def test_human_preference_prob_from_scores() -> None:
+    assert human_preference_prob(None, None) == 1.0
+    assert human_preference_prob(8.0, 6.0, tau=2.0) == pytest.approx(_sig(1.0))
+    with pytest.raises(ValueError):
+        human_preference_prob(1.0, 0.0, tau=0.0)
+
+
+def test_preference_metrics_by_hand() -> None:
+    r_w, r_l = [1.0, 0.2, -0.5, 0.3], [0.0, 0.4, -0.5, -0.7]  # margins 1.0, -0.2, 0.0, 1.0
+    ph = [1.0, 0.6, 0.5, 1.0]
+    out = preference_metrics(r_w, r_l, ph, logp_chosen=[-5, -9, -3, -4], logp_rejected=[-6, -8, -3, -7], seed=1)
+    assert out["reward_accuracy"]["estimate"] == pytest.approx(0.5)  # the tie counts as wrong
+    assert out["mean_margin"]["estimate"] == pytest.approx(0.45)
+    margins = [1.0, -0.2, 0.0, 1.0]
+    js = [float(bernoulli_js(p, _sig(m))) for p, m in zip(ph, margins, strict=True)]
+    ce = [-(p * math.log(_sig(m)) + (1 - p) * math.log(1 - _sig(m))) for p, m in zip(ph, margins, strict=True)]
+    assert out["preference_divergence"]["estimate"] == pytest.approx(sum(js) / 4)
+    assert out["bt_cross_entropy"]["estimate"] == pytest.approx(sum(ce) / 4)
+    assert out["ranking_accuracy"]["estimate"] == pytest.approx(0.5)  # -5>-6 yes, -9>-8 no, tie no, -4>-7 yes
+    for name in ("reward_accuracy", "mean_margin", "preference_divergence", "bt_cross_entropy"):
+        assert out[name]["low"] <= out[name]["estimate"] <= out[name]["high"]
+    hard = preference_metrics(r_w, r_l)
+    assert hard["mean_human_prob"]["estimate"] == 1.0 and "ranking_accuracy" not in hard
+    with pytest.raises(ValueError):
+        preference_metrics(r_w, r_l, [1.5, 1, 1, 1])
+
+
+def test_flip_metrics() -> None:
+    d = np.array([1.0, -2.0, 0.5, 3.0])
+    same = flip_metrics(d, d.copy())
+    assert same["flip_rate"]["estimate"] == 0.0 and same["flip_divergence"]["estimate"] == 0.0
+    out = flip_metrics(d, np.array([-1.0, -2.0, 0.5, 0.0]))
+    assert out["flip_rate"]["estimate"] == pytest.approx(0.5)
+    assert out["margin_shift"]["estimate"] == pytest.approx((-2.0 + 0 + 0 - 3.0) / 4)
+    assert kl_estimate([-3.0, -4.0], [-5.0, -4.5])["estimate"] == pytest.approx(1.25)
+
+
+def test_bootstrap_is_deterministic_by_seed_and_contains_estimate() -> None:
+    x = np.random.default_rng(5).normal(size=300)
+    a, b = bootstrap_ci(x, seed=11), bootstrap_ci(x, seed=11)
+    assert a == b and a.low < a.estimate < a.high and a.estimate == pytest.approx(x.mean())
+    assert bootstrap_ci(x, seed=12) != a
+    # the interval is roughly mean +- 1.96 sd/sqrt(n)
+    se = x.std(ddof=1) / math.sqrt(x.size)
+    assert a.high - a.low == pytest.approx(2 * 1.96 * se, rel=0.15)
+
+
+def test_paired_bootstrap_shares_indices() -> None:
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=200)
+    shifted = base + 0.1  # the same items shifted: the paired difference has zero variance
+    out = paired_bootstrap({"small": base, "large": shifted, "noisy": rng.normal(size=200)}, seed=3)
+    diff = out["differences"]["large - small"]
+    assert diff.estimate == pytest.approx(0.1) and diff.low == pytest.approx(0.1) and diff.high == pytest.approx(0.1)
+    assert out["differences"]["noisy - small"].high - out["differences"]["noisy - small"].low > 0.1
+    # each system's own interval equals the unpaired bootstrap with the same seed
+    own, alone = out["systems"]["small"], bootstrap_ci(base, seed=3)
+    assert (own.estimate, own.low, own.high) == pytest.approx((alone.estimate, alone.low, alone.high), abs=1e-12)
+    with pytest.raises(ValueError):
+        paired_bootstrap({"a": [1.0, 2.0], "b": [1.0]})

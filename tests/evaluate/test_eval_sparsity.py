@@ -1,0 +1,118 @@
+"""`--sparsity/--mode/--prefill` on `eval mbpp` and `eval preference` (real CLI, tiny real Llamas), and the
+self-describing artifacts folder that `sparsify calibrate` writes and that is refused on another model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import assert_one_line_error
+from sparsealign.models.tiny import save_pretrained, tiny_model_and_tokenizer
+
+HH = "hh-rlhf/helpful-base/test.jsonl.gz"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, data_dir):
+    code = [json.loads(line)["code"] for line in (data_dir / "mbpp" / "mbpp.jsonl").open()]
+    root = tmp_path_factory.mktemp("sparse-eval")
+    for seed in (0, 1):
+        model, tok = tiny_model_and_tokenizer(code[:150], vocab_size=320, hidden_size=32, num_layers=2,
+                                              intermediate_size=96, max_position_embeddings=2048, seed=seed)
+        save_pretrained(model, tok, root / f"m{seed}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def calibrated(models, data_dir):
+    """Artifacts at 0.5 and at 0 (threshold 0 = the dense MLP bit for bit), through the real CLI."""
+    import os
+    import subprocess
+
+    from conftest import sparsealign_exe
+
+    env = {**os.environ, "SPARSEALIGN_DATA_DIR": str(data_dir)}
+    for target, name in ((0.5, "s50"), (0.0, "s0")):
+        proc = subprocess.run([*sparsealign_exe(), "sparsify", "calibrate", "--model", str(models / "m0"), "-n", "20",
+                               "--target", str(target), "--out", str(models / name), "--json"],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+    return models
+
+
+def test_artifacts_describe_their_model(calibrated) -> None:
+    meta = json.loads((calibrated / "s50" / "sparsity.json").read_text())
+    info = meta["model_info"]
+    assert len(info["model_hash"]) == 64 and info["model_source"].endswith("m0")
+    assert info["target_sparsity"] == 0.5 and info["sites"] == ["model.layers.0.mlp", "model.layers.1.mlp"]
+    assert info["modes"] == ["static", "dynamic"]
+
+
+def test_model_identity_sees_weights_not_dtype(calibrated) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sparsealign.sparse.spec import model_identity
+
+    m = AutoModelForCausalLM.from_pretrained(calibrated / "m0", dtype=torch.float32)
+    a = model_identity(m)
+    assert model_identity(m.to(torch.bfloat16)) == a  # same checkpoint, other dtype: same model
+    with torch.no_grad():
+        m.model.layers[1].mlp.down_proj.weight.mul_(1.5)  # a fine-tune changes the sampled weights
+    b = model_identity(m)
+    assert b["config_sha256"] == a["config_sha256"] and b["model_hash"] != a["model_hash"]
+
+
+def test_mbpp_dense_vs_sparse_through_cli(cli, calibrated) -> None:
+    base = ["eval", "mbpp", "--model", str(calibrated / "m0"), "--limit", "2", "--max-new-tokens", "12", "--json"]
+    dense = cli(*base)
+    zero = cli(*base, "--sparsity", str(calibrated / "s0"), "--mode", "static")
+    half = cli(*base, "--sparsity", str(calibrated / "s50"), "--mode", "dynamic")
+    for res in (dense, zero, half):
+        assert res.returncode == 0, res.stderr
+    d, z, h = dense.json(), zero.json(), half.json()
+    assert d["sparsity"] is None and d["extract"] == "harness"
+    assert z["sparsity"]["mode"] == "static" and z["sparsity"]["realized_sparsity"] < 0.05
+    assert h["sparsity"] == {**h["sparsity"], "mode": "dynamic", "prefill": "dense", "target_sparsity": 0.5}
+    assert abs(h["sparsity"]["realized_sparsity"] - 0.5) < 0.1
+    assert h["source"] == "m0+dynamic" and d["source"] == "m0"
+
+
+def test_mbpp_records_identical_dense_and_threshold_zero(calibrated) -> None:
+    from sparsealign.evaluate.generation import SamplingConfig
+    from sparsealign.evaluate.mbpp.evaluator import MbppEvalConfig
+    from sparsealign.evaluate.mbpp.run import MbppRunConfig, run_mbpp
+
+    ev = MbppEvalConfig(sampling=SamplingConfig(max_new_tokens=10))
+    dense = run_mbpp(MbppRunConfig(model=str(calibrated / "m0"), limit=2, eval=ev), out_path=None)
+    spec = {"artifacts": str(calibrated / "s0"), "mode": "static", "prefill": "sparse"}
+    zero = run_mbpp(MbppRunConfig(model=str(calibrated / "m0"), limit=2, eval=ev, sparsity=spec))
+    assert zero["sparsity"]["prefill"] == "sparse"
+    assert {k: v for k, v in dense.items() if k not in ("sparsity", "source")} == \
+        {k: v for k, v in zero.items() if k not in ("sparsity", "source")}
+
+
+def test_preference_under_sparsity_counts_flips_against_dense(cli, calibrated) -> None:
+    args = ["eval", "preference", "--model", str(calibrated / "m0"), "--method", "simpo", "--data", HH, "--limit",
+            "8", "--max-length", "96", "--bootstrap", "50", "--json"]
+    zero = cli(*args, "--sparsity", str(calibrated / "s0"), "--mode", "static")
+    half = cli(*args, "--sparsity", str(calibrated / "s50"), "--mode", "static")
+    assert zero.returncode == 0 and half.returncode == 0, zero.stderr + half.stderr
+    z, h = zero.json(), half.json()
+    assert z["baseline_model"] == str(calibrated / "m0")  # the dense model itself
+    assert z["flip"]["flip_rate"]["estimate"] == 0 and z["flip"]["margin_shift"]["estimate"] == pytest.approx(0, abs=1e-5)
+    assert h["sparsity"]["realized_sparsity"] > 0.3 and h["flip"]["margin_shift"]["estimate"] != 0
+    assert z["sparsity"]["scoring"] == "all positions sparse"
+
+
+def test_artifacts_refused_on_another_model(cli, calibrated) -> None:
+    quiet = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # transformers' "Loading weights" bar is not ours
+    res = cli("eval", "mbpp", "--model", str(calibrated / "m1"), "--sparsity", str(calibrated / "s50"), "--limit",
+              "1", "--max-new-tokens", "4", env=quiet)
+    assert_one_line_error(res, "calibrated on a different model", "weights differ", "sparsify calibrate")
+    res = cli("sparsify", "generate", "--model", str(calibrated / "m1"), "--sparsity", str(calibrated / "s50"),
+              "--prompt", "def f(", "--max-new-tokens", "2", env=quiet)
+    assert_one_line_error(res, "calibrated on a different model")
+    assert_one_line_error(cli("eval", "mbpp", "--solutions", "reference", "--sparsity", "x"), "--sparsity", "--model")
+    assert_one_line_error(cli("sparsify", "calibrate"), "missing --model")
