@@ -25,6 +25,7 @@ from pydantic import (
 from sparsealign.align.config import AlignConfig, Method, facts
 from sparsealign.config import StrictModel, load_config, read_yaml
 from sparsealign.errors import UserError
+from sparsealign.models.micro import PRESETS as MICRO_PRESETS
 from sparsealign.sparse.config import Mode
 
 PRESETS = ("default", "small", "paper")
@@ -80,12 +81,10 @@ class FamilyConfig(StrictModel):
         if self.kind == "hf" and not self.models:
             raise ValueError("family.kind=hf needs family.models (size name -> path or hub id)")
         if self.kind == "micro":  # checked here, so the error names the config file and the field
-            from sparsealign.models.micro import PRESETS
-
-            if self.preset not in PRESETS:
+            if self.preset not in MICRO_PRESETS:
                 raise ValueError(f"unknown preset {self.preset!r} in family.preset; choose one of: "
-                                 f"{', '.join(PRESETS)}")
-            known = [spec.name for spec in PRESETS[self.preset].sizes]
+                                 f"{', '.join(MICRO_PRESETS)}")
+            known = [spec.name for spec in MICRO_PRESETS[self.preset].sizes]
             unknown = [size for size in self.sizes if size not in known]
             if unknown:
                 raise ValueError(f"unknown size(s) {', '.join(unknown)} in family.sizes for preset "
