@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sparsealign.evaluate.generation import SamplingConfig, generate
 from sparsealign.evaluate.judges.winrate import JudgeItem
+from sparsealign.models.loading import load_model_and_tokenizer
+from sparsealign.sparse.apply import apply_spec
 from sparsealign.sparse.spec import SparsitySpec
 
 TURN_STOPS = ("\n\nHuman:", "\nHuman:", "\nUser:")
@@ -20,10 +23,6 @@ TURN_STOPS = ("\n\nHuman:", "\nHuman:", "\nUser:")
 def dense_vs_sparse_items(model_path: str, pairs: Sequence[Any], spec: SparsitySpec, *, max_new_tokens: int,
                           device: str = "auto", batch_size: int = 8) -> tuple[list[JudgeItem], dict[str, Any]]:
     """(items with candidate = sparse answer, baseline = dense answer; the realized-sparsity summary)."""
-    from sparsealign.evaluate.generation import SamplingConfig, generate
-    from sparsealign.models.loading import load_model_and_tokenizer
-    from sparsealign.sparse.apply import apply_spec
-
     model, tok = load_model_and_tokenizer(model_path, device=device)
     prompts = [p.prompt for p in pairs]
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)

@@ -36,6 +36,7 @@ from sparsealign.rundir import RunDir
 from sparsealign.settings import resolve_data_path
 from sparsealign.sparse.apply import apply_spec
 from sparsealign.sparse.spec import SparsitySpec
+from sparsealign.stats.paired import paired_difference
 
 log = logging.getLogger("sparsealign.evaluate")
 STAGE = "eval-mbpp"
@@ -121,8 +122,6 @@ def _task_passed(records: Sequence[dict[str, Any]]) -> dict[int, float]:
 def dense_vs_sparse(dense_summary: dict[str, Any], dense_records: Sequence[dict[str, Any]],
                     sparse_records: Sequence[dict[str, Any]], cfg: MbppRunConfig) -> dict[str, Any]:
     """The dense run's pass@k and the paired difference sparse - dense over tasks (bootstrap CI, exact McNemar)."""
-    from sparsealign.stats.paired import paired_difference
-
     d, s = _task_passed(dense_records), _task_passed(sparse_records)
     ids = sorted(d)
     diff = paired_difference([s[t] for t in ids], [d[t] for t in ids], n_resamples=cfg.eval.ci_resamples,
