@@ -90,3 +90,10 @@ def test_positional_model_still_works_but_not_two(cli, tmp_path) -> None:
     res = cli("align", "--model", "m", "--data", HH, "--set", "lora_r=8", "--dry-run", "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["config"]["lora"]["r"] == 8
+
+
+def test_errors_name_the_flag_to_add(cli) -> None:
+    assert_one_line_error(cli("eval", "mbpp", "--model", "m", "--compare-dense"), "--compare-dense", "--sparsity")
+    assert_one_line_error(cli("eval", "report", "--name", "nope"), "no evaluations", "eval mbpp")
+    assert_one_line_error(cli("eval", "winrate", "--judge", "llm", "--model", "j", "--sparsity", "s"),
+                          "--responses-model", "--pairs")
