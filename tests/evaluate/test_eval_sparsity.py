@@ -10,6 +10,8 @@ import pytest
 from conftest import assert_one_line_error
 from sparsealign.models.tiny import save_pretrained, tiny_model_and_tokenizer
 
+# end to end: calibrates and runs the eval verbs in subprocesses (~75 s of CPU)
+pytestmark = pytest.mark.slow
 HH = "hh-rlhf/helpful-base/test.jsonl.gz"
 
 
