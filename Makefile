@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install install-test study test test-fast lint bench
+.PHONY: install install-test study test test-fast lint bench fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,3 +43,9 @@ test-fast: install-test
 
 lint: $(BIN)/python
 	$(BIN)/ruff check src tests benchmarks
+
+# Long fuzzing campaign over every input reader (CI runs a bounded 300 per reader inside `make test`).
+# FUZZ_EXAMPLES inputs per reader; failing inputs, shrunk to a minimum, are saved under fuzz-failures/.
+FUZZ_EXAMPLES ?= 10000
+fuzz: install-test
+	$(BIN)/python tests/fuzz/campaign.py --examples $(FUZZ_EXAMPLES) --out fuzz-failures

@@ -54,12 +54,13 @@ class Result:
     rc: int
     stdout: str
     stderr: str
-    seconds: float
+    seconds: float  # wall clock
+    cpu_seconds: float  # CPU time of this process: what the input costs, whatever else the machine is doing
     crash: str | None = None  # an exception that escaped main(): a traceback in the real process
 
 
 def run_cli(argv: list[str], env: dict[str, str]) -> Result:
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     crash = None
     with CliRunner().isolation(env=env) as (out, err, _):
         try:
@@ -72,7 +73,7 @@ def run_cli(argv: list[str], env: dict[str, str]) -> Result:
         sys.stderr.flush()
         stdout = out.getvalue().decode("utf-8", "replace")
         stderr = err.getvalue().decode("utf-8", "replace")
-    return Result(argv, rc, stdout, stderr, time.perf_counter() - start, crash)
+    return Result(argv, rc, stdout, stderr, time.perf_counter() - start, time.process_time() - cpu_start, crash)
 
 
 @dataclass

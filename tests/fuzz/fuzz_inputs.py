@@ -228,8 +228,10 @@ def serialise(recs: list[Any], container: str) -> bytes:
     try:
         table = pa.Table.from_pylist(dicts)
     except (pa.ArrowException, ValueError, TypeError, OverflowError):  # mixed types: a Parquet column has one type
-        table = pa.Table.from_pylist([{c: cell(r.get(c)).encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-                                       for c in cols} for r in dicts])
+        def clean(text: str) -> str:  # Parquet strings are UTF-8: a lone surrogate cannot be stored
+            return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+        table = pa.Table.from_pylist([{clean(c): clean(cell(r.get(c))) for c in cols} for r in dicts])
     buf = io.BytesIO()
     pq.write_table(table, buf)
     return buf.getvalue()

@@ -28,3 +28,26 @@ def test_reader_contract(name):
                                             f"argv: {[r.argv for r in outcome.results]}")
 
     check()
+
+
+@pytest.mark.parametrize("name", ["compressed", "files", "trl-implicit"])
+def test_in_process_runs_match_the_console_script(cli, name):
+    """The harness runs `main()` in process for speed; on a few of its inputs the real console script (a subprocess)
+    must answer the same: exit code, stdout and stderr."""
+    import tempfile
+    from pathlib import Path
+
+    from fuzz_contract import _env, run_cli
+
+    @settings(FUZZ, max_examples=6)
+    @given(strategy(TARGETS[name]))
+    def check(drawn):
+        case, flags, _ = drawn
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            argv = ["data", "inspect", str(case.write(root)), "--json", *flags]
+            inside = run_cli(argv, _env(root))
+            real = cli(*argv, env=_env(root), timeout=120)
+            assert (real.returncode, real.stdout, real.stderr) == (inside.rc, inside.stdout, inside.stderr)
+
+    check()

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from sparsealign.data.readers import _SUFFIXES, Row, compression_of, read_rows
+from sparsealign.data.readers import CONTAINER_SUFFIXES, Row, compression_of, read_rows
 from sparsealign.errors import DataError
 
 _SPLIT_WORDS = {"train": "train", "training": "train", "test": "test", "testing": "test", "eval": "test",
@@ -29,7 +29,7 @@ def _kind(path: Path) -> str | None:
         name = path.stem if compression_of(path) else path.name
     except DataError:  # e.g. a .zip beside the data: not ours to read, and not a reason to refuse the folder
         return None
-    return _SUFFIXES.get(Path(name).suffix.lower())
+    return CONTAINER_SUFFIXES.get(Path(name).suffix.lower())
 
 
 def split_of(path: Path, root: Path) -> str:

@@ -24,8 +24,8 @@ from typing import Any
 from sparsealign.errors import DataError
 
 CONTAINERS = ("jsonl", "json", "csv", "parquet")
-_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet",
-             ".pq": "parquet"}
+CONTAINER_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
+                      ".parquet": "parquet", ".pq": "parquet"}
 COMPRESSIONS = {".gz": ("gzip", gzip.open), ".bz2": ("bz2", bz2.open), ".xz": ("xz", lzma.open),
                 ".lzma": ("xz", lzma.open)}
 _UNSUPPORTED = {".zst": "zstd -d", ".zstd": "zstd -d", ".zip": "unzip", ".lz4": "lz4 -d", ".br": "brotli -d",
@@ -84,8 +84,8 @@ def container_of(path: Path) -> str:
     check_regular_file(path)
     name = path.stem if compression_of(path) else path.name
     suffix = Path(name).suffix.lower()
-    if suffix in _SUFFIXES:
-        return _SUFFIXES[suffix]
+    if suffix in CONTAINER_SUFFIXES:
+        return CONTAINER_SUFFIXES[suffix]
     head = _sniff(path)
     if head == b"[":
         return "json"
@@ -134,11 +134,11 @@ class _DuplicateKey(ValueError):
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """object_pairs_hook: json.loads keeps the last of two equal keys silently; here it is an error."""
     out = dict(pairs)
     if len(out) != len(pairs):
-        seen: set[str] = set()
-        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise _DuplicateKey(dup)
+        keys = [k for k, _ in pairs]
+        raise _DuplicateKey(next(k for i, k in enumerate(keys) if k in keys[:i]))
     return out
 
 

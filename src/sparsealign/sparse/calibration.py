@@ -22,7 +22,8 @@ from sparsealign.errors import UserError
 from sparsealign.sparse.artifacts import SparsityArtifacts
 from sparsealign.sparse.config import SparsityConfig
 from sparsealign.sparse.metrics import empirical_threshold, kl_per_token
-from sparsealign.sparse.patch import apply_sparsity, find_attention, find_mlps
+from sparsealign.sparse.patch import apply_sparsity, find_mlps
+from sparsealign.sparse.runtime import find_attention
 
 
 @dataclass

@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import re
-import types
-import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,9 +38,16 @@ from sparsealign.sparse.config import SITES, ControllerConfig, Mode, Prefill
 from sparsealign.sparse.controller import ThresholdController
 from sparsealign.sparse.fastpath import NeuronMajor
 from sparsealign.sparse.metrics import ffn_flops
+from sparsealign.sparse.runtime import (
+    Runtime,
+    attn_input_hook,
+    attn_output_hook,
+    decoder_stack,
+    find_attention,
+    position_weights,
+)
 
 MLP_PARTS = ("gate_proj", "up_proj", "down_proj", "act_fn")
-INPUT_SITES = SITES[1:]
 
 
 def find_mlps(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -56,130 +60,13 @@ def find_mlps(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
-def find_attention(model: nn.Module, mlp_name: str) -> nn.Module:
-    """The attention module beside an MLP (`<layer>.self_attn` with an `o_proj`)."""
-    parent_name = mlp_name.rpartition(".")[0]
-    attn = getattr(model.get_submodule(parent_name) if parent_name else model, "self_attn", None)
-    if attn is None or not hasattr(attn, "o_proj"):
-        raise UserError(f"{mlp_name}: no self_attn with o_proj beside this MLP",
-                        hint="attention sites need a Llama-style decoder layer; use sites=[intermediate, ffn_input]")
-    return attn
-
-
-def decoder_stack(model: nn.Module, mlp_name: str) -> nn.Module:
-    """The module that runs the decoder layers (`model` of `model.layers.0.mlp`), or the model itself."""
-    match = re.match(r"^(.*)\.layers\.\d+\.mlp$", mlp_name)
-    return model.get_submodule(match.group(1)) if match and match.group(1) else model
-
-
-class _Runtime:
-    """State shared by the wrappers of one application: thresholds, controller, predictors, records."""
-
-    def __init__(self, art: SparsityArtifacts, mode: Mode, prefill: Prefill, fast: bool,
-                 controller: ThresholdController | None, thresholds: list[float]):
-        self.art, self.mode, self.prefill, self.fast = art, mode, prefill, fast
-        self.controller, self.thresholds = controller, thresholds
-        self.predictors, self.cutoffs = art.predictors, art.cutoffs
-        # static thresholds per site and layer; input sites are active when calibrated above 0
-        self.static = {site: thresholds if site == "intermediate" else art.site(site)["thresholds"] for site in SITES}
-        self.input_sites = [s for s in INPUT_SITES if s in art.sites]
-        self.dense_prefix: int | None = None
-        self.valid: torch.Tensor | None = None  # [B, T] real (non-padding) positions of the current call
-        self.fresh, self.root, self.last_cache = True, None, lambda: None  # which rows a call continues
-        self.clear()
-
-    def clear(self) -> None:
-        L = self.art.num_layers
-        # per call: a [T] tensor (multi-position calls) or a float (decode, kept cheap: no tensor per token)
-        self.realized: list[list[torch.Tensor | float]] = [[] for _ in range(L)]
-        self.applied_t: list[list[torch.Tensor | float]] = [[] for _ in range(L)]
-        self.is_prefill: list[torch.Tensor | bool] = []
-        # per layer: sparse tokens, neurons kept, neurons computed (for FLOPs), predictor tp / true / predicted
-        self.counts = [[0.0] * 6 for _ in range(L)]
-        # per input site and layer: values at sparse positions, values kept
-        self.site_counts = {s: [[0.0, 0.0] for _ in range(L)] for s in self.input_sites}
-
-    def observe_call(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """Forward pre-hook on the decoder stack: this call's padding mask, and which rows' controller state it
-        continues.  An empty KV cache is a new sequence (every row restarts); the cache of the previous call
-        continues its rows; another cache (a copy of a cached prompt prefix) restarts from the state saved when
-        that prefix was computed (else from t0).  Rows dropped with `cache.batch_select_indices` are followed."""
-        ref = kwargs.get("input_ids", args[0] if args else None)
-        ref = ref if ref is not None else kwargs.get("inputs_embeds")
-        mask = kwargs.get("attention_mask")
-        self.valid = None
-        if ref is not None and isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[0] == ref.shape[0]:
-            valid = mask[:, -ref.shape[1]:].bool()
-            self.valid = None if bool(valid.all()) else valid
-        ctl = self.controller
-        if ctl is None:
-            return
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        length = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
-        self.fresh = cache is None or length == 0
-        if self.fresh:
-            ctl.begin()
-        elif self.last_cache() is not cache:
-            ctl.restore(self.root[1]) if self.root and self.root[0] == length else ctl.begin()
-            if hasattr(cache, "batch_select_indices") and "batch_select_indices" not in vars(cache):
-                cache.batch_select_indices = types.MethodType(self._select_rows, cache)
-
-    def after_call(self, _module: nn.Module, _args: tuple, output: Any) -> None:
-        """Forward post-hook: remember the cache this call extended (and the state at the end of a fresh one)."""
-        cache = getattr(output, "cache", None)
-        cache = cache if cache is not None else getattr(output, "past_key_values", None)
-        self.last_cache = weakref.ref(cache) if cache is not None else lambda: None
-        if self.controller is not None and self.fresh and hasattr(cache, "get_seq_length"):
-            self.root = (cache.get_seq_length(), self.controller.snapshot())
-
-    def _select_rows(self, cache: Any, indices: torch.Tensor) -> None:
-        type(cache).batch_select_indices(cache, indices)
-        if self.controller is not None and self.last_cache() is cache:
-            self.controller.keep_rows(indices)
-
-    def valid_for(self, B: int, T: int) -> torch.Tensor | None:
-        v = self.valid
-        return v if v is not None and tuple(v.shape) == (B, T) else None
-
-    def n_dense(self, T: int) -> int:
-        if self.dense_prefix is not None:
-            return min(self.dense_prefix, T)
-        return T if T > 1 and self.prefill == "dense" else 0
-
-    def thresholds_for(self, site: str, layer: int, abs_v: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-        """[B, T] thresholds for abs_v [B, T, D]: the static value, or the controller's per-row scan."""
-        if self.mode == "dynamic":
-            return self.controller.scan(SITES.index(site) * self.art.num_layers + layer, abs_v, valid)
-        return torch.full(abs_v.shape[:2], float(self.static[site][layer]))
-
-    def mask_input(self, site: str, layer: int, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """v [B, T, D] with |v| <= t zeroed (TEAL), and the kept mask; counts sparse, real positions only."""
-        B, T, _ = v.shape
-        valid, n_dense = self.valid_for(B, T), self.n_dense(T)
-        abs_v = v.abs()
-        t = self.thresholds_for(site, layer, abs_v, valid)
-        keep = abs_v > t.to(abs_v.device, abs_v.dtype).unsqueeze(-1)
-        keep[:, :n_dense] = True
-        w = _weights(valid, B, T, n_dense, v.device)
-        c = self.site_counts[site][layer]
-        c[0], c[1] = c[0] + float(w.sum()) * v.shape[-1], c[1] + float((keep.sum(-1) * w).sum())
-        return v * keep.to(v.dtype), keep
-
-
-def _weights(valid: torch.Tensor | None, B: int, T: int, n_dense: int, device) -> torch.Tensor:
-    """[B, T] 1.0 on the positions that count (real, not dense prompt), else 0."""
-    w = torch.ones(B, T, device=device) if valid is None else valid.to(device).float()
-    w[:, :n_dense] = 0.0
-    return w
-
-
 class SparseMLP(nn.Module):
     """Wraps an HF gated MLP; `inner` is the untouched original module.
 
     For a fast path: `self._rt.static[site][self.layer]` are the static thresholds, `mask_input(...)` gives the
     masked FFN input and its kept columns, the controller's per-row thresholds come from `thresholds_for`."""
 
-    def __init__(self, inner: nn.Module, layer: int, rt: _Runtime):
+    def __init__(self, inner: nn.Module, layer: int, rt: Runtime):
         super().__init__()
         self.inner, self.layer = inner, layer
         object.__setattr__(self, "_rt", rt)  # shared, not a submodule
@@ -205,7 +92,7 @@ class SparseMLP(nn.Module):
         t = rt.thresholds_for("intermediate", li, abs_a, valid)
         mask = abs_a > t.to(device=abs_a.device, dtype=abs_a.dtype).unsqueeze(-1)
         computed = mask
-        w = _weights(valid, B, T, n_dense, x.device)
+        w = position_weights(valid, B, T, n_dense, x.device)
         if rt.mode == "predictor":
             pred = rt.predictors[li](x.float()) >= rt.cutoffs[li]
             c = rt.counts[li]
@@ -278,31 +165,10 @@ class SparseMLP(nn.Module):
             rt.is_prefill.append(flags)
 
 
-def _attn_input_hook(rt: _Runtime, layer: int):
-    def hook(_module, args, kwargs):
-        if "hidden_states" in kwargs:
-            kwargs = {**kwargs, "hidden_states": _mask3(rt, "attn_input", layer, kwargs["hidden_states"])}
-        else:
-            args = (_mask3(rt, "attn_input", layer, args[0]), *args[1:])
-        return args, kwargs
-    return hook
-
-
-def _attn_output_hook(rt: _Runtime, layer: int):
-    def hook(_module, args):
-        return (_mask3(rt, "attn_output", layer, args[0]), *args[1:])
-    return hook
-
-
-def _mask3(rt: _Runtime, site: str, layer: int, v: torch.Tensor) -> torch.Tensor:
-    T = v.shape[-2] if v.dim() >= 2 else 1
-    return rt.mask_input(site, layer, v.reshape(-1, T, v.shape[-1]))[0].reshape(v.shape)
-
-
 class SparsityHandle:
     """Returned by `apply_sparsity`: remove(), trace(), stats(), reset(); also a context manager."""
 
-    def __init__(self, model: nn.Module, rt: _Runtime, originals: list[tuple[nn.Module, str, nn.Module]],
+    def __init__(self, model: nn.Module, rt: Runtime, originals: list[tuple[nn.Module, str, nn.Module]],
                  hooks: list[Any]):
         self.model, self._rt, self._originals, self._hooks = model, rt, originals, hooks
         self.info: dict[str, Any] = {
@@ -441,7 +307,7 @@ def apply_sparsity(
         ctl = ThresholdController(thr + [t for v in per_site[1:] for t in v["thresholds"]],
                                   [s for v in per_site for s in v["layer_sparsity"]],
                                   [s for v in per_site for s in v["scales"]], controller or artifacts.config.controller)
-    rt = _Runtime(artifacts, mode, prefill, fast, ctl, thr)
+    rt = Runtime(artifacts, mode, prefill, fast, ctl, thr)
     device = mlps[0][1].up_proj.weight.device
     if rt.predictors is not None and device.type != "cpu":  # copies: the artifacts themselves stay on the CPU
         rt.predictors = [copy.deepcopy(p).to(device) for p in rt.predictors]
@@ -457,10 +323,10 @@ def apply_sparsity(
              stack.register_forward_hook(rt.after_call)]
     for i, name in enumerate(names):
         if "attn_input" in rt.input_sites:
-            hooks.append(find_attention(model, name).register_forward_pre_hook(_attn_input_hook(rt, i),
+            hooks.append(find_attention(model, name).register_forward_pre_hook(attn_input_hook(rt, i),
                                                                                with_kwargs=True))
         if "attn_output" in rt.input_sites:
-            hooks.append(find_attention(model, name).o_proj.register_forward_pre_hook(_attn_output_hook(rt, i)))
+            hooks.append(find_attention(model, name).o_proj.register_forward_pre_hook(attn_output_hook(rt, i)))
     handle = SparsityHandle(model, rt, originals, hooks)
     handle.info["decode_kernel"] = wrappers[0]._nm.kernel if fast else None
     return handle

@@ -7,6 +7,7 @@ import json
 import click
 
 from sparsealign.align.config import METHODS
+from sparsealign.models.options import loader_options
 from sparsealign.sparse.options import sparsity_options, sparsity_spec
 
 
@@ -46,10 +47,11 @@ from sparsealign.sparse.options import sparsity_options, sparsity_spec
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the per-pair table here (.parquet or .jsonl).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the summary) on stdout.")
+@loader_options
 def preference_command(model_path, ref_path, method, data, split, limit, beta, tau, sparsity, mode, prefill,
                        baseline_path, kl_samples,
                        kl_max_new_tokens, max_length, batch_size, n_resamples, seed, device, dtype, name, out_path,
-                       as_json) -> None:
+                       as_json, loader) -> None:
     """Preference metrics of a model on held-out pairs, each with a bootstrap CI.
 
     \b
@@ -74,7 +76,7 @@ def preference_command(model_path, ref_path, method, data, split, limit, beta, t
                               sparsity=sparsity_spec(sparsity, mode, prefill), method=method,
                               data=data, split=split, limit=limit, beta=beta, tau=tau, kl_samples=kl_samples,
                               kl_max_new_tokens=kl_max_new_tokens, max_length=max_length, batch_size=batch_size,
-                              n_resamples=n_resamples, seed=seed, device=device, dtype=dtype)
+                              n_resamples=n_resamples, seed=seed, device=device, dtype=dtype, **loader)
     summary = run_preference(cfg, name=name, out_path=out_path)
     if as_json:
         click.echo(json.dumps(summary, sort_keys=True))

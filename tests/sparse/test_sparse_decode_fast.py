@@ -9,11 +9,13 @@ import math
 import pytest
 import torch
 
-from sparsealign.sparse import apply_sparsity, calibrate, kernels
+from sparsealign.sparse import kernels
 from sparsealign.sparse.bench import build_preset, local_texts
+from sparsealign.sparse.calibration import calibrate
 from sparsealign.sparse.config import SparsityConfig
 from sparsealign.sparse.decode import Decoder, DenseOps, PatchedOps, greedy
 from sparsealign.sparse.fastpath import NeuronMajor, quantize_rows
+from sparsealign.sparse.patch import apply_sparsity
 from sparsealign.sparse.roofline import roofline_fields, step_bytes
 from sparsealign.sparse.teal import TealOps, calibrate_teal, teal_masked
 
