@@ -9,6 +9,8 @@ import pytest
 
 from conftest import assert_one_line_error
 
+# end to end: calibrates and runs the eval verbs in subprocesses (~75 s of CPU)
+pytestmark = pytest.mark.slow
 HH = "hh-rlhf/helpful-base/test.jsonl.gz"
 
 
