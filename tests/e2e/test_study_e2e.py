@@ -28,9 +28,11 @@ name: tiny
 seed: 0
 family: {kind: micro, preset: micro, sizes: [micro-xs], pretrain_steps: 10}
 alignment: {methods: [dpo], max_pairs: 16, heldout_pairs: 8, code_pair_tasks: 4, code_pair_samples: 2,
-            subsets: [1.0], subset_methods: [dpo]}
+            subsets: [1.0], subset_methods: [dpo], seeds: 1}
 sparsity: {targets: [0.5], modes: [dynamic], calibration_texts: 4}
-evaluation: {mbpp_limit: 2, generated_tasks: 2, max_new_tokens: 16, shots: 0, bootstrap: 100, speed_tokens: 4}
+evaluation: {mbpp_limit: 2, generated_tasks: 2, max_new_tokens: 16, shots: 0, bootstrap: 100, speed_tokens: 4,
+             uf_pairs: 8, likelihood_tasks: 4, heldout_code: samples}
+executor: {kind: local, workers: 1}
 """
 N_CELLS = 9  # pretrain, pairs, align, 2 x (dense eval, calibrate, dynamic eval)
 TIMING = {"tokens_per_s"}  # wall-clock measurements: the only metrics allowed to differ between runs

@@ -19,11 +19,14 @@ MICRO_SIZES = len(get_recipe("micro").sizes)  # the default study uses every siz
 
 
 def expected_by_stage(cfg: dict, n_sizes: int) -> dict[str, int]:
-    """Cell counts written out from the YAML, independently of `cells.expand`."""
+    """Cell counts written out from the YAML, independently of `cells.expand`: every aligned model once per seed,
+    sparse cells for the base model and `sparsity.methods` (default: every method) on all pairs."""
     a, sp = cfg["alignment"], cfg["sparsity"]
+    seeds = a.get("seeds", 1)
     subsets = set(a["subsets"]) | {1.0}
-    aligned = sum(len(subsets) if m in a["subset_methods"] else 1 for m in a["methods"])
-    full_models = 1 + len(a["methods"])  # base + one all-pairs model per method
+    aligned = seeds * sum(len(subsets) if m in a["subset_methods"] else 1 for m in a["methods"])
+    sparse_methods = sp.get("methods") or a["methods"]
+    full_models = 1 + seeds * len(sparse_methods)  # base + one all-pairs model per sparse method and seed
     return {
         "pretrain": 1,
         "pairs": n_sizes,

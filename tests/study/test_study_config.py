@@ -68,11 +68,12 @@ def test_user_yaml_is_layered_over_the_preset_and_cells_carry_the_settings(tmp_p
     path.write_text("name: mine\nalignment: {methods: [dpo, simpo], subset_methods: [dpo], settings: {beta: 0.2}}\n")
     cfg = load_study_config(path, "default", ["alignment.settings.gamma_beta_ratio=0.25"])
     assert cfg.name == "mine" and cfg.alignment.max_pairs == 128  # the rest is the default preset's
-    assert cfg.alignment.settings.lr == 5e-4 and cfg.alignment.settings.beta == 0.2
+    preset_lr = yaml.safe_load(preset_path("default").read_text())["alignment"]["settings"]["lr"]
+    assert cfg.alignment.settings.lr == preset_lr and cfg.alignment.settings.beta == 0.2
     aligns = [c for c in expand(cfg) if isinstance(c, AlignCell)]
     assert {c.method for c in aligns} == {"dpo", "simpo"}
     for cell in aligns:
-        assert cell.settings.beta == 0.2 and cell.settings.gamma_beta_ratio == 0.25 and cell.settings.lr == 5e-4
+        assert cell.settings.beta == 0.2 and cell.settings.gamma_beta_ratio == 0.25 and cell.settings.lr == preset_lr
         assert cell.settings.max_length == cfg.evaluation.max_length  # one tokenisation for training and scoring
         assert cell.parents[0].id == f"pairs:{cell.size}"
 
