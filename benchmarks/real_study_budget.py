@@ -16,6 +16,7 @@ threads an OpenMP region spins while its peer thread is descheduled, and that sp
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import sys
@@ -41,9 +42,11 @@ class Clock:
 
 
 def row(name: str, clock: Clock, units: int, unit: str, **extra: float) -> dict:
-    return {"cell": name, "unit": unit, "units": units, "wall_s": round(clock.wall, 2), "cpu_s": round(clock.cpu, 2),
+    out = {"cell": name, "unit": unit, "units": units, "wall_s": round(clock.wall, 2), "cpu_s": round(clock.cpu, 2),
             "cpu_s_per_unit": round(clock.cpu / units, 3),
             "idle_2core_s_per_unit": round(clock.cpu / units / (2 * EFFICIENCY), 3), **extra}
+    print(json.dumps(out), file=sys.stderr, flush=True)  # as soon as measured: a long run keeps what it has
+    return out
 
 
 def main() -> None:
@@ -99,7 +102,7 @@ def main() -> None:
         score_loaded(pcfg, model, tok, pairs)
     rows.append(row("preference_scoring", c, len(pairs), "pair"))
 
-    rat_pairs = [p.model_copy(deep=True) for p in pairs[: max(4, args.pairs // 4)]]
+    rat_pairs = copy.deepcopy(pairs[: max(4, args.pairs // 4)])
     gen = hf_generator(model, tok, batch_size=8, max_new_tokens=args.rationale_tokens, temperature=0.0)
     with Clock() as c:
         fill_rationales(rat_pairs, gen, source="hf:budget", save=lambda ps: None, save_every=10_000)
