@@ -57,6 +57,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--rationale-tokens", type=int, default=48)
+    ap.add_argument("--only", default="generation,scoring,rationales,align",
+                    help="comma-separated subset of: generation, scoring, rationales, align")
+    ap.add_argument("--batch-size", type=int, default=2, help="align: pairs per step (grad_accum makes it 8)")
     ap.add_argument("--threads", type=int, default=1, help="1: CPU time is work, not OpenMP spin on a busy box")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -83,14 +86,16 @@ def main() -> None:
         model, tok = load_model_and_tokenizer(args.model, device="cpu", dtype="float32")
     rows.append(row("load", c, 1, "load"))
 
-    tasks = load_mbpp(split="test")[: args.tasks]
+    only = set(args.only.split(","))
+    tasks = load_mbpp(split="test")[: args.tasks] if "generation" in only else []
     cfg = MbppRunConfig(split="test", limit=args.tasks, chunk_size=args.tasks, eval=MbppEvalConfig(
         format="lm-eval", shots=3, workers=2,
         sampling=SamplingConfig(max_new_tokens=args.max_new_tokens, batch_size=16)))
     with Clock() as c:
-        summary, records = evaluate_loaded(cfg, model, tok, tasks)
+        summary, records = evaluate_loaded(cfg, model, tok, tasks) if tasks else ({"pass@1": 0.0}, [])
     tokens = sum(len(tok(r["completion"])["input_ids"]) for r in records)
-    rows.append(row("mbpp_generation", c, len(tasks), "task", tokens=tokens,
+    if tasks:
+        rows.append(row("mbpp_generation", c, len(tasks), "task", tokens=tokens,
                     tokens_per_cpu_s=round(tokens / c.cpu, 1) if tokens else 0.0,
                     pass_at_1=float(summary["pass@1"]["estimate"] if isinstance(summary["pass@1"], dict)
                                     else summary["pass@1"])))
@@ -98,20 +103,26 @@ def main() -> None:
     pairs = load_pairs("hh-rlhf/helpful-base/test.jsonl.gz", warn=False).pairs[: args.pairs]
     pcfg = PreferenceRunConfig(model=args.model, method="simpo", beta=1.0, data="-", max_length=args.max_length,
                                max_prompt_length=args.max_length * 5 // 8, n_resamples=100)
-    with Clock() as c:
-        score_loaded(pcfg, model, tok, pairs)
-    rows.append(row("preference_scoring", c, len(pairs), "pair"))
+    if "scoring" in only:
+        with Clock() as c:
+            score_loaded(pcfg, model, tok, pairs)
+        rows.append(row("preference_scoring", c, len(pairs), "pair"))
 
-    rat_pairs = copy.deepcopy(pairs[: max(4, args.pairs // 4)])
-    gen = hf_generator(model, tok, batch_size=8, max_new_tokens=args.rationale_tokens, temperature=0.0)
-    with Clock() as c:
-        fill_rationales(rat_pairs, gen, source="hf:budget", save=lambda ps: None, save_every=10_000)
-    rows.append(row("self_rationales", c, len(rat_pairs), "pair"))
+    if "rationales" in only:
+        rat_pairs = copy.deepcopy(pairs[: max(4, args.pairs // 4)])
+        gen = hf_generator(model, tok, batch_size=8, max_new_tokens=args.rationale_tokens, temperature=0.0)
+        with Clock() as c:
+            fill_rationales(rat_pairs, gen, source="hf:budget", save=lambda ps: None, save_every=10_000)
+        rows.append(row("self_rationales", c, len(rat_pairs), "pair"))
     del model
+    if "align" not in only:
+        print(json.dumps({"efficiency_assumed": EFFICIENCY, "rows": rows}, indent=1))
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         acfg = AlignConfig(method="dpo", model=args.model, data="-", cell="budget", max_length=args.max_length,
-                           max_prompt_length=args.max_length * 5 // 8, lora={}, batch_size=8, epochs=1.0,
+                           max_prompt_length=args.max_length * 5 // 8, lora={}, batch_size=args.batch_size,
+                           grad_accum=max(1, 8 // args.batch_size), epochs=1.0,
                            logging_steps=100, save_steps=100_000)
         run = RunDir(root=Path(tmp), ledger=Ledger(Path(tmp) / "ledger.sqlite"))
         with Clock() as c:
