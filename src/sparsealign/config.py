@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import reprlib
 import typing
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,6 +22,64 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from sparsealign.errors import ConfigError
 
 C = TypeVar("C", bound=BaseModel)
+
+
+MAX_DEPTH = 100
+MAX_NODES = 1_000_000  # YAML aliases can make a 1 KB file expand to billions of values ("billion laughs")
+
+
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """safe_load (libyaml's parser where installed: ~20x faster on big values), except that a key given twice in
+    one mapping is an error (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if not isinstance(key, typing.Hashable):
+                continue  # PyYAML reports unhashable keys itself
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {str(key)[:60]!r} appears twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"|\'[^\']*\'')
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _flow_depth(text: str) -> int:
+    """Deepest nesting of [ ] / { } outside quoted strings; PyYAML takes quadratic time on deep flow nesting
+    (seconds for 2,000 levels) before it fails, so deep text is refused before parsing."""
+    depth = deepest = 0
+    for match in _BRACKET.finditer(_QUOTED.sub("", text)):
+        depth = depth + 1 if match.group() in "[{" else max(depth - 1, 0)
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _safe_load(text: str, where: str) -> Any:
+    """yaml.safe_load with duplicate keys, deep nesting and alias bombs refused (ConfigError naming `where`)."""
+    if _flow_depth(text) > MAX_DEPTH:
+        raise ConfigError(f"{where}: YAML nested deeper than {MAX_DEPTH} levels", hint="flatten the config")
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply", hint="flatten the config") from None
+    except UnicodeEncodeError:  # a lone surrogate: bytes that were not UTF-8 in a file name or an argument
+        raise ConfigError(f"{where}: not UTF-8 text", hint="write the value in UTF-8") from None
+    stack, nodes = [(data, 1)], 0
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        if depth > MAX_DEPTH or nodes > MAX_NODES:
+            what = f"nested deeper than {MAX_DEPTH} levels" if depth > MAX_DEPTH else \
+                f"expands to more than {MAX_NODES:,} values (YAML aliases?)"
+            raise ConfigError(f"{where}: YAML {what}", hint="write the config out plainly")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return data
 
 
 class StrictModel(BaseModel):
@@ -39,7 +99,7 @@ def parse_overrides(pairs: Iterable[str], *, source: str = "--set") -> dict[str,
         if not key:
             raise ConfigError(f"{source} {pair!r}: empty key", hint="write e.g. --set align.beta=0.1")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = _safe_load(raw, f"{source} {key}") if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         node = out
@@ -66,8 +126,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: config file not found", hint="pass an existing YAML file")
+    if path.is_dir() or path.is_char_device() or path.is_block_device() or path.is_socket():  # /dev/zero never ends
+        raise ConfigError(f"{path}: not a regular file", hint="pass a YAML file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _safe_load(path.read_text(encoding="utf-8"), str(path))
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
     except yaml.YAMLError as exc:
@@ -112,6 +174,15 @@ def _allowed_values(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] |
     return None
 
 
+_REPR = reprlib.Repr()  # bounded even for huge or deep values
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxlevel = 80, 80, 6, 3
+
+
+def _short_repr(value: Any, width: int = 80) -> str:
+    text = _REPR.repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
     err = exc.errors()[0]
     loc = tuple(err.get("loc", ()))
@@ -124,7 +195,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], source
         return f"{source}: unknown field '{field}'{hint}{more}"
     allowed = _allowed_values(model, loc)
     got = err.get("input")
-    got_s = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+    got_s = f" (got {_short_repr(got)})" if got is not None and not isinstance(got, dict) else ""
     hint = f"; allowed values: {', '.join(allowed)}" if allowed and "Input should be" not in msg else ""
     return f"{source}: field '{field}': {msg}{got_s}{hint}{more}"
 

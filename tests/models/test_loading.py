@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import assert_one_line_error
 from sparsealign.errors import UserError
 from sparsealign.models import loading
 from sparsealign.models.loading import load_model_and_tokenizer, resolve_model
@@ -180,3 +181,17 @@ def test_smollm2_gguf_same_greedy_tokens_through_transformers_our_loader_our_cac
                             [1.0] * n, SparsityConfig())
     with apply_sparsity(again, art, "static", prefill="sparse"):
         assert _greedy(again, tok2) == expected
+
+
+# -- through the CLI: every --model goes through the loader --------------------------------------------------------
+def test_eval_mbpp_takes_a_peft_adapter_folder_as_model(cli, adapter_dir):
+    res = cli("eval", "mbpp", "--model", str(adapter_dir), "--split", "test", "--limit", "2", "--max-new-tokens", "8",
+              "--device-map", "auto", "--json")
+    assert res.returncode == 0, res.stderr
+    assert res.json()["total"] == 2
+
+
+def test_eval_mbpp_uncached_hub_id_offline_is_a_one_line_error(cli, tmp_path):
+    res = cli("eval", "mbpp", "--model", "sparsealign-test/no-such-model", "--revision", "v1", "--limit", "1", "--json",
+              env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert_one_line_error(res, "sparsealign-test/no-such-model", "HF_HUB_OFFLINE")

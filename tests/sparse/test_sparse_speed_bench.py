@@ -32,8 +32,9 @@ def test_bench_cli_json_rows(cli):
         assert r["speedup"] == pytest.approx(r["sparse_tokens_per_s"] / r["dense_tokens_per_s"])
         # Amdahl: skipping FFN work can never more than remove the FFN share of the time
         share = r["ffn_share_dense"]
-        assert 0 < share < 1 and 1.0 <= r["ideal_speedup"] <= 1.0 / (1.0 - share) + 1e-9
-        assert r["ffn_ideal_speedup"] == pytest.approx(1.0 / (1.0 - r["flops_skipped"]))
+        assert 0 < share < 1 and 1.0 <= r["amdahl_speedup"] <= 1.0 / (1.0 - share) + 1e-9
+        assert r["ffn_ideal_speedup"] == pytest.approx(1.0 / (1.0 - r["ffn_bytes_skipped"]))
+        assert r["ideal_speedup"] > 1.0 and r["dense_fraction_of_roofline"] > 0
         assert r["extrapolated_layers"] == 4 and r["extrapolated_speedup"] > 0
     static = {r["sparsity"]: r for r in rows if r["mode"] == "static"}
     # the gate stays dense in static mode: at most 2/3 of the FFN FLOPs can be skipped

@@ -92,12 +92,13 @@ def test_plan_takes_a_config_path_and_imports_nothing_heavy(tmp_path: Path):
         (["--set", "family.sizes=[micro-zz]"], ["family.sizes", "micro-zz", "micro-xs"]),
         (["--set", "sparsity.targets=[0.501,0.502]"], ["sparsity.targets", "same cells"]),
         (["--set", "alignment.methods=[dpo,orpo,dpo]"], ["alignment.methods", "dpo is listed twice"]),
+        (["--set", "alignment.settings.bta=1"], ["unknown field 'alignment.settings.bta'", "beta"]),
         (["--only", "eval:nope"], ["--only", "eval:nope"]),
         (["--preset", "nope"], ["preset", "nope"]),
         (["--name", "../x"], ["run name"]),
     ],
     ids=["unknown-field", "bad-executor", "subset-not-in-methods", "hf-without-models", "target-1.5",
-         "unknown-size", "colliding-targets", "duplicate-method", "unknown-only", "unknown-preset", "bad-name"],
+         "unknown-size", "colliding-targets", "duplicate-method", "align-settings-typo", "unknown-only", "unknown-preset", "bad-name"],
 )
 def test_config_errors_are_one_line_and_write_nothing(cli, tmp_path: Path, overrides, needles):
     res = cli("study", *overrides, env=OFFLINE)

@@ -15,6 +15,7 @@ left (as lm-evaluation-harness does) and flagged.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import logging
 from collections.abc import Callable, Sequence
@@ -214,14 +215,15 @@ def greedy_decode(
     The shared prefix runs once; each batch gets a copy of its KV cache expanded to the batch, then one prefill of
     the left-padded suffixes and a decode loop that drops finished rows from the batch (ids, mask, positions and
     cache rows).  Works unchanged on a sparsity-patched model: every call passes the per-row attention mask and
-    position ids, and rows only ever attend to their own prompt.
+    position ids, and rows only ever attend to their own prompt.  Modules that keep per-row state (a per-row
+    sparsity controller) follow the rows by exposing `batch_select_indices(indices)`, as HF caches do.
     """
     import torch
     from tqdm import tqdm
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    P = shared_prefix_length(encoded)
+    P = 0 if _adaptive_sparsity(model) else shared_prefix_length(encoded)
     prefix_cache = None
     with torch.no_grad():
         if P:
@@ -230,6 +232,7 @@ def greedy_decode(
             prefix_cache = out_p.cache if getattr(out_p, "cache", None) is not None else out_p.past_key_values
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         out: list[list[int]] = [[] for _ in encoded]
+        row_state = [m for m in model.modules() if callable(getattr(m, "batch_select_indices", None))]
         batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
         for batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
             suffixes = [encoded[i][P:] for i in batch]
@@ -237,8 +240,14 @@ def greedy_decode(
             if prefix_cache is not None:
                 cache.batch_repeat_interleave(len(batch))
             _decode_batch(model, suffixes, P, cache, [out[i] for i in batch], max_new_tokens=max_new_tokens,
-                          eos=eos, pad_id=pad_id, stop=stop)
+                          eos=eos, pad_id=pad_id, stop=stop, row_state=row_state)
     return out
+
+
+def _adaptive_sparsity(model) -> bool:
+    """A dynamic sparsity controller adapts to the positions it has seen, so a prefix run once for all rows would
+    change what each row's decode sees: then every row prefills its whole prompt itself."""
+    return any(getattr(getattr(m, "_rt", None), "controller", None) is not None for m in model.modules())
 
 
 def _cache_kw(model) -> str:
@@ -247,7 +256,7 @@ def _cache_kw(model) -> str:
 
 
 def _decode_batch(model, suffixes: list[list[int]], P: int, cache, outs: list[list[int]], *, max_new_tokens: int,
-                  eos: set[int], pad_id: int, stop: Callable[[list[int]], bool]) -> None:
+                  eos: set[int], pad_id: int, stop: Callable[[list[int]], bool], row_state: Sequence = ()) -> None:
     """Prefill the left-padded suffixes after a cached prefix of P positions, then decode; appends to `outs`."""
     import torch
 
@@ -260,6 +269,7 @@ def _decode_batch(model, suffixes: list[list[int]], P: int, cache, outs: list[li
     # position of each real token = tokens before it in its own prompt; pads get a harmless in-range value
     pos = (P + own.cumsum(1) - 1).clamp_min(0)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1, **kw).logits[:, -1]
+    _preallocate(cache, max_new_tokens)
     nxt_pos = pos[:, -1:] + 1
     alive = list(range(len(suffixes)))
     while True:
@@ -274,9 +284,66 @@ def _decode_batch(model, suffixes: list[list[int]], P: int, cache, outs: list[li
             return
         if len(keep) < len(alive):  # finished rows leave the batch: their cache rows are dropped
             idx = torch.tensor(keep, device=device)
-            cache.batch_select_indices(idx)
+            for holder in (cache, *row_state):
+                holder.batch_select_indices(idx)
             tok, mask, nxt_pos = tok[idx], mask[idx], nxt_pos[idx]
             alive = [alive[j] for j in keep]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         logits = model(input_ids=tok[:, None], attention_mask=mask, position_ids=nxt_pos, **kw).logits[:, -1]
         nxt_pos = nxt_pos + 1
+
+
+@functools.cache
+def _prealloc_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocLayer(DynamicLayer):
+        """A DynamicLayer whose K/V live in a buffer sized for the whole decode: a new token writes one column, where
+        DynamicLayer re-concatenates (copies) the entire cache of every layer at every step."""
+
+        def __init__(self, keys, values, capacity: int):
+            super().__init__()
+            B, H, n, D = keys.shape
+            self._k, self._v = keys.new_empty(B, H, capacity, D), values.new_empty(B, H, capacity, D)
+            self._k[:, :, :n], self._v[:, :, :n] = keys, values
+            self._n, self.device, self.is_initialized = n, keys.device, True
+            self._views()
+
+        def _views(self) -> None:
+            self.keys, self.values = self._k[:, :, : self._n], self._v[:, :, : self._n]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            import torch
+
+            n = key_states.shape[-2]
+            if self._n + n > self._k.shape[-2]:  # more than planned (not in our loop): grow like DynamicLayer
+                self._k = torch.cat([self._k, torch.empty_like(self._k[:, :, : self._n + n])], dim=-2)
+                self._v = torch.cat([self._v, torch.empty_like(self._v[:, :, : self._n + n])], dim=-2)
+            self._k[:, :, self._n: self._n + n], self._v[:, :, self._n: self._n + n] = key_states, value_states
+            self._n += n
+            self._views()
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices) -> None:
+            self._k, self._v = self._k[indices], self._v[indices]
+            self._views()
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            self._k, self._v = self._k.repeat_interleave(repeats, 0), self._v.repeat_interleave(repeats, 0)
+            self._views()
+
+    return PreallocLayer
+
+
+def _preallocate(cache, extra: int) -> None:
+    """Swap every plain DynamicLayer of `cache` for a preallocated one with room for `extra` more positions
+    (sliding-window and other layer kinds are left as they are)."""
+    from transformers.cache_utils import DynamicLayer
+
+    cls = _prealloc_layer_class()
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        return
+    for i, layer in enumerate(layers):
+        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys is not None and layer.keys.numel():
+            layers[i] = cls(layer.keys, layer.values, layer.keys.shape[-2] + extra)

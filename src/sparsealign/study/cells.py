@@ -14,11 +14,11 @@ ledger, `--only` and `study plan` use:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Union
+from typing import ClassVar
 
 from sparsealign.errors import ConfigError
 from sparsealign.models.micro import get_recipe
-from sparsealign.study.config import AlignSettings, EvaluationConfig, StudyConfig, align_config
+from sparsealign.study.config import AlignSettings, EvaluationConfig, FamilyConfig, StudyConfig, align_config
 
 BASE = "base"
 
@@ -60,6 +60,7 @@ class PretrainCell(Cell):
     stage: ClassVar[str] = "pretrain"
     size: str = "*"
     sizes: tuple[str, ...] = ()
+    family: FamilyConfig = field(default_factory=FamilyConfig)
 
     @property
     def key(self) -> str:
@@ -93,7 +94,7 @@ class AlignCell(Cell):
         return f"{self.size}/{self.method}/{frac_tag(self.subset)}"
 
 
-Model = Union[PretrainCell, AlignCell]  # noqa: UP007 (a runtime alias): where a model comes from
+Model = PretrainCell | AlignCell  # where a model comes from: the base family or an alignment
 
 
 def model_method(model: Model) -> str:
@@ -179,7 +180,7 @@ def expand(cfg: StudyConfig) -> list[Cell]:
     """All cells in a valid topological order (parents first)."""
     a, sp = cfg.alignment, cfg.sparsity
     sizes = sizes_of(cfg)
-    pre = PretrainCell(sizes=tuple(sizes))
+    pre = PretrainCell(sizes=tuple(sizes), family=cfg.family)
     cells: list[Cell] = [pre]
     settings = {m: align_settings(cfg, m) for m in a.methods}
     for size in sizes:

@@ -83,7 +83,7 @@ def _flat(prefix: str, metrics: dict[str, Any], names: tuple[str, ...]) -> dict[
 def _mbpp(ctx: EvalContext, tasks: list[MbppTask], name: str, prefix: tuple[str, int] | None = None) -> None:
     """pass@1 of `tasks` as dataset `name`; `prefix` = (dataset, k): the first k tasks also reported as their own
     dataset, from the same generations (one run, two datasets)."""
-    ev, seed = ctx.study.cfg.evaluation, ctx.study.cfg.seed
+    ev, seed = ctx.cell.evaluation, ctx.study.cfg.seed
     cfg = MbppRunConfig(
         split=ev.mbpp_split, limit=len(tasks), chunk_size=max(1, len(tasks)),  # one chunk: one generation order
         eval=MbppEvalConfig(format=ev.prompt_format, shots=ev.shots, workers=ev.sandbox_workers,
@@ -107,7 +107,7 @@ def code_step(ctx: EvalContext) -> None:
     """MBPP (reported as "mbpp"; base models with `mbpp_base_tasks` also as "mbppfull", e.g. the whole split) and
     generated tasks (reported apart, as "generated"); full-data models only -- subset models answer the
     annotation-efficiency question (preferences)."""
-    ev = ctx.study.cfg.evaluation
+    ev = ctx.cell.evaluation
     if ctx.cell.subset != 1.0:
         return
     split = load_mbpp(split=ev.mbpp_split)
@@ -121,7 +121,7 @@ def code_step(ctx: EvalContext) -> None:
 
 def preference_step(ctx: EvalContext) -> None:
     """Held-out pairs (dialogue, then code): the method's implicit reward, and flips against the dense model."""
-    study, cell, ev = ctx.study, ctx.cell, ctx.study.cfg.evaluation
+    study, cell, ev = ctx.study, ctx.cell, ctx.cell.evaluation
     dense_items = None
     if cell.dense is not None:
         dense_items = json.loads((study.eval_dir(cell.dense) / "items.json").read_text())
@@ -161,14 +161,14 @@ def sparsity_step(ctx: EvalContext) -> None:
 
 def speed_step(ctx: EvalContext) -> None:
     ctx.metrics["tokens_per_s"] = decode_tokens_per_s(ctx.model, ctx.tok, "def add(a, b):\n",
-                                                      ctx.study.cfg.evaluation.speed_tokens)
+                                                      ctx.cell.evaluation.speed_tokens)
 
 
 EVAL_STEPS: list[Callable[[EvalContext], None]] = [code_step, preference_step, sparsity_step, speed_step]
 
 
 def scoring_config(study: Study, cell: EvalCell, model_path: str) -> PreferenceRunConfig:
-    ev = study.cfg.evaluation
+    ev = cell.evaluation
     method, beta = BASE_REWARD if cell.method == BASE else (cell.method, None)
     cfg = PreferenceRunConfig(model=model_path, method=method, beta=beta, data="-", max_length=ev.max_length,
                               max_prompt_length=ev.max_prompt_length, n_resamples=ev.bootstrap, seed=study.cfg.seed)

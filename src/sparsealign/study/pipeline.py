@@ -53,7 +53,7 @@ CellResult = tuple[dict[str, Any], dict[str, Any]]  # (metrics, artifacts) as th
 
 
 def pretrain_cell(study: Study, cell: PretrainCell) -> CellResult:
-    cfg, fam = study.cfg, study.cfg.family
+    cfg, fam = study.cfg, cell.family
     if fam.kind != "micro":
         paths = dict(fam.models)
         params = {k: fam.params.get(k) for k in paths}

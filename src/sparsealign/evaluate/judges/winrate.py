@@ -140,7 +140,7 @@ def read_responses(path: Path) -> dict[str, tuple[str, str]]:
     for row in read_rows(path):
         line, prefix = row.where()
         if row.error:
-            raise DataError(path, f"{prefix}{row.detail or row.error}", line=line)
+            raise DataError(path, f"{prefix}{row.detail or row.error}", line=line, hint=row.hint())
         value = row.value
         if not isinstance(value, dict):
             raise DataError(path, f"{prefix}expected an object with prompt/id and response", line=line)
@@ -158,7 +158,8 @@ def read_responses(path: Path) -> dict[str, tuple[str, str]]:
             raise DataError(path, "record has neither id nor prompt", line=line,
                             hint="give every record an id (or a prompt) to match it with the other file")
         if key in out:
-            raise DataError(path, f"duplicate {'id' if by_id else 'prompt'} {key[:60]!r}", line=line)
+            raise DataError(path, f"duplicate {'id' if by_id else 'prompt'} {key[:60]!r}", line=line,
+                            hint="give every record its own id")
         response = next(r[k] for k in RESPONSE_KEYS if isinstance(r.get(k), str))
         out[key] = (str(r.get("prompt") or ""), response)
     return out

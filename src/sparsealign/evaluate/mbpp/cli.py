@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from sparsealign.models.options import loader_options
 from sparsealign.sparse.options import sparsity_options, sparsity_spec
 
 EXTRACT_CHOICES = ("harness", "lenient")
@@ -18,7 +19,8 @@ SPLIT_CHOICES = ("test", "validation", "train", "prompt")
 @click.option("--solutions", type=click.Choice(["reference"]), default=None,
               help="Run the dataset's own reference solutions instead of a model (checks the data and the sandbox).")
 @click.option("--model", "model_path", default=None, metavar="PATH",
-              help="Model directory (save_pretrained) or hub id whose generations are evaluated.")
+              help="Model whose generations are evaluated: a save_pretrained directory, hub id, PEFT adapter folder, "
+                   ".gguf file or smollm2-135m-instruct.")
 @click.option("--samples", "samples_path", default=None, metavar="FILE",
               help="Score generations made elsewhere: lm-eval --log_samples JSONL (mbpp task) or evalplus samples "
                    "JSONL ({task_id: Mbpp/N, solution|completion}); run here against the MBPP file's tests.")
@@ -58,9 +60,10 @@ SPLIT_CHOICES = ("test", "validation", "train", "prompt")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the per-sample records table here (.parquet or .jsonl).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the summary) on stdout.")
+@loader_options
 def mbpp_command(solutions, model_path, samples_path, sparsity, mode, prefill, split, data_path, limit, fmt, shots,
                  extraction, n, temperature, top_p, max_new_tokens,
-                 batch_size, seed, ks, timeout_s, memory_mb, workers, device, dtype, name, out_path, as_json) -> None:
+                 batch_size, seed, ks, timeout_s, memory_mb, workers, device, dtype, name, out_path, as_json, loader) -> None:
     """MBPP pass@k: generate with --model (or take --solutions reference), run every program in the sandbox.
 
     \b
@@ -82,7 +85,7 @@ def mbpp_command(solutions, model_path, samples_path, sparsity, mode, prefill, s
         cfg = MbppRunConfig.model_validate({
             "solutions": solutions, "model": model_path, "samples": samples_path,
             "sparsity": sparsity_spec(sparsity, mode, prefill), "split": split, "data": data_path, "limit": limit,
-            "device": device, "dtype": dtype,
+            "device": device, "dtype": dtype, **loader,
             "eval": {"format": fmt, "shots": shots, "extract": extraction, "ks": sorted(set(ks)), "timeout_s": timeout_s, "memory_mb": memory_mb,
                      "workers": workers, "seed": seed,
                      "sampling": {"n": n, "temperature": temperature, "top_p": top_p,
