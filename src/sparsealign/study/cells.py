@@ -170,7 +170,7 @@ class EvalCell(Cell):
 
 
 def sizes_of(cfg: StudyConfig) -> list[str]:
-    if cfg.family.kind == "hf":
+    if cfg.family.kind != "micro":
         names = list(cfg.family.models)
     else:
         names = [spec.name for spec in get_recipe(cfg.family.preset).sizes]
