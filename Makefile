@@ -44,7 +44,7 @@ test-fast: install-test
 lint: $(BIN)/python
 	$(BIN)/ruff check src tests benchmarks
 
-# Long fuzzing campaign over every input reader (CI runs a bounded 300 per reader inside `make test`).
+# Long fuzzing campaign over every input reader (CI runs a bounded 150 per reader inside `make test`).
 # FUZZ_EXAMPLES inputs per reader; failing inputs, shrunk to a minimum, are saved under fuzz-failures/.
 FUZZ_EXAMPLES ?= 10000
 fuzz: install-test

@@ -16,6 +16,7 @@ from conftest import assert_one_line_error
 from sparsealign.align.config import AlignConfig
 from sparsealign.align.engine import run_align
 from sparsealign.data.preference import load_pairs
+from sparsealign.errors import UserError
 from sparsealign.ledger import Ledger
 from sparsealign.models.tiny import save_pretrained, tiny_model_and_tokenizer
 from sparsealign.rundir import RunDir
@@ -88,7 +89,7 @@ def test_reference_free_methods_never_load_a_reference(tmp_path, model_dir, hh, 
         if method.startswith("r"):
             assert all(e["rationale_nll"] > 0 for e in run.ledger.events("align", method) if "loss" in e)
     assert not (private_cache / "ref_logps").exists()
-    with pytest.raises(OSError, match="nonexistent"):
+    with pytest.raises(UserError, match="nonexistent"):  # the one loader names the missing model
         align(tmp_path, "needs-ref", pairs, method="dpo", model=str(model_dir), ref_model="/nonexistent/reference",
               max_steps=1)
 

@@ -1,16 +1,18 @@
 """The study's behaviour across the issue-12 refactor, and β travelling from the study config to the evaluator.
 
-`fixtures/reduced_study_results.csv` is the results.parquet (minus the wall-clock `tokens_per_s` and the `cell`
-column, rows in canonical order, floats printed with 17 significant digits) that the code BEFORE the refactor
-(commit de9da54) produced for `fixtures/reduced_study.yaml` — one micro size, DPO and ORPO, dense + dynamic at 0.5:
+Fixtures (`fixtures/reduced_study.yaml`: one micro size, DPO and ORPO, dense + dynamic at 0.5, a few items each) are
+results.parquet tables — minus the wall-clock `tokens_per_s` and the `cell` column, rows in canonical order, floats
+printed with 17 significant digits:
 
-    git worktree add /work/wt-ref de9da54
-    PYTHONPATH=/work/wt-ref/src SPARSEALIGN_CACHE_DIR=<empty dir> sparsealign study --config reduced_study.yaml
-
-The same run on this code must give the same table, exactly.  A change that is meant to move these numbers (a new
-default, a new metric) regenerates the fixture with `python tests/e2e/test_reduced_grid.py OUT_RUN_DIR`.
-Regenerated for issue 9 (design): shared reward for every model (implicit rewards as `implicit_*`), MBPP reference
-NLL / natural sparsity / KL metrics; the fixture pins seeds 1, lr 5e-4 and the old sample-split held-out code.
+- `reduced_study_results_de9da54.csv`: made by the code BEFORE the refactor (commit de9da54, a separate checkout:
+  `git worktree add /work/wt-ref de9da54`, then `PYTHONPATH=/work/wt-ref/src SPARSEALIGN_CACHE_DIR=<empty dir>
+  sparsealign study --config reduced_study.yaml`).  The refactored code reproduced it exactly (commit 245681d).
+  Since then, merged work changed some numbers on purpose: the batch-invariant dynamic controller (sparseq) moved
+  the dynamic rows, the Wilson CIs (stats) filled CI columns, issue 9's design (one shared reward for every model,
+  reference NLL / natural sparsity / KL metrics) added rows and computes the base model's reward in float64.  Every
+  dense row that both tables hold must still agree with it (to 1e-6: the float32 -> float64 reward).
+- `reduced_study_results.csv`: the table as it is now; every column of every row must equal it.  A change meant to
+  move these numbers regenerates it: `python tests/e2e/test_reduced_grid.py RUN_DIR` on a finished run.
 """
 
 from __future__ import annotations
@@ -51,19 +53,38 @@ def study(env: dict[str, str], *args: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def test_results_equal_the_pre_refactor_reference(env):
+@pytest.fixture(scope="module")
+def table(env) -> pd.DataFrame:
     summary = study(env)
     assert summary["failed"] == 0 and summary["done"] == 13
-    ours = canonical(Path(summary["results"]))
-    reference = pd.read_csv(FIXTURES / "reduced_study_results.csv")
-    assert len(ours) == len(reference) == 135
-    for column in reference.columns:  # CSV dtypes (ints, all-NaN columns) aside, every value equal
-        a, b = ours[column].to_numpy(), reference[column].to_numpy()
+    return canonical(Path(summary["results"]))
+
+
+def assert_columns_equal(ours: pd.DataFrame, reference: pd.DataFrame, columns) -> None:
+    assert len(ours) == len(reference)
+    for column in columns:  # CSV dtypes (ints read back, all-NaN columns) aside, every value exactly equal
         if reference[column].dtype.kind in "fi":
-            pd.testing.assert_series_equal(ours[column].astype(float), reference[column].astype(float),
+            pd.testing.assert_series_equal(ours[column].astype(float).reset_index(drop=True),
+                                           reference[column].astype(float).reset_index(drop=True),
                                            check_exact=True, check_names=False)
         else:
-            assert list(a) == list(b), column
+            assert list(ours[column]) == list(reference[column]), column
+
+
+def test_results_equal_the_expected_table(table):
+    expected = pd.read_csv(FIXTURES / "reduced_study_results.csv")
+    assert sorted(table.columns) == sorted(expected.columns)
+    assert_columns_equal(table, expected, expected.columns)
+
+
+def test_dense_results_equal_the_pre_refactor_run(table):
+    before = pd.read_csv(FIXTURES / "reduced_study_results_de9da54.csv")
+    before = before[before["mode"] == "dense"]
+    key = [c for c in ORDER if c != "subset_fraction"]
+    both = table[table["mode"] == "dense"].merge(before, on=key, suffixes=("", "_before"))
+    assert len(both) >= 30  # the pre-refactor dense metrics are all still reported
+    pd.testing.assert_series_equal(both["value"].astype(float), both["value_before"].astype(float), rtol=1e-6,
+                                   check_names=False)
 
 
 def test_a_non_default_beta_reaches_the_evaluator(env):
@@ -72,12 +93,10 @@ def test_a_non_default_beta_reaches_the_evaluator(env):
     run = Path(summary["run"])
     record = json.loads((run / "align/micro-xs/dpo/f1.000/model/sparsealign_alignment.json").read_text())
     assert record["method"] == "dpo" and record["beta"] == 0.2
-    metrics = json.loads((run / "eval/micro-xs/dpo/f1.000/dense/0.00/metrics.json").read_text())
-    assert metrics["implicit_beta"] == 0.2  # the method's own implicit reward, with the β it trained with
-    shared = {"method": "simpo", "beta": 1.0, "shared_reward": "mean token log-prob"}
-    assert metrics["scoring"] == shared  # the reward every model is compared on
-    base = json.loads((run / "eval/micro-xs/base/f1.000/dense/0.00/metrics.json").read_text())
-    assert base["scoring"] == shared and "implicit_beta" not in base
+    scored = json.loads((run / "eval/micro-xs/dpo/f1.000/dense/0.00/metrics.json").read_text())["scoring"]
+    assert scored == {"method": "dpo", "beta": 0.2, "reference": record["reference"]}
+    base = json.loads((run / "eval/micro-xs/base/f1.000/dense/0.00/metrics.json").read_text())["scoring"]
+    assert base == {"method": "simpo", "beta": 1.0, "reference": None}  # the unaligned model's own reward
 
 
 if __name__ == "__main__":  # regenerate the fixture from a finished run of reduced_study.yaml

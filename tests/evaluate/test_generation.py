@@ -96,3 +96,15 @@ def test_smollm2_cached_batched_greedy_equals_plain_generate_on_mbpp(smollm2, mb
                      stop=("[DONE]",))
     assert _ids(ours) == _ids(plain)
     assert all(len(ids) > 5 for ids in _ids(ours))
+
+
+def test_generation_config_processors_are_honoured_by_falling_back_to_hf_generate(peaky, mbpp):
+    model, tok = peaky
+    model = copy.deepcopy(model)
+    prompts = _prompts(mbpp, 2, start=60)
+    cfg = SamplingConfig(max_new_tokens=16, batch_size=2)
+    plain = _ids(generate(model, tok, prompts, cfg))
+    model.generation_config.repetition_penalty = 3.0
+    penalised = _ids(generate(model, tok, prompts, cfg))
+    assert penalised == _ids(generate(model, tok, prompts, cfg.model_copy(update={"prefix_cache": False})))
+    assert penalised != plain

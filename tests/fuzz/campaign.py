@@ -5,7 +5,8 @@ failures, and each failure's minimal input (shrunk by hypothesis) saved under fu
 
 Besides the contract of fuzz_contract.py, an input that takes more than 3 s + 3 s per MB of CPU time counts as a
 failure (`slow`; CPU time, since wall time on a shared machine measures the neighbours), and one that runs past
-120 s of wall time is stopped (`hang`: a blocked read uses no CPU).  After a failure the campaign starts a new search with
+120 s of wall time is stopped and tried once more with 240 s (`hang` when that also runs out: a blocked read uses
+no CPU, and a busy machine can starve a process for minutes).  After a failure the campaign starts a new search with
 the next seed, so it keeps going until N inputs have been tried.
 """
 
@@ -28,11 +29,11 @@ from fuzz_inputs import Case, seeds, serialise  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
 HANG_S = 120
-CHUNK = 500  # inputs per hypothesis search (each with its own seed)
+CHUNK = 100  # inputs per hypothesis search (each with its own seed); the time budget is checked between them
 
 
-class _Hang(Exception):
-    pass
+class _Hang(BaseException):
+    stops_fuzzing = True
 
 
 def _alarm(signum: int, frame: object) -> None:
@@ -46,13 +47,16 @@ def _size_mb(case: Case) -> float:
 def judge(case: Case, flags: list[str], prepare: bool, target_name: str) -> Outcome:
     """run_case with the time limits of the campaign."""
     signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(HANG_S)
-    try:
-        outcome = run_case(TARGETS[target_name], case, flags, prepare)
-    except _Hang:
-        return Outcome("failure", f"hang: no answer after {HANG_S} s")
-    finally:
-        signal.alarm(0)
+    for attempt in (1, 2):  # a second try tells a hang from a process starved of CPU on a busy machine
+        signal.alarm(HANG_S * attempt)
+        try:
+            outcome = run_case(TARGETS[target_name], case, flags, prepare)
+            break
+        except _Hang:
+            if attempt == 2:
+                return Outcome("failure", f"hang: no answer after {HANG_S} s, twice")
+        finally:
+            signal.alarm(0)
     limit = 3 + 3 * _size_mb(case)
     slowest = max((r.cpu_seconds for r in outcome.results), default=0.0)
     if outcome.status != "failure" and slowest > limit:

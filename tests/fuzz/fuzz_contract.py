@@ -67,7 +67,9 @@ def run_cli(argv: list[str], env: dict[str, str]) -> Result:
             rc = main(argv)
         except SystemExit as exc:  # click's own exits
             rc = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:  # noqa: BLE001 - the contract says none may escape
+        except BaseException as exc:  # noqa: BLE001 - the contract says none may escape
+            if getattr(exc, "stops_fuzzing", False):  # the campaign's own timer, not the command's doing
+                raise
             crash, rc = traceback.format_exc(limit=-8), 1
         sys.stdout.flush()
         sys.stderr.flush()

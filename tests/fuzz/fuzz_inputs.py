@@ -225,15 +225,15 @@ def serialise(recs: list[Any], container: str) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        table = pa.Table.from_pylist(dicts)
-    except (pa.ArrowException, ValueError, TypeError, OverflowError):  # mixed types: a Parquet column has one type
-        def clean(text: str) -> str:  # Parquet strings are UTF-8: a lone surrogate cannot be stored
-            return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    def clean(text: str) -> str:  # Parquet strings are UTF-8: a lone surrogate cannot be stored
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
-        table = pa.Table.from_pylist([{clean(c): clean(cell(r.get(c))) for c in cols} for r in dicts])
     buf = io.BytesIO()
-    pq.write_table(table, buf)
+    try:
+        pq.write_table(pa.Table.from_pylist(dicts), buf)
+    except (pa.ArrowException, ValueError, TypeError, OverflowError):  # mixed types (a Parquet column has one
+        buf = io.BytesIO()  # type), empty structs: the values as text
+        pq.write_table(pa.Table.from_pylist([{clean(c): clean(cell(r.get(c))) for c in cols} for r in dicts]), buf)
     return buf.getvalue()
 
 

@@ -123,3 +123,18 @@ def test_config_yaml_breakage_is_one_line(cli, tmp_path):
     assert_one_line_error(cli("study", "--config", "deep.yaml", "plan"), "deep.yaml", "nested deeper")
     res = cli("study", "--set", "seed=" + "[" * 3000 + "]" * 3000, "plan")
     assert_one_line_error(res, "--set seed", "nested deeper")
+
+
+def test_lone_surrogate_escape_is_a_row_error(cli, tmp_path):
+    """`"\\ud800"` is valid JSON syntax but no text: it crashed the split hashing with a UnicodeEncodeError."""
+    (tmp_path / "s.jsonl").write_text(json.dumps(GOOD[0]) + "\n" + '{"prompt": "q\\ud800", "chosen": "a", '
+                                      '"rejected": "b"}\n')
+    assert_one_line_error(cli("data", "inspect", "s.jsonl"), "s.jsonl:2:", "lone surrogate")
+    assert cli("data", "inspect", "s.jsonl", "--skip-invalid", "--json").json()["valid"] == 1
+
+
+def test_unknown_study_preset_names_the_config_file_and_field(cli, tmp_path):
+    (tmp_path / "s.yaml").write_text("family:\n  preset: huge\n")
+    assert_one_line_error(cli("study", "--config", "s.yaml", "plan"), "s.yaml", "family", "unknown preset 'huge'",
+                          "micro, small")
+    assert_one_line_error(cli("study", "--set", "family.sizes=[zz]", "plan"), "--set", "unknown size(s) zz")

@@ -21,6 +21,7 @@ def reduced(seed: int = 0, steps: int = 6):
     return get_recipe("micro", sizes=["micro-xs"], steps=steps, seed=seed, overrides=SMALL_CORPUS)
 
 
+@pytest.mark.slow
 def test_micro_preset_has_four_sizes_spanning_a_hundred_x_with_relu():
     from sparsealign.models.tiny import build_llama
 
@@ -66,6 +67,7 @@ def test_same_seed_same_weights_and_cache_reuse(tmp_path):
     assert other.members[0].metrics["loss_curve"] != ma.metrics["loss_curve"]
 
 
+@pytest.mark.slow
 def test_parallel_workers_give_the_same_weights(tmp_path):
     two = get_recipe("micro", sizes=["micro-xs", "micro-s"], steps=3, overrides=SMALL_CORPUS)
     seq = pretrain.ensure_family(two, root=tmp_path / "seq", workers=1, eval_generated=False, log=lambda m: None)
@@ -85,6 +87,7 @@ def test_lr_schedule_formula():
     assert pretrain.lr_at(100, r) == pytest.approx(0.1)
 
 
+@pytest.mark.slow
 def test_cli_pretrain_json_and_errors(cli, tmp_path):
     sets = [arg for kv in SMALL_CORPUS for arg in ("--set", kv)]
     res = cli("pretrain", "--preset", "micro", "--sizes", "micro-xs", "--steps", "2", *sets,

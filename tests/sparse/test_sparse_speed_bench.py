@@ -17,6 +17,7 @@ ROW_KEYS = {"mode", "sparsity", "dense_tokens_per_s", "sparse_tokens_per_s", "sp
 
 
 
+@pytest.mark.slow
 def test_bench_cli_json_rows(cli):
     res = cli("sparsify", "bench", "--preset", "tiny-relu", "--sparsity", "0.5,0.9", "--modes",
               "static,dynamic,predictor", "--tokens", "6", "--repeats", "1", "--threads", "1",
@@ -49,6 +50,7 @@ def test_bench_cli_bad_input(cli, tmp_path):
     assert_one_line_error(cli("sparsify", "bench", "--model", str(tmp_path)), "config.json")
 
 
+@pytest.mark.slow
 def test_decode_is_greedy_with_kv_cache_and_timers_count_mlp_time():
     from sparsealign.models.tiny import train_tokenizer
 

@@ -11,10 +11,11 @@ import pytest
 import yaml
 
 from conftest import assert_one_line_error
+from sparsealign.models.micro import get_recipe
 from sparsealign.study.config import preset_path
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-MICRO_SIZES = 4  # sizes of the `micro` preset (the default study uses all of them)
+MICRO_SIZES = len(get_recipe("micro").sizes)  # the default study uses every size of the `micro` preset
 
 
 def expected_by_stage(cfg: dict, n_sizes: int) -> dict[str, int]:

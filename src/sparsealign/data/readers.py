@@ -15,6 +15,7 @@ import gzip
 import io
 import json
 import lzma
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -117,16 +118,28 @@ def _stream_row(path: Path, index: int, line: int | None, exc: BaseException) ->
     return Row(index, line, error=f"corrupt_{kind}", detail=f"corrupt {kind} data ({exc})")
 
 
-def _depth_ok(value: Any) -> bool:
-    """Iterative nesting check (a recursive one would hit the limit it is checking for)."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _shape_problem(value: Any) -> tuple[str, str] | None:
+    """(reason, detail) when a parsed record is nested too deeply or holds a lone surrogate (JSON's "\\ud800"
+    escape: no text, and every later encode would fail); iterative, as a recursive walk would hit the very limit
+    it checks for."""
     stack = [(value, 1)]
     while stack:
         node, depth = stack.pop()
         if depth > MAX_DEPTH:
-            return False
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return True
+            return "too_deep", f"record nested deeper than {MAX_DEPTH} levels"
+        if isinstance(node, dict):
+            children: Any = [*node.keys(), *node.values()]
+        elif isinstance(node, list):
+            children = node
+        else:
+            if isinstance(node, str) and _SURROGATE.search(node):
+                return "invalid_json", "a string holds a lone surrogate escape (\\ud800-\\udfff), which is not text"
+            continue
+        stack.extend((child, depth + 1) for child in children)
+    return None
 
 
 class _DuplicateKey(ValueError):
@@ -173,8 +186,8 @@ def read_rows(path: Path) -> Iterator[Row]:
         if row.error is None and not isinstance(row.value, dict):
             row = Row(row.index, row.line, error="wrong_type",
                       detail=f"expected a JSON object, got {type(row.value).__name__}")
-        elif row.error is None and not _depth_ok(row.value):
-            row = Row(row.index, row.line, error="too_deep", detail=f"record nested deeper than {MAX_DEPTH} levels")
+        elif row.error is None and (problem := _shape_problem(row.value)) is not None:
+            row = Row(row.index, row.line, error=problem[0], detail=problem[1])
         yield row
     if not seen:
         raise DataError(path, "empty file (no records)", hint="pass a file with preference pairs")

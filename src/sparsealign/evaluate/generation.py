@@ -151,7 +151,7 @@ def generate_from_ids(
 
     results: list[list[Generation]] = [[] for _ in encoded]
     sampling = cfg.temperature > 0
-    if not sampling and cfg.prefix_cache:
+    if not sampling and cfg.prefix_cache and _plain_greedy(model):
         completions = greedy_decode(model, encoded, max_new_tokens=cfg.max_new_tokens, eos=eos, pad_id=pad_id,
                                     stop=_row_stop(tokenizer, stop), batch_size=cfg.batch_size, progress=progress)
         for i, ids in enumerate(completions):
@@ -185,6 +185,18 @@ def generate_from_ids(
             text = truncate_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
             results[i].append(Generation(text, ids, list(encoded[i]), truncated[i]))
     return results
+
+
+# generation_config fields that change greedy decoding (HF turns them into logits processors): with any of them
+# set, greedy decoding goes through HF generate, which applies them
+_PROCESSORS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": 0, "min_length": 0,
+               "bad_words_ids": None, "suppress_tokens": None, "begin_suppress_tokens": None,
+               "forced_bos_token_id": None, "forced_eos_token_id": None, "sequence_bias": None}
+
+
+def _plain_greedy(model) -> bool:
+    gen = getattr(model, "generation_config", None)
+    return gen is None or all(getattr(gen, k, None) in (None, neutral) for k, neutral in _PROCESSORS.items())
 
 
 def shared_prefix_length(encoded: Sequence[Sequence[int]]) -> int:

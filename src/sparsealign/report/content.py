@@ -125,14 +125,32 @@ def _figures(df: pd.DataFrame, traces: pd.DataFrame | None, fig_dir: Path) -> li
 
 
 def family_table(df: pd.DataFrame) -> pd.DataFrame:
-    return df[["size", "params"]].drop_duplicates().sort_values("params").reset_index(drop=True)
+    cols = ["family", "size", "params"] if "family" in df else ["size", "params"]
+    return df[cols].drop_duplicates().sort_values(cols[:-2] + ["params"]).reset_index(drop=True)
 
 
 def _dense_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Dense all-pairs values, a column per size (sizes of one family side by side, families one after another)."""
     sub = scaling.full_data(df[(df["mode"] == "dense") & (df["metric"] != "annotation_saving")])
     wide = sub.pivot_table(index=["dataset", "metric", "method"], columns="size", values="value", aggfunc="mean")
     order = family_table(df)["size"]
     return wide[[s for s in order if s in wide.columns]].reset_index()
+
+
+def family_caveats(df: pd.DataFrame, beside: pd.DataFrame | None) -> list[str]:
+    """One sentence per family when more than one is shown: each is its own family, never pooled in a fit."""
+    families = [f for f in dict.fromkeys([*df["family"], *([] if beside is None else beside["family"])]) if f]
+    if len(families) < 2 and beside is None:
+        return []
+    own = ", ".join(sorted(set(df["family"]) - {""})) or "this run's"
+    out = [f"Families shown: {', '.join(families)}. Each is a different family (architecture, data, training): "
+           "its rows stand beside the others in the family and dense tables, and every scaling fit is within one "
+           "family only -- no fit ever mixes them."]
+    if beside is not None:
+        out.append(f"Rows of {', '.join(f for f in families if f not in set(df['family']))} come from other "
+                   f"runs (report.beside) and appear only in those two tables; the Findings, figures and paired "
+                   f"tables are computed from the {own} family alone.")
+    return out
 
 
 def _paired_tables(df: pd.DataFrame, store: ItemStore, settings: ReportConfig) -> list[Block]:
@@ -177,15 +195,17 @@ def _paired_tables(df: pd.DataFrame, store: ItemStore, settings: ReportConfig) -
 
 
 def build_blocks(df: pd.DataFrame, traces: pd.DataFrame | None, fig_dir: Path, title: str, notes: list[str],
-                 *, store: ItemStore, found: list[Finding], settings: ReportConfig) -> list[Block]:
+                 *, store: ItemStore, found: list[Finding], settings: ReportConfig,
+                 beside: pd.DataFrame | None = None) -> list[Block]:
     blocks = [Block("h1", title), *[Block("p", n) for n in notes],
               *findings_blocks(found, settings, bool(store)), Block("h2", "Caveats"),
-              *[Block("p", c) for c in caveats(df, store, found)]]
+              *[Block("p", c) for c in [*caveats(df, store, found), *family_caveats(df, beside)]]]
     figs = _figures(seed_pooled(df, store), traces, fig_dir)
     if figs:
         blocks += [Block("h2", "Figures"), *figs]
-    blocks += [Block("h2", "Model family"), Block("table", table=family_table(df)),
-               Block("h2", "Dense results"), Block("table", table=_dense_table(df)),
+    shown = df if beside is None else pd.concat([df, beside], ignore_index=True)
+    blocks += [Block("h2", "Model family"), Block("table", table=family_table(shown)),
+               Block("h2", "Dense results"), Block("table", table=_dense_table(shown)),
                Block("h2", "Scaling fits"),
                Block("p", "OLS of the dense, all-pairs values on log10(parameters): slope per decade with its t(n-2) "
                      "95% CI; none from fewer than 4 sizes or from a series at its floor/ceiling."),

@@ -35,7 +35,7 @@ RESULT_COLUMNS = {
     "dataset": "mbpp | generated | hh-rlhf | ultrafeedback | ... (never pooled)",
 }
 OPTIONAL_COLUMNS = {"ci_low": float, "ci_high": float, "n": "Int64", "subset_fraction": float, "n_pairs": "Int64",
-                    "note": "string", "seed": "Int64"}
+                    "note": "string", "seed": "Int64", "family": "string"}
 TRACE_COLUMNS = ["size", "method", "mode", "target_sparsity", "step", "realized_sparsity"]
 
 
@@ -53,6 +53,7 @@ def validate_results(df: pd.DataFrame) -> pd.DataFrame:
     out["target_sparsity"] = out["target_sparsity"].astype(float)
     out["value"] = out["value"].astype(float)
     out["subset_fraction"] = out["subset_fraction"].fillna(1.0)
+    out["family"] = out["family"].fillna("")  # unlabelled rows are one family
     return out
 
 
@@ -81,13 +82,15 @@ def report_settings(config: dict | None) -> ReportConfig:
 def write_report(results: pd.DataFrame, out_dir: str | Path, *, traces: pd.DataFrame | dict | None = None,
                  items: dict[str, dict[str, list[float]]] | None = None, config: dict | None = None,
                  title: str = "sparsealign study report", notes: list[str] | None = None,
-                 seed: int = 0) -> dict[str, Path]:
+                 seed: int = 0, beside: pd.DataFrame | None = None) -> dict[str, Path]:
     """Write results.parquet, findings.json, figures/*.png, report.md and report.html under `out_dir` (atomically).
 
     `items`: cell-keyed per-item arrays (`report.items`); they give the Findings, the paired tables and the
     annotation-efficiency rows (appended to the results).  `traces`: the tidy trace table (TRACE_COLUMNS) or
     cell-keyed trace dicts.  `config`: the study config; its `report` part names the primary contrasts, and the
-    whole config is shown (with its hash) at the end of the report.
+    whole config is shown (with its hash) at the end of the report.  `beside`: results rows of other families
+    (other runs' results.parquet, `report.beside`), shown next to this run's in the family and dense tables only --
+    never in a fit, a Finding or a figure of this report.
     """
     out_dir = Path(out_dir)
     df = validate_results(results)
@@ -113,8 +116,9 @@ def write_report(results: pd.DataFrame, out_dir: str | Path, *, traces: pd.DataF
         df.to_parquet(tmp, index=False)
     atomic_write_text(paths["findings"], json.dumps([f.to_dict() for f in found], indent=1) + "\n")
     paths["figures"].mkdir(parents=True, exist_ok=True)
+    others = None if beside is None or beside.empty else validate_results(beside)
     blocks = content.build_blocks(df, traces, paths["figures"], title, notes or [], store=store, found=found,
-                                  settings=settings)
+                                  settings=settings, beside=others)
     if config is not None:
         from sparsealign.config import config_hash
 

@@ -40,13 +40,16 @@ def bounded_everywhere(df: pd.DataFrame) -> list[tuple[str, str, str]]:
 
 
 def scaling_fit_table(df: pd.DataFrame, *, metrics: list[str]) -> pd.DataFrame:
-    """Per (metric, dataset, method): OLS slope of the dense all-pairs values per decade of parameters, t(n-2) CI.
-    No slope from fewer than MIN_SIZES sizes, none from a series at its floor or ceiling."""
+    """Per (family, metric, dataset, method): OLS slope of the dense all-pairs values per decade of parameters,
+    t(n-2) CI -- within one model family only (a real pretrained model beside the micro family is never a point of
+    its fit).  No slope from fewer than MIN_SIZES sizes, none from a series at its floor or ceiling."""
     rows = []
     sub = full_data(df[(df["mode"] == "dense") & df["metric"].isin(metrics)])
-    for (metric, ds, method), grp in sub.groupby(["metric", "dataset", "method"], sort=True):
+    sub = sub.assign(family=sub["family"].fillna("")) if "family" in sub else sub.assign(family="")
+    for (family, metric, ds, method), grp in sub.groupby(["family", "metric", "dataset", "method"], sort=True):
         grp = grp.groupby("params", as_index=False)["value"].mean()
-        row = {"metric": metric, "dataset": ds, "method": method, "sizes": len(grp), "slope": math.nan,
+        row = {"family": family, "metric": metric, "dataset": ds, "method": method, "sizes": len(grp),
+               "slope": math.nan,
                "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "note": ""}
         where = bound_of(grp["value"]) if metric in BOUNDED_METRICS else None
         fit = None if where else slope_interval(grp["params"], grp["value"])
@@ -57,8 +60,8 @@ def scaling_fit_table(df: pd.DataFrame, *, metrics: list[str]) -> pd.DataFrame:
         else:
             row.update(slope=fit.slope, ci_low=fit.low, ci_high=fit.high, p=fit.p, note=f"t({fit.sizes - 2})")
         rows.append(row)
-    return pd.DataFrame(rows, columns=["metric", "dataset", "method", "sizes", "slope", "ci_low", "ci_high", "p",
-                                       "note"])
+    return pd.DataFrame(rows, columns=["family", "metric", "dataset", "method", "sizes", "slope", "ci_low",
+                                       "ci_high", "p", "note"])
 
 
 def _diff_row(a: np.ndarray, b: np.ndarray, metric: str, n_boot: int, seed: int) -> dict:

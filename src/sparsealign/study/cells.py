@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from sparsealign.errors import ConfigError
+from sparsealign.errors import ConfigError, UserError
 from sparsealign.models.micro import get_recipe
 from sparsealign.study.config import AlignSettings, EvaluationConfig, FamilyConfig, StudyConfig, align_config
 
@@ -170,7 +170,7 @@ class EvalCell(Cell):
 
 
 def sizes_of(cfg: StudyConfig) -> list[str]:
-    if cfg.family.kind == "hf":
+    if cfg.family.kind != "micro":
         names = list(cfg.family.models)
     else:
         names = [spec.name for spec in get_recipe(cfg.family.preset).sizes]
@@ -215,3 +215,16 @@ def expand(cfg: StudyConfig) -> list[Cell]:
             cells += [EvalCell(size, model, pairs, cfg.evaluation, mode, target, sp.prefill, cal, dense)
                       for mode in sp.modes for target in sp.targets]
     return cells
+
+
+def select_cells(cells: list[Cell], only: list[str] | None) -> list[Cell]:
+    """`--only` values are cell ids (`eval:<key>`) or stage names; an unknown one is a one-line error."""
+    if not only:
+        return cells
+    known = {c.id for c in cells} | {c.stage for c in cells}
+    unknown = [o for o in only if o not in known]
+    if unknown:
+        raise UserError(f"--only {unknown[0]!r}: no such cell or stage in this study",
+                        hint="give a stage (pretrain, pairs, align, calibrate, eval) or a cell id from `study plan`")
+    wanted = set(only)
+    return [c for c in cells if c.id in wanted or c.stage in wanted]

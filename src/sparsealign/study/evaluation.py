@@ -92,10 +92,12 @@ def _flat(prefix: str, metrics: dict[str, Any], names: tuple[str, ...]) -> dict[
     return out
 
 
-def _mbpp(ctx: EvalContext, tasks: list[MbppTask], name: str) -> None:
+def _mbpp(ctx: EvalContext, tasks: list[MbppTask], name: str, prefix: tuple[str, int] | None = None) -> None:
+    """pass@1 of `tasks` as dataset `name`; `prefix` = (dataset, k): the first k tasks also reported as their own
+    dataset, from the same generations (one run, two datasets)."""
     ev, seed = ctx.cell.evaluation, ctx.study.cfg.seed
     cfg = MbppRunConfig(
-        split=ev.mbpp_split, limit=ev.mbpp_limit, chunk_size=max(1, len(tasks)),  # one chunk: one generation order
+        split=ev.mbpp_split, limit=len(tasks), chunk_size=max(1, len(tasks)),  # one chunk: one generation order
         eval=MbppEvalConfig(format=ev.prompt_format, shots=ev.shots, workers=ev.sandbox_workers,
                             ci_resamples=ev.bootstrap, seed=seed,
                             sampling=SamplingConfig(max_new_tokens=ev.max_new_tokens, batch_size=16, seed=seed)))
@@ -107,15 +109,24 @@ def _mbpp(ctx: EvalContext, tasks: list[MbppTask], name: str) -> None:
     if isinstance(p1, dict) and "low" in p1:
         ctx.metrics[f"{name}_pass@1_ci_low"], ctx.metrics[f"{name}_pass@1_ci_high"] = float(p1["low"]), float(p1["high"])
     ctx.items[f"{name}_passed"] = [int(t.task_id in passed) for t in tasks]
+    if prefix is not None:
+        sub, k = prefix
+        ctx.items[f"{sub}_passed"] = ctx.items[f"{name}_passed"][:k]
+        ctx.metrics[f"{sub}_pass@1"] = sum(ctx.items[f"{sub}_passed"]) / max(k, 1)  # Wilson CI: study.results
 
 
 def code_step(ctx: EvalContext) -> None:
-    """MBPP (reported as "mbpp") and generated tasks (reported apart, as "generated"); full-data models only —
-    subset models answer the annotation-efficiency question (preferences)."""
+    """MBPP (reported as "mbpp"; base models with `mbpp_base_tasks` also as "mbppfull", e.g. the whole split) and
+    generated tasks (reported apart, as "generated"); full-data models only -- subset models answer the
+    annotation-efficiency question (preferences)."""
     ev = ctx.cell.evaluation
     if ctx.cell.subset != 1.0:
         return
-    _mbpp(ctx, load_mbpp(split=ev.mbpp_split)[: ev.mbpp_limit], "mbpp")
+    split = load_mbpp(split=ev.mbpp_split)
+    if ev.mbpp_base_tasks and ctx.cell.method == BASE:
+        _mbpp(ctx, split[: ev.mbpp_base_tasks], "mbppfull", prefix=("mbpp", len(split[: ev.mbpp_limit])))
+    else:
+        _mbpp(ctx, split[: ev.mbpp_limit], "mbpp")
     if ev.generated_tasks:
         _mbpp(ctx, generated_split("test", ev.generated_tasks), "generated")
 

@@ -22,6 +22,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from sparsealign.align.engine import run_align
+from sparsealign.align.rationales import fill_rationales, hf_generator
 from sparsealign.data.mbpp.generated import generated_split
 from sparsealign.data.mbpp.mutants import mutant_pairs
 from sparsealign.data.mbpp.tasks import load_mbpp
@@ -47,7 +48,7 @@ from sparsealign.study.cells import (
     sizes_of,
 )
 from sparsealign.study.code_pairs import build_code_pairs
-from sparsealign.study.config import cell_align_config
+from sparsealign.study.config import StudyConfig, cell_align_config
 from sparsealign.study.evaluation import run_eval_cell
 from sparsealign.study.layout import Study
 
@@ -59,7 +60,7 @@ CellResult = tuple[dict[str, Any], dict[str, Any]]  # (metrics, artifacts) as th
 
 def pretrain_cell(study: Study, cell: PretrainCell) -> CellResult:
     cfg, fam = study.cfg, cell.family
-    if fam.kind == "hf":
+    if fam.kind != "micro":
         paths = dict(fam.models)
         params = {k: fam.params.get(k) for k in paths}
     else:
@@ -68,8 +69,8 @@ def pretrain_cell(study: Study, cell: PretrainCell) -> CellResult:
         paths = {m.name: m.path for m in family.members}
         params = {m.name: m.params for m in family.members}
     out = study.root / "pretrain" / "family.json"
-    atomic_write_json(out, {"paths": paths, "params": params})
-    return {"params": params}, {"family": out}
+    atomic_write_json(out, {"paths": paths, "params": params, "family": fam.name, "kind": fam.kind})
+    return {"params": params, "family": fam.name}, {"family": out}
 
 
 def pairs_cell(study: Study, cell: PairsCell) -> CellResult:
@@ -83,6 +84,8 @@ def pairs_cell(study: Study, cell: PairsCell) -> CellResult:
     uf_sets = [s for s in ev.preference_sets if s != a.preference_data]
     uf = load_pairs(uf_sets[0], warn=False).pairs[: ev.uf_pairs] if uf_sets else []
 
+    rationale_stats = self_rationales(study.base_model_path(cell.size), hh_train, cfg) \
+        if a.hh_rationales == "self" else {}
     code, code_stats = build_code_pairs(study.base_model_path(cell.size), cfg)
     if ev.heldout_code == "mutants":  # the same held-out items for every size; all sampled pairs train
         code_train, (code_held, mutant_stats) = code, heldout_code_pairs(study)
@@ -98,7 +101,7 @@ def pairs_cell(study: Study, cell: PairsCell) -> CellResult:
     if uf:
         files["heldout_uf"] = write_pairs_jsonl(uf, out / "heldout_uf.jsonl")
     metrics = {"hh_train": len(hh_train), "hh_heldout": len(hh_held), "uf_heldout": len(uf),
-               "code_train": len(code_train), "code_heldout": len(code_held), **code_stats}
+               "code_train": len(code_train), "code_heldout": len(code_held), **code_stats, **rationale_stats}
     return metrics, files
 
 
@@ -116,6 +119,16 @@ def heldout_code_pairs(study: Study) -> tuple[list[PreferencePair], dict[str, in
     write_pairs_jsonl(pairs, path)
     atomic_write_json(stats_path, stats)
     return pairs, stats
+
+
+def self_rationales(model_path: str, pairs: list[PreferencePair], cfg: StudyConfig) -> dict[str, int]:
+    """Rationales for HH training pairs written by the base model itself, as `rationales generate --source hf`
+    does (its generator, greedy; fills `pair.rationale` in place)."""
+    model, tok = load_member(model_path)
+    generator = hf_generator(model, tok, batch_size=8, max_new_tokens=cfg.alignment.rationale_max_new_tokens,
+                             temperature=0.0, seed=cfg.seed)
+    counts = fill_rationales(pairs, generator, source=f"hf:{model_path}", save=lambda _: None)
+    return {f"hh_rationales_{k}": v for k, v in counts.items()}
 
 
 def train_pairs(study: Study, cell: AlignCell) -> list[PreferencePair]:

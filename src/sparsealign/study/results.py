@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from sparsealign.study.pipeline import Study
 
-DATASETS = ("mbpp", "generated", "hh", "uf", "code")
+DATASETS = ("mbpp", "mbppfull", "generated", "hh", "uf", "code")
 CELL_FIELDS = ("size", "method", "subset", "mode", "target_sparsity", "seed")
 PROPORTION_ITEMS = {"pass@1": "passed", "reward_accuracy": "correct"}  # metric -> its 0/1 per-item array
 
@@ -56,11 +56,13 @@ def _split_metric(name: str) -> tuple[str, str]:
 
 
 def results_table(study: Study) -> pd.DataFrame:
-    """Tidy table: size, params, method, subset_fraction, mode, target_sparsity, dataset, metric, value, CI, n."""
+    """Tidy table: family (its label: families are never pooled), size, params, method, subset_fraction, mode,
+    target_sparsity, dataset, metric, value, CI, n."""
     import pandas as pd
 
     family_path = study.root / "pretrain" / "family.json"
-    params = json.loads(family_path.read_text()).get("params", {}) if family_path.exists() else {}
+    family = json.loads(family_path.read_text()) if family_path.exists() else {}
+    params, family_name = family.get("params", {}), family.get("family", study.cfg.family.name)
     rows: list[dict[str, Any]] = []
     with Ledger(study.root / "ledger.sqlite") as ledger:
         eval_rows = ledger.rows(stage=ledger_stage("eval"), status="done")
@@ -80,12 +82,13 @@ def results_table(study: Study) -> pd.DataFrame:
             low, high = proportion_ci(proportion_items(metric, dataset, items, dense), float(value)) or (
                 m.get(f"{name}_ci_low"), m.get(f"{name}_ci_high"))
             rows.append({
-                "cell": row.cell, "size": m["size"], "params": params.get(m["size"]), "method": m["method"],
+                "cell": row.cell, "family": family_name, "size": m["size"], "params": params.get(m["size"]),
+                "method": m["method"],
                 "subset_fraction": float(m["subset"]), "mode": m["mode"], "target_sparsity": float(m["target_sparsity"]),
                 "dataset": dataset, "metric": metric, "value": float(value), "ci_low": low, "ci_high": high, "n": n,
                 "seed": m.get("seed"),  # the alignment seed, once cells carry one
             })
-    columns = ["cell", "size", "params", "method", "subset_fraction", "mode", "target_sparsity", "dataset", "metric",
+    columns = ["cell", "family", "size", "params", "method", "subset_fraction", "mode", "target_sparsity", "dataset", "metric",
                "value", "ci_low", "ci_high", "n", "seed"]
     return pd.DataFrame(rows, columns=columns)
 

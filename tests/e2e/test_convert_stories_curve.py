@@ -11,7 +11,7 @@ from conftest import assert_one_line_error
 from sparsealign.models.llama2c import convert
 from sparsealign.sparse.bench_curve import sample_texts, sparsity_curve
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
 
 
