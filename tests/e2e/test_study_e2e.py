@@ -31,7 +31,7 @@ alignment: {methods: [dpo], max_pairs: 16, heldout_pairs: 8, code_pair_tasks: 4,
             subsets: [1.0], subset_methods: [dpo], seeds: 1}
 sparsity: {targets: [0.5], modes: [dynamic], calibration_texts: 4}
 evaluation: {mbpp_limit: 2, generated_tasks: 2, max_new_tokens: 16, shots: 0, bootstrap: 100, speed_tokens: 4,
-             uf_pairs: 8, likelihood_tasks: 4, heldout_code: samples}
+             uf_pairs: 8, likelihood_tasks: 4, heldout_code: samples, sparse_sets: [hh, uf, code]}
 executor: {kind: local, workers: 1}
 """
 N_CELLS = 9  # pretrain, pairs, align, 2 x (dense eval, calibrate, dynamic eval)
