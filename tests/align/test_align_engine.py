@@ -175,11 +175,13 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, model_dir, h
     assert again == resumed
 
 
+@pytest.mark.slow
 def test_cli_rationale_method_without_rationales_is_a_one_line_error(cli, model_dir):
     res = cli("align", "--method", "rdpo", "--model", str(model_dir), "--data", HH)
     assert_one_line_error(res, "rdpo", "sparsealign rationales generate", HH)
 
 
+@pytest.mark.slow
 def test_cli_report_to_tracker(cli, model_dir, tmp_path):
     import importlib.util
 
@@ -194,6 +196,7 @@ def test_cli_report_to_tracker(cli, model_dir, tmp_path):
         assert list((Path(res.json()["run_dir"]) / "align/orpo/checkpoints").rglob("events.out.tfevents*"))
 
 
+@pytest.mark.slow
 def test_cli_json_run_then_skip(cli, model_dir, tmp_path):
     args = ("align", "--method", "simpo", "--model", str(model_dir), "--data", HH, "--name", "cli",
             "--set", "max_pairs=8", "--set", "max_steps=2", "--set", "max_length=48", "--set", "max_prompt_length=16",

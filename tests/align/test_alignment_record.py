@@ -69,6 +69,7 @@ def test_non_default_beta_reaches_the_preference_evaluator(tmp_path, base_dir, d
     assert any(abs(m) > 0 for m in b) and a == pytest.approx([2 * m for m in b], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_the_eval_verb_reads_beta_and_reference_from_the_record(cli, base_dir, dpo_model):
     res = cli("eval", "preference", "--model", str(dpo_model), "--method", "dpo", "--data", HH, "--limit", "4",
               "--max-length", "48", "--bootstrap", "0", "--json")

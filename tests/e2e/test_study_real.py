@@ -17,11 +17,11 @@ from sparsealign.report.scaling import scaling_fit_table
 FAMILY = "smollm2 (pretrained)"
 TINY = [  # the preset, cut to a CI-sized grid: every stage and every dataset of the real preset still runs
     "threads=1", "alignment.methods=[dpo]", "alignment.max_pairs=8", "alignment.heldout_pairs=8",
-    "alignment.code_pair_tasks=4", "alignment.code_pair_samples=2", "alignment.rationale_max_new_tokens=8", "alignment.settings.batch_size=4",
-    "sparsity.modes=[static]", "sparsity.calibration_texts=4", "evaluation.mbpp_limit=2",
+    "alignment.code_pair_tasks=4", "alignment.code_pair_samples=2", "alignment.rationale_max_new_tokens=8",
+    "alignment.settings.batch_size=4", "alignment.settings.grad_accum=1", "sparsity.modes=[static]", "sparsity.calibration_texts=4", "evaluation.mbpp_limit=2",
     "evaluation.mbpp_base_tasks=3", "evaluation.max_new_tokens=24", "evaluation.max_length=96",
     "evaluation.max_prompt_length=48", "evaluation.preference_sets=[hh-rlhf/helpful-base/test.jsonl.gz]",
-    "evaluation.bootstrap=100", "evaluation.speed_tokens=4", "report.bootstrap=200", "report.min_items=2",
+    "evaluation.likelihood_tasks=3", "evaluation.bootstrap=100", "evaluation.speed_tokens=4", "report.bootstrap=200", "report.min_items=2",
 ]
 
 
@@ -67,6 +67,8 @@ def test_tiny_real_preset_end_to_end_is_its_own_family(cli, tmp_path):
     items = json.loads((run / "eval/smollm2-135m/base/f1.000/dense/0.00/items.json").read_text())
     assert items["mbpp_passed"] == items["mbppfull_passed"][:2]
     assert (df["metric"] == "realized_sparsity").any() and (df["metric"] == "reward_accuracy").any()
+    nll = df[df["metric"] == "reference_nll"]  # the continuous MBPP metric, every full-data cell
+    assert len(nll) == 4 and (nll["value"] > 0).all()
 
     train = [json.loads(line) for line in (run / "pairs/smollm2-135m/train.jsonl").read_text().splitlines()]
     hh = [p for p in train if not p["id"].startswith("code:")]
