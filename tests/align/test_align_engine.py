@@ -16,6 +16,7 @@ from conftest import assert_one_line_error
 from sparsealign.align.config import AlignConfig
 from sparsealign.align.engine import run_align
 from sparsealign.data.preference import load_pairs
+from sparsealign.errors import UserError
 from sparsealign.ledger import Ledger
 from sparsealign.models.tiny import save_pretrained, tiny_model_and_tokenizer
 from sparsealign.rundir import RunDir
@@ -88,7 +89,7 @@ def test_reference_free_methods_never_load_a_reference(tmp_path, model_dir, hh, 
         if method.startswith("r"):
             assert all(e["rationale_nll"] > 0 for e in run.ledger.events("align", method) if "loss" in e)
     assert not (private_cache / "ref_logps").exists()
-    with pytest.raises(OSError, match="nonexistent"):
+    with pytest.raises(UserError, match="nonexistent"):  # the one loader names the missing model
         align(tmp_path, "needs-ref", pairs, method="dpo", model=str(model_dir), ref_model="/nonexistent/reference",
               max_steps=1)
 
@@ -174,11 +175,13 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, model_dir, h
     assert again == resumed
 
 
+@pytest.mark.slow
 def test_cli_rationale_method_without_rationales_is_a_one_line_error(cli, model_dir):
     res = cli("align", "--method", "rdpo", "--model", str(model_dir), "--data", HH)
     assert_one_line_error(res, "rdpo", "sparsealign rationales generate", HH)
 
 
+@pytest.mark.slow
 def test_cli_report_to_tracker(cli, model_dir, tmp_path):
     import importlib.util
 
@@ -193,6 +196,7 @@ def test_cli_report_to_tracker(cli, model_dir, tmp_path):
         assert list((Path(res.json()["run_dir"]) / "align/orpo/checkpoints").rglob("events.out.tfevents*"))
 
 
+@pytest.mark.slow
 def test_cli_json_run_then_skip(cli, model_dir, tmp_path):
     args = ("align", "--method", "simpo", "--model", str(model_dir), "--data", HH, "--name", "cli",
             "--set", "max_pairs=8", "--set", "max_steps=2", "--set", "max_length=48", "--set", "max_prompt_length=16",

@@ -148,8 +148,8 @@ def test_mbpp_reference_solutions_pass_their_tests(data_dir):
     assert [t.task_id for t in with_setup] == [367, 927]
 
 
-def test_dataset_folder_goes_through_datasets_with_its_splits(cli, tmp_path):
-    """A folder named like a hub id (org/name) is read by `datasets.load_dataset`, offline, keeping its splits."""
+def test_dataset_folder_keeps_its_splits(cli, tmp_path):
+    """A folder named like a hub id (org/name) is read file by file, offline, with splits from the file names."""
     folder = tmp_path / "org" / "prefs"
     folder.mkdir(parents=True)
     for split, n in (("train", 15), ("test", 6)):

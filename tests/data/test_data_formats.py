@@ -74,7 +74,8 @@ def test_detection_and_format_errors():
     assert detect_format({"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "x"}) == "hh-rlhf"
     assert detect_format({"prompt": "p", "chosen": "a", "rejected": "b"}) == "generic"
     assert detect_format({"prompt": "p", "chosen": "a", "rejected": "b", "metadata": {}}) == "ultrafeedback"
-    assert detect_format({"chosen": "a", "rejected": "b"}) is None
+    assert detect_format({"chosen": "a", "rejected": "b"}) == "trl-implicit"  # TRL's implicit-prompt format
+    assert detect_format({"chosen": 5, "rejected": "b"}) is None
     with pytest.raises(UserError, match="allowed: hh-rlhf"):
         load_pairs("orca_dpo_pairs/validation.jsonl", format="dpo")
 

@@ -28,9 +28,11 @@ name: tiny
 seed: 0
 family: {kind: micro, preset: micro, sizes: [micro-xs], pretrain_steps: 10}
 alignment: {methods: [dpo], max_pairs: 16, heldout_pairs: 8, code_pair_tasks: 4, code_pair_samples: 2,
-            subsets: [1.0], subset_methods: [dpo]}
+            subsets: [1.0], subset_methods: [dpo], seeds: 1}
 sparsity: {targets: [0.5], modes: [dynamic], calibration_texts: 4}
-evaluation: {mbpp_limit: 2, generated_tasks: 2, max_new_tokens: 16, shots: 0, bootstrap: 100, speed_tokens: 4}
+evaluation: {mbpp_limit: 2, generated_tasks: 2, max_new_tokens: 16, shots: 0, bootstrap: 100, speed_tokens: 4,
+             uf_pairs: 8, likelihood_tasks: 4, heldout_code: samples}
+executor: {kind: local, workers: 1}
 """
 N_CELLS = 9  # pretrain, pairs, align, 2 x (dense eval, calibrate, dynamic eval)
 TIMING = {"tokens_per_s"}  # wall-clock measurements: the only metrics allowed to differ between runs
@@ -251,3 +253,35 @@ def test_failed_cell_is_recorded_and_the_others_kept(env: Env, reference: Path):
     res = env.study(runs, "report", "--name", "tiny", "--json")
     assert res.returncode == 0, res.stderr[-2000:]
     assert (run / "report.html").is_file() and Path(res.json()["results"]) == run / "results.parquet"
+
+
+def test_pass1_wilson_ci_and_findings_reach_the_outputs(env: Env, reference: Path):
+    """pass@1 rows of results.parquet carry the Wilson CI of the cell's per-task outcomes, and `study --json` has
+    the report's findings, also when every cell is already done (a pure re-report)."""
+    import pandas as pd
+
+    from sparsealign.stats.intervals import wilson_interval
+
+    table = pd.read_parquet(reference / "results.parquet")
+    pass1 = table[table["metric"] == "pass@1"]
+    assert len(pass1) == 8 and pass1["ci_low"].notna().all() and pass1["ci_high"].notna().all()
+    for row in pass1.itertuples():
+        items = json.loads((reference / "eval" / row.cell / "items.json").read_text())[f"{row.dataset}_passed"]
+        ci = wilson_interval(int(sum(items)), len(items))
+        assert (row.ci_low, row.ci_high, row.n) == (pytest.approx(ci.low), pytest.approx(ci.high), len(items))
+        assert row.ci_high > row.value or row.value == 1.0  # never the collapsed [0, 0] of a bootstrap at 0
+    flips = table[table["metric"] == "flip_rate"]  # pairs ranked differently than by the same model dense
+    assert len(flips) == 4 and ((flips["ci_high"] > flips["value"]) | (flips["value"] == 1.0)).all()
+
+    res = env.study("runs-ref", "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = res.json()
+    assert summary["done"] == 0 and summary["skipped"] == N_CELLS
+    findings = summary["findings"]
+    assert findings and findings == json.loads((reference / "findings.json").read_text())
+    for f in findings:
+        assert {"question", "effect", "ci_low", "ci_high", "n", "p_holm", "verdict"} <= set(f)
+        assert f["verdict"] in ("effect", "inconclusive", "not measurable")
+    # one size and 8 held-out pairs: nothing in this tiny study can be measured, and it says so
+    assert {f["verdict"] for f in findings} == {"not measurable"}
+    assert "## Findings" in (reference / "report.md").read_text()

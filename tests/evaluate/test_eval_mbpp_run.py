@@ -18,6 +18,7 @@ from sparsealign.evaluate.mbpp.run import MbppRunConfig, run_mbpp
 from sparsealign.models.tiny import save_pretrained, tiny_model_and_tokenizer
 
 
+@pytest.mark.slow
 def test_reference_solutions_through_cli(cli, tmp_path) -> None:
     res = cli("eval", "mbpp", "--solutions", "reference", "--split", "test", "--out", str(tmp_path / "ref.jsonl"),
               "--json")
@@ -36,6 +37,7 @@ def test_reference_solutions_through_cli(cli, tmp_path) -> None:
     assert all(r["program"].rstrip().endswith(r["program"].rstrip().splitlines()[-1]) for r in rows)
 
 
+@pytest.mark.slow
 def test_reference_failures_are_listed(cli, tmp_path, data_dir) -> None:
     """A broken reference solution shows up in failed_task_ids with its error, never hidden."""
     lines = (data_dir / "mbpp" / "mbpp.jsonl").read_text(encoding="utf-8").splitlines()
@@ -70,6 +72,7 @@ def _check_records(records, tasks, n) -> None:
         assert (r["status"] == "passed") == (r["error"] == "")
 
 
+@pytest.mark.slow
 def test_tiny_model_generation_cli_end_to_end(cli, tiny_coder, tmp_path) -> None:
     _, _, path = tiny_coder
     res = cli("eval", "mbpp", "--model", str(path), "--split", "test", "--limit", "3", "--max-new-tokens", "16",
@@ -95,6 +98,7 @@ def test_zero_shot_lm_eval_prompt_is_the_bare_query(cli, tiny_coder) -> None:
     assert three[0]["prompt"].count("[BEGIN]") == 4 and three[0]["prompt"].endswith(lm_eval_query(tasks[0]))
 
 
+@pytest.mark.slow
 def test_sampling_bigcode_and_chunk_resume(tiny_coder, tmp_path, monkeypatch) -> None:
     model, tok, path = tiny_coder
     tasks = load_mbpp(split="test")[:2]

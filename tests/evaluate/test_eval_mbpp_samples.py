@@ -58,6 +58,7 @@ def _write(path, rows) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_samples_lm_eval_and_evalplus_reference_solutions(cli, tasks, tmp_path) -> None:
     test = [t for t in tasks if 360 <= t.task_id < 380]  # includes 367, whose setup code needs the reference's Node
     lm = _write(tmp_path / "samples_mbpp.jsonl", _lm_eval_rows(test))
@@ -80,6 +81,7 @@ def test_samples_lm_eval_and_evalplus_reference_solutions(cli, tasks, tmp_path) 
     assert second and second[0]["solution"].startswith('"""\n') and second[0]["status"] == "passed"
 
 
+@pytest.mark.slow
 def test_samples_errors_name_line_and_field(cli, tasks, tmp_path) -> None:
     rows = [{"task_id": "Mbpp/11", "solution": TASK_11}, {"task_id": "Mbpp/9999", "solution": "x = 1"}]
     assert_one_line_error(cli("eval", "mbpp", "--samples", _write(tmp_path / "a.jsonl", rows)),

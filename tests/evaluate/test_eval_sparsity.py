@@ -8,37 +8,10 @@ import json
 import pytest
 
 from conftest import assert_one_line_error
-from sparsealign.models.tiny import save_pretrained, tiny_model_and_tokenizer
 
+# end to end: calibrates and runs the eval verbs in subprocesses (~75 s of CPU)
+pytestmark = pytest.mark.slow
 HH = "hh-rlhf/helpful-base/test.jsonl.gz"
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory, data_dir):
-    code = [json.loads(line)["code"] for line in (data_dir / "mbpp" / "mbpp.jsonl").open()]
-    root = tmp_path_factory.mktemp("sparse-eval")
-    for seed in (0, 1):
-        model, tok = tiny_model_and_tokenizer(code[:150], vocab_size=320, hidden_size=32, num_layers=2,
-                                              intermediate_size=96, max_position_embeddings=2048, seed=seed)
-        save_pretrained(model, tok, root / f"m{seed}")
-    return root
-
-
-@pytest.fixture(scope="module")
-def calibrated(models, data_dir):
-    """Artifacts at 0.5 and at 0 (threshold 0 = the dense MLP bit for bit), through the real CLI."""
-    import os
-    import subprocess
-
-    from conftest import sparsealign_exe
-
-    env = {**os.environ, "SPARSEALIGN_DATA_DIR": str(data_dir)}
-    for target, name in ((0.5, "s50"), (0.0, "s0")):
-        proc = subprocess.run([*sparsealign_exe(), "sparsify", "calibrate", "--model", str(models / "m0"), "-n", "20",
-                               "--target", str(target), "--out", str(models / name), "--json"],
-                              capture_output=True, text=True, env=env, timeout=600)
-        assert proc.returncode == 0, proc.stderr
-    return models
 
 
 def test_artifacts_describe_their_model(calibrated) -> None:
@@ -116,3 +89,35 @@ def test_artifacts_refused_on_another_model(cli, calibrated) -> None:
     assert_one_line_error(res, "calibrated on a different model")
     assert_one_line_error(cli("eval", "mbpp", "--solutions", "reference", "--sparsity", "x"), "--sparsity", "--model")
     assert_one_line_error(cli("sparsify", "calibrate"), "missing --model")
+
+
+def test_rationales_generated_under_sparsity(cli, calibrated, tmp_path) -> None:
+    out = tmp_path / "r.jsonl"
+    res = cli("rationales", "generate", "--data", HH, "--out", str(out), "--source", "hf", "--model",
+              str(calibrated / "m0"), "--sparsity", str(calibrated / "s50"), "--mode", "dynamic", "--limit", "2",
+              "--max-new-tokens", "6", "--temperature", "1.0", "--device", "cpu", "--json")
+    assert res.returncode == 0, res.stderr
+    from sparsealign.data.preference import load_pairs
+
+    got = load_pairs(out, warn=False).pairs
+    assert len(got) == 2
+    assert all(p.meta["rationale_source"] == f"hf:{calibrated / 'm0'}+dynamic-sparse" and p.rationale for p in got)
+    assert_one_line_error(cli("rationales", "generate", "--data", HH, "--out", str(tmp_path / "x.jsonl"),
+                              "--source", "openai", "--model", "m", "--sparsity", "s"), "--source hf")
+
+
+def test_winrate_sparse_answers_against_dense_answers(cli, calibrated) -> None:
+    from llm_server import FakeOpenAI
+
+    args = ["eval", "winrate", "--judge", "llm", "--model", "judge", "--api-key-env", "none", "--no-cache",
+            "--pairs", HH, "--limit", "4", "--responses-model", str(calibrated / "m0"), "--responses-max-new-tokens",
+            "8", "--device", "cpu", "--json"]
+    with FakeOpenAI() as server:
+        zero = cli(*args, "--base-url", server.url, "--sparsity", str(calibrated / "s0"), "--mode", "static")
+        half = cli(*args, "--base-url", server.url, "--sparsity", str(calibrated / "s50"), "--mode", "dynamic")
+    assert zero.returncode == 0 and half.returncode == 0, zero.stderr + half.stderr
+    z, h = zero.json(), half.json()
+    # threshold 0: the sparse answers are the dense ones, and the (length-preferring) judge calls every item a tie
+    assert z["sparsity"]["identical_answers"] == 4 and (z["ties"], z["n"], z["win_rate"]) == (4, 4, 0.5)
+    assert h["sparsity"]["mode"] == "dynamic" and h["sparsity"]["realized_sparsity"] > 0.3
+    assert h["n"] + h["missing"] == 4 and h["items"] == 4

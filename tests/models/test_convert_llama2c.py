@@ -114,6 +114,7 @@ def llama2c_encode(text: str, pieces: list[str], scores: list[float]) -> list[in
 
 
 # ---------------------------------------------------------------- tests
+@pytest.mark.slow
 def test_greedy_continuation_matches_numpy_run_c(files, hf_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -210,6 +211,7 @@ def test_unshared_classifier_legacy(files, tmp_path):
     assert not np.array_equal(model.model.embed_tokens.weight.detach().numpy(), wcls)
 
 
+@pytest.mark.slow
 def test_cli_convert_and_bad_inputs(cli, files, tmp_path):
     res = cli("convert", "llama2c", str(files[0]), "--tokenizer", str(files[1]), "--out", "hf", "--json",
               env={"OMP_NUM_THREADS": "1"})

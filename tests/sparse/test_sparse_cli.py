@@ -32,6 +32,7 @@ def tiny_dir(tmp_path_factory, data_dir):
     return save_pretrained(model, tok, tmp_path_factory.mktemp("m") / "tiny")
 
 
+@pytest.mark.slow
 def test_calibrate_evaluate_generate(cli, inproc, tiny_dir, tmp_path):
     res = cli("sparsify", "calibrate", str(tiny_dir), "--texts", "mbpp", "-n", "30", "--target", "0.6",
               "--set", "predictor.enabled=true", "--set", "predictor.rank=8", "--set", "predictor.epochs=5", "--json")

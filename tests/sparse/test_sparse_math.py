@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sparsealign.sparse.config import ControllerConfig
-from sparsealign.sparse.controller import ThresholdController
+from sparsealign.sparse.controller import ThresholdController, controller_update, token_quantile
 from sparsealign.sparse.metrics import (
     empirical_threshold,
     ffn_flops,
@@ -78,6 +78,11 @@ def _stream(n: int, scale: float, seed: int, inter: int = 512) -> torch.Tensor:
     return (torch.randn(n, inter, generator=g) * scale).abs().view(1, n, inter)
 
 
+def _realized(stream: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """[B, T] realized sparsity of each position under its applied threshold."""
+    return 1 - (stream > thresholds.unsqueeze(-1)).float().mean(-1)
+
+
 def test_controller_tracks_target_through_a_scale_shift_where_static_drifts():
     target = 0.7
     calib = _stream(2000, 1.0, 0)
@@ -85,7 +90,7 @@ def test_controller_tracks_target_through_a_scale_shift_where_static_drifts():
     ctl = ThresholdController([t0], [target], [float(calib.median())], ControllerConfig())
     shifted = _stream(3000, 1.6, 1)  # the activations grow by 60%: static sparsity collapses
     thresholds = ctl.scan(0, shifted)
-    dyn = 1 - float((shifted[0, 500:] > thresholds[500:, None]).float().mean())
+    dyn = float(_realized(shifted, thresholds)[0, 500:].mean())
     static = 1 - float((shifted[0, 500:] > t0).float().mean())
     print(f"target {target}: dynamic {dyn:.4f}, static {static:.4f}")
     assert abs(dyn - target) < 0.02
@@ -93,23 +98,73 @@ def test_controller_tracks_target_through_a_scale_shift_where_static_drifts():
     assert ctl.threshold(0) / t0 == pytest.approx(1.6, rel=0.1)  # it found the new quantile
 
 
+def test_update_rule_is_the_formula():
+    m, delta = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64), torch.tensor([0.1, -0.2, 0.5], dtype=torch.float64)
+    log_q = torch.tensor([0.5, 3.0, 2.2], dtype=torch.float64)
+    f = torch.tensor([0.4, 0.9, 0.1], dtype=torch.float64)
+    alpha, eta = torch.full((3,), 0.2, dtype=torch.float64), torch.full((3,), 0.05, dtype=torch.float64)
+    m2, d2 = controller_update(m, delta, log_q, f, 0.3, alpha, eta, band=1.0, bound=0.52)
+    assert m2.tolist() == pytest.approx([0.0 + 0.2 * 0.5, 1.0 + 0.2 * 2.0, 2.0 + 0.2 * 0.2])
+    # row 0 learns: |0.5 - 0.1| <= 1; row 1 does not: |3.0 - 0.8| > 1 (a scale jump); row 2 learns
+    assert d2.tolist() == pytest.approx([0.1 + 0.05 * (0.4 - 0.3), -0.2, 0.5 + 0.05 * (0.1 - 0.3)])
+    _, d3 = controller_update(m, delta, log_q, torch.ones(3, dtype=torch.float64), 0.3, alpha, eta, 10.0, 0.52)
+    assert d3[2].item() == pytest.approx(0.52)  # |delta| <= log R
+    q = token_quantile(torch.tensor([[[0.0, 0.0, 3.0, 1.0], [4.0, 2.0, 3.0, 1.0]]]), 0.5, 1e-3)
+    assert q[0].tolist() == pytest.approx([1e-3, 2.0])  # the 2nd order statistic of each token, floored
+
+
 def test_controller_time_average_identity_frozen_and_bounds():
     target, eta = 0.5, 0.05
-    cfg = ControllerConfig(step=eta, warmup_tokens=0, max_ratio=1e6)
+    # the correction always learns (band large) and never clips: the Robbins-Monro identity is exact
+    cfg = ControllerConfig(step=eta, warmup_tokens=0, max_ratio=1e6, band=1e6)
     stream = _stream(400, 1.0, 3, inter=64)
     ctl = ThresholdController([0.3], [target], [1.0], cfg)
     ts = ctl.scan(0, stream)
-    f = (stream[0] > ts[:, None]).float().mean(-1).double()
-    # summing the update rule: mean(f) - (1 - s) = (log t_K - log t_0) / (eta K), exactly
-    assert float(f.mean() - (1 - target)) == pytest.approx((math.log(ctl.threshold(0)) - math.log(0.3)) / (eta * 400),
-                                                           abs=1e-9)
+    f = (1 - _realized(stream, ts)[0]).double()
+    # summing the update rule: mean(f) - (1 - s) = (delta_K - delta_0) / (eta K), exactly
+    assert float(f.mean() - (1 - target)) == pytest.approx(float(ctl.delta[0][0]) / (eta * 400), abs=1e-9)
     frozen = ThresholdController([0.3], [target], [1.0], ControllerConfig(frozen=True))
     assert torch.all(frozen.scan(0, stream) == 0.3)
-    bounded = ThresholdController([0.3], [target], [1.0], ControllerConfig(max_ratio=2.0))
-    bounded.scan(0, stream * 100)
-    assert bounded.threshold(0) == pytest.approx(0.6)
     off = ThresholdController([0.0], [0.0], [1.0], ControllerConfig())
     assert torch.all(off.scan(0, stream) == 0.0)
+    bounded = ThresholdController([0.3], [target], [1.0], ControllerConfig(max_ratio=2.0, band=1e6))
+    bounded.scan(0, stream * 100)
+    assert abs(float(bounded.delta[0][0])) <= math.log(2.0) + 1e-12  # R bounds the correction, not the scale
+    assert bounded.threshold(0) > 10 * 0.3
+
+
+@pytest.mark.parametrize("target", [0.5, 0.7, 0.9])
+@pytest.mark.parametrize("jump", [50.0, 1 / 50])
+def test_controller_recovers_from_a_50x_scale_jump(target, jump):
+    """docs/sparse.md: every 16-token window starting >= 48 tokens after a 50x jump (up or down) is within 0.02
+    of the target (SmolLM2's FFN width, i.i.d. |N(0,1)| activations)."""
+    width, n = 1536, 400
+    t0 = empirical_threshold(_stream(2000, 1.0, 0, width), target)
+    ctl = ThresholdController([t0], [target], [0.67], ControllerConfig())
+    stream = torch.cat([_stream(n, 1.0, 1, width), _stream(n, jump, 2, width)], dim=1)
+    realized = _realized(stream, ctl.scan(0, stream))[0]
+    windows = realized[n + 48:].unfold(0, 16, 1).mean(-1)
+    assert float((windows - target).abs().max()) <= 0.02
+    assert float((realized[n - 100:n] - target).abs().mean()) < 0.02  # on target before the jump too
+    assert abs(float(realized[n:n + 4].mean()) - target) > 0.09  # the jump is real: it starts far off
+    assert ctl.threshold(0) / t0 == pytest.approx(jump, rel=0.1)
+
+
+def test_controller_rows_are_independent_and_padding_is_ignored():
+    """Batch invariance: row b of a padded batch gets exactly the thresholds of its own tokens alone."""
+    rows = [_stream(40, 1.0, 10 + b, 128)[0] for b in range(3)]
+    lengths = [40, 25, 31]
+    batch = torch.zeros(3, 40, 128)
+    valid = torch.zeros(3, 40, dtype=torch.bool)
+    for b, (row, n) in enumerate(zip(rows, lengths, strict=True)):  # left padding with garbage values
+        batch[b, 40 - n:] = row[:n]
+        batch[b, :40 - n] = 1e3
+        valid[b, 40 - n:] = True
+    cfg = ControllerConfig()
+    together = ThresholdController([0.5], [0.6], [0.7], cfg).scan(0, batch, valid)
+    for b, n in enumerate(lengths):
+        alone = ThresholdController([0.5], [0.6], [0.7], cfg).scan(0, rows[b][:n].unsqueeze(0))
+        assert torch.equal(together[b, 40 - n:], alone[0])
 
 
 def test_controller_is_causal_and_reproducible():
@@ -117,8 +172,11 @@ def test_controller_is_causal_and_reproducible():
     a = ThresholdController([0.5], [0.6], [0.7], ControllerConfig())
     whole = a.scan(0, stream)
     b = ThresholdController([0.5], [0.6], [0.7], ControllerConfig())
-    pieces = torch.cat([b.scan(0, stream[:, i:i + 1]) for i in range(64)])
+    pieces = torch.cat([b.scan(0, stream[:, i:i + 1]) for i in range(64)], dim=1)
     assert torch.equal(whole, pieces)
+    c = ThresholdController([0.5], [0.6], [0.7], ControllerConfig())
+    steps = torch.stack([c.step(0, stream[:, i]) for i in range(64)], dim=1)
+    assert torch.equal(whole, steps)
 
 
 def test_profile_stats_and_hot_cold_summary():

@@ -3,16 +3,24 @@ domain shift that the dynamic controller exists for (calibrate on MBPP code, run
 
 from __future__ import annotations
 
-import gzip
-import json
-
 import pytest
 import torch
 
+from sparse_helpers import load_code_and_dialogue, load_stories
 from sparsealign.sparse.calibration import calibrate, record_activations
 from sparsealign.sparse.config import SparsityConfig
 from sparsealign.sparse.patch import apply_sparsity
 from sparsealign.sparse.quality import evaluate_sparsity
+
+
+@pytest.fixture(scope="module")
+def stories(data_dir):
+    return load_stories(data_dir)
+
+
+@pytest.fixture(scope="module")
+def texts(data_dir):
+    return load_code_and_dialogue(data_dir)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -21,24 +29,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def stories(data_dir):
-    from sparsealign.models.llama2c import read_checkpoint, to_hf_model
-    from sparsealign.models.llama2c_tokenizer import build_hf_tokenizer, read_tokenizer
-
-    root = data_dir / "models" / "stories260K"
-    cfg, weights = read_checkpoint(root / "stories260K.bin")
-    return to_hf_model(cfg, weights), build_hf_tokenizer(*read_tokenizer(root / "tok512.bin"))
-
-
-@pytest.fixture(scope="module")
-def texts(data_dir):
-    code = [json.loads(line)["code"] for line in (data_dir / "mbpp" / "mbpp.jsonl").open()]
-    with gzip.open(data_dir / "hh-rlhf" / "helpful-base" / "test.jsonl.gz", "rt") as fh:
-        dialogue = [json.loads(line)["chosen"] for _, line in zip(range(30), fh, strict=False)]
-    return code, dialogue
 
 
 @torch.no_grad()

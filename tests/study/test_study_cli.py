@@ -11,18 +11,22 @@ import pytest
 import yaml
 
 from conftest import assert_one_line_error
+from sparsealign.models.micro import get_recipe
 from sparsealign.study.config import preset_path
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-MICRO_SIZES = 3  # sizes of the `micro` preset (the default study uses all of them)
+MICRO_SIZES = len(get_recipe("micro").sizes)  # the default study uses every size of the `micro` preset
 
 
 def expected_by_stage(cfg: dict, n_sizes: int) -> dict[str, int]:
-    """Cell counts written out from the YAML, independently of `cells.expand`."""
+    """Cell counts written out from the YAML, independently of `cells.expand`: every aligned model once per seed,
+    sparse cells for the base model and `sparsity.methods` (default: every method) on all pairs."""
     a, sp = cfg["alignment"], cfg["sparsity"]
+    seeds = a.get("seeds", 1)
     subsets = set(a["subsets"]) | {1.0}
-    aligned = sum(len(subsets) if m in a["subset_methods"] else 1 for m in a["methods"])
-    full_models = 1 + len(a["methods"])  # base + one all-pairs model per method
+    aligned = seeds * sum(len(subsets) if m in a["subset_methods"] else 1 for m in a["methods"])
+    sparse_methods = sp.get("methods") or a["methods"]
+    full_models = 1 + seeds * len(sparse_methods)  # base + one all-pairs model per sparse method and seed
     return {
         "pretrain": 1,
         "pairs": n_sizes,
@@ -92,12 +96,13 @@ def test_plan_takes_a_config_path_and_imports_nothing_heavy(tmp_path: Path):
         (["--set", "family.sizes=[micro-zz]"], ["family.sizes", "micro-zz", "micro-xs"]),
         (["--set", "sparsity.targets=[0.501,0.502]"], ["sparsity.targets", "same cells"]),
         (["--set", "alignment.methods=[dpo,orpo,dpo]"], ["alignment.methods", "dpo is listed twice"]),
+        (["--set", "alignment.settings.bta=1"], ["unknown field 'alignment.settings.bta'", "beta"]),
         (["--only", "eval:nope"], ["--only", "eval:nope"]),
         (["--preset", "nope"], ["preset", "nope"]),
         (["--name", "../x"], ["run name"]),
     ],
     ids=["unknown-field", "bad-executor", "subset-not-in-methods", "hf-without-models", "target-1.5",
-         "unknown-size", "colliding-targets", "duplicate-method", "unknown-only", "unknown-preset", "bad-name"],
+         "unknown-size", "colliding-targets", "duplicate-method", "align-settings-typo", "unknown-only", "unknown-preset", "bad-name"],
 )
 def test_config_errors_are_one_line_and_write_nothing(cli, tmp_path: Path, overrides, needles):
     res = cli("study", *overrides, env=OFFLINE)

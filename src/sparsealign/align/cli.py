@@ -24,8 +24,10 @@ from sparsealign.align.config import METHODS
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config field, e.g. --set beta=0.2 --set lora.r=8 (repeatable).")
 @click.option("--restart", is_flag=True, help="Discard runs/<name> before starting.")
+@click.option("--dry-run", is_flag=True, help="Validate the config and the pairs files, print the resolved config, "
+              "and exit without loading a model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final metrics as one JSON object on stdout.")
-def align(method, model, data, eval_data, name, config_path, overrides, restart, as_json) -> None:
+def align(method, model, data, eval_data, name, config_path, overrides, restart, dry_run, as_json) -> None:
     """Align --model on --data with --method; writes runs/<name>/align/<cell>/{model,metrics.json}.
 
     \b
@@ -45,6 +47,9 @@ def align(method, model, data, eval_data, name, config_path, overrides, restart,
     from sparsealign.rundir import RunDir
     from sparsealign.settings import runs_dir
 
+    if dry_run:
+        _dry_run(cfg, as_json)
+        return
     pairs, eval_pairs = load_align_pairs(cfg)  # bad data fails here, before torch is imported
     check_rationales(cfg, pairs, cfg.data)
     check_rationales(cfg, eval_pairs, cfg.eval_data or "")
@@ -67,6 +72,27 @@ def align(method, model, data, eval_data, name, config_path, overrides, restart,
                 "n_truncated", "train_samples_per_second"):
         if key in metrics:
             click.echo(f"  {key}: {metrics[key]}")
+
+
+def _dry_run(cfg, as_json: bool) -> None:
+    """Validate the config, and the pairs when they are local files (a hub dataset is not fetched)."""
+    from pathlib import Path
+
+    from sparsealign.align.engine import check_rationales, check_report_to, load_align_pairs
+    from sparsealign.settings import data_dir
+
+    local = all(not f or Path(f).exists() or (data_dir() / f).exists() for f in (cfg.data, cfg.eval_data))
+    pairs = None
+    if local:
+        pairs, eval_pairs = load_align_pairs(cfg)
+        check_rationales(cfg, pairs, cfg.data)
+        check_rationales(cfg, eval_pairs, cfg.eval_data or "")
+    check_report_to(cfg)
+    what = f"{len(pairs)} pairs" if pairs is not None else "data not fetched (hub dataset)"
+    result = {"valid": True, "pairs": len(pairs) if pairs is not None else None,
+              "config": cfg.model_dump(mode="json", by_alias=True)}
+    click.echo(json.dumps(result, sort_keys=True, default=str) if as_json else
+               f"config valid: {cfg.method} on {cfg.model}, {what} (dry run: nothing trained)")
 
 
 def register(cli: click.Group) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from sparsealign.config import StrictModel
 
@@ -97,6 +97,14 @@ class AlignConfig(StrictModel):
     save_total_limit: int = Field(2, gt=0)
     report_to: list[str] = Field(default_factory=list, description="tensorboard, wandb, mlflow, ...")
     cell: str | None = Field(None, description="ledger cell / output folder name (default: the method)")
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora_flag(cls, v: object) -> object:
+        """`lora: true` (the study's spelling) = LoRA with default settings; `false` = full fine-tune."""
+        if isinstance(v, bool):
+            return {} if v else None
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> AlignConfig:

@@ -9,6 +9,7 @@ import click
 
 from sparsealign.clients.options import endpoint_options, make_client
 from sparsealign.output import emit
+from sparsealign.sparse.options import sparsity_options, sparsity_spec
 
 SOURCES = ("openai", "hf", "execution")
 
@@ -26,8 +27,9 @@ SOURCES = ("openai", "hf", "execution")
 @endpoint_options
 @click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0), help="Sampling temperature.")
 @click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1), help="Nucleus sampling.")
-@click.option("--max-tokens", default=256, show_default=True, type=click.IntRange(1),
-              help="Maximum new tokens per rationale.")
+@click.option("--max-new-tokens", "--max-tokens", "max_tokens", default=256, show_default=True,
+              type=click.IntRange(1), help="Maximum new tokens per rationale.")
+@sparsity_options(what="the --source hf model")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Generation batch (hf).")
 @click.option("--device", default="auto", show_default=True, help="Device for --source hf (auto, cpu, cuda, cuda:1).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1),
@@ -41,7 +43,8 @@ SOURCES = ("openai", "hf", "execution")
 @click.option("--save-every", default=50, show_default=True, type=click.IntRange(1),
               help="Rewrite the output after this many new rationales (and every 30 s).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object on stdout.")
-def generate(data: str, out: str, source: str, model: str | None, temperature: float, top_p: float, max_tokens: int, batch_size: int, device: str, workers: int,
+def generate(data: str, out: str, source: str, model: str | None, temperature: float, top_p: float, max_tokens: int,
+             sparsity: str | None, mode: str, prefill: str, batch_size: int, device: str, workers: int,
              test_timeout: float, memory_mb: int, limit: int | None, seed: int, save_every: int,
              as_json: bool, **endpoint: Any) -> None:
     """Generate a rationale (why the chosen response is preferred) for every pair that lacks one.
@@ -61,6 +64,8 @@ def generate(data: str, out: str, source: str, model: str | None, temperature: f
     R.output_path_check(Path(data), out_path)
     if source in ("openai", "hf") and not model:
         raise UserError(f"--source {source} needs --model", hint="pass --model NAME (endpoint model or local path)")
+    if sparsity and source != "hf":
+        raise UserError(f"--sparsity runs a local model: it needs --source hf, not --source {source}")
     pairs = load_pairs(data, limit=limit).pairs
     reused = R.merge_existing(pairs, load_pairs(out_path, warn=False).pairs) if out_path.exists() else 0
 
@@ -80,9 +85,16 @@ def generate(data: str, out: str, source: str, model: str | None, temperature: f
         from sparsealign.models.loading import load_model_and_tokenizer
 
         lm, tokenizer = load_model_and_tokenizer(model, device=device)
+        spec = sparsity_spec(sparsity, mode, prefill)
+        if spec is not None:
+            from sparsealign.sparse.apply import apply_spec
+            from sparsealign.sparse.spec import SparsitySpec
+
+            apply_spec(lm, SparsitySpec(**spec))
         generator = R.hf_generator(lm, tokenizer, batch_size=batch_size, max_new_tokens=max_tokens,
                                    temperature=temperature, top_p=top_p, seed=seed)
-        counts = R.fill_rationales(pairs, generator, source=f"hf:{model}", save=save, save_every=save_every)
+        label = f"hf:{model}" + (f"+{mode}-sparse" if sparsity else "")
+        counts = R.fill_rationales(pairs, generator, source=label, save=save, save_every=save_every)
     else:
         from sparsealign.align.execution_rationales import execution_generator
         from sparsealign.sandbox.pool import SandboxPool

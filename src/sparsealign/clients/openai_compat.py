@@ -43,6 +43,7 @@ class Completion:
     cached: bool
     finish_reason: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
+    top_logprobs: list[dict[str, Any]] | None = None  # first token's alternatives, when `logprobs` was requested
 
 
 @dataclass
@@ -235,8 +236,11 @@ class ChatClient:
 
 def _completion(response: dict[str, Any], *, cached: bool) -> Completion:
     choice = response["choices"][0]
+    content = (choice.get("logprobs") or {}).get("content") or []
+    top = content[0].get("top_logprobs") if content and isinstance(content[0], dict) else None
     return Completion(text=choice["message"]["content"] or "", cached=cached,
-                      finish_reason=choice.get("finish_reason"), usage=response.get("usage") or {})
+                      finish_reason=choice.get("finish_reason"), usage=response.get("usage") or {},
+                      top_logprobs=top)
 
 
 def _error_detail(exc: urllib.error.HTTPError) -> str:

@@ -84,8 +84,9 @@ def register(cli: click.Group) -> None:
         \b
         PATH_OR_ID is a file (relative names resolve against --data-dir, e.g.
         hh-rlhf/helpful-base/test.jsonl.gz), or a Hugging Face dataset id such as Anthropic/hh-rlhf.
-        Formats: hh-rlhf, ultrafeedback, orca-intel, openai-preference, generic (JSONL/JSON/CSV/Parquet with
-        prompt, chosen, rejected[, rationale]), mbpp, mbpp-sanitized.
+        Formats: hh-rlhf, ultrafeedback, orca-intel, openai-preference, trl-explicit, trl-implicit, generic
+        (JSONL/JSON/CSV/Parquet with prompt, chosen, rejected[, rationale]), mbpp, mbpp-sanitized;
+        optionally compressed (.gz, .bz2, .xz). A folder of such files reads each as a split.
         """
         rep = _inspect(source, fmt, split, strict, skip_invalid, eval_fraction, seed)
         if as_json:

@@ -8,7 +8,13 @@ Formats:
     orca-intel         {"system", "question", "chosen", "rejected"} (Intel/orca_dpo_pairs).
     openai-preference  {"input": {"messages"}, "preferred_output": [...], "non_preferred_output": [...]}.
     generic            {"prompt", "chosen", "rejected"[, "rationale", "score_chosen", "score_rejected", "id", ...]};
-                       what `write_pairs_jsonl` writes, and any CSV/Parquet table with those columns.
+                       what `write_pairs_jsonl` writes, and any CSV/Parquet table with those columns.  This is also
+                       TRL's standard explicit-prompt format (texts kept as they are: " blue." keeps its space).
+    trl-explicit       TRL's conversational explicit-prompt format: {"prompt": [messages], "chosen": [assistant
+                       message], "rejected": [assistant message]}.
+    trl-implicit       TRL's implicit-prompt format: {"chosen", "rejected"} only, either whole texts whose common
+                       prefix is the prompt (standard) or message lists whose common leading turns are the prompt
+                       (conversational), as `trl.extract_prompt` splits them.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from typing import Any
 
 from sparsealign.data.records import Message, PreferencePair
 
-FORMATS = ("hh-rlhf", "ultrafeedback", "orca-intel", "openai-preference", "generic")
+FORMATS = ("hh-rlhf", "ultrafeedback", "orca-intel", "openai-preference", "generic", "trl-explicit", "trl-implicit")
+TRL_FORMATS = ("trl-explicit", "trl-implicit")
 HH_CUE = "\n\nAssistant:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -46,8 +53,10 @@ def detect_format(record: dict[str, Any]) -> str | None:
         chosen = record["chosen"]
         if isinstance(chosen, str) and HH_CUE in chosen:
             return "hh-rlhf"
-        return None
+        return "trl-implicit" if isinstance(chosen, (str, list)) else None
     if {"prompt", "chosen", "rejected"} <= keys:
+        if isinstance(record["prompt"], list):  # UltraFeedback's prompt is text; a message-list prompt is TRL's
+            return "trl-explicit"
         if isinstance(record["chosen"], list) or keys & {"metadata", "prompt_id", "source_index"}:
             return "ultrafeedback"
         return "generic"
@@ -77,8 +86,10 @@ def _score(value: Any, key: str) -> float | None:
         out = float(value)
     except (TypeError, ValueError):
         raise RowProblem("wrong_type", f"field '{key}' must be a number, got {value!r:.40}") from None
-    if math.isnan(out):
+    if math.isnan(out):  # pandas writes a missing score as NaN
         return None
+    if math.isinf(out):
+        raise RowProblem("wrong_type", f"field '{key}' must be a finite number, got {out}")
     return out
 
 
@@ -214,17 +225,58 @@ def _openai_preference(rec: dict[str, Any]) -> dict[str, Any]:
     return {"prompt": render_prompt(messages), "chosen": chosen, "rejected": rejected, "messages": messages}
 
 
+def _common_prefix(chosen: str, rejected: str) -> int:
+    """Where `trl.extract_prompt` cuts two texts: after their common prefix, but a space just before the first
+    difference stays with the responses; when one text is a prefix of the other, TRL's loop ends one character
+    short, so that last shared character is both responses' start (kept, so the pairs equal TRL's)."""
+    n, limit = 0, min(len(chosen), len(rejected))
+    while n < limit and chosen[n] == rejected[n]:
+        n += 1
+    if n == limit:
+        return max(limit - 1, 0)
+    return n - 1 if n > 0 and chosen[n - 1] == " " else n
+
+
+def _trl_implicit(rec: dict[str, Any]) -> dict[str, Any]:
+    chosen, rejected = _field(rec, "chosen"), _field(rec, "rejected")
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        cut = _common_prefix(chosen, rejected)
+        return {"prompt": chosen[:cut], "chosen": chosen[cut:], "rejected": rejected[cut:]}
+    if not isinstance(chosen, list) or not isinstance(rejected, list):
+        raise RowProblem("wrong_type", "fields 'chosen' and 'rejected' must both be texts or both message lists")
+    msgs_c, msgs_r = _messages(chosen, "chosen"), _messages(rejected, "rejected")
+    for key, msgs in (("chosen", msgs_c), ("rejected", msgs_r)):
+        if not msgs or msgs[-1]["role"] != "assistant":
+            raise RowProblem("wrong_type", f"field '{key}' must end with an assistant message")
+    turns = msgs_c[:-1]
+    if turns != msgs_r[:-1]:
+        raise RowProblem("prompt_mismatch", "chosen and rejected conversations have different prompts",
+                         degenerate=True)
+    if not turns:
+        raise RowProblem("missing_field", "fields 'chosen' and 'rejected' hold no prompt turn before the answer")
+    return {"prompt": render_prompt(turns), "chosen": msgs_c[-1]["content"], "rejected": msgs_r[-1]["content"],
+            "messages": turns}
+
+
+def _trl_scores(rec: dict[str, Any]) -> dict[str, Any]:
+    return {"score_chosen": _score(rec.get("score_chosen"), "score_chosen"),
+            "score_rejected": _score(rec.get("score_rejected"), "score_rejected")}
+
+
 def normalise(record: dict[str, Any], fmt: str, *, pair_id: str, source: str) -> PreferencePair:
     """One raw record of format `fmt` -> a pair; raises RowProblem (broken or degenerate)."""
     if fmt == "hh-rlhf":
         fields = _hh(record)
+    elif fmt == "trl-implicit":
+        fields = {**_trl_implicit(record), **_trl_scores(record)}
     elif fmt == "orca-intel":
         fields = _orca_intel(record)
     elif fmt == "openai-preference":
         fields = _openai_preference(record)
     else:
         fields = _prompt_chosen_rejected(record, fmt)
-    if fmt != "generic":  # responses keep their text; only the space that follows the role cue is dropped
+    if fmt not in ("generic", *TRL_FORMATS):  # only the space that follows a role cue is dropped; TRL's texts are
+        # concatenated as they are (prompt "The sky is" + chosen " blue."), so they keep it
         fields["chosen"], fields["rejected"] = fields["chosen"].strip(), fields["rejected"].strip()
     fields.setdefault("id", pair_id)
     fields.setdefault("source", source)

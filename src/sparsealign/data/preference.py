@@ -18,12 +18,14 @@ import logging
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparsealign.data.folders import folder_rows
 from sparsealign.data.formats import FORMATS, RowProblem, detect_format, normalise
+from sparsealign.data.hub import hub_rows
 from sparsealign.data.readers import Row, read_rows
 from sparsealign.data.records import PreferencePair
 from sparsealign.errors import DataError, UserError
@@ -68,17 +70,14 @@ def looks_like_hub_id(source: str) -> bool:
 
 
 def resolve_source(source: str | Path, data_root: str | Path | None = None) -> Path | str:
-    """A local file (absolute, relative to cwd, or relative to the data dir) -> Path; a dataset folder or, when no
-    such file exists, a hub id -> str (read through `datasets.load_dataset`)."""
+    """A local file or dataset folder (absolute, relative to cwd, or relative to the data dir) -> Path; when no such
+    path exists, a hub id -> str (read through `datasets.load_dataset`)."""
     try:
-        path = resolve_data_path(source, data_root)
+        return resolve_data_path(source, data_root)
     except UserError:
         if isinstance(source, str) and looks_like_hub_id(source):
             return source
         raise
-    if path.is_dir():  # a dataset folder (e.g. a cloned hub dataset repo): read through `datasets` like a hub id
-        return str(path)
-    return path
 
 
 def source_label(path: Path, data_root: str | Path | None = None) -> str:
@@ -89,27 +88,9 @@ def source_label(path: Path, data_root: str | Path | None = None) -> str:
         return path.name
 
 
-def _hub_rows(hub_id: str, split: str | None) -> Iterator[Row]:
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(hub_id, split=split)
-    except Exception as exc:  # offline, not cached, unknown id: the user needs a local file either way
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        what = "could not load dataset folder" if Path(hub_id).is_dir() else "could not reach Hugging Face hub dataset"
-        raise UserError(f"{hub_id}: {what} ({first})",
-                        hint="pass a local file instead (relative names resolve against --data-dir)") from None
-    parts = ds.items() if isinstance(ds, dict) else [(split, ds)]
-    index = 0
-    for name, part in parts:
-        for record in part:
-            index += 1
-            yield Row(index, None, {**record, "__split__": name} if name else dict(record))
-
-
 def _fail(path: object, row: Row, reason: str, *, hint: str | None = None) -> DataError:
     line, prefix = row.where()
-    return DataError(path, prefix + reason, line=line, hint=hint)
+    return DataError(row.path or path, prefix + reason, line=line, hint=hint)
 
 
 def load_pairs(
@@ -133,11 +114,14 @@ def load_pairs(
     if format is not None and format not in FORMATS:
         raise UserError(f"unknown format {format!r}; allowed: {', '.join(FORMATS)}")
     where = resolve_source(source, data_root)
-    if isinstance(where, Path):
-        rows, label, shown = read_rows(where), source_label(where, data_root), where
+    own_splits = not isinstance(where, Path) or where.is_dir()  # hub datasets and folders tag rows with splits
+    if isinstance(where, str):
+        rows, label = hub_rows(where, split), where + (f":{split}" if split else "")
+    elif where.is_dir():
+        rows, label = folder_rows(where, split), source_label(where, data_root)
     else:
-        label = source_label(Path(where), data_root) if Path(where).is_dir() else where
-        rows, label, shown = _hub_rows(where, split), label + (f":{split}" if split else ""), where
+        rows, label = read_rows(where), source_label(where, data_root)
+    shown = where
     fmt = format
     skipped: Counter[str] = Counter()
     pairs: list[PreferencePair] = []
@@ -149,20 +133,21 @@ def load_pairs(
         count += 1
         if row.error is not None:
             if not skip_invalid:
-                hint = ("re-download or re-compress the file; --skip-invalid keeps the rows before the damage"
-                        if row.error.endswith("gzip") else "fix the row, or pass --skip-invalid to skip broken rows")
-                raise _fail(shown, row, row.detail, hint=hint)
+                keep = "keeps the rows before the damage" if row.error.startswith(("truncated_", "corrupt_")) \
+                    else "skips broken rows"
+                raise _fail(shown, row, row.detail, hint=f"{row.hint()}; --skip-invalid {keep}")
             skipped[row.error] += 1
             continue
         record = row.value
-        file_split = record.pop("__split__", None) if isinstance(where, str) else record.get("split")
+        file_split = record.pop("__split__", None) if own_splits else record.get("split")
         if fmt is None:
             fmt = detect_format(record)
             if fmt is None:
                 raise _fail(shown, row, f"unknown format (fields: {', '.join(sorted(map(str, record)))[:200]})",
                             hint=f"pass --format, one of: {', '.join(FORMATS)}")
         try:
-            pair = normalise(record, fmt, pair_id=f"{label}:{row.line or row.index}", source=label)
+            at = f"{label}/{row.path.relative_to(where)}" if row.path is not None and isinstance(where, Path) else label
+            pair = normalise(record, fmt, pair_id=f"{at}:{row.line or row.index}", source=label)
         except RowProblem as problem:
             if problem.degenerate and strict:
                 raise _fail(shown, row, f"degenerate pair: {problem.detail}",
@@ -182,7 +167,7 @@ def load_pairs(
         pairs.append(pair)
     if fmt is None:  # every row was broken and skipped
         fmt = format or "unknown"
-    if split is not None and not isinstance(where, str):
+    if split is not None and not own_splits:
         pairs = _select_split(pairs, split, shown)
     result = PreferenceLoad(pairs, fmt, str(shown), count, len(pairs), dict(sorted(skipped.items())), duplicates)
     if not pairs:

@@ -31,11 +31,12 @@ from sparsealign.rundir import RunDir
 from sparsealign.settings import data_dir
 
 STAGE = "data"
-_STRIP = re.compile(r"(\.gz)?$")
+_STRIP = re.compile(r"(\.gz|\.bz2|\.xz|\.lzma)?$")
 _EXT = re.compile(r"\.(jsonl|json|csv|parquet|pq|ndjson)$")
 
 
-FormatName = Literal["hh-rlhf", "ultrafeedback", "orca-intel", "openai-preference", "generic", "mbpp", "mbpp-sanitized"]
+FormatName = Literal["hh-rlhf", "ultrafeedback", "orca-intel", "openai-preference", "generic", "trl-explicit",
+                     "trl-implicit", "mbpp", "mbpp-sanitized"]
 assert set(get_args(FormatName)) == set(FORMATS + MBPP_FORMATS)
 
 

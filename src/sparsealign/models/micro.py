@@ -1,7 +1,7 @@
 """Presets of the embedded model families: LLaMA-architecture ReLU models pretrained here, on local code.
 
-`micro` is the default study's family (three sizes spanning >30x in non-embedding parameters, pretrained in about
-two minutes on 2 cores); `small` is a larger family for users with an hour to spare.  ReLU (not SwiGLU) in the MLP
+`micro` is the default study's family (four sizes spanning 127x in non-embedding parameters -- four points, so a
+scaling slope has a t(n-2) interval -- pretrained in about two and a half minutes on 2 idle cores); `small` is a larger family for users with an hour to spare.  ReLU (not SwiGLU) in the MLP
 gate is what makes the activations exactly sparse, as in PowerInfer's ReLU-fied LLaMA models.
 
 A recipe (`PretrainRecipe`) fixes everything that determines the weights; its hash keys the checkpoint cache.
@@ -57,6 +57,7 @@ class PretrainRecipe(StrictModel):
 
 
 _MICRO_SIZES = [
+    SizeSpec(name="micro-xxs", hidden_size=16, num_layers=2, num_heads=2, intermediate_size=64),
     SizeSpec(name="micro-xs", hidden_size=32, num_layers=2, num_heads=2, intermediate_size=128),
     SizeSpec(name="micro-s", hidden_size=64, num_layers=3, num_heads=4, intermediate_size=256),
     SizeSpec(name="micro-m", hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512),

@@ -16,7 +16,7 @@ def register(cli: click.Group) -> None:
 
 @click.command("pretrain")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="micro", show_default=True,
-              help="Model family: 'micro' (3 sizes, ~2-3 min on 2 cores) or 'small' (3 larger sizes, hours on CPU).")
+              help="Model family: 'micro' (4 sizes, ~2-3 min on 2 cores) or 'small' (3 larger sizes, hours on CPU).")
 @click.option("--sizes", default=None, metavar="NAME[,NAME...]",
               help="Only these sizes of the preset (e.g. micro-xs,micro-s); default: all.")
 @click.option("--steps", type=int, default=None, help="Override the number of optimizer steps per size.")

@@ -1,286 +1,166 @@
-"""Scaling analysis: pure functions over per-item results and the tidy results table.
+"""The report's secondary tables: scaling fits, critical sparsity, alignment gain, static vs dynamic, annotation.
 
-Conventions (docs/study.md):
-- Fits are OLS of the metric on log10(parameters); accuracies (values in [0, 1]) are fitted on the logit scale after
-  clipping to [eps, 1 - eps], so the slope is "logits per decade of parameters".
-- Bootstrap CIs are *paired*: each replicate draws one set of item indices (problems or preference pairs) and uses
-  it for every size / method / sparsity, so differences between them are not swamped by item sampling noise.
-  All arrays passed together must therefore be aligned on the same items.
-- Critical sparsity: the highest sparsity s such that the metric at every sparsity <= s is within `tol`
-  (default 0.01 = 1 point) of the dense value.
-- Annotation efficiency: pairs a method needs to reach the held-out accuracy of the reference method (DPO) trained
-  on all pairs, linearly interpolated on log(#pairs); saving = reference pairs / pairs needed.  "Not reached" is
-  reported as such (never extrapolated).
+Each difference is paired on the same items (and seeds) with a crossed-bootstrap CI and an unadjusted p
+(`stats.paired`); only the Findings' primary contrasts are Holm-adjusted.  A metric at its floor or ceiling in every
+cell gets a note instead of numbers: no fit, no critical sparsity, no gain is derived from it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import numpy as np
+import pandas as pd
 
-ACCURACY_METRICS = frozenset({"pass@1", "preference_accuracy", "reward_accuracy", "ranking_accuracy", "win_rate"})
+from sparsealign.report.findings import BASE, REFERENCE, annotation_curves
+from sparsealign.report.items import BOUNDED, CellKey, ItemStore, item_kind
+from sparsealign.stats.annotation import AnnotationSaving, annotation_savings
+from sparsealign.stats.critical import critical_sparsity
+from sparsealign.stats.paired import bound_of, paired_difference
+from sparsealign.stats.slopes import MIN_SIZES, slope_interval
 
-
-# ---------------------------------------------------------------- transforms and fits
-def logit(p, eps: float = 1e-3):
-    p = np.clip(np.asarray(p, dtype=float), eps, 1 - eps)
-    return np.log(p / (1 - p))
-
-
-def expit(x):
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=float)))
+BOUNDED_METRICS = frozenset({"pass@1", "preference_accuracy", "reward_accuracy", "ranking_accuracy", "win_rate"})
 
 
-@dataclass(frozen=True)
-class ScalingFit:
-    """y = intercept + slope * log10(N), with y = logit(value) when scale == "logit"."""
-
-    slope: float
-    intercept: float
-    r2: float
-    slope_stderr: float
-    n: int
-    scale: str  # "linear" | "logit"
-
-    def predict(self, params) -> np.ndarray:
-        y = self.intercept + self.slope * np.log10(np.asarray(params, dtype=float))
-        return expit(y) if self.scale == "logit" else y
-
-
-def fit_log_params(params: Sequence[float], values: Sequence[float], *, scale: str = "linear",
-                   eps: float = 1e-3) -> ScalingFit:
-    """OLS fit of the (transformed) metric on log10(params). Needs >= 2 distinct sizes, else NaNs."""
-    x = np.log10(np.asarray(params, dtype=float))
-    y = logit(values, eps) if scale == "logit" else np.asarray(values, dtype=float)
-    if scale not in ("linear", "logit"):
-        raise ValueError(f"scale must be 'linear' or 'logit', got {scale!r}")
-    if len(np.unique(x)) < 2:
-        return ScalingFit(math.nan, math.nan, math.nan, math.nan, len(x), scale)
-    slope, intercept = np.polyfit(x, y, 1)
-    resid = y - (intercept + slope * x)
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-    r2 = 1 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else 1.0
-    dof = len(x) - 2
-    stderr = math.sqrt(float(np.sum(resid**2)) / dof / np.sum((x - x.mean()) ** 2)) if dof > 0 else math.nan
-    return ScalingFit(float(slope), float(intercept), r2, stderr, len(x), scale)
-
-
-def scale_for(metric: str) -> str:
-    return "logit" if metric in ACCURACY_METRICS else "linear"
-
-
-# ---------------------------------------------------------------- paired bootstrap
-def bootstrap_indices(n_items: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
-    """[n_boot, n_items] item indices; the same matrix is applied to every array (the pairing)."""
-    return np.random.default_rng(seed).integers(0, n_items, size=(n_boot, n_items))
-
-
-def _aligned(items: Mapping[Hashable, Sequence[float]]) -> dict[Hashable, np.ndarray]:
-    arrays = {k: np.asarray(v, dtype=float) for k, v in items.items()}
-    lengths = {len(a) for a in arrays.values()}
-    if len(lengths) != 1:
-        raise ValueError(f"paired bootstrap needs arrays over the same items; got lengths {sorted(lengths)}")
-    return arrays
-
-
-def bootstrap_means(items: Mapping[Hashable, Sequence[float]], *, n_boot: int = 1000,
-                    seed: int = 0) -> dict[Hashable, np.ndarray]:
-    """Replicate means per key, all keys resampled with the same indices. Returns {key: [n_boot]}."""
-    arrays = _aligned(items)
-    idx = bootstrap_indices(len(next(iter(arrays.values()))), n_boot, seed)
-    return {k: a[idx].mean(axis=1) for k, a in arrays.items()}
-
-
-def percentile_ci(replicates: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
-    reps = np.asarray(replicates, dtype=float)
-    reps = reps[np.isfinite(reps)]
-    if reps.size == 0:
-        return math.nan, math.nan
-    lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
-
-
-def paired_bootstrap(items: Mapping[Hashable, Sequence[float]], *, n_boot: int = 1000, seed: int = 0,
-                     alpha: float = 0.05) -> dict[Hashable, tuple[float, float, float]]:
-    """{key: (mean, ci_low, ci_high)} with one shared resampling of the items."""
-    reps = bootstrap_means(items, n_boot=n_boot, seed=seed)
-    return {k: (float(np.mean(np.asarray(v, dtype=float))), *percentile_ci(reps[k], alpha)) for k, v in items.items()}
-
-
-def paired_difference(a: Sequence[float], b: Sequence[float], *, n_boot: int = 1000, seed: int = 0,
-                      alpha: float = 0.05) -> tuple[float, float, float]:
-    """mean(a - b) and its paired-bootstrap CI (e.g. aligned - base pass@1 on the same problems)."""
-    reps = bootstrap_means({"a": a, "b": b}, n_boot=n_boot, seed=seed)
-    diff = float(np.mean(a) - np.mean(b))
-    return (diff, *percentile_ci(reps["a"] - reps["b"], alpha))
-
-
-def bootstrap_slope(params: Mapping[Hashable, float], items: Mapping[Hashable, Sequence[float]], *,
-                    scale: str = "linear", n_boot: int = 1000, seed: int = 0,
-                    alpha: float = 0.05) -> tuple[ScalingFit, float, float]:
-    """Scaling fit over sizes with a paired-bootstrap CI of its slope (items resampled once for all sizes)."""
-    keys = list(items)
-    point = fit_log_params([params[k] for k in keys], [np.mean(items[k]) for k in keys], scale=scale)
-    reps = bootstrap_means({k: items[k] for k in keys}, n_boot=n_boot, seed=seed)
-    x = [params[k] for k in keys]
-    slopes = np.array([fit_log_params(x, [reps[k][b] for k in keys], scale=scale).slope for b in range(n_boot)])
-    return (point, *percentile_ci(slopes, alpha))
-
-
-# ---------------------------------------------------------------- sparsity
-def critical_sparsity(sparsities: Sequence[float], values: Sequence[float], dense_value: float, *,
-                      tol: float = 0.01) -> float:
-    """Highest sparsity up to which the metric stays within `tol` of dense (0.0 if the first one already drops).
-
-    "Stays within" is cumulative: a sparsity beyond the first failure does not count even if noise lifts it back.
-    """
-    best = 0.0
-    for s, v in sorted(zip(sparsities, values, strict=True)):
-        if not np.isfinite(v) or v < dense_value - tol:
-            break
-        best = max(best, float(s))
-    return best
-
-
-# ---------------------------------------------------------------- annotation efficiency
-@dataclass(frozen=True)
-class PairsNeeded:
-    pairs: float | None  # None when never reached
-    status: str  # "reached" | "reached_at_smallest" (an upper bound: the smallest subset already reaches it) |
-    #              "not_reached"
-
-
-def pairs_needed(n_pairs: Sequence[float], accuracy: Sequence[float], target: float) -> PairsNeeded:
-    """Fewest pairs at which the accuracy curve first reaches `target`, interpolated linearly in log(#pairs)."""
-    pts = sorted(zip(n_pairs, accuracy, strict=True))
-    if not pts:
-        return PairsNeeded(None, "not_reached")
-    if pts[0][1] >= target:
-        return PairsNeeded(float(pts[0][0]), "reached_at_smallest")
-    for (n0, a0), (n1, a1) in zip(pts, pts[1:], strict=False):
-        if a1 >= target > a0:
-            frac = (target - a0) / (a1 - a0)
-            return PairsNeeded(float(math.exp(math.log(n0) + frac * (math.log(n1) - math.log(n0)))), "reached")
-    return PairsNeeded(None, "not_reached")
-
-
-@dataclass(frozen=True)
-class AnnotationSaving:
-    method: str
-    pairs_needed: float | None
-    status: str
-    saving: float | None  # reference_pairs / pairs_needed
-    ci_low: float
-    ci_high: float
-    reached_fraction: float  # share of bootstrap replicates in which the target was reached
-
-
-def annotation_efficiency(items: Mapping[tuple[str, int], Sequence[float]], *, reference: str = "dpo",
-                          n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> list[AnnotationSaving]:
-    """Per method, pairs needed to match `reference` trained on all pairs, and the saving with a paired CI.
-
-    `items[(method, n_pairs)]` holds per-held-out-pair 0/1 (or float) correctness, aligned across all keys.  The
-    target is the reference's accuracy at its largest #pairs.  In replicates where a method never reaches the
-    target its saving counts as 0, so an unreliable saving shows as a CI reaching down to 0.
-    """
-    ref_n = max(n for m, n in items if m == reference)
-    methods = sorted({m for m, _ in items})
-
-    def savings(acc: Mapping[tuple[str, int], float]) -> dict[str, tuple[PairsNeeded, float | None]]:
-        out = {}
-        for m in methods:
-            keys = sorted(n for mm, n in acc if mm == m)
-            need = pairs_needed(keys, [acc[(m, n)] for n in keys], acc[(reference, ref_n)])
-            out[m] = (need, ref_n / need.pairs if need.pairs else None)
-        return out
-
-    point = savings({k: float(np.mean(v)) for k, v in items.items()})
-    reps = bootstrap_means(items, n_boot=n_boot, seed=seed)
-    rep_savings = {m: np.zeros(n_boot) for m in methods}
-    reached = {m: 0 for m in methods}
-    for b in range(n_boot):
-        for m, (_, s) in savings({k: v[b] for k, v in reps.items()}).items():
-            rep_savings[m][b] = s or 0.0
-            reached[m] += s is not None
-    return [AnnotationSaving(m, point[m][0].pairs, point[m][0].status, point[m][1],
-                             *percentile_ci(rep_savings[m], alpha), reached[m] / n_boot) for m in methods]
-
-
-# ---------------------------------------------------------------- tidy-table helpers
-def rows_where(df, **eq):
-    """Rows of a tidy results table whose columns equal the given values (None = any)."""
-    mask = np.ones(len(df), dtype=bool)
-    for col, val in eq.items():
-        if val is not None:
-            mask &= (df[col] == val).to_numpy()
-    return df[mask]
-
-
-def critical_sparsity_table(df, *, metric: str, dataset: str | None = None, tol: float = 0.01):
-    """One row per (size, method, mode): the critical sparsity of `metric` against that model's dense value."""
-    import pandas as pd
-
-    sub = _all_pairs(rows_where(df, metric=metric, dataset=dataset))
-    dense = sub[sub["mode"] == "dense"]
-    out = []
-    for (size, method, mode), grp in sub[sub["mode"] != "dense"].groupby(["size", "method", "mode"], sort=True):
-        ref = rows_where(dense, size=size, method=method)
-        if ref.empty:
-            continue
-        d = float(ref["value"].iloc[0])
-        out.append({"size": size, "params": grp["params"].iloc[0], "method": method, "mode": mode,
-                    "metric": metric, "dense": d, "critical_sparsity":
-                    critical_sparsity(grp["target_sparsity"], grp["value"], d, tol=tol)})
-    return pd.DataFrame(out)
-
-
-def _all_pairs(df):
+def full_data(df: pd.DataFrame) -> pd.DataFrame:
     """Only cells aligned on all preference pairs (subset runs belong to the annotation-efficiency analysis)."""
     return df[df["subset_fraction"].fillna(1.0) >= 1.0] if "subset_fraction" in df else df
 
 
-def _with_params(wide, df):
-    """Reattach each size's parameter count after a pivot (kept out of the index: it may be NaN)."""
-    out = wide.reset_index()
-    params = df.drop_duplicates("size").set_index("size")["params"]
-    out.insert(1, "params", out["size"].map(params))
-    return out.sort_values(["params", *[c for c in ("method", "mode", "target_sparsity") if c in out]])
-
-
-def alignment_gain_table(df, *, metric: str, dataset: str | None = None, base: str = "base"):
-    """Aligned minus base at each (size, mode, sparsity), one column per method; full-data alignment only."""
-    sub = _all_pairs(rows_where(df, metric=metric, dataset=dataset))
-    wide = sub.pivot_table(index=["size", "mode", "target_sparsity"], columns="method", values="value",
-                           aggfunc="mean")
-    if base not in wide:
-        return wide.iloc[0:0].reset_index()
-    return _with_params(wide.drop(columns=[base]).sub(wide[base], axis=0), df)
-
-
-def static_vs_dynamic_table(df, *, metric: str, dataset: str | None = None):
-    """dynamic minus static at each (size, method, sparsity), full-data alignment only."""
-    sub = _all_pairs(rows_where(df, metric=metric, dataset=dataset))
-    wide = sub.pivot_table(index=["size", "method", "target_sparsity"], columns="mode", values="value",
-                           aggfunc="mean")
-    if "dynamic" not in wide or "static" not in wide:
-        return wide.iloc[0:0].reset_index()
-    out = wide[["static", "dynamic"]].copy()
-    out["dynamic_minus_static"] = out["dynamic"] - out["static"]
-    return _with_params(out, df)
-
-
-def scaling_fit_table(df, *, metrics: Sequence[str], mode: str = "dense", dataset: str | None = None):
-    """Per (metric, dataset, method): OLS fit on log10(params) of the dense, full-data values."""
-    import pandas as pd
-
+def bounded_everywhere(df: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(dataset, metric, "floor"|"ceiling") for every bounded metric whose value is at that bound in every cell."""
     out = []
-    sub = _all_pairs(rows_where(df, mode=mode, dataset=dataset))
-    for (metric, ds, method), grp in sub[sub["metric"].isin(metrics)].groupby(["metric", "dataset", "method"]):
+    sub = df[df["metric"].isin(BOUNDED_METRICS)]
+    for (dataset, metric), grp in sub.groupby(["dataset", "metric"], sort=True):
+        where = bound_of(grp["value"])
+        if where:
+            out.append((dataset, metric, where))
+    return out
+
+
+def scaling_fit_table(df: pd.DataFrame, *, metrics: list[str]) -> pd.DataFrame:
+    """Per (family, metric, dataset, method): OLS slope of the dense all-pairs values per decade of parameters,
+    t(n-2) CI -- within one model family only (a real pretrained model beside the micro family is never a point of
+    its fit).  No slope from fewer than MIN_SIZES sizes, none from a series at its floor or ceiling."""
+    rows = []
+    sub = full_data(df[(df["mode"] == "dense") & df["metric"].isin(metrics)])
+    sub = sub.assign(family=sub["family"].fillna("")) if "family" in sub else sub.assign(family="")
+    for (family, metric, ds, method), grp in sub.groupby(["family", "metric", "dataset", "method"], sort=True):
         grp = grp.groupby("params", as_index=False)["value"].mean()
-        fit = fit_log_params(grp["params"], grp["value"], scale=scale_for(metric))
-        out.append({"metric": metric, "dataset": ds, "method": method, "scale": fit.scale, "slope": fit.slope,
-                    "slope_stderr": fit.slope_stderr, "r2": fit.r2, "sizes": fit.n})
-    return pd.DataFrame(out)
+        row = {"family": family, "metric": metric, "dataset": ds, "method": method, "sizes": len(grp),
+               "slope": math.nan,
+               "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "note": ""}
+        where = bound_of(grp["value"]) if metric in BOUNDED_METRICS else None
+        fit = None if where else slope_interval(grp["params"], grp["value"])
+        if where:
+            row["note"] = f"at {where} in every size: no fit"
+        elif fit is None:
+            row["note"] = f"{len(grp)} size(s) < {MIN_SIZES}: no slope"
+        else:
+            row.update(slope=fit.slope, ci_low=fit.low, ci_high=fit.high, p=fit.p, note=f"t({fit.sizes - 2})")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["family", "metric", "dataset", "method", "sizes", "slope", "ci_low",
+                                       "ci_high", "p", "note"])
+
+
+def _diff_row(a: np.ndarray, b: np.ndarray, metric: str, n_boot: int, seed: int) -> dict:
+    if item_kind(metric) in BOUNDED and bound_of(np.concatenate([a.ravel(), b.ravel()])):
+        return {"diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": a.shape[1], "seeds": a.shape[0],
+                "p": math.nan, "note": f"both at {bound_of(a.ravel())}: no difference measurable"}
+    d = paired_difference(a, b, n_resamples=n_boot, seed=seed)
+    return {"diff": d.estimate, "ci_low": d.low, "ci_high": d.high, "n": d.n, "seeds": d.seeds, "p": d.p,
+            "note": d.test}
+
+
+DIFF_COLUMNS = ["diff", "ci_low", "ci_high", "n", "seeds", "p", "note"]
+
+
+def alignment_gain_table(store: ItemStore, *, dataset: str, metric: str, reference: str = BASE, n_boot: int = 2000,
+                         seed: int = 0) -> pd.DataFrame:
+    """method - `reference` per (size, method, mode, target), paired on items; all-pairs alignment only.
+    reference "base": the alignment gain; reference "dpo": each method against DPO (base left out)."""
+    rows = []
+    for c in store.cells(dataset, metric):
+        if c.method in (BASE, reference) or c.subset != 1.0:
+            continue
+        base = store.get(CellKey(c.size, reference, 1.0, c.mode, c.target), dataset, metric)
+        if base is not None:
+            rows.append({"size": c.size, "method": c.method, "mode": c.mode, "target_sparsity": c.target,
+                         **_diff_row(store.get(c, dataset, metric), base, metric, n_boot, seed)})
+    return pd.DataFrame(rows, columns=["size", "method", "mode", "target_sparsity", *DIFF_COLUMNS])
+
+
+def static_vs_dynamic_table(store: ItemStore, *, dataset: str, metric: str, n_boot: int = 2000,
+                            seed: int = 0) -> pd.DataFrame:
+    """dynamic - static per (size, method, target), paired on items; all-pairs alignment only."""
+    rows = []
+    for c in store.cells(dataset, metric):
+        if c.mode != "dynamic" or c.subset != 1.0:
+            continue
+        static = store.get(CellKey(c.size, c.method, 1.0, "static", c.target), dataset, metric)
+        if static is not None:
+            rows.append({"size": c.size, "method": c.method, "target_sparsity": c.target,
+                         **_diff_row(store.get(c, dataset, metric), static, metric, n_boot, seed)})
+    return pd.DataFrame(rows, columns=["size", "method", "target_sparsity", *DIFF_COLUMNS])
+
+
+def critical_sparsity_table(store: ItemStore, *, dataset: str, metric: str, tolerance: float, n_boot: int = 2000,
+                            seed: int = 0) -> pd.DataFrame:
+    """Per (size, method, mode): the highest target whose paired CI of (sparse - dense) stays above -tolerance."""
+    rows = []
+    models = sorted({(c.size, c.method, c.mode) for c in store.cells(dataset, metric)
+                     if c.mode != "dense" and c.subset == 1.0})
+    for size, method, mode in models:
+        dense = store.get(CellKey(size, method, 1.0, "dense", 0.0), dataset, metric)
+        if dense is None:
+            continue
+        sparse = {c.target: store.get(c, dataset, metric) for c in store.cells(dataset, metric)
+                  if (c.size, c.method, c.mode, c.subset) == (size, method, mode, 1.0)}
+        row = {"size": size, "method": method, "mode": mode, "dense": float(dense.mean()), "critical_sparsity": "",
+               "note": ""}
+        where = bound_of(np.concatenate([dense.ravel(), *(a.ravel() for a in sparse.values())])) \
+            if item_kind(metric) in BOUNDED else None
+        if where:
+            row["critical_sparsity"], row["note"] = "not measurable", f"at {where} at every sparsity"
+        else:
+            drops = {t: paired_difference(a, dense, n_resamples=n_boot, seed=seed, test=False)
+                     for t, a in sparse.items()}
+            crit = critical_sparsity([(t, d.low) for t, d in drops.items()], tolerance=tolerance)
+            row["critical_sparsity"] = "none" if crit is None else crit
+            row["note"] = "; ".join(f"{t:g}: {d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+                                    for t, d in sorted(drops.items()))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["size", "method", "mode", "dense", "critical_sparsity", "note"])
+
+
+def annotation_rows(savings: list[AnnotationSaving], *, size: str, params: float, dataset: str,
+                    unit: str = "fraction of pairs") -> pd.DataFrame:
+    """Tidy results rows (metric "annotation_saving") for one size's (or the pooled) savings."""
+
+    def needed(s: AnnotationSaving) -> str:
+        return "" if s.pairs_needed is None else f"needs {s.pairs_needed:.3g} {unit}; "
+
+    return pd.DataFrame([{
+        "size": size, "params": params, "method": s.method, "mode": "dense", "target_sparsity": 0.0,
+        "metric": "annotation_saving", "value": s.saving if s.saving is not None else math.nan,
+        "ci_low": s.ci_low, "ci_high": s.ci_high, "n": s.n,
+        "n_pairs": None if s.pairs_needed is None or unit != "pairs" else round(s.pairs_needed), "dataset": dataset,
+        "note": (f"{s.status}; {needed(s)}{s.subsets} subsets; reached in {s.reached_fraction:.0%} of replicates"
+                 + ("; 1 by construction (the reference)" if s.method == REFERENCE else "")),
+    } for s in savings])
+
+
+def annotation_table(store: ItemStore, params: Mapping[str, float], *, metric: str = "reward_accuracy",
+                     n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Annotation savings per size and preference dataset, for every method trained on >= 2 nested subsets.
+    Subsets are fractions of one pair pool, so fractions stand in for pair counts (the saving is a ratio)."""
+    frames = []
+    for dataset in store.datasets(metric):
+        for size in store.sizes():
+            curves = annotation_curves(store, dataset, metric, sizes=[size])
+            savings = annotation_savings(curves, reference=REFERENCE, n_resamples=n_boot, seed=seed) if curves else []
+            if savings:
+                frames.append(annotation_rows(savings, size=size, params=params.get(size, math.nan),
+                                              dataset=dataset))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -1,8 +1,10 @@
 """Calibration artifacts (thresholds, predictors, controller settings): safetensors for tensors + JSON for the rest.
 
 Layout of an artifacts directory (by default `<model dir>/sparsity/`):
-    sparsity.safetensors   thresholds [L], layer_sparsity [L], scales [L], predictor.<l>.fc1.weight ..., cutoffs [L]
-    sparsity.json          format version, layer names, sizes, SparsityConfig, calibration metrics, model info
+    sparsity.safetensors   thresholds [L], layer_sparsity [L], scales [L] (the intermediate site),
+                           site.<input site>.{thresholds,layer_sparsity,scales} [L] (ffn_input, attn_input, ...),
+                           predictor.<l>.fc1.weight ..., cutoffs [L]
+    sparsity.json          format version, sites, layer names, sizes, SparsityConfig, calibration metrics, model info
 The directory is written atomically as a whole; reloading gives bit-identical tensors, hence identical outputs.
 """
 
@@ -20,7 +22,7 @@ from sparsealign.io import atomic_dir
 from sparsealign.sparse.config import SparsityConfig
 from sparsealign.sparse.predictor import LowRankPredictor
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: input sites (version 1 files load as intermediate-only)
 TENSORS, META = "sparsity.safetensors", "sparsity.json"
 
 
@@ -37,10 +39,25 @@ class SparsityArtifacts:
     cutoffs: list[float] | None = None  # logit cut-off per predictor (recall-calibrated)
     calibration: dict[str, Any] = field(default_factory=dict)
     model_info: dict[str, Any] = field(default_factory=dict)
+    # input sites (TEAL): site -> {"thresholds": [L], "layer_sparsity": [L], "scales": [L]} on |input|
+    inputs: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     @property
     def num_layers(self) -> int:
         return len(self.layer_names)
+
+    @property
+    def sites(self) -> list[str]:
+        """Sites that are actually sparsified (a target above 0 on some layer)."""
+        out = ["intermediate"] if any(s > 0 for s in self.layer_sparsity) else []
+        return out + [k for k, v in self.inputs.items() if any(s > 0 for s in v["layer_sparsity"])]
+
+    def site(self, name: str) -> dict[str, list[float]]:
+        """thresholds / layer_sparsity / scales of one site (zeros = dense for a site not calibrated)."""
+        if name == "intermediate":
+            return {"thresholds": self.thresholds, "layer_sparsity": self.layer_sparsity, "scales": self.scales}
+        zeros = [0.0] * self.num_layers
+        return self.inputs.get(name, {"thresholds": zeros, "layer_sparsity": zeros, "scales": [1.0] * self.num_layers})
 
 
 def save_artifacts(art: SparsityArtifacts, path: str | Path) -> Path:
@@ -52,6 +69,9 @@ def save_artifacts(art: SparsityArtifacts, path: str | Path) -> Path:
         "layer_sparsity": torch.tensor(art.layer_sparsity, dtype=torch.float64),
         "scales": torch.tensor(art.scales, dtype=torch.float64),
     }
+    for site, values in art.inputs.items():
+        for key, vec in values.items():
+            tensors[f"site.{site}.{key}"] = torch.tensor(vec, dtype=torch.float64)
     if art.predictors is not None:
         tensors["cutoffs"] = torch.tensor(art.cutoffs, dtype=torch.float64)
         for i, pred in enumerate(art.predictors):
@@ -59,6 +79,7 @@ def save_artifacts(art: SparsityArtifacts, path: str | Path) -> Path:
                 tensors[f"predictor.{i}.{name}"] = value.detach().contiguous()
     meta = {
         "format_version": FORMAT_VERSION,
+        "sites": art.sites,
         "layer_names": art.layer_names,
         "hidden_size": art.hidden_size,
         "intermediate_size": art.intermediate_size,
@@ -84,9 +105,14 @@ def load_artifacts(path: str | Path) -> SparsityArtifacts:
         meta = json.loads((path / META).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(path / META, f"not valid JSON ({exc})") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise DataError(path / META, f"format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+    if meta.get("format_version") not in (1, FORMAT_VERSION):
+        raise DataError(path / META, f"format_version {meta.get('format_version')!r}, expected 1 or {FORMAT_VERSION}")
     t = load_file(str(path / TENSORS))
+    inputs: dict[str, dict[str, list[float]]] = {}
+    for key, value in t.items():
+        if key.startswith("site."):
+            _, site, name = key.split(".", 2)
+            inputs.setdefault(site, {})[name] = value.tolist()
     predictors = cutoffs = None
     if "cutoffs" in t:
         predictors = []
@@ -100,5 +126,5 @@ def load_artifacts(path: str | Path) -> SparsityArtifacts:
         intermediate_size=meta["intermediate_size"], thresholds=t["thresholds"].tolist(),
         layer_sparsity=t["layer_sparsity"].tolist(), scales=t["scales"].tolist(),
         config=SparsityConfig.model_validate(meta["config"]), predictors=predictors, cutoffs=cutoffs,
-        calibration=meta.get("calibration", {}), model_info=meta.get("model_info", {}),
+        calibration=meta.get("calibration", {}), model_info=meta.get("model_info", {}), inputs=inputs,
     )

@@ -1,29 +1,36 @@
-"""Batch-1 CPU decode speed, dense vs sparse (static / dynamic / predictor), with the Amdahl ideal beside it.
+"""Batch-1 CPU decode speed, dense vs sparse (static / dynamic / predictor), against the memory roofline.
 
     bench_decode(model, tokenizer, calib_texts, prompt, sparsities=, modes=, tokens=) -> {"results": [...], ...}
 
-A row is {mode, sparsity, dense_tokens_per_s, sparse_tokens_per_s, speedup, ideal_speedup, ...}.  How it is
-measured (the same way for every row, in one process):
-- decode = greedy, batch 1, fp32, HF KV cache (DynamicCache): one prefill forward, then `tokens` single-token
-  forwards; only the single-token forwards are timed.  The sparse model uses the patched MLPs' fast path
-  (`sparse.fastpath`, gather-accumulate over neuron-major weights).
-- FFN time: forward pre/post hooks on every MLP module accumulate wall time during the timed steps, so each row
-  also reports the FFN block's own speedup.
-- Pairing: dense and sparse decode side by side, alternating every token step (each with its own KV cache; the
-  MLP modules are swapped between steps), so a busy neighbour on shared cores slows both sides of a ratio alike;
-  `repeats` such runs are averaged.
-- ideal_speedup = Amdahl: 1 / ((1 - f) + f * (1 - skipped)), f = FFN share of the dense decode time (measured
-  by the hooks), skipped = FFN FLOPs skipped (= weight bytes not read) from the realized active counts of the
-  timed steps, with the dense gate for static/dynamic and the predictor's own FLOPs for predictor mode
-  (`metrics.ffn_flops`).  ffn_ideal_speedup = 1 / (1 - skipped); ffn_fraction_of_ideal = ffn_speedup / that.
+A row is {mode, sparsity, dense_tokens_per_s, sparse_tokens_per_s, speedup, ideal_speedup,
+dense_fraction_of_roofline, sparse_fraction_of_roofline, ...}.  How it is measured (the same way for every row,
+in one process):
+- decode = greedy, batch 1, fp32, the static-KV decoder of `sparse.decode` (the layer loop in plain torch ops over
+  the model's own weights; no HF per-module dispatch): one dense prefill, then `tokens` single-token steps, of
+  which only the steps are timed.  The sparse side runs the same loop with the MLPs patched by `apply_sparsity`
+  (fast path of `sparse.fastpath`: C kernels reading active rows in place; static/dynamic use the exact int8 gate
+  pre-check).
+- Pairing: dense and sparse decode side by side, alternating every token step (each with its own KV cache), so a
+  busy neighbour on shared cores slows both sides of a ratio alike; the sparse side is fed the dense side's greedy
+  tokens, so KL(dense || sparse) and top-1 agreement of every step come with the speed (`kl_mean`,
+  `top1_agreement`).  `repeats` such runs are averaged.
+- Roofline (`sparse.roofline`): bytes per step are counted (dense: every weight, norms, K/V, lm_head; sparse: the
+  same outside the FFN plus what the active sets touched, predictor weights included), the read bandwidth is
+  measured in-process before every step pair (the row uses the median; `bandwidth_probe_spread` = min, max; the
+  result's `bandwidth_probes` are 256 MB probes between rows); roofline tokens/s = bandwidth / bytes,
+  `*_fraction_of_roofline` = measured / roofline, `*_overhead_ms_per_token` = time not explained by bytes.
+- ideal_speedup = dense bytes / sparse bytes per token (what the roofline allows); fraction_of_ideal = speedup /
+  ideal.  amdahl_speedup = 1 / ((1 - f) + f (1 - skipped)) with f the FFN share of dense decode time and skipped
+  the FFN bytes skipped; ffn_* = the FFN block alone (timed around each MLP call).  flops_skipped = from
+  `handle.stats()` (FLOP count, the gate counted dense for static/dynamic as before).
 - Predictor mode on random weights: a low-rank predictor cannot learn random activations, so for speed rows the
   logit cut-off is set to the quantile that keeps (1 - sparsity) of the neurons on the dense decode trajectory
-  being timed (`predictor_cutoff="density"`); quality is measured elsewhere (curves), speed only depends on
-  the size of the predicted set, and the predictor's own cost is timed and counted.
+  being timed (`predictor_cutoff="density"`); its KL on random weights says nothing about real models.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -174,67 +181,25 @@ def local_texts(n: int = 64, chars: int = 1200) -> list[str]:
     return [source[i:i + chars] for i in range(0, min(len(source), n * chars), chars)]
 
 
-@torch.no_grad()
-def paired_decode(model: nn.Module, sparse_mlps: Sequence[nn.Module], prompt: torch.Tensor,
-                  tokens: int) -> dict[str, dict[str, float]]:
-    """Decode dense and sparse side by side, alternating every token step, each with its own KV cache.
-
-    `sparse_mlps` are the patched wrappers (`SparseMLP`, whose `.inner` is the original MLP).  Swapping the MLP
-    modules between steps costs a few attribute writes; alternating per step means a busy neighbour slows both
-    sides alike, which median-of-runs interleaving cannot guarantee on shared cores.  Returns per-token seconds
-    (total / ffn / layers) for "dense" and "sparse"."""
-    from transformers import DynamicCache
-
-    layers = list(model.model.layers)
-    mlps = {"dense": [m.inner for m in sparse_mlps], "sparse": list(sparse_mlps)}
-    ffn = {k: ModuleTimer(v) for k, v in mlps.items()}
-    in_layers = {k: ModuleTimer(layers) for k in mlps}
-    totals = dict.fromkeys(mlps, 0.0)
-    state = {}
-    try:
-        for side, modules in mlps.items():
-            for layer, mlp in zip(layers, modules, strict=True):
-                layer.mlp = mlp
-            cache = DynamicCache()
-            out = model(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1)
-            state[side] = (cache, out.logits[:, -1:].argmax(-1))
-        for _ in range(tokens):
-            for side, modules in mlps.items():
-                for layer, mlp in zip(layers, modules, strict=True):
-                    layer.mlp = mlp
-                cache, nxt = state[side]
-                ffn[side].on = in_layers[side].on = True
-                start = time.perf_counter()
-                out = model(input_ids=nxt, cache=cache, use_cache=True)
-                nxt = out.logits[:, -1:].argmax(-1)
-                int(nxt)  # the host needs the token before the next step, as in real decoding
-                totals[side] += time.perf_counter() - start
-                ffn[side].on = in_layers[side].on = False
-                state[side] = (cache, nxt)
-    finally:
-        for layer, mlp in zip(layers, sparse_mlps, strict=True):
-            layer.mlp = mlp
-        for timer in (*ffn.values(), *in_layers.values()):
-            timer.remove()
-    return {side: {"total": totals[side] / tokens, "ffn": ffn[side].seconds / tokens,
-                   "layers": in_layers[side].seconds / tokens} for side in mlps}
-
-
 def _row(mode: str, sparsity: float, d: dict[str, float], s: dict[str, float], stats: dict[str, Any],
-         num_layers: int, extrapolate_layers: int | None) -> dict[str, Any]:
+         gb_per_s: float, num_layers: int, extrapolate_layers: int | None) -> dict[str, Any]:
     from sparsealign.sparse.metrics import ideal_speedup
+    from sparsealign.sparse.roofline import roofline_fields
 
-    skipped = float(stats.get("flops_skipped", 0.0))
     ffn_share = min(1.0, d["ffn"] / d["total"])
-    ffn_ideal = 1.0 / max(1e-9, 1.0 - skipped)
+    ffn_ideal = d["ffn_bytes"] / s["ffn_bytes"]
+    skipped = 1.0 - s["ffn_bytes"] / d["ffn_bytes"]
     row = {
         "mode": mode, "sparsity": sparsity, "dense_tokens_per_s": 1.0 / d["total"],
         "sparse_tokens_per_s": 1.0 / s["total"], "speedup": d["total"] / s["total"],
-        "ideal_speedup": ideal_speedup(skipped, ffn_share),
-        "realized_sparsity": float(stats.get("realized_sparsity", 0.0)), "flops_skipped": skipped,
+        **roofline_fields(d, s, gb_per_s),
+        "amdahl_speedup": ideal_speedup(skipped, ffn_share),
+        "realized_sparsity": float(stats.get("realized_sparsity", 0.0)),
+        "flops_skipped": float(stats.get("flops_skipped", 0.0)), "ffn_bytes_skipped": skipped,
         "ffn_share_dense": ffn_share, "ffn_ms_dense": d["ffn"] * 1e3, "ffn_ms_sparse": s["ffn"] * 1e3,
         "ffn_speedup": d["ffn"] / s["ffn"], "ffn_ideal_speedup": ffn_ideal,
         "ffn_fraction_of_ideal": d["ffn"] / s["ffn"] / ffn_ideal, "kernel": stats.get("kernel"),
+        "kl_mean": s["kl"], "top1_agreement": s["top1"],
     }
     if extrapolate_layers:
         # per-token time = outside the decoder layers (embedding, final norm, lm_head, Python) + L x per-layer
@@ -259,7 +224,9 @@ def bench_decode(
     """Dense vs sparse decode tokens/s per (mode, sparsity); see the module docstring for the method."""
     from sparsealign.sparse.calibration import calibrate, record_activations
     from sparsealign.sparse.config import PredictorConfig, SparsityConfig
+    from sparsealign.sparse.decode import PatchedOps
     from sparsealign.sparse.patch import apply_sparsity
+    from sparsealign.sparse.roofline import measure_bandwidth, paired_decode
 
     log = log or (lambda msg: None)
     model.eval()
@@ -269,7 +236,8 @@ def bench_decode(
     # warm-up (allocator, lazy init); its greedy trajectory is the one every dense run decodes
     traj = timed_decode(model, prompt_ids, tokens)["ids"]
     decode_x = [x[-tokens:] for x in mlp_inputs(model, torch.cat([prompt_ids, torch.tensor([traj[:-1]])], 1))]
-    rows = []
+    rows: list[dict[str, Any]] = []
+    bws = [measure_bandwidth(torch.get_num_threads())["gb_per_s"]]
     for sparsity in sparsities:
         pcfg = PredictorConfig(enabled="predictor" in modes, rank=predictor_rank, epochs=predictor_epochs)
         art = calibrate(model, tokenizer, calib_texts, SparsityConfig(target_sparsity=sparsity, predictor=pcfg),
@@ -277,20 +245,29 @@ def bench_decode(
         if "predictor" in modes and predictor_cutoff == "density":
             art.cutoffs = density_cutoffs(art.predictors, decode_x, sparsity)
         for mode in modes:
+            extra = (4.0 * sum(p.numel() for p in art.predictors[0].parameters())
+                     if mode == "predictor" else 0.0)
             with apply_sparsity(model, art, mode, "dense", fast=True) as handle:
-                wrappers = mlp_modules(model)
-                paired_decode(model, wrappers, prompt_ids, min(tokens, 2))  # warm-up of this application
+                ops = PatchedOps(model, extra_mlp_bytes=extra)
+                paired_decode(model, ops, prompt_ids, min(tokens, 2))  # warm-up of this application
                 handle.reset()
-                runs = [paired_decode(model, wrappers, prompt_ids, tokens) for _ in range(repeats)]
+                bws.append(measure_bandwidth(torch.get_num_threads())["gb_per_s"])
+                runs = [paired_decode(model, ops, prompt_ids, tokens) for _ in range(repeats)]
                 stats = handle.stats()  # realized counts over all timed sparse steps
-                stats["kernel"] = getattr(getattr(wrappers[0], "_nm", None), "kernel", "torch")
-            d = {k: sum(r["dense"][k] for r in runs) / repeats for k in ("total", "ffn", "layers")}
-            sp = {k: sum(r["sparse"][k] for r in runs) / repeats for k in ("total", "ffn", "layers")}
-            row = _row(mode, sparsity, d, sp, stats, num_layers, extrapolate_layers)
+                stats["kernel"] = getattr(ops.wrappers[0]._nm, "kernel", "torch")
+            keys = ("total", "ffn", "layers", "bytes", "ffn_bytes")
+            d = {k: sum(r["dense"][k] for r in runs) / repeats for k in keys}
+            sp = {k: sum(r["sparse"][k] for r in runs) / repeats for k in keys}
+            sp.update(kl=sum(r["kl"] for r in runs) / repeats, top1=sum(r["top1"] for r in runs) / repeats)
+            inloop = [b for r in runs for b in r["bandwidth_probes"]]
+            row = _row(mode, sparsity, d, sp, stats, statistics.median(inloop), num_layers, extrapolate_layers)
+            row["bandwidth_probe_spread"] = [min(inloop), max(inloop)]
             rows.append(row)
-            log(f"{mode:>9} s={sparsity:.2f}: dense {row['dense_tokens_per_s']:7.2f} tok/s, sparse "
-                f"{row['sparse_tokens_per_s']:7.2f} tok/s, speedup {row['speedup']:.2f}x (ideal "
-                f"{row['ideal_speedup']:.2f}x); FFN {row['ffn_speedup']:.2f}x of {row['ffn_ideal_speedup']:.2f}x ideal")
+            log(f"{mode:>9} s={sparsity:.2f}: dense {row['dense_tokens_per_s']:7.2f} tok/s "
+                f"({100 * row['dense_fraction_of_roofline']:.0f}% of roofline), sparse "
+                f"{row['sparse_tokens_per_s']:7.2f} tok/s ({100 * row['sparse_fraction_of_roofline']:.0f}%), speedup "
+                f"{row['speedup']:.2f}x (ideal {row['ideal_speedup']:.2f}x); KL {row['kl_mean']:.2e}")
     return {"results": rows, "tokens": tokens, "prompt_tokens": int(prompt_ids.shape[1]), "repeats": repeats,
             "threads": torch.get_num_threads(), "dtype": "float32", "batch_size": 1, "device": "cpu",
-            "num_layers": num_layers, "calibration_tokens": int(rec.a[0].shape[0])}
+            "num_layers": num_layers, "calibration_tokens": int(rec.a[0].shape[0]),
+            "bandwidth_gb_per_s": statistics.median(bws), "bandwidth_probes": bws, "decoder": "static-kv"}

@@ -84,11 +84,12 @@ def _log(msg: str) -> None:
 def bench(model_dir: str | None, preset: str | None, layers: int | None, extrapolate_layers: int | None,
           sparsity: str, modes: str, tokens: int, repeats: int, threads: int, calib_file: Path | None,
           prompt: str | None, predictor_cutoff: str, as_json: bool) -> None:
-    """Batch-1 fp32 CPU decode speed: dense vs sparse per mode and sparsity, with the Amdahl ideal.
+    """Batch-1 fp32 CPU decode speed: dense vs sparse per mode and sparsity, against the memory roofline.
 
-    Each row: mode, sparsity, dense_tokens_per_s, sparse_tokens_per_s, speedup, ideal_speedup (FFN share of
-    dense decode time measured; FFN FLOPs skipped from the realized active sets, predictor cost included), plus
-    the FFN block's own speedup and its fraction of ideal. See docs/benchmarks.md.
+    Each row: mode, sparsity, dense_tokens_per_s, sparse_tokens_per_s, speedup, ideal_speedup (dense / sparse
+    bytes read per token), dense_fraction_of_roofline and sparse_fraction_of_roofline (measured tokens/s over
+    bandwidth / bytes, the read bandwidth measured in-process), per-token overhead beyond weight traffic, the
+    FFN block's own speedup, and KL / top-1 agreement of the sparse steps. See docs/benchmarks.md.
 
     \b
     Examples:
@@ -135,11 +136,12 @@ def bench(model_dir: str | None, preset: str | None, layers: int | None, extrapo
         click.echo(json.dumps(result, sort_keys=True))
         return
     click.echo(f"{'mode':>9} {'sparsity':>8} {'dense tok/s':>11} {'sparse tok/s':>12} {'speedup':>7} {'ideal':>6} "
-               f"{'FFN x':>6} {'FFN ideal':>9}")
+               f"{'dense %roof':>11} {'sparse %roof':>12}")
     for r in result["results"]:
         click.echo(f"{r['mode']:>9} {r['sparsity']:>8.2f} {r['dense_tokens_per_s']:>11.2f} "
                    f"{r['sparse_tokens_per_s']:>12.2f} {r['speedup']:>7.2f} {r['ideal_speedup']:>6.2f} "
-                   f"{r['ffn_speedup']:>6.2f} {r['ffn_ideal_speedup']:>9.2f}")
+                   f"{100 * r['dense_fraction_of_roofline']:>10.0f}% {100 * r['sparse_fraction_of_roofline']:>11.0f}%")
+    click.echo(f"bandwidth {result['bandwidth_gb_per_s']:.1f} GB/s (measured in-process)")
 
 
 def _read_chunks(path: Path, chars: int = 1200) -> list[str]:
@@ -152,18 +154,74 @@ def _read_chunks(path: Path, chars: int = 1200) -> list[str]:
     return chunks
 
 
+DOMAINS = ("mbpp", "hh")  # MBPP code, HH helpful-base dialogue (sparse.texts)
+SITE_NAMES = ("intermediate", "ffn_input", "attn_input", "attn_output")  # mirrors sparse.config.SITES
+
+
+def parse_variants(value: str) -> list[list[str]]:
+    """`intermediate,ffn_input+intermediate` -> [["intermediate"], ["ffn_input", "intermediate"]]."""
+    from sparsealign.errors import UserError
+
+    out = [[s.strip() for s in v.split("+") if s.strip()] for v in value.split(",") if v.strip()]
+    bad = sorted({s for v in out for s in v} - set(SITE_NAMES))
+    if bad or not out or any(len(set(v)) != len(v) or not v for v in out):
+        raise UserError(f"--variants {value!r}: {'unknown site ' + repr(bad[0]) if bad else 'malformed'}; "
+                        f"sites joined by '+', variants by ',', sites from {', '.join(SITE_NAMES)}")
+    return out
+
+
+def _curve_texts(domains: str | None, calib_file, eval_file, n_calib: int, n_eval: int):
+    """[(eval name, calib name, calib texts, eval texts)]: each domain evaluated with the other's calibration."""
+    from sparsealign.errors import UserError
+    from sparsealign.sparse.texts import load_texts
+
+    names = [d.strip() for d in domains.split(",") if d.strip()]
+    if not names or any(d not in DOMAINS for d in names) or len(set(names)) != len(names):
+        raise UserError(f"--domains {domains!r}: expected one or two of {', '.join(DOMAINS)}, e.g. mbpp,hh")
+    if calib_file or eval_file:
+        raise UserError("--domains picks the texts itself; drop --calib-file/--eval-file")
+    runs = []
+    for d in names:
+        other = next((o for o in names if o != d), d)  # one domain alone: disjoint slices of it
+        calib = load_texts(other, n_calib)
+        runs.append((d, other, calib, load_texts(d, n_eval, skip=n_calib if other == d else 0)))
+    return runs
+
+
+def _load_curve_model(spec: str):
+    """A converted model directory (HF), or anything the shared loader accepts (.gguf, smollm2-135m-instruct)."""
+    from sparsealign.models.loading import load_model_and_tokenizer
+
+    if Path(spec).is_dir():
+        return load_model_dir(Path(spec))
+    model, tokenizer = load_model_and_tokenizer(spec, device="cpu", dtype="float32")
+    return model.float().eval(), tokenizer
+
+
 @click.command("curve")
 @click.option("--model", "model_dir", required=True,
-              help="HF model directory (e.g. stories260K converted with `sparsealign convert llama2c`).")
+              help="HF model directory (e.g. stories260K converted with `sparsealign convert llama2c`), a .gguf "
+                   "file, or smollm2-135m-instruct.")
 @click.option("--sparsity", "sparsity", default="0,0.1,0.2,0.3,0.5,0.7,0.9", show_default=True,
               help="Comma-separated target sparsities.")
 @click.option("--modes", default="static,dynamic", show_default=True, help="Comma-separated modes.")
+@click.option("--variants", default="intermediate", show_default=True,
+              help="Sites thresholded, '+'-joined, one variant per comma: intermediate (|act(gate x)|, CATS), "
+                   "ffn_input (FFN hidden-state input, TEAL), attn_input, attn_output; "
+                   "e.g. intermediate,ffn_input,ffn_input+intermediate.")
+@click.option("--domains", default=None,
+              help="Cross-domain curve on real text: evaluate on each of these (mbpp code, hh dialogue), "
+                   "calibrated on the other, e.g. mbpp,hh.")
 @click.option("--calib-texts", type=click.IntRange(1, 10000), default=24, show_default=True,
-              help="Calibration texts sampled from the dense model (seed 0) when --calib-file is not given.")
+              help="Calibration texts (sampled from the dense model, seed 0, unless --domains/--calib-file).")
 @click.option("--eval-texts", type=click.IntRange(1, 10000), default=12, show_default=True,
-              help="Held-out texts sampled from the dense model (seed 1, disjoint) when --eval-file is not given.")
+              help="Held-out texts (sampled from the dense model, seed 1, disjoint, unless --domains/--eval-file).")
 @click.option("--new-tokens", type=click.IntRange(8, 4096), default=128, show_default=True,
               help="Length of each sampled text in tokens.")
+@click.option("--max-length", type=click.IntRange(2, 8192), default=256, show_default=True,
+              help="Tokens per text (longer texts are truncated).")
+@click.option("--max-tokens", type=click.IntRange(16, 1 << 22), default=4096, show_default=True,
+              help="Calibration tokens recorded per layer (memory: tokens x (hidden + FFN width) x 4 B per layer).")
 @click.option("--calib-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Calibrate on this UTF-8 text instead (split into ~1200-character chunks), e.g. for a domain shift.")
 @click.option("--eval-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -175,23 +233,27 @@ def _read_chunks(path: Path, chars: int = 1200) -> list[str]:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory for curve.json/csv/png and the texts used; default runs/curve-<model name>.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (rows and file paths).")
-def curve(model_dir: str, sparsity: str, modes: str, calib_texts: int, eval_texts: int, new_tokens: int,
-          calib_file: Path | None, eval_file: Path | None, prompt_tokens: int, threads: int, out_dir: Path | None,
-          as_json: bool) -> None:
+def curve(model_dir: str, sparsity: str, modes: str, variants: str, domains: str | None, calib_texts: int,
+          eval_texts: int, new_tokens: int, max_length: int, max_tokens: int, calib_file: Path | None,
+          eval_file: Path | None, prompt_tokens: int, threads: int, out_dir: Path | None, as_json: bool) -> None:
     """KL(dense || sparse) per token and next-token top-1 agreement versus sparsity, static vs dynamic.
 
-    Calibrates static thresholds at each sparsity, then evaluates each mode teacher-forced on held-out text.
-    Without text files, the dense model samples its own calibration and (disjoint) held-out texts.
+    Calibrates thresholds at each sparsity (for each site variant), then evaluates each mode teacher-forced on
+    held-out text.  With --domains, real text: each domain is evaluated with thresholds calibrated on the other.
+    Without text options, the dense model samples its own calibration and (disjoint) held-out texts.
 
     \b
-    Example:
-      sparsealign convert llama2c ../shared/data/models/stories260K/stories260K.bin \\
-          --tokenizer ../shared/data/models/stories260K/tok512.bin --out models/stories260K-hf
+    Examples:
+      sparsealign sparsify curve --model smollm2-135m-instruct --domains mbpp,hh \\
+          --variants intermediate,ffn_input,ffn_input+intermediate --json
       sparsealign sparsify curve --model models/stories260K-hf --json
     """
     sparsities = parse_floats(sparsity, "--sparsity")
     mode_list = parse_modes(modes)
-    check_model_dir(model_dir)
+    variant_list = parse_variants(variants)
+    if Path(model_dir).is_dir():
+        check_model_dir(Path(model_dir))
+    runs_spec = _curve_texts(domains, calib_file, eval_file, calib_texts, eval_texts) if domains else None
     import torch
 
     from sparsealign.io import atomic_write_json
@@ -199,26 +261,36 @@ def curve(model_dir: str, sparsity: str, modes: str, calib_texts: int, eval_text
     from sparsealign.sparse.bench_curve import sample_texts, sparsity_curve, write_curve
 
     torch.set_num_threads(threads)
-    model, tokenizer = load_model_dir(model_dir)
-    calib = _read_chunks(calib_file) if calib_file else sample_texts(model, tokenizer, calib_texts,
-                                                                    new_tokens=new_tokens, seed=0)
-    held = _read_chunks(eval_file) if eval_file else sample_texts(model, tokenizer, eval_texts,
-                                                                 new_tokens=new_tokens, seed=1)
-    result = sparsity_curve(model, tokenizer, calib, held, sparsities, mode_list, prompt_tokens=prompt_tokens,
-                            log=_log)
-    out_dir = out_dir or runs_dir() / f"curve-{Path(model_dir).resolve().name}"
-    result.update(model=str(model_dir), calib_source=str(calib_file or "sampled:seed0"),
-                  eval_source=str(eval_file or "sampled:seed1"))
-    paths = write_curve(result, out_dir, title=f"{Path(model_dir).resolve().name}: sparse vs dense")
-    paths.append(atomic_write_json(out_dir / "texts.json", {"calibration": calib, "eval": held}))
+    model, tokenizer = _load_curve_model(model_dir)
+    if runs_spec is None:
+        calib = _read_chunks(calib_file) if calib_file else sample_texts(model, tokenizer, calib_texts,
+                                                                        new_tokens=new_tokens, seed=0)
+        held = _read_chunks(eval_file) if eval_file else sample_texts(model, tokenizer, eval_texts,
+                                                                     new_tokens=new_tokens, seed=1)
+        runs_spec = [(str(eval_file or "sampled:seed1"), str(calib_file or "sampled:seed0"), calib, held)]
+    rows, runs = [], []
+    for eval_name, calib_name, calib, held in runs_spec:
+        _log(f"evaluating on {eval_name} ({len(held)} texts), calibrated on {calib_name} ({len(calib)} texts)")
+        part = sparsity_curve(model, tokenizer, calib, held, sparsities, mode_list, variants=variant_list,
+                              prompt_tokens=prompt_tokens, max_length=max_length, max_tokens=max_tokens, log=_log)
+        rows += [{"eval_domain": eval_name, "calib_domain": calib_name, **r} for r in part.pop("rows")]
+        runs.append({"eval_domain": eval_name, "calib_domain": calib_name, **part})
+    name = Path(model_dir).resolve().name if Path(model_dir).is_dir() else Path(model_dir).stem
+    out_dir = out_dir or runs_dir() / f"curve-{name}"
+    result = {"rows": rows, "runs": runs, "model": str(model_dir), "variants": ["+".join(v) for v in variant_list],
+              "max_length": max_length, "threads": threads}
+    paths = write_curve(result, out_dir, title=f"{name}: sparse vs dense")
+    paths.append(atomic_write_json(out_dir / "texts.json", {f"{r[0]} (calibrated on {r[1]})": {
+        "calibration": r[2], "eval": r[3]} for r in runs_spec}))
     result["files"] = [str(p) for p in paths]
     if as_json:
         click.echo(json.dumps(result, sort_keys=True))
         return
-    click.echo(f"{'mode':>8} {'target':>6} {'realized':>8} {'KL nats/tok':>11} {'top-1 agree':>11}")
+    click.echo(f"{'eval':>8} {'sites':>24} {'mode':>8} {'target':>6} {'realized':>8} {'KL nats/tok':>11} "
+               f"{'top-1 agree':>11}")
     for r in result["rows"]:
-        click.echo(f"{r['mode']:>8} {r['sparsity']:>6.2f} {r['realized_sparsity']:>8.3f} {r['kl_mean']:>11.4f} "
-                   f"{r['top1_agreement']:>11.3f}")
+        click.echo(f"{r['eval_domain'][:8]:>8} {r['sites']:>24} {r['mode']:>8} {r['sparsity']:>6.2f} "
+                   f"{r['realized_sparsity']:>8.3f} {r['kl_mean']:>11.4f} {r['top1_agreement']:>11.3f}")
     click.echo(f"wrote {', '.join(result['files'])}")
 
 

@@ -2,7 +2,9 @@
 
     calibrate(model, tokenizer, texts, SparsityConfig) -> SparsityArtifacts
 
-Thresholds are the empirical per-layer quantile of |act(gate x)| over the recorded tokens (see metrics.py).
+Thresholds are the empirical per-layer quantile of |act(gate x)| over the recorded tokens (see metrics.py); for the
+input sites of `SparsityConfig.sites` (TEAL) the same quantile of |x| (FFN input), of the attention block's input,
+or of o_proj's input.
 Greedy allocation (after TEAL's block-wise greedy search, here per MLP layer and scored on the model output): start
 every layer at sparsity 0; repeatedly try raising each layer by `greedy_step` and keep the single raise that adds
 the least KL(dense || sparse) on a calibration batch, until the mean over layers reaches the target.
@@ -11,7 +13,7 @@ the least KL(dense || sparse) on a calibration batch, until the mean over layers
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -21,11 +23,13 @@ from sparsealign.sparse.artifacts import SparsityArtifacts
 from sparsealign.sparse.config import SparsityConfig
 from sparsealign.sparse.metrics import empirical_threshold, kl_per_token
 from sparsealign.sparse.patch import apply_sparsity, find_mlps
+from sparsealign.sparse.runtime import find_attention
 
 
 @dataclass
 class Recording:
-    """Per layer: MLP inputs x [N, H], gate activations a [N, I], and running sums of |a * up| over ALL tokens."""
+    """Per layer: MLP inputs x [N, H], gate activations a [N, I], and running sums of |a * up| over ALL tokens;
+    `inputs[site]` per layer [N, D] for the attention sites that were asked for (ffn_input is `x`)."""
 
     layer_names: list[str]
     x: list[torch.Tensor]
@@ -33,6 +37,17 @@ class Recording:
     abs_h_sum: list[torch.Tensor]
     n_all: int
     token_ids: list[torch.Tensor]  # per text, for greedy search
+    inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    def values(self, site: str) -> list[torch.Tensor]:
+        """Per layer, the recorded tensor a site thresholds (its absolute value is what the quantile is of)."""
+        if site == "intermediate":
+            return self.a
+        if site == "ffn_input":
+            return self.x
+        if site not in self.inputs:
+            raise UserError(f"site {site}: not recorded", hint=f"record_activations(..., sites=[{site!r}])")
+        return self.inputs[site]
 
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[torch.Tensor]:
@@ -49,10 +64,13 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[torch.Ten
 
 @torch.no_grad()
 def record_activations(model: nn.Module, tokenizer, texts: Sequence[str], *, max_length: int = 256,
-                       max_tokens: int = 8192) -> Recording:
-    """Run the (unpatched) model densely over texts, keeping the first `max_tokens` tokens' x and a per layer."""
+                       max_tokens: int = 8192, sites: Sequence[str] = ()) -> Recording:
+    """Run the (unpatched) model densely over texts, keeping the first `max_tokens` tokens' x and a per layer
+    (and the inputs of the attention `sites` asked for: attn_input, attn_output)."""
     mlps = find_mlps(model)
     L = len(mlps)
+    attn_sites = [s for s in sites if s in ("attn_input", "attn_output")]
+    ins: dict[str, list[list[torch.Tensor]]] = {s: [[] for _ in range(L)] for s in attn_sites}
     xs: list[list[torch.Tensor]] = [[] for _ in range(L)]
     as_: list[list[torch.Tensor]] = [[] for _ in range(L)]
     h_sum = [torch.zeros(m.up_proj.out_features, dtype=torch.float64) for _, m in mlps]
@@ -69,7 +87,22 @@ def record_activations(model: nn.Module, tokenizer, texts: Sequence[str], *, max
                 as_[i].append(a[:room].float().cpu())
         return fn
 
+    def keep(site: str, i: int):
+        def fn(_mod, args, kwargs):
+            v = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            room = max_tokens - kept[0]
+            if room > 0:
+                ins[site][i].append(v.reshape(-1, v.shape[-1])[:room].float().cpu())
+        return fn
+
     handles = [m.register_forward_hook(hook(i)) for i, (_, m) in enumerate(mlps)]
+    for i, (name, _) in enumerate(mlps):
+        if "attn_input" in ins:
+            handles.append(find_attention(model, name).register_forward_pre_hook(keep("attn_input", i),
+                                                                                 with_kwargs=True))
+        if "attn_output" in ins:
+            handles.append(find_attention(model, name).o_proj.register_forward_pre_hook(keep("attn_output", i),
+                                                                                        with_kwargs=True))
     ids_list = tokenize(tokenizer, texts, max_length)
     n_all = 0
     try:
@@ -81,7 +114,14 @@ def record_activations(model: nn.Module, tokenizer, texts: Sequence[str], *, max
         for h in handles:
             h.remove()
     return Recording([n for n, _ in mlps], [torch.cat(v) for v in xs], [torch.cat(v) for v in as_], h_sum,
-                     n_all, ids_list)
+                     n_all, ids_list, {s: [torch.cat(v) for v in per] for s, per in ins.items()})
+
+
+def site_thresholds(values: list[torch.Tensor], target: float) -> dict[str, list[float]]:
+    """Per layer: the empirical target-quantile of |v| (TEAL's input thresholds), the target, median |v|."""
+    abs_v = [v.abs() for v in values]
+    return {"thresholds": [empirical_threshold(v, target) for v in abs_v], "layer_sparsity": [target] * len(abs_v),
+            "scales": [float(v.median()) for v in abs_v]}
 
 
 @torch.no_grad()
@@ -116,24 +156,28 @@ def calibrate(model: nn.Module, tokenizer, texts: Sequence[str], cfg: SparsityCo
     cfg = cfg or SparsityConfig()
     model.eval()
     rec = recording or record_activations(model, tokenizer, texts, max_length=cfg.max_length,
-                                          max_tokens=cfg.max_tokens)
+                                          max_tokens=cfg.max_tokens, sites=cfg.sites)
     L = len(rec.layer_names)
     abs_a = [a.abs() for a in rec.a]
-    layer_sparsity = [cfg.target_sparsity] * L
+    layer_sparsity = [cfg.site_target("intermediate")] * L
     art = SparsityArtifacts(
         layer_names=rec.layer_names, hidden_size=rec.x[0].shape[1], intermediate_size=rec.a[0].shape[1],
-        thresholds=[empirical_threshold(v, cfg.target_sparsity) for v in abs_a], layer_sparsity=layer_sparsity,
+        thresholds=[empirical_threshold(v, layer_sparsity[0]) for v in abs_a], layer_sparsity=layer_sparsity,
         scales=[float(v.median()) for v in abs_a], config=cfg,
         model_info={"model_type": getattr(model.config, "model_type", None),
                     "name_or_path": getattr(model.config, "_name_or_path", None),
                     "hidden_act": getattr(model.config, "hidden_act", None)},
     )
-    if cfg.allocation == "greedy" and cfg.target_sparsity > 0:
+    for site in cfg.sites:
+        if site != "intermediate":
+            art.inputs[site] = site_thresholds(rec.values(site), cfg.site_target(site))
+    if cfg.allocation == "greedy" and layer_sparsity[0] > 0:
         art.layer_sparsity = greedy_allocation(model, art, rec, cfg.target_sparsity, cfg.greedy_step)
         art.thresholds = [empirical_threshold(abs_a[i], art.layer_sparsity[i]) for i in range(L)]
     art.calibration = {
         "tokens_recorded": int(rec.a[0].shape[0]), "tokens_seen": rec.n_all,
         "calibration_sparsity": [1.0 - float((v > t).float().mean()) for v, t in zip(abs_a, art.thresholds, strict=True)],
+        "sites": art.sites,
     }
     if cfg.predictor.enabled:
         preds, cutoffs, val = [], [], []

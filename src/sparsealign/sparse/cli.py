@@ -112,7 +112,7 @@ def register(cli: click.Group) -> None:
         out_dir = Path(out) if out else _default_out(model, None) / "profile"
         m, tok = load_model(model)
         rec = record_activations(m, tok, load_texts(source, n, skip), max_length=cfg.max_length,
-                                 max_tokens=cfg.max_tokens)
+                                 max_tokens=cfg.max_tokens, sites=cfg.sites)
         art = calibrate(m, tok, [], cfg.model_copy(update={"allocation": "uniform"}), recording=rec)
         prof = build_profile(rec, art.thresholds, cfg.hot_fraction)
         files = save_profile(prof, out_dir)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from sparsealign.config import StrictModel
 
 Mode = Literal["static", "dynamic", "predictor"]
 Prefill = Literal["dense", "sparse"]
+# What can be thresholded (see docs/sparse.md): the FFN intermediate |act(gate x)| (CATS, per neuron), the FFN's
+# hidden-state input x (TEAL: gate/up read only active columns), the attention block's input (q/k/v columns) and
+# the attention output (o_proj columns).
+Site = Literal["intermediate", "ffn_input", "attn_input", "attn_output"]
+SITES: tuple[str, ...] = ("intermediate", "ffn_input", "attn_input", "attn_output")
 
 
 class PredictorConfig(StrictModel):
@@ -25,12 +30,15 @@ class PredictorConfig(StrictModel):
 
 
 class ControllerConfig(StrictModel):
-    """Online per-layer threshold controller (log-space stochastic-approximation quantile tracker)."""
+    """Online per-row, per-channel threshold controller: log-scale tracker + Robbins-Monro bias correction."""
 
-    step: float = Field(0.05, gt=0, le=1, description="eta: log-threshold change per token per unit of error")
-    warmup_tokens: int = Field(32, ge=0, description="first tokens a layer sees use warmup_step instead of step")
-    warmup_step: float = Field(0.2, gt=0, le=2, description="larger step while warming up, for fast initial lock-on")
-    max_ratio: float = Field(16.0, gt=1, description="threshold stays within [t0/max_ratio, t0*max_ratio]")
+    step: float = Field(0.05, gt=0, le=1, description="eta: bias-correction change per token per unit of error")
+    track: float = Field(0.2, gt=0, le=1, description="alpha: weight of each token's own quantile in the scale")
+    warmup_tokens: int = Field(16, ge=0, description="first tokens of a row use the warmup_* rates")
+    warmup_step: float = Field(0.2, gt=0, le=2, description="eta while warming up, for fast initial lock-on")
+    warmup_track: float = Field(0.5, gt=0, le=1, description="alpha while warming up")
+    band: float = Field(1.0, gt=0, description="correction learns only while |log q_k - log t_k| <= band")
+    max_ratio: float = Field(16.0, gt=1, description="bias correction stays within [1/max_ratio, max_ratio]")
     ema: float = Field(0.95, ge=0, lt=1, description="smoothing of the realized sparsity reported in the trace")
     frozen: bool = Field(False, description="never update: identical to mode=static (the reproducible baseline)")
 
@@ -39,6 +47,10 @@ class SparsityConfig(StrictModel):
     """What to calibrate: target sparsity of the FFN intermediate, data budget, allocation and predictor settings."""
 
     target_sparsity: float = Field(0.5, ge=0, lt=1, description="fraction of FFN neurons skipped per token")
+    sites: list[Site] = Field(["intermediate"], min_length=1,
+                              description="what is thresholded: intermediate, ffn_input, attn_input, attn_output")
+    input_sparsity: float | None = Field(None, ge=0, lt=1,
+                                         description="target of the input sites (default: target_sparsity)")
     allocation: Literal["uniform", "greedy"] = Field(
         "uniform", description="uniform: every layer at the target; greedy: TEAL-style per-layer allocation"
     )
@@ -49,3 +61,18 @@ class SparsityConfig(StrictModel):
     seed: int = 0
     predictor: PredictorConfig = PredictorConfig()
     controller: ControllerConfig = ControllerConfig()
+
+    @field_validator("sites")
+    @classmethod
+    def _unique_sites(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"sites {v}: each site at most once")
+        return v
+
+    def site_target(self, site: str) -> float:
+        """Target sparsity of one site (0 for a site that is not sparsified)."""
+        if site not in self.sites:
+            return 0.0
+        if site == "intermediate" or self.input_sparsity is None:
+            return self.target_sparsity
+        return self.input_sparsity

@@ -14,6 +14,12 @@ time.  Per token:
 `embedding_bag(mode='sum', per_sample_weights=h)` reads each selected row once and accumulates into [H] without
 materialising a [|S|, H] copy; the up projection gathers the |S| rows (`F.embedding`, measured faster than
 index_select on CPU) and runs one mv.  The result equals the masked dense reference up to float summation order.
+
+Gate pre-check (static / dynamic, `precheck=True`, ReLU or SiLU, C kernel): the dense gate matvec is replaced by an
+int8 copy of W_gate (1/4 of the bytes) with a rigorous per-row error bound (Cauchy-Schwarz with the stored norm of
+each row's quantisation error); only rows whose bound can exceed the threshold floor are then computed exactly in
+fp32.  Exact: a skipped row provably has |a| <= floor <= t, so the active set and every kept value are the dense
+path's (up to float summation order).  `bytes_read` counts the weight bytes each call touched (roofline accounting).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from sparsealign.sparse import kernels
 class NeuronMajor:
     """Neuron-major views/copies of one gated MLP's weights, built once."""
 
-    def __init__(self, mlp: torch.nn.Module, with_gate_up: bool = False):
+    def __init__(self, mlp: torch.nn.Module, with_gate_up: bool = False, precheck: bool = False):
         self.act = mlp.act_fn
         self.w_gate, self.b_gate = mlp.gate_proj.weight, mlp.gate_proj.bias
         self.w_up, self.b_up = mlp.up_proj.weight, mlp.up_proj.bias
@@ -42,6 +48,10 @@ class NeuronMajor:
         # the torch path of predictor mode gathers gate and up rows together: [I, 2H]
         self.w_gu = (torch.cat([self.w_gate, self.w_up], dim=1).detach()
                      if with_gate_up and self.lib is None else None)
+        self.act_kind = {torch.nn.ReLU: 0, torch.nn.SiLU: 1}.get(type(self.act))
+        self.q8 = quantize_rows(self.w_gate) if precheck and self.lib is not None and self.act_kind is not None else None
+        self.bytes_read, self._cand_frac, self._calls = 0.0, 0.0, 0
+        self._row_bytes = 4 * self.w_gate.shape[1]
 
     @property
     def kernel(self) -> str:
@@ -57,13 +67,28 @@ class NeuronMajor:
         y = F.embedding_bag(idx, self.w_down_t, self._offsets, mode="sum", per_sample_weights=h)[0]
         return y if self.b_down is None else y + self.b_down
 
-    def gate(self, x: torch.Tensor) -> torch.Tensor:
-        """a = act(W_gate x) [I]: dense, it decides the active set."""
-        return self.act(F.linear(x, self.w_gate, self.b_gate))
+    def gate(self, x: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
+        """a = act(W_gate x) [I], exact wherever |a| can exceed `floor` (a value <= the threshold that will be
+        applied); with the pre-check, rows proven to have |a| <= floor are left at 0 without reading them."""
+        inter = self.w_gate.shape[0]
+        self._calls += 1
+        # the pre-check pays 1/4 of the gate plus the candidates' rows: when most rows stay candidates (a low
+        # threshold, SiLU near 0) it costs more than the dense gate, so it is skipped, re-tried every 64 calls
+        if self.q8 is None or floor <= 0.0 or (self._cand_frac > 0.6 and self._calls % 64):
+            self.bytes_read += inter * self._row_bytes
+            return self.act(F.linear(x, self.w_gate, self.b_gate))
+        x = x.contiguous()
+        idx = kernels.precheck(self.lib, self.q8, x, floor, self.act_kind)
+        self._cand_frac = idx.numel() / inter
+        self.bytes_read += self.q8[0].numel() + 12 * inter + idx.numel() * self._row_bytes
+        a = torch.zeros(inter)
+        a[idx] = self.act(kernels.rowdots(self.lib, self.w_gate, idx, x))
+        return a
 
     def from_gate(self, x: torch.Tensor, a: torch.Tensor, abs_a: torch.Tensor, t: float) -> tuple[torch.Tensor, int]:
         """x [H], a [I] -> (y [H], number active): up and down only on {|a| > t}."""
         idx = (abs_a > t).nonzero().squeeze(1)
+        self.bytes_read += 2 * idx.numel() * self._row_bytes
         if self.lib is not None:
             return self._c_updown(x.contiguous(), a.index_select(0, idx), idx), int(idx.numel())
         u = torch.mv(F.embedding(idx, self.w_up), x)
@@ -77,6 +102,7 @@ class NeuronMajor:
             x = x.contiguous()
             a = self.act(kernels.rowdots(self.lib, self.w_gate, idx, x))
             keep = a.abs() > t
+            self.bytes_read += (idx.numel() + 2 * int(keep.sum())) * self._row_bytes
             return self._c_updown(x, a[keep], idx[keep]), int(keep.sum())
         gu = F.embedding(idx, self.w_gu).view(-1, 2, x.shape[-1]) @ x  # [|S|, 2]
         g, u = gu[:, 0], gu[:, 1]
@@ -85,4 +111,16 @@ class NeuronMajor:
             u = u + self.b_up.index_select(0, idx)
         a = self.act(g)
         keep = a.abs() > t
+        self.bytes_read += 3 * idx.numel() * self._row_bytes  # the torch path reads gate, up and down rows of idx
         return self._down(idx, a * u * keep), int(keep.sum())
+
+
+def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8 copy of w [R, C]: (q int8 [R, C], scale [R], ||w_r - scale_r q_r||_2 [R],
+    ||scale_r q_r||_2 [R]) — the two norms bound the pre-check's error (`kernels.precheck`)."""
+    w = w.detach().float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-30)
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    w_hat = q.float() * scale[:, None]
+    err = torch.linalg.vector_norm(w - w_hat, dim=1)
+    return q.contiguous(), scale.contiguous(), err.contiguous(), torch.linalg.vector_norm(w_hat, dim=1).contiguous()

@@ -31,26 +31,46 @@ SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
 #include <omp.h>
-static inline float dot(const float* a, const float* b, int64_t n) {
+#include <immintrin.h>
+/* Rows are read in an order only the index knows, so the hardware prefetcher restarts at every row; while one
+   row is processed, the next one (pf) is prefetched line by line, a 1 KB block at a time. */
+static inline void prefetch_block(const float* pf, int64_t i0, int64_t i1) {
+    if (pf) for (int64_t p = i0; p < i1; p += 16) __builtin_prefetch(pf + p, 0, 3);
+}
+static inline float dot(const float* a, const float* b, int64_t n, const float* pf) {
     float acc = 0.f;
-    #pragma omp simd reduction(+:acc)
-    for (int64_t i = 0; i < n; i++) acc += a[i] * b[i];
+    for (int64_t i0 = 0; i0 < n; i0 += 256) {
+        int64_t i1 = i0 + 256 < n ? i0 + 256 : n;
+        prefetch_block(pf, i0, i1);
+        #pragma omp simd reduction(+:acc)
+        for (int64_t i = i0; i < i1; i++) acc += a[i] * b[i];
+    }
     return acc;
 }
-static inline void axpy(float s, const float* x, float* y, int64_t n) {
-    #pragma omp simd
-    for (int64_t i = 0; i < n; i++) y[i] += s * x[i];
+static inline void axpy(float s, const float* x, float* y, int64_t n, const float* pf) {
+    for (int64_t i0 = 0; i0 < n; i0 += 256) {
+        int64_t i1 = i0 + 256 < n ? i0 + 256 : n;
+        prefetch_block(pf, i0, i1);
+        #pragma omp simd
+        for (int64_t i = i0; i < i1; i++) y[i] += s * x[i];
+    }
 }
+#define NEXT(base, idx, j, k, stride) ((j) + 1 < (k) ? (base) + (idx)[(j) + 1] * (stride) : (const float*)0)
 void rowdots(const float* w, const int64_t* idx, int64_t k, const float* x, int64_t H, float* out, int nthreads) {
     #pragma omp parallel for num_threads(nthreads) if(nthreads > 1 && k >= 256) schedule(static)
-    for (int64_t j = 0; j < k; j++) out[j] = dot(w + idx[j] * H, x, H);
+    for (int64_t j = 0; j < k; j++) out[j] = dot(w + idx[j] * H, x, H, NEXT(w, idx, j, k, H));
+}
+static void updown_range(const float* x, const float* c, const int64_t* idx, int64_t j0, int64_t j1,
+                         const float* w_up, const float* w_down_t, int64_t H, float* y) {
+    for (int64_t j = j0; j < j1; j++)
+        axpy(c[j] * dot(w_up + idx[j] * H, x, H, NEXT(w_up, idx, j, j1, H)), w_down_t + idx[j] * H, y, H,
+             NEXT(w_down_t, idx, j, j1, H));
 }
 void updown(const float* x, const float* c, const int64_t* idx, int64_t k, const float* w_up,
             const float* w_down_t, int64_t H, float* y, float* scratch, int nthreads) {
     memset(y, 0, H * sizeof(float));
     if (nthreads <= 1 || k < 256) {
-        for (int64_t j = 0; j < k; j++)
-            axpy(c[j] * dot(w_up + idx[j] * H, x, H), w_down_t + idx[j] * H, y, H);
+        updown_range(x, c, idx, 0, k, w_up, w_down_t, H, y);
         return;
     }
     #pragma omp parallel num_threads(nthreads)
@@ -58,14 +78,110 @@ void updown(const float* x, const float* c, const int64_t* idx, int64_t k, const
         int t = omp_get_thread_num(), n = omp_get_num_threads();
         float* acc = scratch + (int64_t)t * H;
         memset(acc, 0, H * sizeof(float));
-        for (int64_t j = k * t / n; j < k * (t + 1) / n; j++)
-            axpy(c[j] * dot(w_up + idx[j] * H, x, H), w_down_t + idx[j] * H, acc, H);
+        updown_range(x, c, idx, k * t / n, k * (t + 1) / n, w_up, w_down_t, H, acc);
     }
-    for (int t = 0; t < nthreads; t++) axpy(1.f, scratch + (int64_t)t * H, y, H);
+    for (int t = 0; t < nthreads; t++) axpy(1.f, scratch + (int64_t)t * H, y, H, 0);
+}
+/* Bounded gate pre-check.  q [I, H] int8 with per-row scale s (W[i] ~ s_i q_i), e[i] = ||W[i] - s_i q_i||_2 and
+   qn[i] = ||s_i q_i||_2, both stored at build time.  x is quantised to int16 xq with step sx (|xq| small enough
+   that the int32 dot cannot overflow), so q_i . xq is exact integer arithmetic (AVX-512 VNNI: 32 MACs an op) and
+       |W[i].x - s_i sx (q_i . xq)| <= e[i] ||x|| + qn[i] ||x - sx xq||          (Cauchy-Schwarz, twice)
+   g_i lies in [lo, hi] = estimate -+ that radius (+ a float-rounding slack), and max |act(g)| over the interval
+   bounds |a_i|.  Rows whose bound is <= floor (<= the threshold applied) can never be active: they are skipped,
+   exactly.  act: 0 relu, 1 silu.  Writes the candidate rows to idx, returns their number. */
+static inline float silu(float v) { return v / (1.f + __builtin_expf(-v)); }
+static inline void dot4_i8(const int8_t* r, int64_t H, const int16_t* xq, int64_t n, int32_t* out) {
+    int64_t j0 = 0;
+    for (int64_t m = 0; m < 4; m++) out[m] = 0;
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    if (n == 4) {
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+        for (; j0 + 32 <= H; j0 += 32) {
+            __m512i xv = _mm512_loadu_si512((const void*)(xq + j0));
+            a0 = _mm512_dpwssd_epi32(a0, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(r + j0))), xv);
+            a1 = _mm512_dpwssd_epi32(a1, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(r + H + j0))), xv);
+            a2 = _mm512_dpwssd_epi32(a2, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(r + 2 * H + j0))), xv);
+            a3 = _mm512_dpwssd_epi32(a3, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(r + 3 * H + j0))), xv);
+        }
+        out[0] = _mm512_reduce_add_epi32(a0); out[1] = _mm512_reduce_add_epi32(a1);
+        out[2] = _mm512_reduce_add_epi32(a2); out[3] = _mm512_reduce_add_epi32(a3);
+    }
+#endif
+    for (int64_t m = 0; m < n; m++) {
+        int32_t acc = 0;
+        int64_t start = (n == 4) ? j0 : 0;
+        #pragma omp simd reduction(+:acc)
+        for (int64_t j = start; j < H; j++) acc += (int32_t)r[m * H + j] * (int32_t)xq[j];
+        out[m] += acc;
+    }
+}
+int64_t precheck(const int8_t* q, const float* s, const float* e, const float* qn, int64_t I, int64_t H,
+                 const float* x, float floor_, int act, float* ub, int64_t* idx, int16_t* xq, int nthreads) {
+    float amax = 0.f, xn2 = 0.f, dx2 = 0.f;
+    for (int64_t j = 0; j < H; j++) { float v = __builtin_fabsf(x[j]); amax = v > amax ? v : amax; xn2 += x[j] * x[j]; }
+    double lim = 2147483000.0 / (127.0 * (double)H);  /* |sum of H products| < 2^31 */
+    float qmax = (float)(lim < 32767.0 ? lim : 32767.0);
+    float sx = amax > 0.f ? amax / qmax : 1.f;
+    for (int64_t j = 0; j < H; j++) {
+        float v = __builtin_roundf(x[j] / sx);
+        v = v > qmax ? qmax : (v < -qmax ? -qmax : v);
+        xq[j] = (int16_t)v;
+        float d = x[j] - sx * v; dx2 += d * d;
+    }
+    float xnorm = __builtin_sqrtf(xn2) * 1.0001f, dxn = __builtin_sqrtf(dx2) * 1.0001f + 1e-30f;
+    #pragma omp parallel for num_threads(nthreads) if(nthreads > 1) schedule(static)
+    for (int64_t i0 = 0; i0 < I; i0 += 4) {  /* 4 rows at a time: independent accumulators, xq read once */
+        int64_t n = I - i0 < 4 ? I - i0 : 4;
+        int32_t acc[4];
+        dot4_i8(q + i0 * H, H, xq, n, acc);
+        for (int64_t m = 0; m < n; m++) {
+            int64_t i = i0 + m;
+            float g = s[i] * sx * (float)acc[m];
+            float rad = e[i] * xnorm + qn[i] * dxn + 1e-5f * __builtin_fabsf(g) + 1e-30f;
+            float lo = g - rad, hi = g + rad, mx;
+            if (act == 0) mx = hi > 0.f ? hi : 0.f;
+            else {
+                float a = __builtin_fabsf(silu(lo)), b = __builtin_fabsf(silu(hi));
+                mx = a > b ? a : b;
+                if (lo < -1.2785f && hi > -1.2785f && mx < 0.2785f) mx = 0.2785f;
+            }
+            ub[i] = mx;
+        }
+    }
+    int64_t k = 0;
+    for (int64_t i = 0; i < I; i++) if (ub[i] > floor_) idx[k++] = i;
+    return k;
+}
+/* Column-sparse matvec (TEAL): y[O] = sum_j v[j] * wt[idx[j]], wt [*, O] the transposed (input-major) weight, so
+   only the rows of active inputs are read, each once.  Threads split the O outputs (no reduction needed). */
+void colsparse(const float* wt, const int64_t* idx, const float* v, int64_t k, int64_t O, float* y, int nthreads) {
+    #pragma omp parallel num_threads(nthreads) if(nthreads > 1)
+    {
+        int t = omp_get_thread_num(), n = omp_get_num_threads();
+        int64_t o0 = (O * t / n) & ~(int64_t)15, o1 = t == n - 1 ? O : (O * (t + 1) / n) & ~(int64_t)15;
+        memset(y + o0, 0, (o1 - o0) * sizeof(float));
+        for (int64_t j = 0; j < k; j++)
+            axpy(v[j], wt + idx[j] * O + o0, y + o0, o1 - o0, j + 1 < k ? wt + idx[j + 1] * O + o0 : 0);
+    }
+}
+/* The same with the selection fused in (one call per projection): J = {j : |x_j| > t}; returns |J|. */
+int64_t colsparse_t(const float* wt, const float* x, int64_t In, float t, int64_t O, float* y, int64_t* idx,
+                    float* v, int nthreads) {
+    int64_t k = 0;
+    for (int64_t j = 0; j < In; j++) if (__builtin_fabsf(x[j]) > t) { idx[k] = j; v[k++] = x[j]; }
+    colsparse(wt, idx, v, k, O, y, nthreads);
+    return k;
+}
+/* Sustained read bandwidth probe: a streaming sum the compiler vectorises (several accumulators). */
+float stream_sum(const float* a, int64_t n, int nthreads) {
+    float acc = 0.f;
+    #pragma omp parallel for simd num_threads(nthreads) reduction(+:acc) schedule(static)
+    for (int64_t i = 0; i < n; i++) acc += a[i];
+    return acc;
 }
 """
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
-P, I64, INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+P, I64, INT, FLT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 MAX_THREADS = 64
 
 
@@ -104,6 +220,13 @@ def load() -> ctypes.CDLL | None:
     lib = ctypes.CDLL(str(so))
     lib.rowdots.argtypes = [P, P, I64, P, I64, P, INT]
     lib.updown.argtypes = [P, P, P, I64, P, P, I64, P, P, INT]
+    lib.precheck.argtypes = [P, P, P, P, I64, I64, P, FLT, INT, P, P, P, INT]
+    lib.precheck.restype = I64
+    lib.colsparse.argtypes = [P, P, P, I64, I64, P, INT]
+    lib.colsparse_t.argtypes = [P, P, I64, FLT, I64, P, P, P, INT]
+    lib.colsparse_t.restype = I64
+    lib.stream_sum.argtypes = [P, I64, INT]
+    lib.stream_sum.restype = FLT
     return lib
 
 
@@ -131,3 +254,35 @@ def updown(lib: ctypes.CDLL, x: torch.Tensor, c: torch.Tensor, idx: torch.Tensor
     lib.updown(x.data_ptr(), c.data_ptr(), idx.data_ptr(), idx.numel(), w_up.data_ptr(), w_down_t.data_ptr(),
                x.numel(), y.data_ptr(), scratch.data_ptr(), _threads(idx.numel()))
     return y
+
+
+def precheck(lib: ctypes.CDLL, q8: tuple[torch.Tensor, ...], x: torch.Tensor, floor: float, act: int,
+             threads: int = 1) -> torch.Tensor:
+    """Rows i of the int8 gate `q8` = (q, scale, err, qnorm) whose bound on |act(W_gate[i] . x)| exceeds
+    `floor` (int64 [k])."""
+    q, scale, err, qnorm = q8
+    rows, h = q.shape
+    ub, idx, xq = torch.empty(rows), torch.empty(rows, dtype=torch.int64), torch.empty(h, dtype=torch.int16)
+    k = lib.precheck(q.data_ptr(), scale.data_ptr(), err.data_ptr(), qnorm.data_ptr(), rows, h, x.data_ptr(), floor,
+                     act, ub.data_ptr(), idx.data_ptr(), xq.data_ptr(), threads)
+    return idx[:k]
+
+
+def colsparse(lib: ctypes.CDLL, wt: torch.Tensor, idx: torch.Tensor, v: torch.Tensor, threads: int = 1) -> torch.Tensor:
+    """y = sum_j v[j] * wt[idx[j]] for an input-major weight wt [In, Out] (reads |idx| rows in place)."""
+    y = torch.empty(wt.shape[1], dtype=torch.float32)
+    lib.colsparse(wt.data_ptr(), idx.data_ptr(), v.data_ptr(), idx.numel(), wt.shape[1], y.data_ptr(), threads)
+    return y
+
+
+def colsparse_t(lib: ctypes.CDLL, wt: torch.Tensor, x: torch.Tensor, t: float, threads: int = 1) -> tuple[torch.Tensor, int]:
+    """(W x_J, |J|) with J = {j : |x_j| > t}, W given input-major as wt [In, Out]: selection and matvec in one call."""
+    n_in, n_out = wt.shape
+    y, idx, v = torch.empty(n_out), torch.empty(n_in, dtype=torch.int64), torch.empty(n_in)
+    k = lib.colsparse_t(wt.data_ptr(), x.data_ptr(), n_in, t, n_out, y.data_ptr(), idx.data_ptr(), v.data_ptr(),
+                        threads)
+    return y, int(k)
+
+
+def stream_sum(lib: ctypes.CDLL, a: torch.Tensor, threads: int) -> float:
+    return float(lib.stream_sum(a.data_ptr(), a.numel(), threads))

@@ -28,18 +28,20 @@ def realized_sparsity(mask: torch.Tensor) -> float:
     return 1.0 - float(mask.float().mean()) if mask.numel() else 0.0
 
 
-def ffn_flops(hidden: int, inter: int, active: float, mode: str, predictor_rank: int = 0) -> dict[str, float]:
+def ffn_flops(hidden: int, inter: int, active: float, mode: str, predictor_rank: int = 0,
+              input_density: float = 1.0) -> dict[str, float]:
     """Multiply-add FLOPs per token of one gated FFN, dense and sparse (active = mean number of active neurons).
 
     static/dynamic (CATS): gate is dense (it decides the mask), up and down only for active neurons.
     predictor (PowerInfer): gate, up and down only for predicted neurons, plus the predictor itself.
+    input_density < 1 (TEAL input sparsity of x): gate and up read only that share of their columns.
     """
     dense = 3 * 2 * hidden * inter
     if mode == "predictor":
         overhead = 2 * (hidden * predictor_rank + predictor_rank * inter)
-        sparse = 3 * 2 * hidden * active + overhead
+        sparse = 2 * 2 * hidden * input_density * active + 2 * hidden * active + overhead
     elif mode in ("static", "dynamic"):
-        sparse = 2 * hidden * inter + 2 * 2 * hidden * active
+        sparse = 2 * hidden * input_density * (inter + active) + 2 * hidden * active
     else:  # dense
         sparse = dense
     return {"dense": float(dense), "sparse": float(sparse), "skipped_fraction": 1.0 - sparse / dense}

@@ -9,6 +9,14 @@ TEAL's input hidden state: the mask is per *neuron*, so it removes whole rows of
 (2/3 of the FFN weights read per token) and it is the same unit that PowerInfer's predictor and the hot/cold profile
 talk about; for ReLU MLPs |a| > 0 is exactly ReLU's own sparsity.  Threshold 0 reproduces the dense MLP bit for bit.
 
+Input sites (TEAL, `SparsityConfig.sites`): `ffn_input` masks the MLP input x (|x_i| > t: gate and up read only
+those columns), `attn_input` the attention block's input (q/k/v columns), `attn_output` the input of o_proj.  The
+attention sites are forward pre-hooks on `self_attn` and `o_proj`.  Threshold 0 at every site is exactly dense.
+
+Batches: a forward pre-hook on the decoder stack reads each call's attention mask (padding positions are neither
+counted nor fed to the dynamic controller) and whether the KV cache is empty (a new sequence: every row of the
+controller restarts at the calibrated thresholds), so a padded batch gives each row what it gets at batch 1.
+
 Prefill policy (recorded in `handle.info`): a call with more than one position is a prefill; with prefill="dense"
 its positions run dense (the dynamic controller still *observes* them, so the prompt warms it up on the current
 domain), with prefill="sparse" every position is masked.  Decode calls (one position) are always sparse.
@@ -26,10 +34,18 @@ from torch import nn
 
 from sparsealign.errors import UserError
 from sparsealign.sparse.artifacts import SparsityArtifacts
-from sparsealign.sparse.config import ControllerConfig, Mode, Prefill
+from sparsealign.sparse.config import SITES, ControllerConfig, Mode, Prefill
 from sparsealign.sparse.controller import ThresholdController
 from sparsealign.sparse.fastpath import NeuronMajor
 from sparsealign.sparse.metrics import ffn_flops
+from sparsealign.sparse.runtime import (
+    Runtime,
+    attn_input_hook,
+    attn_output_hook,
+    decoder_stack,
+    find_attention,
+    position_weights,
+)
 
 MLP_PARTS = ("gate_proj", "up_proj", "down_proj", "act_fn")
 
@@ -44,83 +60,72 @@ def find_mlps(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
-class _Runtime:
-    """State shared by the wrappers of one application: thresholds, controller, predictors, records."""
-
-    def __init__(self, art: SparsityArtifacts, mode: Mode, prefill: Prefill, fast: bool,
-                 controller: ThresholdController | None, thresholds: list[float]):
-        self.art, self.mode, self.prefill, self.fast = art, mode, prefill, fast
-        self.controller, self.thresholds = controller, thresholds
-        self.predictors, self.cutoffs = art.predictors, art.cutoffs
-        self.dense_prefix: int | None = None
-        self.clear()
-
-    def clear(self) -> None:
-        L = self.art.num_layers
-        # per call: a [T] tensor (multi-position calls) or a float (decode, kept cheap: no tensor per token)
-        self.realized: list[list[torch.Tensor | float]] = [[] for _ in range(L)]
-        self.applied_t: list[list[torch.Tensor | float]] = [[] for _ in range(L)]
-        self.is_prefill: list[torch.Tensor | bool] = []
-        # per layer: sparse tokens, neurons kept, neurons computed (for FLOPs), predictor tp / true / predicted
-        self.counts = [[0.0] * 6 for _ in range(L)]
-
-
 class SparseMLP(nn.Module):
-    """Wraps an HF gated MLP; `inner` is the untouched original module."""
+    """Wraps an HF gated MLP; `inner` is the untouched original module.
 
-    def __init__(self, inner: nn.Module, layer: int, rt: _Runtime):
+    For a fast path: `self._rt.static[site][self.layer]` are the static thresholds, `mask_input(...)` gives the
+    masked FFN input and its kept columns, the controller's per-row thresholds come from `thresholds_for`."""
+
+    def __init__(self, inner: nn.Module, layer: int, rt: Runtime):
         super().__init__()
         self.inner, self.layer = inner, layer
         object.__setattr__(self, "_rt", rt)  # shared, not a submodule
-        object.__setattr__(self, "_nm", NeuronMajor(inner, with_gate_up=rt.mode == "predictor") if rt.fast else None)
+        object.__setattr__(self, "_nm", NeuronMajor(inner, with_gate_up=rt.mode == "predictor",
+                                                    precheck=rt.mode != "predictor") if rt.fast else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rt = self._rt
         if self._nm is not None and x.numel() == x.shape[-1] and not rt.dense_prefix:  # batch-1 decode
             return self._decode_fast(x.reshape(-1)).view(x.shape)
         T = x.shape[-2] if x.dim() >= 2 else 1
-        n_dense = min(rt.dense_prefix, T) if rt.dense_prefix is not None else (T if T > 1 and rt.prefill == "dense"
-                                                                               else 0)
-        return self._reference(x.reshape(-1, T, x.shape[-1]), n_dense).reshape(x.shape)
+        return self._reference(x.reshape(-1, T, x.shape[-1]), rt.n_dense(T)).reshape(x.shape)
 
     # -- exact masked computation: any batch, prefill, and the numerical reference for the fast path ----------
     def _reference(self, x: torch.Tensor, n_dense: int) -> torch.Tensor:
         rt, li, mlp = self._rt, self.layer, self.inner
         B, T, _ = x.shape
+        valid = rt.valid_for(B, T)
+        if "ffn_input" in rt.input_sites:
+            x = rt.mask_input("ffn_input", li, x)[0]
         a = mlp.act_fn(mlp.gate_proj(x))  # [B, T, I]
         abs_a = a.abs()
-        t = rt.controller.scan(li, abs_a) if rt.mode == "dynamic" else torch.full((T,), rt.thresholds[li])
-        mask = abs_a > t.to(device=abs_a.device, dtype=abs_a.dtype).view(1, T, 1)
+        t = rt.thresholds_for("intermediate", li, abs_a, valid)
+        mask = abs_a > t.to(device=abs_a.device, dtype=abs_a.dtype).unsqueeze(-1)
         computed = mask
+        w = position_weights(valid, B, T, n_dense, x.device)
         if rt.mode == "predictor":
             pred = rt.predictors[li](x.float()) >= rt.cutoffs[li]
-            sl = slice(n_dense, T)
             c = rt.counts[li]
-            c[3] += float((pred[:, sl] & mask[:, sl]).sum())
-            c[4] += float(mask[:, sl].sum())
-            c[5] += float(pred[:, sl].sum())
+            c[3] += float(((pred & mask).sum(-1) * w).sum())
+            c[4] += float((mask.sum(-1) * w).sum())
+            c[5] += float((pred.sum(-1) * w).sum())
             mask, computed = mask & pred, pred
         if n_dense:
             mask[:, :n_dense] = True
-            t[:n_dense] = 0.0
+            t[:, :n_dense] = 0.0
         out = mlp.down_proj(a * mlp.up_proj(x) * mask.to(a.dtype))
-        self._record(1.0 - mask.float().mean(dim=(0, 2)), t, T, n_dense, B,
-                     float(mask[:, n_dense:].sum()), float(computed[:, n_dense:].sum()))
+        self._record(mask, t, w, valid, n_dense, computed)
         return out
 
     # -- batch-1 decode: only active neurons' weights are read -------------------------------------------
     def _decode_fast(self, x: torch.Tensor) -> torch.Tensor:
         rt, li, nm = self._rt, self.layer, self._nm
         inter = rt.art.intermediate_size
+        if "ffn_input" in rt.input_sites:  # semantics here; the kept columns are what a column-sparse gate/up reads
+            x = rt.mask_input("ffn_input", li, x.view(1, 1, -1))[0].view(-1)
         if rt.mode == "predictor":
             idx = (rt.predictors[li](x.float()) >= rt.cutoffs[li]).nonzero().squeeze(1)
             t = rt.thresholds[li]
             y, kept = nm.predicted_decode(x, idx, t)
             computed = idx.numel()
         else:
-            a = nm.gate(x)
+            floor = self._threshold_floor()
+            a = nm.gate(x, floor)  # exact wherever |a| can exceed floor; the gate pre-check skips the other rows
             abs_a = a.abs()
-            t = rt.controller.step(li, abs_a) if rt.mode == "dynamic" else rt.thresholds[li]
+            t = float(rt.controller.step(li, abs_a.view(1, -1))[0]) if rt.mode == "dynamic" else rt.thresholds[li]
+            if t < floor:  # not reachable with a correct floor; keeps the fast path exact regardless
+                a = nm.gate(x)
+                abs_a = a.abs()
             y, kept = nm.from_gate(x, a, abs_a, t)
             computed = kept
         rt.realized[li].append(1.0 - kept / inter)
@@ -131,12 +136,29 @@ class SparseMLP(nn.Module):
             rt.is_prefill.append(False)
         return y
 
-    def _record(self, realized, t, T, n_dense, B, kept, computed) -> None:
+    def _threshold_floor(self) -> float:
+        """Hook for the fast path's gate pre-check: a value <= the threshold this decode step will apply."""
         rt, li = self._rt, self.layer
+        if rt.mode != "dynamic":
+            return rt.thresholds[li]
+        ctl = rt.controller
+        if not ctl.enabled[li]:
+            return 0.0
+        return rt.thresholds[li] if ctl.cfg.frozen else ctl.threshold(li)  # what ctl.step will return
+
+    def _record(self, mask, t, w, valid, n_dense, computed) -> None:
+        """Trace (per position, mean over real rows) and counts (real, sparse positions only)."""
+        rt, li = self._rt, self.layer
+        B, T = mask.shape[:2]
+        rows = torch.ones(B, T, device=mask.device) if valid is None else valid.to(mask.device).float()
+        denom = rows.sum(0).clamp_min(1.0)
+        realized = ((1.0 - mask.float().mean(-1)) * rows).sum(0) / denom
         rt.realized[li].append(realized.detach().float().cpu())
-        rt.applied_t[li].append(t.detach().float().cpu())
+        rt.applied_t[li].append(((t.to(rows.device) * rows).sum(0) / denom).detach().float().cpu())
         c = rt.counts[li]
-        c[0], c[1], c[2] = c[0] + B * (T - n_dense), c[1] + kept, c[2] + computed
+        c[0] += float(w.sum())
+        c[1] += float((mask.sum(-1) * w).sum())
+        c[2] += float((computed.sum(-1) * w).sum())
         if li == 0:
             flags = torch.zeros(T, dtype=torch.bool)
             flags[:n_dense] = True
@@ -146,10 +168,11 @@ class SparseMLP(nn.Module):
 class SparsityHandle:
     """Returned by `apply_sparsity`: remove(), trace(), stats(), reset(); also a context manager."""
 
-    def __init__(self, model: nn.Module, rt: _Runtime, originals: list[tuple[nn.Module, str, nn.Module]]):
-        self.model, self._rt, self._originals = model, rt, originals
+    def __init__(self, model: nn.Module, rt: Runtime, originals: list[tuple[nn.Module, str, nn.Module]],
+                 hooks: list[Any]):
+        self.model, self._rt, self._originals, self._hooks = model, rt, originals, hooks
         self.info: dict[str, Any] = {
-            "mode": rt.mode, "prefill": rt.prefill, "fast_decode": rt.fast,
+            "mode": rt.mode, "prefill": rt.prefill, "fast_decode": rt.fast, "sites": rt.art.sites,
             "target_sparsity": rt.art.config.target_sparsity, "layer_sparsity": rt.art.layer_sparsity,
             "controller": rt.controller.cfg.model_dump() if rt.controller else None,
         }
@@ -162,7 +185,22 @@ class SparsityHandle:
         """Put the original MLP modules back (the same objects); safe to call twice."""
         for parent, name, original in self._originals:
             setattr(parent, name, original)
-        self._originals = []
+        for hook in self._hooks:
+            hook.remove()
+        self._originals, self._hooks = [], []
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """A generation loop that drops finished rows from its batch calls this with the rows it keeps, so the
+        dynamic controller's per-row state follows them."""
+        if self._rt.controller is not None:
+            self._rt.controller.keep_rows(rows)
+
+    def site_thresholds(self) -> dict[str, list[float]]:
+        """Per sparsified site, per layer: the static threshold, or (dynamic) row 0's current one."""
+        rt, L = self._rt, self._rt.art.num_layers
+        ctl = rt.controller
+        return {site: [ctl.threshold(SITES.index(site) * L + li) if ctl else float(rt.static[site][li])
+                       for li in range(L)] for site in ["intermediate", *rt.input_sites]}
 
     def __enter__(self) -> SparsityHandle:
         return self
@@ -215,7 +253,9 @@ class SparsityHandle:
             row: dict[str, Any] = {"layer": art.layer_names[li], "tokens": int(tok)}
             if tok:
                 row["realized_sparsity"] = 1.0 - kept / (tok * art.intermediate_size)
-                flops = ffn_flops(art.hidden_size, art.intermediate_size, comp / tok, rt.mode, rank)
+                seen, kept_in = rt.site_counts.get("ffn_input", [[0.0, 0.0]] * (li + 1))[li]
+                flops = ffn_flops(art.hidden_size, art.intermediate_size, comp / tok, rt.mode, rank,
+                                  input_density=kept_in / seen if seen else 1.0)
                 row["flops_skipped"] = flops["skipped_fraction"]
             if n_true:
                 row["predictor_recall"] = tp / n_true
@@ -224,7 +264,13 @@ class SparsityHandle:
         overall = {k: sum(r[k] for r in layers) / len(layers) for k in
                    ("realized_sparsity", "flops_skipped", "predictor_recall", "predictor_precision")
                    if all(k in r for r in layers)}
-        return {"mode": rt.mode, "prefill": rt.prefill, "layers": layers, **overall}
+        sites = {}
+        for site, per_layer in rt.site_counts.items():
+            dims = [1.0 - kept / seen if seen else None for seen, kept in per_layer]
+            sites[site] = {"layers": dims}
+            if all(d is not None for d in dims):
+                sites[site]["realized_sparsity"] = sum(dims) / len(dims)
+        return {"mode": rt.mode, "prefill": rt.prefill, "layers": layers, **overall, "sites": sites}
 
 
 def apply_sparsity(
@@ -256,13 +302,17 @@ def apply_sparsity(
         raise UserError(f"artifacts intermediate_size {artifacts.intermediate_size} != model's {inter}")
     thr = list(thresholds if thresholds is not None else artifacts.thresholds)
     ctl = None
-    if mode == "dynamic":
-        ctl = ThresholdController(thr, artifacts.layer_sparsity, artifacts.scales,
-                                  controller or artifacts.config.controller)
-    rt = _Runtime(artifacts, mode, prefill, fast, ctl, thr)
+    if mode == "dynamic":  # one channel per (site, layer), site-major; sites not calibrated stay dense
+        per_site = [artifacts.site(site) for site in SITES]
+        ctl = ThresholdController(thr + [t for v in per_site[1:] for t in v["thresholds"]],
+                                  [s for v in per_site for s in v["layer_sparsity"]],
+                                  [s for v in per_site for s in v["scales"]], controller or artifacts.config.controller)
+    rt = Runtime(artifacts, mode, prefill, fast, ctl, thr)
     device = mlps[0][1].up_proj.weight.device
     if rt.predictors is not None and device.type != "cpu":  # copies: the artifacts themselves stay on the CPU
         rt.predictors = [copy.deepcopy(p).to(device) for p in rt.predictors]
+    attns = ([find_attention(model, name) for name in names]  # checked before anything is patched
+             if {"attn_input", "attn_output"} & set(rt.input_sites) else [])
     originals, wrappers = [], []
     for i, (name, module) in enumerate(mlps):
         parent_name, _, attr = name.rpartition(".")
@@ -270,6 +320,14 @@ def apply_sparsity(
         originals.append((parent, attr, module))
         wrappers.append(SparseMLP(module, i, rt))
         setattr(parent, attr, wrappers[-1])
-    handle = SparsityHandle(model, rt, originals)
+    stack = decoder_stack(model, names[0])
+    hooks = [stack.register_forward_pre_hook(rt.observe_call, with_kwargs=True),
+             stack.register_forward_hook(rt.after_call)]
+    for i, attn in enumerate(attns):
+        if "attn_input" in rt.input_sites:
+            hooks.append(attn.register_forward_pre_hook(attn_input_hook(rt, i), with_kwargs=True))
+        if "attn_output" in rt.input_sites:
+            hooks.append(attn.o_proj.register_forward_pre_hook(attn_output_hook(rt, i)))
+    handle = SparsityHandle(model, rt, originals, hooks)
     handle.info["decode_kernel"] = wrappers[0]._nm.kernel if fast else None
     return handle

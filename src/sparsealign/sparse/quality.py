@@ -42,15 +42,22 @@ def decode_tokens_per_s(model: nn.Module, tokenizer, prompt: str, new_tokens: in
 
 
 @torch.no_grad()
+def dense_logits(model: nn.Module, ids_list: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The unpatched model's logits [T, V] per tokenized text (computed once, reused for every sparse setting)."""
+    return [model(input_ids=ids.to(model.device)).logits[0].float() for ids in ids_list]
+
+
+@torch.no_grad()
 def evaluate_sparsity(
     model: nn.Module, tokenizer, texts: Sequence[str], artifacts: SparsityArtifacts, mode: Mode = "static",
     prefill: Prefill = "sparse", *, prompt_tokens: int = 0, max_length: int = 256,
     controller: ControllerConfig | None = None, per_token: bool = False, measure_speed: bool = False,
-    speed_tokens: int = 32,
+    speed_tokens: int = 32, dense: Sequence[torch.Tensor] | None = None,
 ) -> dict[str, Any]:
+    """`dense`: the dense model's logits per text ([T, V], from `dense_logits`), when already computed."""
     model.eval()
     ids_list = tokenize(tokenizer, texts, max_length)
-    dense = [model(input_ids=ids.to(model.device)).logits[0].float() for ids in ids_list]
+    dense = dense if dense is not None else dense_logits(model, ids_list)
     kls, agree = [], []
     handle = apply_sparsity(model, artifacts, mode, prefill, controller=controller)
     try:
@@ -71,7 +78,9 @@ def evaluate_sparsity(
     out: dict[str, Any] = {
         **stats, "target_sparsity": artifacts.config.target_sparsity, "texts": len(ids_list), "tokens": kl.numel(),
         "kl_mean": float(kl.mean()), "kl_p95": float(kl.quantile(0.95)), "kl_max": float(kl.max()),
-        "top1_agreement": float(torch.cat(agree).mean()), "controller_state": controller_state,
+        "top1_agreement": float(torch.cat(agree).mean()), "top1_matches": int(torch.cat(agree).sum()),
+        "kl_text_sums": [float(k.double().sum()) for k in kls], "text_tokens": [k.numel() for k in kls],
+        "controller_state": controller_state,
         "apply_info": handle.info,
     }
     if per_token:

@@ -49,7 +49,8 @@ def run_calibrate(cfg: CalibrateRunConfig, out_dir: str | Path, *, texts: Sequen
         source = {"source": "given", "n": len(texts)}
     model, tok = loaded if loaded is not None else load_model_and_tokenizer(cfg.model, device="cpu", dtype="float32")
     base = cfg.sparsity
-    rec = record_activations(model, tok, texts, max_length=base.max_length, max_tokens=base.max_tokens)
+    rec = record_activations(model, tok, texts, max_length=base.max_length, max_tokens=base.max_tokens,
+                             sites=base.sites)
     several = cfg.targets is not None
     out: dict[float, SparsityArtifacts] = {}
     for target in cfg.targets if several else [base.target_sparsity]:

@@ -14,17 +14,23 @@ ledger, `--only` and `study plan` use:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Union
+from typing import ClassVar
 
-from sparsealign.errors import ConfigError
+from sparsealign.errors import ConfigError, UserError
 from sparsealign.models.micro import get_recipe
-from sparsealign.study.config import AlignSettings, EvaluationConfig, StudyConfig, align_config
+from sparsealign.study.config import AlignSettings, EvaluationConfig, FamilyConfig, StudyConfig, align_config
 
 BASE = "base"
 
 
 def frac_tag(frac: float) -> str:
     return f"f{frac:.3f}"
+
+
+def seed_tag(seed: int) -> str:
+    """Path segment of an alignment replicate: none for the first (keys of one-seed studies stay as they were),
+    "/s<r>" after the subset for the others (`report.items.parse_cell_key` reads it back)."""
+    return f"/s{seed}" if seed else ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,6 +66,7 @@ class PretrainCell(Cell):
     stage: ClassVar[str] = "pretrain"
     size: str = "*"
     sizes: tuple[str, ...] = ()
+    family: FamilyConfig = field(default_factory=FamilyConfig)
 
     @property
     def key(self) -> str:
@@ -83,6 +90,7 @@ class AlignCell(Cell):
     method: str = ""  # type: ignore[assignment]
     subset: float = 1.0
     settings: AlignSettings | None = None  # type: ignore[valid-type]  (resolved from the study config)
+    seed: int = 0  # replicate index: trained with study seed + seed
 
     @property
     def parents(self) -> tuple[Cell, ...]:
@@ -90,10 +98,10 @@ class AlignCell(Cell):
 
     @property
     def key(self) -> str:
-        return f"{self.size}/{self.method}/{frac_tag(self.subset)}"
+        return f"{self.size}/{self.method}/{frac_tag(self.subset)}{seed_tag(self.seed)}"
 
 
-Model = Union[PretrainCell, AlignCell]  # noqa: UP007 (a runtime alias): where a model comes from
+Model = PretrainCell | AlignCell  # where a model comes from: the base family or an alignment
 
 
 def model_method(model: Model) -> str:
@@ -102,6 +110,10 @@ def model_method(model: Model) -> str:
 
 def model_subset(model: Model) -> float:
     return model.subset if isinstance(model, AlignCell) else 1.0
+
+
+def model_seed(model: Model) -> int:
+    return model.seed if isinstance(model, AlignCell) else 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,7 +134,7 @@ class CalibrateCell(Cell):
 
     @property
     def key(self) -> str:
-        return f"{self.size}/{self.method}"
+        return f"{self.size}/{self.method}{seed_tag(model_seed(self.model))}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,11 +165,12 @@ class EvalCell(Cell):
 
     @property
     def key(self) -> str:
-        return f"{self.size}/{self.method}/{frac_tag(self.subset)}/{self.mode}/{self.sparsity:.2f}"
+        return (f"{self.size}/{self.method}/{frac_tag(self.subset)}{seed_tag(model_seed(self.model))}/{self.mode}/"
+                f"{self.sparsity:.2f}")
 
 
 def sizes_of(cfg: StudyConfig) -> list[str]:
-    if cfg.family.kind == "hf":
+    if cfg.family.kind != "micro":
         names = list(cfg.family.models)
     else:
         names = [spec.name for spec in get_recipe(cfg.family.preset).sizes]
@@ -179,7 +192,7 @@ def expand(cfg: StudyConfig) -> list[Cell]:
     """All cells in a valid topological order (parents first)."""
     a, sp = cfg.alignment, cfg.sparsity
     sizes = sizes_of(cfg)
-    pre = PretrainCell(sizes=tuple(sizes))
+    pre = PretrainCell(sizes=tuple(sizes), family=cfg.family)
     cells: list[Cell] = [pre]
     settings = {m: align_settings(cfg, m) for m in a.methods}
     for size in sizes:
@@ -188,16 +201,30 @@ def expand(cfg: StudyConfig) -> list[Cell]:
         models: list[Model] = [pre]
         for method in a.methods:
             for frac in sorted(set(a.subsets)) if method in a.subset_methods else [1.0]:
-                al = AlignCell(size, pairs, method, frac, settings[method])
-                cells.append(al)
-                models.append(al)
+                for seed in range(a.seeds):
+                    al = AlignCell(size, pairs, method, frac, settings[method], seed)
+                    cells.append(al)
+                    models.append(al)
         for model in models:
             dense = EvalCell(size, model, pairs, cfg.evaluation, prefill=sp.prefill)
             cells.append(dense)
-            if model_subset(model) != 1.0:
-                continue  # annotation-efficiency models are compared dense only
+            if model_subset(model) != 1.0 or sp.methods is not None and model_method(model) not in {BASE, *sp.methods}:
+                continue  # annotation-efficiency models (and methods left out of the sparse grid) stay dense
             cal = CalibrateCell(size, model, tuple(sp.targets), sp.calibration_texts, "predictor" in sp.modes)
             cells.append(cal)
             cells += [EvalCell(size, model, pairs, cfg.evaluation, mode, target, sp.prefill, cal, dense)
                       for mode in sp.modes for target in sp.targets]
     return cells
+
+
+def select_cells(cells: list[Cell], only: list[str] | None) -> list[Cell]:
+    """`--only` values are cell ids (`eval:<key>`) or stage names; an unknown one is a one-line error."""
+    if not only:
+        return cells
+    known = {c.id for c in cells} | {c.stage for c in cells}
+    unknown = [o for o in only if o not in known]
+    if unknown:
+        raise UserError(f"--only {unknown[0]!r}: no such cell or stage in this study",
+                        hint="give a stage (pretrain, pairs, align, calibrate, eval) or a cell id from `study plan`")
+    wanted = set(only)
+    return [c for c in cells if c.id in wanted or c.stage in wanted]

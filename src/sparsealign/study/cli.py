@@ -7,7 +7,8 @@ import sys
 
 import click
 
-PRESET_HELP = "packaged study preset: default (micro family, ~10 min on 2 cores), small, paper (cluster)"
+PRESET_HELP = ("packaged study preset: default (micro family, ~10 min on 2 cores), small, real (SmolLM2-135M-Instruct, "
+               "<= 90 min on 2 cores), paper (cluster)")
 
 
 def _load(config: str | None, preset: str, overrides: tuple[str, ...]):
@@ -26,9 +27,10 @@ def _load(config: str | None, preset: str, overrides: tuple[str, ...]):
 @click.option("--only", multiple=True, metavar="CELL|STAGE", help="Run only these stages (pretrain, pairs, align, calibrate, eval) or cell ids from `study plan`, e.g. "
                    "eval:micro-xs/dpo/f1.000/dense/0.00 (repeatable); their dependencies must be done.")
 @click.option("--restart", is_flag=True, help="Discard runs/<name> (every finished cell and output) and start again.")
+@click.option("--dry-run", is_flag=True, help="Validate the config, expand the cells and exit (runs nothing).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object on stdout.")
 @click.pass_context
-def study(ctx: click.Context, config, preset, name, overrides, only, restart, as_json) -> None:
+def study(ctx: click.Context, config, preset, name, overrides, only, restart, dry_run, as_json) -> None:
     """Run the study: base models -> align (each method, nested data subsets) -> sparsify (static / dynamic /
     predictor thresholds at each target) -> evaluate (MBPP pass@1, preference accuracy and divergence, flips,
     realized sparsity, decode speed) -> scaling fits -> runs/<name>/report.{md,html} + results.parquet.
@@ -47,14 +49,28 @@ def study(ctx: click.Context, config, preset, name, overrides, only, restart, as
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"config": config, "preset": preset, "overrides": overrides, "name": name}
         return
-    cfg = _load(config, preset, overrides)  # config errors before the heavy imports below
+    from sparsealign.rundir import check_run_name
+    from sparsealign.study.cells import expand, select_cells
+
+    cfg = _load(config, preset, overrides)  # config, --only and --name errors before the heavy imports below
+    select_cells(expand(cfg), list(only) or None)
+    check_run_name(name or cfg.name)
     from sparsealign.report.outputs import write_outputs
     from sparsealign.study.runner import run_study
 
+    if dry_run:
+        from sparsealign.study.cells import expand
+
+        count = len(expand(cfg))
+        click.echo(json.dumps({"valid": True, "name": cfg.name, "cells": count}) if as_json else
+                   f"config valid: study {cfg.name}, {count} cells (dry run: nothing run)")
+        return
     summary = run_study(cfg, name=name, restart=restart, only=list(only) or None, progress=not as_json,
                         write=write_outputs)
     if as_json:
-        click.echo(json.dumps(summary))
+        from sparsealign.study.results import findings_of
+
+        click.echo(json.dumps({**summary, "findings": findings_of(summary["run"])}))
     else:
         click.echo(f"study {summary['run']}: {summary['done']} cells run, {summary['skipped']} skipped (done "
                    f"before), {summary['failed']} failed")
@@ -120,7 +136,7 @@ def report_cmd(name: str, as_json: bool) -> None:
     from sparsealign.report.outputs import write_outputs
     from sparsealign.settings import runs_dir
     from sparsealign.study.config import StudyConfig
-    from sparsealign.study.pipeline import Study
+    from sparsealign.study.layout import Study
 
     root = runs_dir() / name
     cfg_path = root / "config" / "study.yaml"

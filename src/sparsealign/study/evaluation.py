@@ -12,9 +12,14 @@ decode speed.  The realized-sparsity trace over that whole sequence is what the 
 Generation follows the configured prefill policy (dense prompt by default, sparse decode).  Teacher-forced
 preference scoring has no decode phase, so it runs with every position sparse — the stricter reading.
 
-Implicit reward per method: the one its loss defines (`align.losses`), with the β it was trained with, read from the
-`sparsealign_alignment.json` its alignment wrote beside the model; the base model is scored with the
-length-normalised log-likelihood (SimPO's reward with β = 1), the natural reference-free reward of an unaligned model.
+Rewards.  Every model — base and aligned, dense and sparse — is compared on one shared reward: the mean per-token
+log-likelihood of the response (SimPO's reward at β = 1, reference-free), so aligned − base subtracts like
+quantities (`<set>_reward_accuracy`, `<set>_margin` / `<set>_correct` items).  Dense cells of aligned models also
+report their method's own implicit reward (`align.losses`, with the β from the `sparsealign_alignment.json` their
+alignment wrote; DPO's reference log-probs cached once per size) as `<set>_implicit_*`.
+
+Code likelihood (`likelihood_step`): NLL of the 500 MBPP reference solutions, with natural ReLU sparsity and
+KL(aligned || base) in dense cells, and KL(dense || sparse) in sparse cells.
 """
 
 from __future__ import annotations
@@ -26,25 +31,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from sparsealign.align.config import facts
+from sparsealign.align.logps import TokenizeSettings, score_pairs
+from sparsealign.align.sidecar import read_record
 from sparsealign.data.mbpp.generated import generated_split
 from sparsealign.data.mbpp.tasks import load_mbpp
 from sparsealign.data.preference import load_pairs
 from sparsealign.data.records import MbppTask
 from sparsealign.evaluate.generation import SamplingConfig
 from sparsealign.evaluate.mbpp.evaluator import MbppEvalConfig, save_records
+from sparsealign.evaluate.mbpp.likelihood import code_likelihood
 from sparsealign.evaluate.mbpp.run import MbppRunConfig
 from sparsealign.evaluate.mbpp.run import evaluate_loaded as mbpp_on_model
-from sparsealign.evaluate.preference.metrics import flip_metrics
-from sparsealign.evaluate.preference.run import PreferenceRunConfig, with_alignment_record
+from sparsealign.evaluate.preference.metrics import flip_metrics, preference_metrics
+from sparsealign.evaluate.preference.run import PreferenceRunConfig
 from sparsealign.evaluate.preference.run import evaluate_loaded as preference_on_model
+from sparsealign.evaluate.preference.score import method_rewards
 from sparsealign.io import atomic_write_json
 from sparsealign.models.pretrain import load_member
 from sparsealign.sparse.artifacts import load_artifacts
 from sparsealign.sparse.patch import SparsityHandle, apply_sparsity
 from sparsealign.sparse.quality import decode_tokens_per_s
-from sparsealign.study.cells import BASE, EvalCell
+from sparsealign.study.cells import BASE, EvalCell, model_seed
 from sparsealign.study.layout import Study
 
 PREFERENCE_SETS = ("hh", "uf", "code")
@@ -60,6 +71,7 @@ class EvalContext:
     tok: Any
     scoring: PreferenceRunConfig  # method, β and reference of the implicit reward (from the model's record)
     ref: Any = None
+    model_path: str = ""
     handle: SparsityHandle | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     items: dict[str, list[float]] = field(default_factory=dict)
@@ -80,10 +92,12 @@ def _flat(prefix: str, metrics: dict[str, Any], names: tuple[str, ...]) -> dict[
     return out
 
 
-def _mbpp(ctx: EvalContext, tasks: list[MbppTask], name: str) -> None:
-    ev, seed = ctx.study.cfg.evaluation, ctx.study.cfg.seed
+def _mbpp(ctx: EvalContext, tasks: list[MbppTask], name: str, prefix: tuple[str, int] | None = None) -> None:
+    """pass@1 of `tasks` as dataset `name`; `prefix` = (dataset, k): the first k tasks also reported as their own
+    dataset, from the same generations (one run, two datasets)."""
+    ev, seed = ctx.cell.evaluation, ctx.study.cfg.seed
     cfg = MbppRunConfig(
-        split=ev.mbpp_split, limit=ev.mbpp_limit, chunk_size=max(1, len(tasks)),  # one chunk: one generation order
+        split=ev.mbpp_split, limit=len(tasks), chunk_size=max(1, len(tasks)),  # one chunk: one generation order
         eval=MbppEvalConfig(format=ev.prompt_format, shots=ev.shots, workers=ev.sandbox_workers,
                             ci_resamples=ev.bootstrap, seed=seed,
                             sampling=SamplingConfig(max_new_tokens=ev.max_new_tokens, batch_size=16, seed=seed)))
@@ -95,26 +109,89 @@ def _mbpp(ctx: EvalContext, tasks: list[MbppTask], name: str) -> None:
     if isinstance(p1, dict) and "low" in p1:
         ctx.metrics[f"{name}_pass@1_ci_low"], ctx.metrics[f"{name}_pass@1_ci_high"] = float(p1["low"]), float(p1["high"])
     ctx.items[f"{name}_passed"] = [int(t.task_id in passed) for t in tasks]
+    if prefix is not None:
+        sub, k = prefix
+        ctx.items[f"{sub}_passed"] = ctx.items[f"{name}_passed"][:k]
+        ctx.metrics[f"{sub}_pass@1"] = sum(ctx.items[f"{sub}_passed"]) / max(k, 1)  # Wilson CI: study.results
 
 
 def code_step(ctx: EvalContext) -> None:
-    """MBPP (reported as "mbpp") and generated tasks (reported apart, as "generated"); full-data models only —
-    subset models answer the annotation-efficiency question (preferences)."""
-    ev = ctx.study.cfg.evaluation
+    """MBPP (reported as "mbpp"; base models with `mbpp_base_tasks` also as "mbppfull", e.g. the whole split) and
+    generated tasks (reported apart, as "generated"); full-data models only -- subset models answer the
+    annotation-efficiency question (preferences)."""
+    ev = ctx.cell.evaluation
     if ctx.cell.subset != 1.0:
         return
-    _mbpp(ctx, load_mbpp(split=ev.mbpp_split)[: ev.mbpp_limit], "mbpp")
+    split = load_mbpp(split=ev.mbpp_split)
+    if ev.mbpp_base_tasks and ctx.cell.method == BASE:
+        _mbpp(ctx, split[: ev.mbpp_base_tasks], "mbppfull", prefix=("mbpp", len(split[: ev.mbpp_limit])))
+    else:
+        _mbpp(ctx, split[: ev.mbpp_limit], "mbpp")
     if ev.generated_tasks:
         _mbpp(ctx, generated_split("test", ev.generated_tasks), "generated")
 
 
+def likelihood_step(ctx: EvalContext) -> None:
+    """Continuous code metrics on the MBPP reference solutions (`evaluate.mbpp.likelihood`), one pass: NLL; dense
+    cells also the natural (threshold-free) ReLU sparsity and, for aligned models, KL(aligned || base); sparse
+    cells KL(dense || sparse) against a dense copy of the same model."""
+    ev, cell = ctx.study.cfg.evaluation, ctx.cell
+    if cell.subset != 1.0 or ev.likelihood_tasks == 0:
+        return
+    tasks = load_mbpp(split=ev.mbpp_split)[: ev.likelihood_tasks]
+    dense = cell.calibrate is None
+    other = load_member(ctx.study.base_model_path(cell.size) if dense else ctx.model_path)[0]
+    kl = {"alignment_kl": other} if dense and cell.method != BASE else {}
+    with ctx.handle.dense_prefix(0) if ctx.handle is not None else contextlib.nullcontext():  # every token sparse
+        scores = code_likelihood(ctx.model, ctx.tok, tasks, kl_to=kl, kl_from={} if dense else {"sparse_kl": other},
+                                 zeros=dense, n_resamples=ev.bootstrap, seed=ctx.study.cfg.seed)
+    for name, metric in scores.items():
+        ctx.metrics[f"mbpp_{name}"] = metric.summary["estimate"]
+        ctx.metrics[f"mbpp_{name}_ci_low"], ctx.metrics[f"mbpp_{name}_ci_high"] = (metric.summary["low"],
+                                                                                   metric.summary["high"])
+        ctx.items[f"mbpp_{name}"] = metric.values.tolist()
+
+
+def common_margins(records: list[dict[str, Any]]) -> np.ndarray:
+    """The reward every model is compared on: mean per-token log-likelihood, chosen minus rejected (SimPO's reward
+    at β = 1, reference-free, so a base model and its aligned versions are scored alike)."""
+    return np.array([r["logp_chosen"] / max(r["n_chosen"], 1) - r["logp_rejected"] / max(r["n_rejected"], 1)
+                     for r in records])
+
+
+def reference_logps(ctx: EvalContext, name: str, pairs: list) -> dict[str, torch.Tensor]:
+    """The base model's summed log-probs of a held-out set (DPO's reference): scored once per size and set,
+    cached in `pairs/<size>/reference_logps_<set>.json` (deterministic, so a second writer writes the same)."""
+    study, ev = ctx.study, ctx.study.cfg.evaluation
+    path = study.pairs_dir(ctx.cell.size) / f"reference_logps_{name}.json"
+    if not path.exists():
+        base = load_member(study.base_model_path(ctx.cell.size))[0]
+        settings = TokenizeSettings(max_length=ev.max_length, max_prompt_length=ev.max_prompt_length)
+        scores = score_pairs(base, ctx.tok, pairs, settings, batch_size=ctx.scoring.batch_size)
+        atomic_write_json(path, {k: v.tolist() for k, v in scores.items() if k != "n_truncated"})
+    return {k: torch.tensor(v) for k, v in json.loads(path.read_text()).items()}
+
+
+def implicit_rewards(ctx: EvalContext, name: str, pairs: list,
+                     records: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, float]:
+    """The aligned method's own implicit reward per pair, with the β its alignment record says it trained with."""
+    scores = {f"{side}_{k}": torch.tensor([r[f"{k}_{side}"] for r in records])
+              for side in ("chosen", "rejected") for k in ("logp", "n")}
+    scores = {k.replace("_logp", "_logps"): v for k, v in scores.items()}
+    record = read_record(ctx.model_path)
+    ref = reference_logps(ctx, name, pairs) if facts(ctx.cell.method).needs_reference else None
+    return method_rewards(ctx.cell.method, scores, ref, record.beta if record is not None else None)
+
+
 def preference_step(ctx: EvalContext) -> None:
     """Held-out pairs (dialogue, then code): the method's implicit reward, and flips against the dense model."""
-    study, cell, ev = ctx.study, ctx.cell, ctx.study.cfg.evaluation
+    study, cell, ev = ctx.study, ctx.cell, ctx.cell.evaluation
     dense_items = None
     if cell.dense is not None:
         dense_items = json.loads((study.eval_dir(cell.dense) / "items.json").read_text())
-    for name in PREFERENCE_SETS:
+    full = cell.calibrate is None and cell.subset == 1.0  # sparse and annotation-subset cells: ev.sparse_sets only
+    sets = PREFERENCE_SETS if full else [n for n in PREFERENCE_SETS if n in ev.sparse_sets]
+    for name in sets:
         path = study.pairs_dir(cell.size) / f"heldout_{name}.jsonl"
         if not path.exists() or path.stat().st_size == 0:
             continue
@@ -122,11 +199,24 @@ def preference_step(ctx: EvalContext) -> None:
         with ctx.handle.dense_prefix(0) if ctx.handle is not None else contextlib.nullcontext():
             summary, records = preference_on_model(ctx.scoring.model_copy(update={"data": str(path)}), ctx.model,
                                                    ctx.tok, pairs, ref=ctx.ref)
-        ctx.metrics.update(_flat(f"{name}_", summary["metrics"], SUMMARY_METRICS))
+        # the shared reward (same for base and aligned) is the primary metric; the method's own implicit reward,
+        # with the β it was trained with, is reported beside it (dense aligned cells) as implicit_*
+        margins = common_margins(records)
+        p_h = [r["human_prob"] for r in records]
+        logps = {"logp_chosen": [r["logp_chosen"] for r in records],
+                 "logp_rejected": [r["logp_rejected"] for r in records]}
+        ci = {"n_resamples": ev.bootstrap, "seed": study.cfg.seed}
+        ctx.metrics.update(_flat(f"{name}_", preference_metrics(margins, np.zeros_like(margins), p_h, **logps, **ci),
+                                 SUMMARY_METRICS))
+        if cell.method != BASE and cell.calibrate is None:
+            r_w, r_l, beta = implicit_rewards(ctx, name, pairs, records)
+            own = preference_metrics(r_w, r_l, p_h, **logps, **ci)
+            ctx.metrics.update(_flat(f"{name}_implicit_", own, SUMMARY_METRICS))
+            ctx.metrics["implicit_beta"] = beta
+            ctx.items[f"{name}_implicit_margin"] = (r_w - r_l).tolist()
         ctx.metrics["scoring"] = {"method": summary["method"], "beta": summary["beta"],
-                                  "reference": ctx.scoring.ref_model}
-        margins = [r["margin"] for r in records]
-        ctx.items[f"{name}_margin"] = margins
+                                  "shared_reward": "mean token log-prob"}
+        ctx.items[f"{name}_margin"] = margins.tolist()
         ctx.items[f"{name}_correct"] = [float(x > 0) for x in margins]
         if dense_items is not None and f"{name}_margin" in dense_items:
             flips = flip_metrics(dense_items[f"{name}_margin"], margins, n_resamples=ev.bootstrap,
@@ -136,8 +226,8 @@ def preference_step(ctx: EvalContext) -> None:
 
 def sparsity_step(ctx: EvalContext) -> None:
     """Sparsity actually realized over the whole sequence above (and its trace)."""
-    if ctx.handle is None:
-        ctx.metrics["realized_sparsity"] = 0.0
+    if ctx.handle is None:  # no threshold: what ReLU itself zeroes (measured on the MBPP references)
+        ctx.metrics["realized_sparsity"] = float(ctx.metrics.get("mbpp_natural_sparsity", 0.0))
         return
     stats = ctx.handle.stats()
     ctx.metrics["realized_sparsity"] = float(stats.get("realized_sparsity", 0.0))
@@ -150,18 +240,21 @@ def sparsity_step(ctx: EvalContext) -> None:
 
 def speed_step(ctx: EvalContext) -> None:
     ctx.metrics["tokens_per_s"] = decode_tokens_per_s(ctx.model, ctx.tok, "def add(a, b):\n",
-                                                      ctx.study.cfg.evaluation.speed_tokens)
+                                                      ctx.cell.evaluation.speed_tokens)
 
 
-EVAL_STEPS: list[Callable[[EvalContext], None]] = [code_step, preference_step, sparsity_step, speed_step]
+EVAL_STEPS: list[Callable[[EvalContext], None]] = [code_step, likelihood_step, preference_step, sparsity_step,
+                                                   speed_step]
 
 
 def scoring_config(study: Study, cell: EvalCell, model_path: str) -> PreferenceRunConfig:
-    ev = study.cfg.evaluation
-    method, beta = BASE_REWARD if cell.method == BASE else (cell.method, None)
+    """Every cell scores with the shared reward (no reference model); dense aligned cells derive their method's
+    implicit reward from the same log-probs and the size's cached reference log-probs (`implicit_rewards`)."""
+    ev = cell.evaluation
+    method, beta = BASE_REWARD
     cfg = PreferenceRunConfig(model=model_path, method=method, beta=beta, data="-", max_length=ev.max_length,
                               max_prompt_length=ev.max_prompt_length, n_resamples=ev.bootstrap, seed=study.cfg.seed)
-    return with_alignment_record(cfg)
+    return cfg
 
 
 def run_eval_cell(study: Study, cell: EvalCell) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -171,12 +264,14 @@ def run_eval_cell(study: Study, cell: EvalCell) -> tuple[dict[str, Any], dict[st
     model, tok = load_member(model_path)
     scoring = scoring_config(study, cell, model_path)
     ctx = EvalContext(study, cell, model, tok, scoring,
-                      ref=load_member(scoring.ref_model)[0] if scoring.ref_model else None)
+                      ref=load_member(scoring.ref_model)[0] if scoring.ref_model else None, model_path=model_path)
     if cell.calibrate is not None:
-        art = load_artifacts(study.artifacts_root(cell.size, cell.method) / f"t{cell.sparsity:.2f}")
+        seed = model_seed(cell.model)
+        art = load_artifacts(study.artifacts_root(cell.size, cell.method, seed) / f"t{cell.sparsity:.2f}")
         ctx.handle = apply_sparsity(model, art, cell.mode, cell.prefill)
     ctx.metrics.update({"size": cell.size, "method": cell.method, "subset": cell.subset, "mode": cell.mode,
-                        "target_sparsity": cell.sparsity})
+                        "target_sparsity": cell.sparsity,
+                        "seed": None if cell.method == BASE else model_seed(cell.model)})
     for step in EVAL_STEPS:
         step(ctx)
     if ctx.handle is not None:

@@ -7,9 +7,11 @@ marks the cell failed without running it, and an exception in one cell is record
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import sys
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +48,43 @@ def run_one(ledger_path: Path, cell: Cell, config_hash: str, fn: CellFn) -> str:
         return "done" if ran else "skipped"
 
 
-def run_local(cells: list[Cell], ledger_path: Path, config_hash: str, fn: CellFn, *, progress: bool = True) -> dict:
+def run_local(cells: list[Cell], ledger_path: Path, config_hash: str, fn: CellFn, *, progress: bool = True,
+              workers: int = 1) -> dict:
+    """Cells in order, one at a time, or with `workers` > 1 in that many spawned processes, each cell starting as
+    soon as its parents have finished (the ledger serialises their writes)."""
+    if workers > 1:
+        return _run_parallel(cells, ledger_path, config_hash, fn, progress=progress, workers=workers)
     counts = {"done": 0, "skipped": 0, "failed": 0}
     bar = tqdm(cells, desc="study", unit="cell", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     for cell in bar:
         bar.set_postfix_str(cell.id[:60])
         counts[run_one(ledger_path, cell, config_hash, fn)] += 1
+    return counts
+
+
+def _run_parallel(cells: list[Cell], ledger_path: Path, config_hash: str, fn: CellFn, *, progress: bool,
+                  workers: int) -> dict:
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    ids = {c.id for c in cells}
+    pending, finished, running = list(cells), set(), {}
+    bar = tqdm(total=len(cells), desc=f"study ({workers} workers)", unit="cell", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch/OpenMP state
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        while pending or running:
+            for cell in [c for c in pending if all(d in finished or d not in ids for d in c.deps)]:
+                if len(running) == workers:
+                    break
+                pending.remove(cell)
+                running[pool.submit(run_one, ledger_path, cell, config_hash, fn)] = cell
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                cell = running.pop(future)
+                counts[future.result()] += 1
+                finished.add(cell.id)
+                bar.set_postfix_str(cell.id[:60])
+                bar.update()
+    bar.close()
     return counts
 
 

@@ -13,6 +13,7 @@ same metrics as an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,9 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from sparsealign.align.engine import run_align
+from sparsealign.align.rationales import fill_rationales, hf_generator
+from sparsealign.data.mbpp.generated import generated_split
+from sparsealign.data.mbpp.mutants import mutant_pairs
 from sparsealign.data.mbpp.tasks import load_mbpp
 from sparsealign.data.preference import load_pairs, write_pairs_jsonl
 from sparsealign.data.records import PreferencePair
@@ -30,6 +34,7 @@ from sparsealign.ledger import Ledger
 from sparsealign.models.micro import get_recipe
 from sparsealign.models.pretrain import ensure_family, load_member
 from sparsealign.rundir import RunDir
+from sparsealign.sandbox.pool import SandboxPool
 from sparsealign.sparse.config import PredictorConfig, SparsityConfig
 from sparsealign.sparse.run import CalibrateRunConfig, run_calibrate
 from sparsealign.study.cells import (
@@ -39,21 +44,23 @@ from sparsealign.study.cells import (
     EvalCell,
     PairsCell,
     PretrainCell,
+    model_seed,
     sizes_of,
 )
 from sparsealign.study.code_pairs import build_code_pairs
-from sparsealign.study.config import cell_align_config
+from sparsealign.study.config import StudyConfig, cell_align_config
 from sparsealign.study.evaluation import run_eval_cell
 from sparsealign.study.layout import Study
 
 __all__ = ["RUNNERS", "Study", "run_cell"]
 log = logging.getLogger("sparsealign.study")
+GENERATED_LEAK_FREE = 200  # generated test tasks whose asserts never occur in the pretraining split
 CellResult = tuple[dict[str, Any], dict[str, Any]]  # (metrics, artifacts) as the ledger records them
 
 
 def pretrain_cell(study: Study, cell: PretrainCell) -> CellResult:
-    cfg, fam = study.cfg, study.cfg.family
-    if fam.kind == "hf":
+    cfg, fam = study.cfg, cell.family
+    if fam.kind != "micro":
         paths = dict(fam.models)
         params = {k: fam.params.get(k) for k in paths}
     else:
@@ -62,23 +69,29 @@ def pretrain_cell(study: Study, cell: PretrainCell) -> CellResult:
         paths = {m.name: m.path for m in family.members}
         params = {m.name: m.params for m in family.members}
     out = study.root / "pretrain" / "family.json"
-    atomic_write_json(out, {"paths": paths, "params": params})
-    return {"params": params}, {"family": out}
+    atomic_write_json(out, {"paths": paths, "params": params, "family": fam.name, "kind": fam.kind})
+    return {"params": params, "family": fam.name}, {"family": out}
 
 
 def pairs_cell(study: Study, cell: PairsCell) -> CellResult:
     cfg = study.cfg
-    a, seed = cfg.alignment, cfg.seed
+    a, ev, seed = cfg.alignment, cfg.evaluation, cfg.seed
     hh = load_pairs(a.preference_data, warn=cell.size == sizes_of(cfg)[0]).pairs
     n = len(hh)
     frac = min(0.5, max(a.heldout_pairs / n, 1 / n))
     hh_train, hh_held = split_pairs(hh, eval_fraction=frac, seed=seed)
     hh_train, hh_held = hh_train[: a.max_pairs], hh_held[: a.heldout_pairs]
-    uf_sets = [s for s in cfg.evaluation.preference_sets if s != a.preference_data]
-    uf = load_pairs(uf_sets[0], warn=False).pairs[: a.heldout_pairs] if uf_sets else []
+    uf_sets = [s for s in ev.preference_sets if s != a.preference_data]
+    uf = load_pairs(uf_sets[0], warn=False).pairs[: ev.uf_pairs] if uf_sets else []
 
+    rationale_stats = self_rationales(study.base_model_path(cell.size), hh_train, cfg) \
+        if a.hh_rationales == "self" else {}
     code, code_stats = build_code_pairs(study.base_model_path(cell.size), cfg)
-    code_train, code_held = split_pairs(code, eval_fraction=0.2, seed=seed) if len(code) >= 5 else (code, [])
+    if ev.heldout_code == "mutants":  # the same held-out items for every size; all sampled pairs train
+        code_train, (code_held, mutant_stats) = code, heldout_code_pairs(study)
+        code_stats.update(mutant_stats)
+    else:
+        code_train, code_held = split_pairs(code, eval_fraction=0.2, seed=seed) if len(code) >= 5 else (code, [])
     out = study.pairs_dir(cell.size)
     files = {
         "train": write_pairs_jsonl([*hh_train, *code_train], out / "train.jsonl"),
@@ -88,8 +101,34 @@ def pairs_cell(study: Study, cell: PairsCell) -> CellResult:
     if uf:
         files["heldout_uf"] = write_pairs_jsonl(uf, out / "heldout_uf.jsonl")
     metrics = {"hh_train": len(hh_train), "hh_heldout": len(hh_held), "uf_heldout": len(uf),
-               "code_train": len(code_train), "code_heldout": len(code_held), **code_stats}
+               "code_train": len(code_train), "code_heldout": len(code_held), **code_stats, **rationale_stats}
     return metrics, files
+
+
+def heldout_code_pairs(study: Study) -> tuple[list[PreferencePair], dict[str, int]]:
+    """Reference vs failing one-edit mutant for the MBPP test tasks and the leak-free generated test tasks: no model
+    involved, so every size gets the same pairs.  Built once per study (`pairs/heldout_code_mutants.jsonl`)."""
+    path = study.root / "pairs" / "heldout_code_mutants.jsonl"
+    stats_path = path.with_suffix(".json")
+    if path.exists() and stats_path.exists():
+        return load_pairs(path, warn=False).pairs, json.loads(stats_path.read_text())
+    ev = study.cfg.evaluation
+    tasks = load_mbpp(split=ev.mbpp_split) + generated_split("test", GENERATED_LEAK_FREE)
+    with SandboxPool(workers=ev.sandbox_workers, timeout_s=5.0, memory_mb=512) as pool:
+        pairs, stats = mutant_pairs(tasks, pool, seed=study.cfg.seed)
+    write_pairs_jsonl(pairs, path)
+    atomic_write_json(stats_path, stats)
+    return pairs, stats
+
+
+def self_rationales(model_path: str, pairs: list[PreferencePair], cfg: StudyConfig) -> dict[str, int]:
+    """Rationales for HH training pairs written by the base model itself, as `rationales generate --source hf`
+    does (its generator, greedy; fills `pair.rationale` in place)."""
+    model, tok = load_member(model_path)
+    generator = hf_generator(model, tok, batch_size=8, max_new_tokens=cfg.alignment.rationale_max_new_tokens,
+                             temperature=0.0, seed=cfg.seed)
+    counts = fill_rationales(pairs, generator, source=f"hf:{model_path}", save=lambda _: None)
+    return {f"hh_rationales_{k}": v for k, v in counts.items()}
 
 
 def train_pairs(study: Study, cell: AlignCell) -> list[PreferencePair]:
@@ -102,7 +141,8 @@ def align_cell(study: Study, cell: AlignCell) -> CellResult:
     pairs = train_pairs(study, cell)
     settings = cell.settings.model_dump(exclude_none=True, by_alias=True) if cell.settings is not None else {}
     cfg = cell_align_config(cell.method, settings, model=study.base_model_path(cell.size),
-                            data=str(study.pairs_dir(cell.size) / "train.jsonl"), seed=study.cfg.seed, cell=cell.key)
+                            data=str(study.pairs_dir(cell.size) / "train.jsonl"), seed=study.cfg.seed + cell.seed,
+                            cell=cell.key)
     run = RunDir(root=study.root, ledger=Ledger(study.root / "ledger.sqlite"))
     try:
         metrics = run_align(cfg, run, pairs=pairs, eval_pairs=[])
@@ -122,7 +162,7 @@ def calibrate_cell(study: Study, cell: CalibrateCell) -> CellResult:
     cfg = CalibrateRunConfig(model=model_path, targets=list(cell.targets), profile=False,
                              sparsity=SparsityConfig(seed=study.cfg.seed,
                                                      predictor=PredictorConfig(enabled=cell.predictor)))
-    out = study.artifacts_root(cell.size, cell.method)
+    out = study.artifacts_root(cell.size, cell.method, model_seed(cell.model))
     arts = run_calibrate(cfg, out, texts=calibration_texts(study), loaded=load_member(model_path))
     metrics: dict[str, Any] = {}
     files: dict[str, Any] = {}

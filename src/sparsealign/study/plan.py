@@ -40,8 +40,8 @@ def param_counts(cfg: StudyConfig) -> dict[str, float | None]:
 
 
 def memory_gib(cell: Cell, params: float | None, cfg: StudyConfig) -> float | None:
-    if cell.stage == "pretrain" and cfg.family.kind == "hf":
-        return 0.0  # the hf family is only named by path here; nothing is loaded
+    if cell.stage == "pretrain" and cfg.family.kind != "micro":
+        return 0.0  # hf/pretrained families are only named by path here; nothing is loaded
     if params is None:
         return None
     if cell.stage in ("pretrain", "align"):
@@ -50,7 +50,7 @@ def memory_gib(cell: Cell, params: float | None, cfg: StudyConfig) -> float | No
         else:
             need = params * 16
     elif cell.stage in ("calibrate", "eval", "pairs"):
-        need = params * (4 if cfg.family.kind == "micro" else 2) * (2 if cell.method != BASE and facts(cell.method).needs_reference else 1)
+        need = params * (2 if cfg.family.kind == "hf" else 4) * (2 if cell.method != BASE and facts(cell.method).needs_reference else 1)
     else:
         need = params * 2
     return float(f"{need * 1.2 / GiB:.3g}")  # significant digits: micro cells are well under 1 MiB
@@ -63,9 +63,12 @@ def launch_commands(source: str, cfg: StudyConfig) -> list[str]:
         cmds.insert(0, "ray start --head   # on the head node; `ray start --address=<head>:6379` on workers")
         cmds.append(f"sparsealign study {source} --set executor.address=auto   # on the head node")
     if cfg.family.kind == "hf":
-        cmds.append(
+        size, model = next(iter(cfg.family.models.items()))
+        lora = " --set lora=true" if cfg.alignment.lora else ""
+        cmds.append(  # a literal, runnable line (checked with --dry-run in tests/test_cli_conventions.py)
             "accelerate launch --config_file configs/accelerate/zero3.yaml -m sparsealign.cli align "
-            "--method dpo --model <hub id> --data <pairs> --set lora=true   # one align cell by hand"
+            f"--method dpo --model {model} --data {cfg.alignment.preference_data} --name {cfg.name}-{size}"
+            f"{lora}   # one align cell by hand"
         )
     return cmds
 

@@ -2,7 +2,10 @@
 
 Metric names in eval cells are `<dataset>_<metric>` (dataset: mbpp, generated, hh, uf, code) or plain
 (`realized_sparsity`, `flops_skipped`, `tokens_per_s`, ...); `_ci_low` / `_ci_high` companions become the row's CI.
-Generated-task results keep their own dataset name and never enter MBPP figures.
+Proportions of 0/1 items (pass@1 from `<dataset>_passed`, reward accuracy from `<dataset>_correct`, flip rate from
+the cell's and its dense cell's `<dataset>_correct`) get the Wilson interval of their per-item counts, whatever the
+cell recorded: a bootstrap collapses at 0 and 1, and the eval cell stores pass@1 without a CI.  Generated-task
+results keep their own dataset name and never enter MBPP figures.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sparsealign.ledger import Ledger
+from sparsealign.stats.intervals import wilson_interval
 from sparsealign.study.executor import ledger_stage
 
 if TYPE_CHECKING:
@@ -19,8 +23,31 @@ if TYPE_CHECKING:
 
     from sparsealign.study.pipeline import Study
 
-DATASETS = ("mbpp", "generated", "hh", "uf", "code")
-CELL_FIELDS = ("size", "method", "subset", "mode", "target_sparsity")
+DATASETS = ("mbpp", "mbppfull", "generated", "hh", "uf", "code")
+CELL_FIELDS = ("size", "method", "subset", "mode", "target_sparsity", "seed")
+PROPORTION_ITEMS = {"pass@1": "passed", "reward_accuracy": "correct"}  # metric -> its 0/1 per-item array
+
+
+def proportion_items(metric: str, dataset: str, items: dict, dense: dict) -> list[float] | None:
+    """The 0/1 per-item outcomes behind a proportion metric: tasks passed, pairs ranked right, or (flip_rate) pairs
+    whose ranking differs from the same model's dense cell; None for other metrics or missing arrays."""
+    if metric == "flip_rate":
+        a, b = dense.get(f"{dataset}_correct"), items.get(f"{dataset}_correct")
+        return [float(x != y) for x, y in zip(a, b, strict=True)] if a and b and len(a) == len(b) else None
+    return items.get(f"{dataset}_{PROPORTION_ITEMS[metric]}") if metric in PROPORTION_ITEMS else None
+
+
+def proportion_ci(values: list[float] | None, value: float) -> tuple[float, float] | None:
+    """Wilson CI from 0/1 outcomes; None when there are none or they do not reproduce the recorded value (then the
+    cell's own CI stands)."""
+    if not values or any(v not in (0, 1) for v in values) or abs(sum(values) / len(values) - value) > 1e-9:
+        return None
+    ci = wilson_interval(int(sum(values)), len(values))
+    return ci.low, ci.high
+
+
+def _load_items(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _split_metric(name: str) -> tuple[str, str]:
@@ -29,18 +56,21 @@ def _split_metric(name: str) -> tuple[str, str]:
 
 
 def results_table(study: Study) -> pd.DataFrame:
-    """Tidy table: size, params, method, subset_fraction, mode, target_sparsity, dataset, metric, value, CI, n."""
+    """Tidy table: family (its label: families are never pooled), size, params, method, subset_fraction, mode,
+    target_sparsity, dataset, metric, value, CI, n."""
     import pandas as pd
 
     family_path = study.root / "pretrain" / "family.json"
-    params = json.loads(family_path.read_text()).get("params", {}) if family_path.exists() else {}
+    family = json.loads(family_path.read_text()) if family_path.exists() else {}
+    params, family_name = family.get("params", {}), family.get("family", study.cfg.family.name)
     rows: list[dict[str, Any]] = []
     with Ledger(study.root / "ledger.sqlite") as ledger:
         eval_rows = ledger.rows(stage=ledger_stage("eval"), status="done")
     for row in eval_rows:
         m = row.metrics
-        items_path = Path(row.artifacts.get("items", ""))
-        items = json.loads(items_path.read_text()) if items_path.is_file() else {}
+        items = _load_items(Path(row.artifacts.get("items", "")))
+        dense_key = "/".join([*row.cell.split("/")[:-2], "dense", "0.00"])  # the same model's dense cell
+        dense = _load_items(study.root / "eval" / dense_key / "items.json") if m["mode"] != "dense" else {}
         for name, value in m.items():
             if name in CELL_FIELDS or name.endswith(("_ci_low", "_ci_high")) or not isinstance(value, (int, float)):
                 continue
@@ -49,14 +79,17 @@ def results_table(study: Study) -> pd.DataFrame:
             for key in (f"{dataset}_passed", f"{dataset}_margin"):
                 if key in items:
                     n = len(items[key])
+            low, high = proportion_ci(proportion_items(metric, dataset, items, dense), float(value)) or (
+                m.get(f"{name}_ci_low"), m.get(f"{name}_ci_high"))
             rows.append({
-                "cell": row.cell, "size": m["size"], "params": params.get(m["size"]), "method": m["method"],
+                "cell": row.cell, "family": family_name, "size": m["size"], "params": params.get(m["size"]),
+                "method": m["method"],
                 "subset_fraction": float(m["subset"]), "mode": m["mode"], "target_sparsity": float(m["target_sparsity"]),
-                "dataset": dataset, "metric": metric, "value": float(value),
-                "ci_low": m.get(f"{name}_ci_low"), "ci_high": m.get(f"{name}_ci_high"), "n": n,
+                "dataset": dataset, "metric": metric, "value": float(value), "ci_low": low, "ci_high": high, "n": n,
+                "seed": m.get("seed"),  # the alignment seed, once cells carry one
             })
-    columns = ["cell", "size", "params", "method", "subset_fraction", "mode", "target_sparsity", "dataset", "metric",
-               "value", "ci_low", "ci_high", "n"]
+    columns = ["cell", "family", "size", "params", "method", "subset_fraction", "mode", "target_sparsity", "dataset", "metric",
+               "value", "ci_low", "ci_high", "n", "seed"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -75,3 +108,9 @@ def traces(study: Study) -> dict[str, dict[str, Any]]:
     for path in sorted((study.root / "eval").rglob("trace.json")):
         out[str(path.parent.relative_to(study.root / "eval"))] = json.loads(path.read_text())
     return out
+
+
+def findings_of(run: str | Path) -> list[dict]:
+    """The Findings the report wrote for a run (`findings.json`), [] when none were written (no results yet)."""
+    path = Path(run) / "findings.json"
+    return json.loads(path.read_text()) if path.is_file() else []

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from sparsealign.config import config_hash
-from sparsealign.errors import UserError
 from sparsealign.rundir import RunDir
-from sparsealign.study.cells import Cell, expand
+from sparsealign.study.cells import expand, select_cells
 from sparsealign.study.config import ExecutorConfig, StudyConfig
 from sparsealign.study.executor import run_local, run_ray
 from sparsealign.study.pipeline import Study, run_cell
@@ -22,19 +21,6 @@ def run_identity(cfg: StudyConfig) -> StudyConfig:
     """What the results depend on: the config minus `executor` (where cells run, not what they compute), so a study
     started locally can be resumed on Ray or pointed at a cluster address without being refused as changed."""
     return cfg.model_copy(update={"executor": ExecutorConfig()})
-
-
-def select_cells(cells: list[Cell], only: list[str] | None) -> list[Cell]:
-    """`--only` values are cell ids (`eval:<key>`) or stage names; an unknown one is a one-line error."""
-    if not only:
-        return cells
-    known = {c.id for c in cells} | {c.stage for c in cells}
-    unknown = [o for o in only if o not in known]
-    if unknown:
-        raise UserError(f"--only {unknown[0]!r}: no such cell or stage in this study",
-                        hint="give a stage (pretrain, pairs, align, calibrate, eval) or a cell id from `study plan`")
-    wanted = set(only)
-    return [c for c in cells if c.id in wanted or c.stage in wanted]
 
 
 def run_study(cfg: StudyConfig, *, name: str | None = None, restart: bool = False, progress: bool = True,
@@ -53,7 +39,7 @@ def run_study(cfg: StudyConfig, *, name: str | None = None, restart: bool = Fals
                          cpus_per_cell=cfg.executor.cpus_per_cell, gpus_per_cell=cfg.executor.gpus_per_cell,
                          progress=progress)
     else:
-        counts = run_local(cells, ledger_path, chash, fn, progress=progress)
+        counts = run_local(cells, ledger_path, chash, fn, progress=progress, workers=cfg.executor.workers)
     outputs = write(study) if write is not None else {}
     summary = {"run": str(run.root), "cells": len(cells), **counts, **{k: str(v) for k, v in outputs.items()}}
     if counts["failed"]:

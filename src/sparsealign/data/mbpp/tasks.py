@@ -73,18 +73,18 @@ def load_mbpp(
     seen: set[int] = set()
     for row in read_rows(resolved):
         if row.error is not None:
-            raise _fail(resolved, row, row.detail)
+            raise _fail(resolved, row, row.detail, row.hint())
         fmt = fmt or mbpp_format_of(row.value)
         if fmt is None:
             fields = ", ".join(sorted(map(str, row.value)))[:200]
             raise _fail(resolved, row, f"not an MBPP file (fields: {fields}); expected task_id, text/prompt, "
-                        "code, test_list")
+                        "code, test_list", "pass an MBPP file such as mbpp/mbpp.jsonl, or another --format")
         try:
             task = _task(row.value, fmt, fmt)
         except ValueError as exc:
-            raise _fail(resolved, row, str(exc)) from None
+            raise _fail(resolved, row, str(exc), _TASK_HINT) from None
         if task.task_id in seen:
-            raise _fail(resolved, row, f"duplicate task_id {task.task_id}")
+            raise _fail(resolved, row, f"duplicate task_id {task.task_id}", "give every task its own task_id")
         seen.add(task.task_id)
         tasks.append(task)
     if split is not None:
@@ -92,9 +92,12 @@ def load_mbpp(
     return tasks
 
 
-def _fail(path: Path, row: Row, reason: str) -> DataError:
+_TASK_HINT = "fix the row: a task has task_id (integer), text or prompt, code, and test_list (strings)"
+
+
+def _fail(path: Path, row: Row, reason: str, hint: str) -> DataError:
     line, prefix = row.where()
-    return DataError(path, prefix + reason, line=line)
+    return DataError(path, prefix + reason, line=line, hint=hint)
 
 
 def mbpp_split_counts(tasks: list[MbppTask]) -> dict[str, int]:

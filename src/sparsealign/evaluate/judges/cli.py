@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
 
 from sparsealign.clients.options import endpoint_options, make_client
 from sparsealign.output import emit
+from sparsealign.sparse.options import sparsity_options, sparsity_spec
 
 
 def _items(candidate: str | None, baseline: str | None, pairs: str | None, limit: int | None):
@@ -39,11 +41,25 @@ def _items(candidate: str | None, baseline: str | None, pairs: str | None, limit
               "else by prompt).")
 @click.option("--pairs", default=None, help="A pairs file instead: candidate = chosen, baseline = rejected (the win "
               "rate is then the judge's agreement with the labels).")
+@click.option("--responses-model", default=None, metavar="PATH",
+              help="With --pairs and --sparsity: judge this model's answers to the pairs' prompts under sparsity "
+                   "(candidate) against its own dense answers (baseline).")
+@sparsity_options(what="--responses-model")
+@click.option("--responses-max-new-tokens", default=128, show_default=True, type=click.IntRange(1),
+              help="Tokens per answer of --responses-model.")
 @click.option("--model", default=None, help="Judge model name at the endpoint (--judge llm).")
 @click.option("--reward-model", default=None, help="Reward model path or hub id (--judge reward-model).")
 @endpoint_options
-@click.option("--max-tokens", default=1024, show_default=True, type=click.IntRange(1),
-              help="Maximum tokens of each judgement.")
+@click.option("--verdict", "verdict_mode", type=click.Choice(["text", "logprobs", "json"]), default="text",
+              show_default=True,
+              help="--judge llm: read the verdict from the [[A]]/[[B]]/[[C]] marker (text), from the first token's "
+                   "log-probabilities of A vs B (logprobs: for small/local judges; needs a server that returns "
+                   "top_logprobs, e.g. llama.cpp, vLLM, OpenAI), or from a JSON-schema response (json).")
+@click.option("--strict", is_flag=True,
+              help="Fail (one-line error, nothing written) when more than 10% of the items got no parsable verdict, instead of marking the "
+                   "result unusable.")
+@click.option("--max-tokens", "--max-new-tokens", "max_tokens", default=1024, show_default=True,
+              type=click.IntRange(1), help="Maximum tokens of each judgement.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Reward-model batch.")
 @click.option("--max-length", default=1024, show_default=True, type=click.IntRange(8),
               help="Reward-model tokens per text (truncated from the left).")
@@ -55,13 +71,16 @@ def _items(candidate: str | None, baseline: str | None, pairs: str | None, limit
 @click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N items.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Per-item verdicts as JSONL (atomic).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object on stdout.")
-def winrate(judge: str, candidate: str | None, baseline: str | None, pairs: str | None, model: str | None,
-            reward_model: str | None, max_tokens: int, batch_size: int, max_length: int, device: str, ci: str,
+def winrate(judge: str, candidate: str | None, baseline: str | None, pairs: str | None, responses_model: str | None,
+            sparsity: str | None, mode: str, prefill: str, responses_max_new_tokens: int, model: str | None,
+            reward_model: str | None, verdict_mode: str, strict: bool, max_tokens: int, batch_size: int, max_length: int, device: str, ci: str,
             level: float, seed: int, limit: int | None, out: str | None, as_json: bool, **endpoint: Any) -> None:
     """Win rate of candidate responses against baseline responses, judged by an LLM or a reward model.
 
     Win rate = (wins + ties/2) / n with a confidence interval. The LLM judge sees every item twice (candidate as A,
-    then as B); verdicts that disagree across the two orders count as ties.
+    then as B); verdicts that disagree across the two orders count as ties.  An item without a parsable verdict
+    is missing data: counted (`missing`), left out of the rate and its CI, and above 10% missing the result says
+    `usable: false` (--strict: an error).
 
     \b
     Examples:
@@ -76,14 +95,26 @@ def winrate(judge: str, candidate: str | None, baseline: str | None, pairs: str 
     if judge == "reward-model" and not reward_model:
         raise UserError("--judge reward-model needs --reward-model PATH",
                         hint="train one with `sparsealign eval train-reward-model` or pass a hub id")
-    items = _items(candidate, baseline, pairs, limit)
     extra: dict[str, object] = {"judge": judge}
+    if responses_model or sparsity:
+        if not (responses_model and sparsity and pairs):
+            raise UserError("dense-vs-sparse judging needs --responses-model PATH, --sparsity DIR and --pairs FILE")
+        from sparsealign.data.preference import load_pairs
+        from sparsealign.evaluate.judges.responses import dense_vs_sparse_items
+        from sparsealign.sparse.spec import SparsitySpec
+
+        spec = SparsitySpec(**sparsity_spec(sparsity, mode, prefill))
+        items, extra["sparsity"] = dense_vs_sparse_items(responses_model, load_pairs(pairs, limit=limit).pairs, spec,
+                                                         max_new_tokens=responses_max_new_tokens, device=device,
+                                                         batch_size=batch_size)
+    else:
+        items = _items(candidate, baseline, pairs, limit)
     if judge == "llm":
         client = make_client(model, seed=seed, **endpoint)
-        records = W.llm_judge(client, items, temperature=0.0, max_tokens=max_tokens)
+        records = W.llm_judge(client, items, verdict=verdict_mode, max_tokens=max_tokens)
         client.close()
-        extra.update(model=model, requests=client.stats.requests, cache_hits=client.stats.cache_hits,
-                     inconsistent=sum(not r["consistent"] for r in records),
+        extra.update(model=model, verdict=verdict_mode, requests=client.stats.requests,
+                     cache_hits=client.stats.cache_hits, inconsistent=sum(r["consistent"] is False for r in records),
                      unparsed=sum(r[k] is None for r in records
                                   for k in ("verdict_candidate_first", "verdict_candidate_second")))
     else:
@@ -93,6 +124,14 @@ def winrate(judge: str, candidate: str | None, baseline: str | None, pairs: str 
         records = W.reward_model_judge(RewardScorer(rm, tok, batch_size=batch_size, max_length=max_length), items)
         extra["model"] = reward_model
     summary = {**extra, **W.winrate_summary([r["outcome"] for r in records], ci=ci, level=level, seed=seed)}
+    warning = None
+    if not summary["usable"]:
+        message = (f"{summary['missing']}/{summary['items']} items have no parsable verdict (> 10%): the win rate "
+                   "is not usable")
+        hint = "try --verdict logprobs (or json) for a small judge, or a larger judge model"
+        if strict:
+            raise UserError(message, hint=hint)
+        warning = f"warning: {message} (fix: {hint})"
     if out:
         from sparsealign.io import atomic_write_text
 
@@ -101,9 +140,14 @@ def winrate(judge: str, candidate: str | None, baseline: str | None, pairs: str 
         summary["out"] = out
     if as_json:
         print(json.dumps(summary))
+    elif summary["win_rate"] is None:
+        print(f"no verdicts: all {summary['items']} items missing (unparsed judge output)")
     else:
         print(f"win rate {summary['win_rate']:.3f} [{summary['ci_low']:.3f}, {summary['ci_high']:.3f}] "
-              f"({summary['wins']} wins, {summary['ties']} ties, {summary['losses']} losses, n={summary['n']})")
+              f"({summary['wins']} wins, {summary['ties']} ties, {summary['losses']} losses, n={summary['n']}; "
+              f"{summary['missing']} missing)")
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 @click.command("train-reward-model")

@@ -25,6 +25,9 @@ SPLIT_CHOICES = ("test", "validation", "train", "prompt")
               help="Score generations made elsewhere: lm-eval --log_samples JSONL (mbpp task) or evalplus samples "
                    "JSONL ({task_id: Mbpp/N, solution|completion}); run here against the MBPP file's tests.")
 @sparsity_options()
+@click.option("--compare-dense", is_flag=True,
+              help="With --sparsity: also run --model dense on the same tasks; report both and sparse - dense "
+                   "(paired bootstrap CI over tasks, exact McNemar p).")
 @click.option("--split", type=click.Choice(SPLIT_CHOICES), default="test", show_default=True,
               help="Standard MBPP split by task id (test = tasks 11-510).")
 @click.option("--data", "data_path", default=None, metavar="FILE",
@@ -61,7 +64,8 @@ SPLIT_CHOICES = ("test", "validation", "train", "prompt")
               help="Also write the per-sample records table here (.parquet or .jsonl).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the summary) on stdout.")
 @loader_options
-def mbpp_command(solutions, model_path, samples_path, sparsity, mode, prefill, split, data_path, limit, fmt, shots,
+def mbpp_command(solutions, model_path, samples_path, sparsity, mode, prefill, compare_dense, split, data_path, limit,
+                 fmt, shots,
                  extraction, n, temperature, top_p, max_new_tokens,
                  batch_size, seed, ks, timeout_s, memory_mb, workers, device, dtype, name, out_path, as_json, loader) -> None:
     """MBPP pass@k: generate with --model (or take --solutions reference), run every program in the sandbox.
@@ -79,13 +83,15 @@ def mbpp_command(solutions, model_path, samples_path, sparsity, mode, prefill, s
 
     if sum(x is not None for x in (solutions, model_path, samples_path)) != 1:
         raise UserError("pass exactly one of --model PATH, --samples FILE or --solutions reference")
+    if compare_dense and not sparsity:
+        raise UserError("--compare-dense compares against a sparse run: add --sparsity DIR")
     if sparsity and model_path is None:
         raise UserError("--sparsity runs a model: add --model PATH (the model the artifacts were calibrated on)")
     try:
         cfg = MbppRunConfig.model_validate({
             "solutions": solutions, "model": model_path, "samples": samples_path,
-            "sparsity": sparsity_spec(sparsity, mode, prefill), "split": split, "data": data_path, "limit": limit,
-            "device": device, "dtype": dtype, **loader,
+            "sparsity": sparsity_spec(sparsity, mode, prefill), "compare_dense": compare_dense, "split": split,
+            "data": data_path, "limit": limit, "device": device, "dtype": dtype, **loader,
             "eval": {"format": fmt, "shots": shots, "extract": extraction, "ks": sorted(set(ks)), "timeout_s": timeout_s, "memory_mb": memory_mb,
                      "workers": workers, "seed": seed,
                      "sampling": {"n": n, "temperature": temperature, "top_p": top_p,
@@ -106,6 +112,10 @@ def _print_human(summary: dict) -> None:
     total, passed = summary.get("total", 0), summary.get("passed", 0)
     how = f" (extract {summary['extract']})" if summary.get("extract") else ""
     click.echo(f"passed {passed}/{total} problems{how}")
+    if summary.get("sparse_minus_dense"):
+        d, diff = summary["dense"], summary["sparse_minus_dense"]
+        click.echo(f"dense: passed {d['passed']}/{d['total']}; sparse - dense {diff['estimate']:+.4f} "
+                   f"[{diff['low']:+.4f}, {diff['high']:+.4f}] ({diff['test']} p={diff['p']:.3g})")
     sp = summary.get("sparsity")
     if sp:
         click.echo(f"sparsity: {sp['mode']} (prefill {sp['prefill']}), realized {sp['realized_sparsity']:.3f} "

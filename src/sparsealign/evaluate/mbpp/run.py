@@ -36,6 +36,7 @@ from sparsealign.rundir import RunDir
 from sparsealign.settings import resolve_data_path
 from sparsealign.sparse.apply import apply_spec
 from sparsealign.sparse.spec import SparsitySpec
+from sparsealign.stats.paired import paired_difference
 
 log = logging.getLogger("sparsealign.evaluate")
 STAGE = "eval-mbpp"
@@ -47,6 +48,8 @@ class MbppRunConfig(StrictModel):
     model: str | None = None
     samples: str | None = Field(None, description="score generations made elsewhere (lm-eval / evalplus JSONL)")
     sparsity: SparsitySpec | None = Field(None, description="run the model under activation sparsity; None = dense")
+    compare_dense: bool = Field(False, description="with sparsity: also run the model dense on the same tasks and "
+                                "report sparse - dense (paired CI, exact McNemar)")
     split: Literal["test", "validation", "train", "prompt"] = "test"
     data: str | None = None
     limit: int | None = Field(None, ge=1)
@@ -95,12 +98,37 @@ def _evaluate(cfg: MbppRunConfig, parts_dir: Path | None, progress: bool) -> tup
 
     shots = load_mbpp(cfg.data, split="prompt") if cfg.eval.format == "lm-eval" else None
     model, tok = load_model_and_tokenizer(cfg.model or "", **cfg.model_dump(include=LOAD_FIELDS))
+    dense = None
+    if cfg.sparsity is not None and cfg.compare_dense:  # dense first: the same model object, before patching
+        dense = evaluate_loaded(cfg, model, tok, tasks, parts_dir=parts_dir / "dense" if parts_dir else None,
+                                shots=shots, progress=progress)
     handle = apply_spec(model, cfg.sparsity) if cfg.sparsity is not None else None
     summary, records = evaluate_loaded(cfg, model, tok, tasks, parts_dir=parts_dir, shots=shots, progress=progress)
     if handle is not None:
         summary["sparsity"] = _sparsity_summary(handle, cfg.sparsity)
         handle.remove()
+    if dense is not None:
+        summary.update(dense_vs_sparse(dense[0], dense[1], records, cfg))
     return summary, records
+
+
+def _task_passed(records: Sequence[dict[str, Any]]) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for r in records:
+        out[int(r["task_id"])] = max(out.get(int(r["task_id"]), 0.0), float(r["status"] == "passed"))
+    return out
+
+
+def dense_vs_sparse(dense_summary: dict[str, Any], dense_records: Sequence[dict[str, Any]],
+                    sparse_records: Sequence[dict[str, Any]], cfg: MbppRunConfig) -> dict[str, Any]:
+    """The dense run's pass@k and the paired difference sparse - dense over tasks (bootstrap CI, exact McNemar)."""
+    d, s = _task_passed(dense_records), _task_passed(sparse_records)
+    ids = sorted(d)
+    diff = paired_difference([s[t] for t in ids], [d[t] for t in ids], n_resamples=cfg.eval.ci_resamples,
+                             level=cfg.eval.ci_level, seed=cfg.eval.seed)
+    keep = ("total", "passed", "failed_task_ids", *(k for k in dense_summary if k.startswith("pass@")))
+    return {"dense": {k: dense_summary[k] for k in keep if k in dense_summary},
+            "sparse_minus_dense": {"metric": "problem solved (any sample passed)", **diff.to_dict()}}
 
 
 def evaluate_loaded(cfg: MbppRunConfig, model, tok, tasks: Sequence[MbppTask], *, parts_dir: Path | None = None,
@@ -136,7 +164,7 @@ def run_mbpp(cfg: MbppRunConfig, *, name: str | None = None, out_path: str | Non
         def cell() -> tuple[dict, dict]:
             summary, records = _evaluate(cfg, out_dir / "parts", progress)
             table = save_records(records, out_dir / "records.parquet")
-            summary["records"] = str(table)
+            summary.update(records=str(table), source=label, split=cfg.split)
             atomic_write_json(out_dir / "summary.json", summary)
             holder["records"] = records
             return summary, {"records": table, "summary": out_dir / "summary.json"}

@@ -14,7 +14,8 @@ from sparsealign.sparse.options import sparsity_options, sparsity_spec
 @click.command("preference")
 @click.option("--model", "model_path", required=True, metavar="PATH", help="Aligned (or sparsified) model to evaluate.")
 @click.option("--ref-model", "ref_path", default=None, metavar="PATH",
-              help="Reference model: required for DPO/RDPO rewards and for --kl-samples.")
+              help="Reference model: required for DPO/RDPO rewards (default: the one the model's "
+                   "sparsealign_alignment.json names) and for --kl-samples.")
 @click.option("--method", type=click.Choice(METHODS), required=True,
               help="Whose implicit reward to use: DPO beta*log(pi/pi_ref), SimPO beta/|y|*log pi, ORPO log-odds.")
 @click.option("--data", "data", required=True, metavar="FILE",
@@ -22,7 +23,8 @@ from sparsealign.sparse.options import sparsity_options, sparsity_spec
 @click.option("--split", default=None, help="Pick a split of the file (its own split column, or train/eval).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N records.")
 @click.option("--beta", type=float, default=None,
-              help="Reward scale the model was trained with (default DPO 0.1, SimPO 2.0; ORPO uses none).")
+              help="Reward scale (default: the beta in the model's sparsealign_alignment.json, written when it was "
+                   "aligned here; else DPO 0.1, SimPO 2.0; ORPO uses none).")
 @click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Temperature of p_h = sigma((s_w - s_l)/tau) for pairs that carry scores.")
 @sparsity_options()
@@ -59,10 +61,14 @@ def preference_command(model_path, ref_path, method, data, split, limit, beta, t
       sparsealign eval preference --model M --sparsity M/sparsity --mode dynamic --method simpo --data D --json
       (flips are counted against --model run dense, or against --baseline-model)
     """
+    from sparsealign.align.config import facts
+    from sparsealign.align.sidecar import read_record
     from sparsealign.errors import UserError
     from sparsealign.evaluate.preference.run import PreferenceRunConfig, run_preference
 
-    if method in ("dpo", "rdpo") and ref_path is None:
+    record = read_record(model_path)  # a model aligned here names its reference and β beside it
+    ref_path = ref_path or (record.reference if record is not None and record.method == method else None)
+    if facts(method).needs_reference and ref_path is None:
         raise UserError(f"--method {method} needs --ref-model (its reward is beta*log(pi/pi_ref))")
     if kl_samples and ref_path is None:
         raise UserError("--kl-samples needs --ref-model (KL is measured against the reference)")

@@ -61,6 +61,7 @@ def with_alignment_record(cfg: PreferenceRunConfig) -> PreferenceRunConfig:
     return cfg.model_copy(update={"beta": record.beta if cfg.beta is None else cfg.beta,
                                   "ref_model": cfg.ref_model or record.reference})
 
+
 def baseline_of(cfg: PreferenceRunConfig) -> str | None:
     """The dense model flips are counted against: --baseline-model, else (under --sparsity) the model itself."""
     if cfg.baseline_model:
@@ -103,10 +104,14 @@ def _evaluate(cfg: PreferenceRunConfig) -> tuple[dict[str, Any], list[dict[str, 
     baseline = load_model_and_tokenizer(baseline_path, **opts)[0] if baseline_path else None
     handle = apply_spec(model, cfg.sparsity) if cfg.sparsity is not None else None
     try:
-        return evaluate_loaded(cfg, model, tok, pairs, ref=ref, baseline=baseline, handle=handle)
+        summary, records = evaluate_loaded(cfg, model, tok, pairs, ref=ref, baseline=baseline, handle=handle)
     finally:
         if handle is not None:
             handle.remove()
+    if handle is not None and baseline is not None:  # the dense baseline's own metrics, for the side-by-side
+        dense_cfg = cfg.model_copy(update={"sparsity": None, "kl_samples": 0})
+        summary["dense"] = evaluate_loaded(dense_cfg, baseline, tok, pairs, ref=ref)[0]["metrics"]
+    return summary, records
 
 
 def run_preference(cfg: PreferenceRunConfig, *, name: str | None = None,

@@ -11,7 +11,7 @@ from conftest import assert_one_line_error
 from sparsealign.models.llama2c import convert
 from sparsealign.sparse.bench_curve import sample_texts, sparsity_curve
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
 
 
@@ -72,8 +72,39 @@ def test_curve_cli_writes_json_csv_png(cli, stories, tmp_path):
     for name in ("curve.json", "curve.csv", "curve.png", "texts.json"):
         assert (tmp_path / "curve" / name).stat().st_size > 0
     assert json.loads((tmp_path / "curve" / "curve.json").read_text())["rows"] == out["rows"]
-    assert (tmp_path / "curve" / "curve.csv").read_text().splitlines()[0].startswith("mode,sparsity,")
+    assert (tmp_path / "curve" / "curve.csv").read_text().splitlines()[0].startswith("eval_domain,calib_domain,")
 
     assert_one_line_error(cli("sparsify", "curve", "--model", str(tmp_path), "--json"), "config.json")
     assert_one_line_error(cli("sparsify", "curve", "--model", str(stories), "--sparsity", "0.5,1.5"), "--sparsity")
     assert_one_line_error(cli("sparsify", "curve", "--model", str(stories), "--modes", "static,fast"), "fast")
+    assert_one_line_error(cli("sparsify", "curve", "--model", str(stories), "--variants", "ffn_input+mlp"), "mlp")
+    assert_one_line_error(cli("sparsify", "curve", "--model", str(stories), "--domains", "mbpp,wiki"), "--domains")
+
+
+ROW_KEYS = {"eval_domain": str, "calib_domain": str, "sites": str, "mode": str, "sparsity": float,
+            "realized_sparsity": float, "site_sparsity": dict, "kl_mean": float, "kl_ci_low": float,
+            "kl_ci_high": float, "kl_p95": float, "top1_agreement": float, "top1_ci_low": float,
+            "top1_ci_high": float, "flops_skipped": float, "tokens": int, "layer_sparsity": list}
+
+
+def test_cross_domain_curve_json_schema(cli, stories, tmp_path):
+    """`--domains mbpp,hh`: each domain evaluated with the other's calibration, CATS and TEAL variants, with CIs."""
+    res = cli("sparsify", "curve", "--model", str(stories), "--domains", "mbpp,hh", "--sparsity", "0,0.6",
+              "--variants", "intermediate,ffn_input+intermediate", "--calib-texts", "3", "--eval-texts", "2",
+              "--max-length", "64", "--out", "curve", "--json")
+    assert res.returncode == 0, res.stderr
+    out = res.json()
+    assert [(r["eval_domain"], r["calib_domain"]) for r in out["runs"]] == [("mbpp", "hh"), ("hh", "mbpp")]
+    assert len(out["rows"]) == 2 * 2 * 2 * 2
+    for row in out["rows"]:
+        assert set(row) == set(ROW_KEYS), set(row) ^ set(ROW_KEYS)
+        for key, typ in ROW_KEYS.items():
+            assert isinstance(row[key], typ) or (typ is float and isinstance(row[key], int)), (key, row[key])
+        assert set(row["site_sparsity"]) == set(row["sites"].split("+"))
+        assert row["kl_ci_low"] <= row["kl_mean"] <= row["kl_ci_high"]
+        assert row["top1_ci_low"] <= row["top1_agreement"] <= row["top1_ci_high"]
+        if row["sparsity"] == 0:
+            assert row["kl_mean"] < 1e-9 and row["top1_agreement"] == 1.0 and row["realized_sparsity"] < 0.01
+        else:
+            assert row["kl_mean"] > 0 and abs(row["realized_sparsity"] - 0.6) < 0.15, row
+            assert row["flops_skipped"] > (0.5 if "ffn_input" in row["sites"] else 0.3)

@@ -1,0 +1,227 @@
+"""What the report says, in order: Findings (one paragraph per research question), the caveats the data forces,
+figures (with CI bands), then the tables.  Every sentence is generated from the results and per-item data."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from sparsealign.report import figures, scaling
+from sparsealign.report.blocks import Block
+from sparsealign.report.findings import REFERENCE, Finding, paragraphs
+from sparsealign.report.items import CellKey, ItemStore
+from sparsealign.stats.paired import percentile_interval, replicate_means
+from sparsealign.stats.slopes import slope_interval
+from sparsealign.study.config import ReportConfig
+
+HEADLINE_ACCURACY = ("pass@1", "preference_accuracy", "reward_accuracy")
+SPARSITY_FIGURE_METRICS = (*HEADLINE_ACCURACY, "divergence", "preference_divergence", "flip_rate")
+SIZE_FIGURE_METRICS = (*HEADLINE_ACCURACY, "divergence", "preference_divergence")
+SECONDARY_RESAMPLES = 1000  # the per-row tables have hundreds of rows; the primary contrasts use report.bootstrap
+MICRO_CAVEAT = ("The micro family (ReLU LLaMA-architecture models of 10^4-10^6 parameters, pretrained here) can stand "
+                "in for the mechanics -- how activation sparsity, threshold control and the alignment losses interact, "
+                "and the direction of effects -- but not for absolute capability: MBPP pass@1, alignment quality or "
+                "any behaviour that appears only at 7B-70B parameters cannot be read off it.")
+GENERATED_CAVEAT = ("'generated' tasks are instances of task templates the micro family saw in pretraining (new "
+                    "arguments, same families): their pass@1 measures template recall, not MBPP-style problem "
+                    "solving, and is reported apart from MBPP.")
+
+
+def findings_blocks(found: list[Finding], settings: ReportConfig, have_items: bool) -> list[Block]:
+    blocks = [Block("h2", "Findings")]
+    if not have_items:
+        return [*blocks, Block("p", "No per-item results were given, so no paired statistic can be computed: every "
+                               "research question is not measurable from this table alone.")]
+    blocks.append(Block("p", f"Primary contrasts from the study config (report.primary_contrasts); effects are "
+                        f"differences of means (a ratio for annotation savings), 95% CIs from a crossed bootstrap "
+                        f"over items and seeds ({settings.bootstrap} replicates), p-values Holm-adjusted across the "
+                        f"{sum(f.p_holm is not None for f in found)} contrasts that could be tested (alpha "
+                        f"{settings.alpha:g}). 'inconclusive' = the CI covers the null or the adjusted p is not below "
+                        "alpha; 'not measurable' = floor/ceiling, too few items or missing cells."))
+    for heading, text in paragraphs(found):
+        blocks += [Block("h3", heading), Block("p", text)]
+    return blocks
+
+
+def caveats(df: pd.DataFrame, store: ItemStore, found: list[Finding]) -> list[str]:
+    out = []
+    for dataset, metric, where in scaling.bounded_everywhere(df):
+        out.append(f"{dataset} {metric} is at its {where} in every cell: no fit, critical sparsity or gain is "
+                   "derived from it, and its tables are omitted.")
+    seeds = max((f.seeds for f in found), default=1)
+    if store and seeds <= 1:
+        out.append("One seed per aligned model: the CIs hold item-sampling error only, not seed-to-seed (training) "
+                   "variance.")
+    sizes = df["size"].nunique()
+    if sizes < 4:
+        out.append(f"{sizes} model size(s): no scaling slope is fitted (a t interval needs at least 4 sizes).")
+    if (df["dataset"] == "generated").any():
+        out.append(GENERATED_CAVEAT)
+    if df["size"].astype(str).str.startswith("micro").any():
+        out.append(MICRO_CAVEAT)
+    return out
+
+
+CELL_COLUMNS = ["size", "params", "method", "subset_fraction", "mode", "target_sparsity", "dataset", "metric"]
+
+
+def seed_pooled(df: pd.DataFrame, store: ItemStore, *, n_boot: int = SECONDARY_RESAMPLES) -> pd.DataFrame:
+    """One row per cell for the figures: rows of several seeds are averaged, with the crossed-bootstrap CI of the
+    cell's (seeds, items) array where the items are there (else no CI: a per-seed CI says nothing about seeds)."""
+    multi = df.groupby(CELL_COLUMNS, dropna=False)["value"].transform("size") > 1
+    if not multi.any():
+        return df
+    pooled = df[multi].groupby(CELL_COLUMNS, as_index=False, dropna=False)["value"].mean()
+    lows, highs = [], []
+    for row in pooled.itertuples(index=False):
+        arr = store.get(CellKey(row.size, row.method, round(row.subset_fraction, 3), row.mode,
+                                round(row.target_sparsity, 2)), row.dataset, row.metric)
+        lo, hi = (math.nan, math.nan) if arr is None else percentile_interval(
+            replicate_means({"x": arr}, n_resamples=n_boot)["x"])
+        lows.append(lo)
+        highs.append(hi)
+    pooled = pooled.assign(ci_low=lows, ci_high=highs)
+    return pd.concat([df[~multi], pooled], ignore_index=True)
+
+
+def _figures(df: pd.DataFrame, traces: pd.DataFrame | None, fig_dir: Path) -> list[Block]:
+    """Render every figure the data supports (one row per cell: see `seed_pooled`); figure blocks in report order."""
+    bounded = {(d, m) for d, m, _ in scaling.bounded_everywhere(df)}
+    specs = []
+    for (metric, dataset), _ in df.groupby(["metric", "dataset"], sort=True):
+        floor = " -- at its floor/ceiling in every cell" if (dataset, metric) in bounded else ""
+        if metric in SPARSITY_FIGURE_METRICS:
+            specs.append((f"acc_vs_sparsity_{metric}_{dataset}", f"{metric} vs target sparsity per size ({dataset}); "
+                          f"bands: 95% CI{floor}", lambda m=metric, d=dataset: figures.accuracy_vs_sparsity(
+                              df, metric=m, dataset=d)))
+        if metric in SIZE_FIGURE_METRICS:
+            dense = scaling.full_data(df[(df["metric"] == metric) & (df["dataset"] == dataset)
+                                         & (df["mode"] == "dense")])
+            fits = {} if (dataset, metric) in bounded else {
+                method: slope_interval(g.groupby("params")["value"].mean().index, g.groupby("params")["value"].mean())
+                for method, g in dense.groupby("method")}
+            specs.append((f"{metric}_vs_size_{dataset}", f"{metric} vs model size ({dataset}, dense; bars: 95% CI; "
+                          f"dotted: OLS fit on log10 params where >= 4 sizes){floor}",
+                          lambda m=metric, d=dataset, f=fits: figures.metric_vs_size(df, metric=m, dataset=d, fits=f)))
+    specs.append(("realized_sparsity_traces", "realized sparsity over decoding steps: static (dashed) vs dynamic "
+                  "(solid) thresholds; horizontal lines are the targets", lambda: figures.sparsity_traces(traces)))
+    specs.append(("speed_vs_sparsity", "decode speed vs target sparsity", lambda: figures.speed_vs_sparsity(df)))
+    acc = "preference_accuracy" if (df["metric"] == "preference_accuracy").any() else "reward_accuracy"
+    for dataset in sorted(df.loc[df["metric"] == acc, "dataset"].unique()):
+        specs.append((f"annotation_efficiency_{dataset}", f"annotation efficiency ({dataset}): held-out {acc} vs "
+                      "training pairs; dashed = DPO with all pairs",
+                      lambda d=dataset: figures.annotation_curves(df, metric=acc, dataset=d)))
+    blocks = []
+    for name, caption, make in specs:
+        fig = make()
+        if fig is not None:
+            fname = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) + ".png"
+            figures.save_png(fig, fig_dir / fname)
+            blocks.append(Block("figure", caption, figure=fname))
+    return blocks
+
+
+def family_table(df: pd.DataFrame) -> pd.DataFrame:
+    cols = ["family", "size", "params"] if "family" in df else ["size", "params"]
+    return df[cols].drop_duplicates().sort_values(cols[:-2] + ["params"]).reset_index(drop=True)
+
+
+def _dense_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Dense all-pairs values, a column per size (sizes of one family side by side, families one after another)."""
+    sub = scaling.full_data(df[(df["mode"] == "dense") & (df["metric"] != "annotation_saving")])
+    wide = sub.pivot_table(index=["dataset", "metric", "method"], columns="size", values="value", aggfunc="mean")
+    order = family_table(df)["size"]
+    return wide[[s for s in order if s in wide.columns]].reset_index()
+
+
+def family_caveats(df: pd.DataFrame, beside: pd.DataFrame | None) -> list[str]:
+    """One sentence per family when more than one is shown: each is its own family, never pooled in a fit."""
+    families = [f for f in dict.fromkeys([*df["family"], *([] if beside is None else beside["family"])]) if f]
+    if len(families) < 2 and beside is None:
+        return []
+    own = ", ".join(sorted(set(df["family"]) - {""})) or "this run's"
+    out = [f"Families shown: {', '.join(families)}. Each is a different family (architecture, data, training): "
+           "its rows stand beside the others in the family and dense tables, and every scaling fit is within one "
+           "family only -- no fit ever mixes them."]
+    if beside is not None:
+        out.append(f"Rows of {', '.join(f for f in families if f not in set(df['family']))} come from other "
+                   f"runs (report.beside) and appear only in those two tables; the Findings, figures and paired "
+                   f"tables are computed from the {own} family alone.")
+    return out
+
+
+def _paired_tables(df: pd.DataFrame, store: ItemStore, settings: ReportConfig) -> list[Block]:
+    """Critical sparsity, alignment gain and static-vs-dynamic tables per headline (dataset, metric) with items."""
+    bounded = {(d, m): w for d, m, w in scaling.bounded_everywhere(df)}
+    keys = df.loc[df["metric"].isin(HEADLINE_ACCURACY), ["dataset", "metric"]].drop_duplicates()
+    keys = [k for k in keys.sort_values(["metric", "dataset"]).itertuples(index=False, name=None)
+            if store.cells(*k)]
+    if not keys:
+        return []
+    boot = {"n_boot": min(settings.bootstrap, SECONDARY_RESAMPLES)}
+    blocks = [Block("h2", "Critical sparsity"),
+              Block("p", f"Highest target whose paired 95% CI of (sparse - dense) stays above -{settings.tolerance:g} "
+                    "at it and every lower target ('none': the lowest target already fails). The note lists each "
+                    "target's drop and CI.")]
+    crit = [scaling.critical_sparsity_table(store, dataset=d, metric=m, tolerance=settings.tolerance, **boot)
+            .assign(dataset=d, metric=m) for d, m in keys if (d, m) not in bounded]
+    crit = [c for c in crit if not c.empty]
+    blocks.append(Block("table", table=pd.concat(crit, ignore_index=True) if crit else pd.DataFrame()))
+    for d, m in keys:
+        if (d, m) in bounded:
+            blocks.append(Block("p", f"{d} {m}: at its {bounded[(d, m)]} in every cell -- no gain or "
+                                "static-vs-dynamic table."))
+            continue
+        gain = scaling.alignment_gain_table(store, dataset=d, metric=m, **boot)
+        if not gain.empty:
+            blocks += [Block("h2", f"Alignment gain: {m} ({d})"),
+                       Block("p", "aligned - base on the same items, 95% paired CI, unadjusted p (secondary: not "
+                             "corrected for the many rows; the Findings hold the corrected contrasts)."),
+                       Block("table", table=gain)]
+        versus = scaling.alignment_gain_table(store, dataset=d, metric=m, reference=REFERENCE, **boot)
+        if not versus.empty:
+            blocks += [Block("h2", f"Methods vs {REFERENCE}: {m} ({d})"),
+                       Block("p", f"method - {REFERENCE} on the same items, 95% paired CI, unadjusted p."),
+                       Block("table", table=versus)]
+        svd = scaling.static_vs_dynamic_table(store, dataset=d, metric=m, **boot)
+        if not svd.empty:
+            blocks += [Block("h2", f"Static vs dynamic thresholds: {m} ({d})"),
+                       Block("p", "dynamic - static on the same items, 95% paired CI, unadjusted p."),
+                       Block("table", table=svd)]
+    return blocks
+
+
+def build_blocks(df: pd.DataFrame, traces: pd.DataFrame | None, fig_dir: Path, title: str, notes: list[str],
+                 *, store: ItemStore, found: list[Finding], settings: ReportConfig,
+                 beside: pd.DataFrame | None = None) -> list[Block]:
+    blocks = [Block("h1", title), *[Block("p", n) for n in notes],
+              *findings_blocks(found, settings, bool(store)), Block("h2", "Caveats"),
+              *[Block("p", c) for c in [*caveats(df, store, found), *family_caveats(df, beside)]]]
+    figs = _figures(seed_pooled(df, store), traces, fig_dir)
+    if figs:
+        blocks += [Block("h2", "Figures"), *figs]
+    shown = df if beside is None else pd.concat([df, beside], ignore_index=True)
+    blocks += [Block("h2", "Model family"), Block("table", table=family_table(shown)),
+               Block("h2", "Dense results"), Block("table", table=_dense_table(shown)),
+               Block("h2", "Scaling fits"),
+               Block("p", "OLS of the dense, all-pairs values on log10(parameters): slope per decade with its t(n-2) "
+                     "95% CI; none from fewer than 4 sizes or from a series at its floor/ceiling."),
+               Block("table", table=scaling.scaling_fit_table(
+                   df, metrics=sorted(set(df["metric"]) - {"annotation_saving"})))]
+    blocks += _paired_tables(df, store, settings)
+    ann = df[df["metric"] == "annotation_saving"]
+    if not ann.empty:
+        blocks += [Block("h2", "Annotation efficiency"),
+                   Block("p", "Per size: pairs DPO needs to reach its own all-pairs held-out accuracy / pairs the "
+                         "method needs (same interpolation on log #pairs; DPO's own saving is 1 by construction); "
+                         "95% bootstrap CI over held-out pairs. Only methods trained on >= 2 subsets."),
+                   Block("table", table=ann[["size", "dataset", "method", "value", "ci_low", "ci_high", "n",
+                                             "note"]].rename(columns={"value": "saving"}))]
+    return blocks
+
+
+def params_of(df: pd.DataFrame) -> Mapping[str, float]:
+    return df.drop_duplicates("size").set_index("size")["params"].to_dict()

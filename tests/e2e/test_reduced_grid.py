@@ -1,0 +1,104 @@
+"""The study's behaviour across the issue-12 refactor, and β travelling from the study config to the evaluator.
+
+Fixtures (`fixtures/reduced_study.yaml`: one micro size, DPO and ORPO, dense + dynamic at 0.5, a few items each) are
+results.parquet tables — minus the wall-clock `tokens_per_s` and the `cell` column, rows in canonical order, floats
+printed with 17 significant digits:
+
+- `reduced_study_results_de9da54.csv`: made by the code BEFORE the refactor (commit de9da54, a separate checkout:
+  `git worktree add /work/wt-ref de9da54`, then `PYTHONPATH=/work/wt-ref/src SPARSEALIGN_CACHE_DIR=<empty dir>
+  sparsealign study --config reduced_study.yaml`).  The refactored code reproduced it exactly (commit 245681d).
+  Since then, merged work changed some numbers on purpose: the batch-invariant dynamic controller (sparseq) moved
+  the dynamic rows, the Wilson CIs (stats) filled CI columns, issue 9's design (one shared reward for every model,
+  reference NLL / natural sparsity / KL metrics) added rows and computes the base model's reward in float64.  Every
+  dense row that both tables hold must still agree with it (to 1e-6: the float32 -> float64 reward).
+- `reduced_study_results.csv`: the table as it is now; every column of every row must equal it.  A change meant to
+  move these numbers regenerates it: `python tests/e2e/test_reduced_grid.py RUN_DIR` on a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import sparsealign_exe
+
+pytestmark = pytest.mark.slow
+FIXTURES = Path(__file__).parent / "fixtures"
+ORDER = ["size", "method", "subset_fraction", "mode", "target_sparsity", "dataset", "metric"]
+
+
+def canonical(results: Path) -> pd.DataFrame:
+    table = pd.read_parquet(results)
+    table = table[table["metric"] != "tokens_per_s"].drop(columns=["cell"])
+    return table.sort_values(ORDER).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, data_dir) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("reduced")
+    return {**os.environ, "SPARSEALIGN_DATA_DIR": str(data_dir), "SPARSEALIGN_CACHE_DIR": str(root / "cache"),
+            "SPARSEALIGN_RUNS_DIR": str(root / "runs"), "HF_HUB_OFFLINE": "1"}
+
+
+def study(env: dict[str, str], *args: str) -> dict:
+    proc = subprocess.run([*sparsealign_exe(), "study", "--config", str(FIXTURES / "reduced_study.yaml"), *args,
+                           "--json"], env=env, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def table(env) -> pd.DataFrame:
+    summary = study(env)
+    assert summary["failed"] == 0 and summary["done"] == 13
+    return canonical(Path(summary["results"]))
+
+
+def assert_columns_equal(ours: pd.DataFrame, reference: pd.DataFrame, columns) -> None:
+    assert len(ours) == len(reference)
+    for column in columns:  # CSV dtypes (ints read back, all-NaN columns) aside, every value exactly equal
+        if reference[column].dtype.kind in "fi":
+            pd.testing.assert_series_equal(ours[column].astype(float).reset_index(drop=True),
+                                           reference[column].astype(float).reset_index(drop=True),
+                                           check_exact=True, check_names=False)
+        else:
+            assert list(ours[column]) == list(reference[column]), column
+
+
+def test_results_equal_the_expected_table(table):
+    expected = pd.read_csv(FIXTURES / "reduced_study_results.csv")
+    assert sorted(table.columns) == sorted(expected.columns)
+    assert_columns_equal(table, expected, expected.columns)
+
+
+def test_dense_results_equal_the_pre_refactor_run(table):
+    before = pd.read_csv(FIXTURES / "reduced_study_results_de9da54.csv")
+    before = before[before["mode"] == "dense"]
+    key = [c for c in ORDER if c != "subset_fraction"]
+    both = table[table["mode"] == "dense"].merge(before, on=key, suffixes=("", "_before"))
+    assert len(both) >= 30  # the pre-refactor dense metrics are all still reported
+    pd.testing.assert_series_equal(both["value"].astype(float), both["value_before"].astype(float), rtol=1e-6,
+                                   check_names=False)
+
+
+def test_a_non_default_beta_reaches_the_evaluator(env):
+    summary = study(env, "--name", "beta", "--set", "alignment.settings.beta=0.2", "--set", "alignment.methods=[dpo]",
+                    "--set", "sparsity.modes=[]")
+    run = Path(summary["run"])
+    record = json.loads((run / "align/micro-xs/dpo/f1.000/model/sparsealign_alignment.json").read_text())
+    assert record["method"] == "dpo" and record["beta"] == 0.2
+    scored = json.loads((run / "eval/micro-xs/dpo/f1.000/dense/0.00/metrics.json").read_text())["scoring"]
+    assert scored == {"method": "dpo", "beta": 0.2, "reference": record["reference"]}
+    base = json.loads((run / "eval/micro-xs/base/f1.000/dense/0.00/metrics.json").read_text())["scoring"]
+    assert base == {"method": "simpo", "beta": 1.0, "reference": None}  # the unaligned model's own reward
+
+
+if __name__ == "__main__":  # regenerate the fixture from a finished run of reduced_study.yaml
+    canonical(Path(sys.argv[1]) / "results.parquet").to_csv(FIXTURES / "reduced_study_results.csv", index=False,
+                                                             float_format="%.17g")

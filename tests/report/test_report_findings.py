@@ -1,0 +1,180 @@
+"""Findings on a seeded synthetic study with a planted effect and a known null, floors, and the secondary tables.
+
+Per-item data shaped like the study's `items.json` (cell-keyed, `<dataset>_<kind>` arrays, `s<seed>` segments for
+the aligned models' seeds): 4 sizes; base (no seed) and DPO / RDPO (3 seeds each); dense, static and dynamic cells at
+0.7 and 0.9.  Planted: aligned models rank 15-19 points more held-out HH pairs right than base, at every sparsity;
+RDPO trained on 1/9 of the pairs already matches DPO on all of them.
+Null: dynamic and static thresholds are the same model (each cell re-draws 10% of its items from the same rate).
+MBPP pass@1 is 0 everywhere (the floor the real micro study sits on).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sparsealign.report import render, scaling
+from sparsealign.report.findings import compute_findings
+from sparsealign.report.items import ItemStore, parse_cell_key
+from sparsealign.study.config import ReportConfig
+
+SIZES = {"micro-a": 1e5, "micro-b": 3e5, "micro-c": 1e6, "micro-d": 3e6}
+N_HH, N_GEN, N_MBPP = 300, 120, 50
+TARGETS = (0.7, 0.9)
+LIFT = 0.15  # the planted alignment effect on HH reward accuracy
+
+
+def synthetic_items(seed: int = 7) -> dict[str, dict[str, list[float]]]:
+    rng = np.random.default_rng(seed)
+    items: dict[str, dict[str, list[float]]] = {}
+    for i, size in enumerate(SIZES):
+        u_hh, u_gen = rng.random(N_HH), rng.random(N_GEN)  # item difficulty, shared by every cell of the size
+        for method, seeds in (("base", [None]), ("dpo", [0, 1, 2]), ("rdpo", [0, 1, 2])):
+            for s in seeds:
+                lift = 0.0 if method == "base" else LIFT + 0.01 * (s or 0) + 0.03 * (method == "rdpo")
+                tag = "" if s is None else f"/s{s}"
+                for mode, target in [("dense", 0.0), *((m, t) for m in ("static", "dynamic") for t in TARGETS)]:
+                    drop = 0.04 * (target > 0.8)
+                    hh = (u_hh < 0.55 + lift - drop).astype(float)
+                    gen = (u_gen < 0.30 + 0.05 * i - drop).astype(float)
+                    if mode == "dynamic":  # the null: same rate, 10% of items re-drawn
+                        redraw = rng.random(N_HH) < 0.1
+                        hh[redraw] = (rng.random(redraw.sum()) < 0.55 + lift - drop).astype(float)
+                    items[f"{size}/{method}/f1.000{tag}/{mode}/{target:.2f}"] = {
+                        "hh_correct": hh.tolist(), "generated_passed": gen.tolist(), "mbpp_passed": [0.0] * N_MBPP}
+        for method, slope, extra in (("dpo", 1.0, 0.0), ("rdpo", 0.3, 0.03)):  # subsets: RDPO learns faster
+            for frac in (0.111, 0.333):
+                p = 0.55 + LIFT + extra + 0.05 * slope * np.log(frac) / np.log(9)
+                items[f"{size}/{method}/f{frac:.3f}/s0/dense/0.00"] = {"hh_correct": (u_hh < p).astype(float).tolist()}
+    return items
+
+
+def results_from_items(items) -> pd.DataFrame:
+    rows = []
+    for key, arrays in items.items():
+        cell = parse_cell_key(key)
+        for name, values in arrays.items():
+            dataset, kind = name.split("_")
+            rows.append({**cell, "params": SIZES[cell["size"]], "dataset": dataset,
+                         "metric": "pass@1" if kind == "passed" else "reward_accuracy",
+                         "value": float(np.mean(values)), "n": len(values)})
+    return pd.DataFrame(rows)
+
+
+SETTINGS = ReportConfig(primary_contrasts=[
+    {"question": "alignment", "dataset": "hh", "metric": "reward_accuracy"},
+    {"question": "thresholds", "dataset": "hh", "metric": "reward_accuracy"},
+    {"question": "alignment", "dataset": "mbpp", "metric": "pass@1"},
+    {"question": "size", "dataset": "hh", "metric": "reward_accuracy", "of": "alignment"},
+    {"question": "annotation", "dataset": "hh", "metric": "reward_accuracy"},
+], bootstrap=1000)
+
+
+@pytest.fixture(scope="module")
+def findings():
+    return compute_findings(ItemStore(synthetic_items()), SIZES, SETTINGS)
+
+
+def test_planted_effect_is_called_an_effect_after_holm(findings):
+    align = [f for f in findings if f.question == "alignment" and f.dataset == "hh"]
+    assert [f.target for f in align] == [0.0, 0.7, 0.9]
+    for f in align:
+        assert f.verdict == "effect", f
+        assert f.ci_low > 0 and f.p_holm < 0.05 and f.p_holm >= f.p
+        assert f.effect == pytest.approx(LIFT + 0.025, abs=0.04)  # mean planted lift over methods and seeds
+        assert f.n == 4 * N_HH and f.seeds == 3 and f.test == "sign-flip"
+
+
+def test_known_null_is_inconclusive(findings):
+    null = [f for f in findings if f.question == "thresholds"]
+    assert [f.target for f in null] == list(TARGETS)
+    for f in null:
+        assert f.verdict == "inconclusive" and f.ci_low <= 0 <= f.ci_high, f
+        assert abs(f.effect) < 0.02 and f.n == 4 * N_HH
+
+
+def test_floor_metric_is_not_measurable_and_untested(findings):
+    mbpp = [f for f in findings if f.dataset == "mbpp"]
+    assert mbpp and all(f.verdict == "not measurable" and f.effect is None and f.p_holm is None for f in mbpp)
+    assert all("floor" in f.note for f in mbpp)
+    # Holm's family is the contrasts that could be tested: the floor ones do not dilute it
+    tested = [f for f in findings if f.p_holm is not None]
+    smallest = min(tested, key=lambda f: f.p)
+    assert smallest.p_holm == pytest.approx(min(1.0, len(tested) * smallest.p))
+
+
+def test_size_slope_and_annotation(findings):
+    (size,) = [f for f in findings if f.question == "size"]
+    assert size.note.startswith("4 sizes") and size.ci_low <= 0 <= size.ci_high  # constant lift: no size trend
+    assert size.verdict == "inconclusive"
+    ann = {f.contrast.split(":")[0]: f for f in findings if f.question == "annotation"}
+    assert set(ann) == {"rdpo"}  # DPO's self-saving (1) is not a contrast
+    assert ann["rdpo"].null == 1.0 and ann["rdpo"].effect > 1
+
+
+def test_too_few_sizes_gives_no_slope():
+    items = {k: v for k, v in synthetic_items().items() if not k.startswith("micro-d")}
+    (size,) = [f for f in compute_findings(ItemStore(items), SIZES, SETTINGS) if f.question == "size"]
+    assert size.verdict == "not measurable" and size.effect is None and "3 size(s)" in size.note
+
+
+def test_all_zero_metric_gets_no_fit_and_a_floor_note():
+    df = render.validate_results(results_from_items(synthetic_items()))
+    fits = scaling.scaling_fit_table(df, metrics=["pass@1", "reward_accuracy"])
+    mbpp = fits[fits["dataset"] == "mbpp"]
+    assert len(mbpp) == 3 and mbpp["slope"].isna().all() and (mbpp["note"] == "at floor in every size: no fit").all()
+    gen = fits[(fits["dataset"] == "generated") & (fits["method"] == "base")].iloc[0]
+    assert np.isfinite(gen["slope"]) and gen["ci_low"] < gen["slope"] < gen["ci_high"] and gen["sizes"] == 4
+    assert scaling.bounded_everywhere(df) == [("mbpp", "pass@1", "floor")]
+    store = ItemStore(synthetic_items())
+    crit = scaling.critical_sparsity_table(store, dataset="mbpp", metric="pass@1", tolerance=0.01, n_boot=200)
+    assert (crit["critical_sparsity"] == "not measurable").all()  # never "0.9" for a floor row
+    gain = scaling.alignment_gain_table(store, dataset="mbpp", metric="pass@1", n_boot=200)
+    assert gain["diff"].isna().all() and gain["note"].str.contains("floor").all()
+    versus = scaling.alignment_gain_table(store, dataset="hh", metric="reward_accuracy", reference="dpo", n_boot=200)
+    assert set(versus["method"]) == {"rdpo"} and len(versus) == 4 * 5  # sizes x (dense + 2 modes x 2 targets)
+    assert (versus["seeds"] == 3).all() and versus["diff"].between(0.0, 0.07).all()  # planted: RDPO +0.03
+
+
+def test_report_states_findings_first(tmp_path):
+    items = synthetic_items()
+    config = {"seed": 0, "report": SETTINGS.model_dump(mode="json")}
+    paths = render.write_report(results_from_items(items), tmp_path, items=items, config=config)
+    md = paths["markdown"].read_text()
+    assert md.index("## Findings") < md.index("## Caveats") < md.index("## Figures") < md.index("## Model family")
+    findings_md = md[md.index("## Findings"):md.index("## Caveats")]
+    assert "-- effect." in findings_md and "-- inconclusive." in findings_md and "not measurable" in findings_md
+    assert "mbpp pass@1 is at its floor in every cell" in md
+    saved = json.loads(paths["findings"].read_text())
+    assert {"question", "effect", "ci_low", "ci_high", "n", "p_holm", "verdict"} <= set(saved[0])
+    assert {f["verdict"] for f in saved} == {"effect", "inconclusive", "not measurable"}
+    back = pd.read_parquet(paths["results"])
+    ann = back[back["metric"] == "annotation_saving"]
+    assert set(ann["method"]) == {"dpo", "rdpo"} and (ann.loc[ann["method"] == "dpo", "value"] == 1.0).all()
+
+
+def test_no_saving_claimed_when_dpo_needs_only_its_smallest_subset():
+    items = synthetic_items()
+    for key in [k for k in items if "/dpo/f0." in k]:  # DPO's subsets as good as all pairs: a flat curve
+        items[key] = {"hh_correct": [1.0] * N_HH}
+    (ann,) = [f for f in compute_findings(ItemStore(items), SIZES, SETTINGS) if f.question == "annotation"]
+    assert ann.verdict == "not measurable" and ann.effect is None and "smallest subset" in ann.note
+
+
+def test_figures_get_one_row_per_cell_with_seed_spread():
+    from sparsealign.report.content import seed_pooled
+
+    items = synthetic_items()
+    df = render.validate_results(results_from_items(items))
+    pooled = seed_pooled(df, ItemStore(items), n_boot=300)
+    cells = ["size", "method", "subset_fraction", "mode", "target_sparsity", "dataset", "metric"]
+    assert not pooled.duplicated(cells).any() and len(pooled) < len(df)
+    row = pooled[(pooled["size"] == "micro-a") & (pooled["method"] == "dpo") & (pooled["mode"] == "dense")
+                 & (pooled["dataset"] == "hh") & (pooled["subset_fraction"] == 1.0)].iloc[0]
+    seeds = df[(df["size"] == "micro-a") & (df["method"] == "dpo") & (df["mode"] == "dense") & (df["dataset"] == "hh")
+               & (df["subset_fraction"] == 1.0)]
+    assert len(seeds) == 3 and row["value"] == pytest.approx(seeds["value"].mean())
+    assert row["ci_low"] < row["value"] < row["ci_high"]
