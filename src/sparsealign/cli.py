@@ -94,6 +94,9 @@ def _fail(message: str, code: int = 2) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and a non-zero exit, never a traceback."""
+    # Hub/transformers progress bars ("Loading weights", shard downloads) would sit above a one-line error and bury
+    # our own progress lines; a user who wants them sets HF_HUB_DISABLE_PROGRESS_BARS=0.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         cli.main(args=argv, prog_name="sparsealign", standalone_mode=False)
     except UserError as exc:

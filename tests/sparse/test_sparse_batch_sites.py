@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sparse_helpers import load_code_and_dialogue, load_stories
+from sparsealign.evaluate import generation
 from sparsealign.evaluate.generation import greedy_decode
 from sparsealign.models.tiny import build_llama, train_tokenizer
 from sparsealign.sparse.calibration import calibrate, record_activations
@@ -73,7 +74,7 @@ def test_padded_batch16_greedy_equals_batch1(stories, texts, prompts, mode, site
 
 
 @torch.no_grad()
-def test_dynamic_rows_follow_the_prefix_cached_early_exit_loop(stories, texts, prompts):
+def test_dynamic_rows_follow_the_prefix_cached_early_exit_loop(stories, texts, prompts, monkeypatch):
     """evaluate.generation.greedy_decode: shared prefix run once and its cache copied per batch, rows leave the
     batch when they stop; each row's controller state must still be its own (batch 16 == batch 1)."""
     model, tok = stories
@@ -82,11 +83,16 @@ def test_dynamic_rows_follow_the_prefix_cached_early_exit_loop(stories, texts, p
     encoded = [tok(prefix + p)["input_ids"] for p in prompts]
     stop = lambda ids: len(ids) >= 4 + sum(ids) % 17  # noqa: E731  rows finish at different steps
     kw = {"max_new_tokens": 24, "eos": set(), "pad_id": tok.pad_token_id, "stop": stop}
-    with apply_sparsity(model, art, "dynamic", "dense"):
+    with apply_sparsity(model, art, "dynamic", "dense") as handle:
         one = greedy_decode(model, encoded, batch_size=1, **kw)
         batched = greedy_decode(model, encoded, batch_size=16, **kw)
+        # the same loop with its shared-prefix cache forced on: copies of the prefix cache restart from its state
+        monkeypatch.setattr(generation, "_adaptive_sparsity", lambda m: False)
+        prefixed = greedy_decode(model, encoded, batch_size=16, **kw)
+        assert handle.stats()["realized_sparsity"] > 0.4
     assert len({len(o) for o in one}) > 3  # rows really left the batch at different steps
     assert batched == one
+    assert prefixed == one
     assert one != greedy_decode(model, encoded, batch_size=16, **kw)  # and the sparsity changed tokens
 
 

@@ -311,6 +311,8 @@ def apply_sparsity(
     device = mlps[0][1].up_proj.weight.device
     if rt.predictors is not None and device.type != "cpu":  # copies: the artifacts themselves stay on the CPU
         rt.predictors = [copy.deepcopy(p).to(device) for p in rt.predictors]
+    attns = ([find_attention(model, name) for name in names]  # checked before anything is patched
+             if {"attn_input", "attn_output"} & set(rt.input_sites) else [])
     originals, wrappers = [], []
     for i, (name, module) in enumerate(mlps):
         parent_name, _, attr = name.rpartition(".")
@@ -321,12 +323,11 @@ def apply_sparsity(
     stack = decoder_stack(model, names[0])
     hooks = [stack.register_forward_pre_hook(rt.observe_call, with_kwargs=True),
              stack.register_forward_hook(rt.after_call)]
-    for i, name in enumerate(names):
+    for i, attn in enumerate(attns):
         if "attn_input" in rt.input_sites:
-            hooks.append(find_attention(model, name).register_forward_pre_hook(attn_input_hook(rt, i),
-                                                                               with_kwargs=True))
+            hooks.append(attn.register_forward_pre_hook(attn_input_hook(rt, i), with_kwargs=True))
         if "attn_output" in rt.input_sites:
-            hooks.append(find_attention(model, name).o_proj.register_forward_pre_hook(attn_output_hook(rt, i)))
+            hooks.append(attn.o_proj.register_forward_pre_hook(attn_output_hook(rt, i)))
     handle = SparsityHandle(model, rt, originals, hooks)
     handle.info["decode_kernel"] = wrappers[0]._nm.kernel if fast else None
     return handle

@@ -90,8 +90,8 @@ class Runtime:
             ctl.begin()
         elif self.last_cache() is not cache:
             ctl.restore(self.root[1]) if self.root and self.root[0] == length else ctl.begin()
-            if hasattr(cache, "batch_select_indices") and "batch_select_indices" not in vars(cache):
-                cache.batch_select_indices = types.MethodType(self._select_rows, cache)
+        if hasattr(cache, "batch_select_indices") and "batch_select_indices" not in vars(cache):
+            cache.batch_select_indices = types.MethodType(self._select_rows, cache)
 
     def after_call(self, _module: nn.Module, _args: tuple, output: Any) -> None:
         """Forward post-hook: remember the cache this call extended (and the state at the end of a fresh one)."""
