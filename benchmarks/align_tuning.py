@@ -44,6 +44,8 @@ torch.set_num_threads(1)
 args = [a for a in sys.argv[1:] if not a.startswith("--out")]
 out_arg = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--out=")]
 
+if len(args) < 3 or "-h" in args or "--help" in args:
+    sys.exit(__doc__)
 ROOT = Path(out_arg[0] if out_arg else "/tmp/align-tuning")
 size, method, grid = args[0], args[1], args[2:]
 cfg = load_config(StudyConfig, preset_path("default"))

@@ -57,7 +57,7 @@ def load(name: str, data_dir: Path):
 def quality(model, tok, texts, thresholds, max_len: int = 256) -> dict:
     """Teacher-forced KL(dense || sparse) and top-1 agreement on held-out texts, every position sparse."""
     import torch
-    from sparsealign.evaluate.bootstrap import bootstrap_ci, wilson_interval
+    from sparsealign.stats.intervals import bootstrap_ci, wilson_interval
 
     from sparsealign.sparse.metrics import kl_per_token
     from sparsealign.sparse.teal import teal_masked
