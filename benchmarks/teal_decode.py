@@ -57,10 +57,10 @@ def load(name: str, data_dir: Path):
 def quality(model, tok, texts, thresholds, max_len: int = 256) -> dict:
     """Teacher-forced KL(dense || sparse) and top-1 agreement on held-out texts, every position sparse."""
     import torch
-    from sparsealign.stats.intervals import bootstrap_ci, wilson_interval
 
     from sparsealign.sparse.metrics import kl_per_token
     from sparsealign.sparse.teal import teal_masked
+    from sparsealign.stats.intervals import bootstrap_ci, wilson_interval
 
     per_text, agree, n = [], 0, 0
     with torch.no_grad():
