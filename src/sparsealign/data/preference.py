@@ -28,6 +28,7 @@ from sparsealign.data.formats import FORMATS, RowProblem, detect_format, normali
 from sparsealign.data.hub import hub_rows
 from sparsealign.data.readers import Row, read_rows
 from sparsealign.data.records import PreferencePair
+from sparsealign.data.splits import split_pairs
 from sparsealign.errors import DataError, UserError
 from sparsealign.io import atomic_path
 from sparsealign.settings import data_dir, resolve_data_path
@@ -191,7 +192,6 @@ def _select_split(pairs: list[PreferencePair], split: str, shown: object) -> lis
         return [p for p in pairs if p.meta.get("split") == split]
     if split not in ("train", "eval"):
         raise DataError(shown, f"the file has no split column, so --split must be train or eval, not {split!r}")
-    from sparsealign.data.splits import split_pairs
 
     train, evaluation = split_pairs(pairs)
     return train if split == "train" else evaluation

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pydantic import Field, model_validator
 
 from sparsealign.config import StrictModel
+from sparsealign.evaluate.mbpp.extract import truncate_at_stop
 
 log = logging.getLogger("sparsealign.evaluate")
 
@@ -133,7 +134,6 @@ def generate_from_ids(
     import torch
     from tqdm import tqdm
 
-    from sparsealign.evaluate.mbpp.extract import truncate_at_stop
 
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

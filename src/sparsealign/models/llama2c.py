@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from sparsealign.errors import DataError
+from sparsealign.io import atomic_dir
+from sparsealign.models.llama2c_tokenizer import build_hf_tokenizer, read_tokenizer
 
 MAGIC = 0x616B3432  # "ak42" little-endian: the v1/v2 export header
 HEADER_V1 = 256  # v1/v2 headers are padded to 256 bytes
@@ -219,8 +221,6 @@ def to_hf_model(cfg: Llama2cConfig, weights: dict[str, np.ndarray]):
 
 def convert(checkpoint: str | Path, tokenizer: str | Path, out: str | Path) -> dict:
     """Write `out/` with model.safetensors + config.json + tokenizer files, atomically. Returns a summary."""
-    from sparsealign.io import atomic_dir
-    from sparsealign.models.llama2c_tokenizer import build_hf_tokenizer, read_tokenizer
 
     cfg, weights = read_checkpoint(checkpoint)
     pieces, scores = read_tokenizer(tokenizer)

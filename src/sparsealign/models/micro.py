@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from sparsealign.config import StrictModel
+from sparsealign.config import StrictModel, load_config
 from sparsealign.errors import UserError
 
 
@@ -84,7 +84,6 @@ def get_recipe(preset: str = "micro", *, sizes: list[str] | None = None, steps: 
         raise UserError(f"unknown pretrain preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     recipe = PRESETS[preset].model_copy(deep=True)
     if overrides:
-        from sparsealign.config import load_config
 
         recipe = load_config(PretrainRecipe, None, overrides=overrides, base=recipe.model_dump())
     if sizes:

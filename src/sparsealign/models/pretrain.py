@@ -29,9 +29,13 @@ from pathlib import Path
 
 from sparsealign.config import config_hash
 from sparsealign.data.mbpp.generated import generated_split
+from sparsealign.data.mbpp.prompts import lm_eval_query
 from sparsealign.data.records import MbppTask, mbpp_split_of
 from sparsealign.io import atomic_dir, atomic_write_json
+from sparsealign.models.loading import load_model_and_tokenizer
 from sparsealign.models.micro import PretrainRecipe, SizeSpec, non_embedding_params
+from sparsealign.models.tiny import build_llama, train_tokenizer
+from sparsealign.sandbox.pool import SandboxPool
 from sparsealign.settings import cache_dir, resolve_data_path
 
 Log = Callable[[str], None]
@@ -41,7 +45,6 @@ _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "_
 # ---------------------------------------------------------------- corpus
 def task_prompt(task: MbppTask) -> str:
     """The zero-shot lm-evaluation-harness MBPP query; the family is pretrained on `query + code + [DONE]`."""
-    from sparsealign.data.mbpp.prompts import lm_eval_query
 
     return lm_eval_query(task)
 
@@ -150,7 +153,6 @@ def train_size(spec: SizeSpec, recipe: PretrainRecipe, tok, train_rows, heldout_
     """Train one size; returns (model, metrics). Batches walk a seeded permutation of rows, epoch after epoch."""
     import torch
 
-    from sparsealign.models.tiny import build_llama
 
     model = build_llama(len(tok), hidden_size=spec.hidden_size, num_layers=spec.num_layers, num_heads=spec.num_heads,
                         intermediate_size=spec.intermediate_size, hidden_act="relu",
@@ -202,7 +204,6 @@ def generated_pass_rate(model, tok, n_tasks: int = 26, max_new_tokens: int = 40)
     enc = tok([task_prompt(t) for t in tasks], return_tensors="pt", padding=True)
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    from sparsealign.sandbox.pool import SandboxPool
 
     codes = [tok.decode(row, skip_special_tokens=True).split("[DONE]")[0]
              for row in out[:, enc["input_ids"].shape[1]:]]
@@ -236,7 +237,6 @@ class Family:
 def _load_tokenizer_or_train(root: Path, docs: list[str], recipe: PretrainRecipe):
     from transformers import AutoTokenizer
 
-    from sparsealign.models.tiny import train_tokenizer
 
     tok_dir = root / "tokenizer"
     if not tok_dir.exists():
@@ -355,6 +355,5 @@ def _rows(docs: list[str], tok, recipe: PretrainRecipe):
 
 def load_member(path: str | Path):
     """(model, tokenizer) of a family member (or any --model spec), fp32, in eval mode, through the one loader."""
-    from sparsealign.models.loading import load_model_and_tokenizer
 
     return load_model_and_tokenizer(path, device="cpu", dtype="float32")

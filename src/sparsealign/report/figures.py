@@ -13,6 +13,8 @@ matplotlib.use("Agg")  # headless: no display, deterministic rendering
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sparsealign.io import atomic_path
+
 MODE_STYLE = {"dense": "-", "dynamic": "-", "static": "--", "predictor": ":"}
 MODE_MARKER = {"dense": "o", "dynamic": "o", "static": "s", "predictor": "^"}
 
@@ -183,7 +185,6 @@ def annotation_curves(df, *, metric: str = "preference_accuracy", dataset: str |
 
 def save_png(fig, path) -> None:
     """Write a figure as PNG atomically and free it."""
-    from sparsealign.io import atomic_path
 
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from sparsealign.config import config_hash
 from sparsealign.io import atomic_path, atomic_write_text
 from sparsealign.report import content, scaling
 from sparsealign.report.blocks import Block, render_html, render_markdown
@@ -120,7 +121,6 @@ def write_report(results: pd.DataFrame, out_dir: str | Path, *, traces: pd.DataF
     blocks = content.build_blocks(df, traces, paths["figures"], title, notes or [], store=store, found=found,
                                   settings=settings, beside=others)
     if config is not None:
-        from sparsealign.config import config_hash
 
         blocks += [Block("h2", "Configuration"), Block("p", f"config hash {config_hash(config)}"),
                    Block("pre", yaml.safe_dump(config, sort_keys=False))]

@@ -38,6 +38,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparsealign.errors import UserError
+from sparsealign.sparse.calibration import calibrate, record_activations
+from sparsealign.sparse.config import PredictorConfig, SparsityConfig
+from sparsealign.sparse.decode import PatchedOps
+from sparsealign.sparse.metrics import ideal_speedup
+from sparsealign.sparse.patch import apply_sparsity
+from sparsealign.sparse.roofline import measure_bandwidth, paired_decode, roofline_fields
+
 # 1B-shaped ReLU Llama stacks (TinyLlama-1.1B widths: hidden 2048, FFN 5632, 32 heads, 4 KV heads, vocab 32000)
 PRESETS: dict[str, dict[str, Any]] = {
     "1b-relu": dict(hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32, num_kv_heads=4,
@@ -57,7 +65,6 @@ def build_preset(name: str, *, num_layers: int | None = None, intermediate_size:
     """A random-weight ReLU `LlamaForCausalLM` of a preset shape, fp32, eval mode (weights: N(0, 0.02))."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sparsealign.errors import UserError
 
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
@@ -183,8 +190,6 @@ def local_texts(n: int = 64, chars: int = 1200) -> list[str]:
 
 def _row(mode: str, sparsity: float, d: dict[str, float], s: dict[str, float], stats: dict[str, Any],
          gb_per_s: float, num_layers: int, extrapolate_layers: int | None) -> dict[str, Any]:
-    from sparsealign.sparse.metrics import ideal_speedup
-    from sparsealign.sparse.roofline import roofline_fields
 
     ffn_share = min(1.0, d["ffn"] / d["total"])
     ffn_ideal = d["ffn_bytes"] / s["ffn_bytes"]
@@ -222,11 +227,6 @@ def bench_decode(
     log=None,
 ) -> dict[str, Any]:
     """Dense vs sparse decode tokens/s per (mode, sparsity); see the module docstring for the method."""
-    from sparsealign.sparse.calibration import calibrate, record_activations
-    from sparsealign.sparse.config import PredictorConfig, SparsityConfig
-    from sparsealign.sparse.decode import PatchedOps
-    from sparsealign.sparse.patch import apply_sparsity
-    from sparsealign.sparse.roofline import measure_bandwidth, paired_decode
 
     log = log or (lambda msg: None)
     model.eval()

@@ -23,6 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparsealign.io import atomic_path, atomic_write_json, atomic_write_text
+from sparsealign.sparse.calibration import calibrate, record_activations, tokenize
+from sparsealign.sparse.config import SparsityConfig
+from sparsealign.sparse.quality import dense_logits, evaluate_sparsity
+from sparsealign.stats.intervals import wilson_interval
+
 OPENINGS = ("Once upon a time", "One day", "Lily and Tom", "There was a little", "The sun was", "Ben had a",
             "In a small town", "Mia wanted to")
 FIELDS = ("eval_domain", "calib_domain", "sites", "mode", "sparsity", "realized_sparsity", "kl_mean", "kl_ci_low",
@@ -46,7 +52,6 @@ def kl_interval(text_sums: Sequence[float], text_tokens: Sequence[int], seed: in
 def curve_row(res: dict[str, Any], sites: Sequence[str]) -> dict[str, Any]:
     """One row from an `evaluate_sparsity` result: the variant's realized sparsity (mean over its sites), KL with
     a text-bootstrap CI, top-1 agreement with a Wilson CI over positions, per-site and per-layer sparsity."""
-    from sparsealign.stats.intervals import wilson_interval
 
     per_site = {s: res["sites"].get(s, {}).get("realized_sparsity", 0.0) for s in sites if s != "intermediate"}
     if "intermediate" in sites:
@@ -78,9 +83,6 @@ def sparsity_curve(model: nn.Module, tokenizer, calib_texts: Sequence[str], eval
                    max_length: int = 256, max_tokens: int = 1 << 20, log=None) -> dict[str, Any]:
     """Rows for every (sparsity, variant, mode): calibrate the variant's sites at the target on `calib_texts`
     (one recording reused), evaluate teacher-forced on `eval_texts` against dense logits computed once."""
-    from sparsealign.sparse.calibration import calibrate, record_activations, tokenize
-    from sparsealign.sparse.config import SparsityConfig
-    from sparsealign.sparse.quality import dense_logits, evaluate_sparsity
 
     log = log or (lambda msg: None)
     all_sites = sorted({s for v in variants for s in v})
@@ -112,7 +114,6 @@ def plot_curve(result: dict[str, Any], path: str | Path, title: str = "") -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sparsealign.io import atomic_path
 
     fig, (ax_kl, ax_ag) = plt.subplots(1, 2, figsize=(9, 3.6))
     for key in dict.fromkeys(_series(r) for r in result["rows"]):
@@ -145,7 +146,6 @@ def write_curve(result: dict[str, Any], out_dir: str | Path, title: str = "") ->
     import csv
     import io
 
-    from sparsealign.io import atomic_write_json, atomic_write_text
 
     out_dir = Path(out_dir)
     buf = io.StringIO()

@@ -23,6 +23,7 @@ from sparsealign.sparse.artifacts import SparsityArtifacts
 from sparsealign.sparse.config import SparsityConfig
 from sparsealign.sparse.metrics import empirical_threshold, kl_per_token
 from sparsealign.sparse.patch import apply_sparsity, find_mlps
+from sparsealign.sparse.predictor import train_predictor
 from sparsealign.sparse.runtime import find_attention
 
 
@@ -151,7 +152,6 @@ def greedy_allocation(model: nn.Module, art: SparsityArtifacts, rec: Recording, 
 def calibrate(model: nn.Module, tokenizer, texts: Sequence[str], cfg: SparsityConfig | None = None,
               *, recording: Recording | None = None) -> SparsityArtifacts:
     """Static thresholds (+ optional greedy allocation and predictors) for `model` from calibration `texts`."""
-    from sparsealign.sparse.predictor import train_predictor
 
     cfg = cfg or SparsityConfig()
     model.eval()

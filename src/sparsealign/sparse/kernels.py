@@ -27,6 +27,9 @@ from pathlib import Path
 
 import torch
 
+from sparsealign.io import atomic_path
+from sparsealign.settings import cache_dir
+
 SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
@@ -198,7 +201,6 @@ def load() -> ctypes.CDLL | None:
     """The compiled kernel library, or None when it cannot be built here (the caller falls back to torch)."""
     if os.environ.get("SPARSEALIGN_SPARSE_KERNEL", "c") == "torch" or sys.platform == "win32":
         return None
-    from sparsealign.settings import cache_dir
 
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if cc is None:
@@ -206,7 +208,6 @@ def load() -> ctypes.CDLL | None:
     key = hashlib.sha256((SOURCE + " ".join(FLAGS) + cc + _cpu_key()).encode()).hexdigest()[:16]
     so = cache_dir() / "kernels" / f"sparse_decode_{key}.so"
     if not so.exists():
-        from sparsealign.io import atomic_path
 
         so.parent.mkdir(parents=True, exist_ok=True)
         src = so.with_suffix(".c")

@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from sparsealign.errors import UserError
+from sparsealign.io import atomic_dir
+from sparsealign.models.loading import load_model_and_tokenizer
+from sparsealign.models.tiny import build_llama, train_tokenizer
 
 
 def bt_loss(r_chosen, r_rejected):
@@ -81,7 +84,6 @@ def build_tiny_reward_model(texts: Sequence[str], *, vocab_size: int = 512, seed
     """A tokenizer trained on `texts` and a random-init `LlamaForSequenceClassification` (one label)."""
     from transformers import LlamaForSequenceClassification
 
-    from sparsealign.models.tiny import build_llama, train_tokenizer
 
     tok = train_tokenizer(texts, vocab_size=vocab_size)
     lm = build_llama(len(tok), seed=seed, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
@@ -95,7 +97,6 @@ def build_tiny_reward_model(texts: Sequence[str], *, vocab_size: int = 512, seed
 
 def load_reward_model(path: str, *, device: str = "auto", num_labels: int | None = None):
     """Sequence classifier + tokenizer through the project's one loader (any --model spec); must have one output."""
-    from sparsealign.models.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(path, device=device, task="sequence-classification",
                                                 num_labels=num_labels)
@@ -171,7 +172,6 @@ def train_reward_model(
     if eval_pairs:
         metrics["eval_accuracy_end"] = pair_accuracy(scorer, eval_pairs)
     if out_dir is not None:
-        from sparsealign.io import atomic_dir
 
         with atomic_dir(out_dir) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)

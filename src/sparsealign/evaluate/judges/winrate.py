@@ -25,7 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sparsealign.data.readers import read_rows
 from sparsealign.errors import DataError
+from sparsealign.stats.intervals import bootstrap_ci, wilson_interval
 
 JUDGE_SYSTEM = (
     "You are an impartial judge. Compare the answers two AI assistants gave to the user question shown below and "
@@ -175,7 +177,6 @@ def winrate_summary(outcomes: Sequence[str], *, ci: str = "bootstrap", level: fl
                     n_resamples: int = 2000, seed: int = 0, max_missing: float = MAX_MISSING) -> dict[str, Any]:
     """Counts, win rate with ties as half and its CI (bootstrap over items, or Wilson) over the judged items;
     missing items are counted apart and make the result unusable above `max_missing`."""
-    from sparsealign.stats.intervals import bootstrap_ci, wilson_interval
 
     if not outcomes:
         raise ValueError("winrate_summary: no outcomes")
@@ -207,7 +208,6 @@ def read_responses(path: Path) -> dict[str, tuple[str, str]]:
 
     Records are keyed by `id` when every record has one, else by `prompt`.
     """
-    from sparsealign.data.readers import read_rows
 
     rows: list[tuple[int | None, dict[str, Any]]] = []
     for row in read_rows(path):

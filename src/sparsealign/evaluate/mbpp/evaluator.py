@@ -21,11 +21,13 @@ from pydantic import Field, model_validator
 
 from sparsealign.config import StrictModel
 from sparsealign.data.mbpp.prompts import FORMATS, PromptFormat, make_format
+from sparsealign.data.mbpp.tasks import load_mbpp
 from sparsealign.data.records import MbppTask
 from sparsealign.evaluate.generation import SamplingConfig, generate
 from sparsealign.evaluate.mbpp.extract import Extraction, extract
 from sparsealign.evaluate.mbpp.passk import pass_at_k_interval
 from sparsealign.evaluate.tables import save_table
+from sparsealign.sandbox.pool import SandboxPool
 
 log = logging.getLogger("sparsealign.evaluate")
 STATUSES = ("passed", "failed", "timeout", "error")
@@ -66,7 +68,6 @@ def _error_line(stderr: str) -> str:
 
 def run_programs(programs: Sequence[str], cfg: MbppEvalConfig) -> list[Any]:
     """Run programs in a warm sandbox pool; results come back in order."""
-    from sparsealign.sandbox.pool import SandboxPool
 
     if not programs:
         return []
@@ -165,7 +166,6 @@ def evaluate_mbpp(
     if cfg.format not in FORMATS:
         raise ValueError(f"unknown format {cfg.format!r}")
     if cfg.format == "lm-eval" and shots is None:
-        from sparsealign.data.mbpp.tasks import load_mbpp
 
         shots = load_mbpp(split="prompt")
     fmt = make_format(cfg.format, shots)
