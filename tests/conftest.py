@@ -110,3 +110,15 @@ def smollm2():
     from sparsealign.models.loading import load_model_and_tokenizer
 
     return load_model_and_tokenizer("smollm2-135m-instruct", device="cpu")
+
+
+# -- `slow` by measurement: `make test-fast` skips what took > 0.25 s in a measured full run (tests/slow_tests.txt) --
+MEASURED_SLOW = frozenset(
+    line.strip() for line in (Path(__file__).parent / "slow_tests.txt").read_text(encoding="utf-8").splitlines()
+    if line.strip() and not line.startswith("#"))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.nodeid in MEASURED_SLOW:
+            item.add_marker(pytest.mark.slow)
