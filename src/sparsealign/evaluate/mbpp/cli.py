@@ -56,8 +56,6 @@ SPLIT_CHOICES = ("test", "validation", "train", "prompt")
 @click.option("--memory-mb", type=click.IntRange(min=64), default=1024, show_default=True,
               help="Address-space limit per test program.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Sandbox worker processes.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--dtype", default="auto", show_default=True, help="Model dtype: auto, float32, bfloat16, float16.")
 @click.option("--name", default=None, metavar="RUN",
               help="Record results in runs/RUN/eval/mbpp/ (summary.json, records.parquet, ledger); reruns resume.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,

@@ -40,8 +40,6 @@ from sparsealign.sparse.options import sparsity_options, sparsity_spec
 @click.option("--bootstrap", "n_resamples", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Bootstrap resamples for the confidence intervals.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--dtype", default="auto", show_default=True)
 @click.option("--name", default=None, metavar="RUN",
               help="Write runs/RUN/eval/preference/{summary.json,records.parquet}; a finished rerun is skipped.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
