@@ -1,4 +1,5 @@
-"""The lm-eval model `sparsealign` through lm-eval's real CLI (subprocess), on local tasks (a generate_until task
+"""The lm-eval model `sparsealign` through lm-eval's real CLI (subprocess): plain `lm_eval` (the installed .pth
+registers the model) and our `sparsealign-lm-eval` wrapper, on local tasks (a generate_until task
 and a multiple_choice task built from local JSONL with `dataset_path: json`; no download): dense vs threshold-0
 sparse give identical results, and a calibrated 0.5 target is realized."""
 
@@ -70,12 +71,16 @@ def tasks_dir(tmp_path_factory, data_dir) -> Path:
     return root
 
 
-def _lm_eval(tmp: Path, tasks_dir: Path, model_args: str) -> dict:
+PLAIN_LM_EVAL = [str(Path(sys.executable).with_name("lm_eval"))]  # lm-eval's own console script, unchanged
+WRAPPER = [sys.executable, "-m", "sparsealign.evaluate.lm_eval_model"]
+
+
+def _lm_eval(tmp: Path, tasks_dir: Path, model_args: str, launcher: list[str] = PLAIN_LM_EVAL) -> dict:
     tmp.mkdir(parents=True, exist_ok=True)
     out = tmp / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp / "ds"),
            "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "sparsealign.evaluate.lm_eval_model", "--model", "sparsealign", "--model_args",
+    cmd = [*launcher, "--model", "sparsealign", "--model_args",
            model_args + ",dtype=float32", "--tasks", "sa_local_gen", "sa_local_mc", "--include_path",
            str(tasks_dir), "--device", "cpu", "--batch_size", "2", "--output_path", str(out), "--log_samples"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=tmp)
@@ -91,7 +96,7 @@ def _lm_eval(tmp: Path, tasks_dir: Path, model_args: str) -> dict:
 
 def test_dense_vs_threshold_zero_identical_and_target_realized(tmp_path, tasks_dir, calibrated) -> None:
     model = calibrated / "m0"
-    dense = _lm_eval(tmp_path / "dense", tasks_dir, f"pretrained={model}")
+    dense = _lm_eval(tmp_path / "dense", tasks_dir, f"pretrained={model}", launcher=WRAPPER)
     zero = _lm_eval(tmp_path / "zero", tasks_dir,
                     f"pretrained={model},sparsity={calibrated / 's0'},mode=static,prefill=sparse")
     half = _lm_eval(tmp_path / "half", tasks_dir,

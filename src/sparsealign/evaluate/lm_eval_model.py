@@ -9,15 +9,17 @@ model_args: everything HFLM takes (pretrained=, peft=, dtype=, device=, batch_si
     prefill=P      dense (default) | sparse: multi-token calls (prompts, and the loglikelihood scoring of
                    multiple-choice tasks) dense or sparse; single-token decode steps are always sparse.
 
-lm-eval 0.4.13 has no plugin discovery for models (its registry accepts entry-point placeholders, but nothing
-scans an entry-point group, and --include_path only indexes task YAML).  So the model is registered when this
-module is imported, and `sparsealign-lm-eval` (or `python -m sparsealign.evaluate.lm_eval_model`) is lm-eval's own
-CLI, unchanged, with it imported first.  In Python: `import sparsealign.evaluate.lm_eval_model` before
-`lm_eval.simple_evaluate(model="sparsealign", ...)`.  The realized sparsity is reported in the results' `config`.
+Plain `lm_eval --model sparsealign ...` works: lm-eval 0.4.13 has no plugin discovery for models (nothing scans an
+entry-point group, and --include_path only indexes task YAML), so the install ships `sparsealign-lm-eval.pth`, which
+registers this class as a lazy placeholder as soon as lm-eval imports its model table (src/_sparsealign_lm_eval.py).
+Where .pth files are not read (`python -S`, a copied site-packages), `sparsealign-lm-eval` is lm-eval's own CLI,
+unchanged, with this module imported first; in Python, `import sparsealign.evaluate.lm_eval_model` does the same.
+The realized sparsity is reported in the results' `config`.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from lm_eval.api.registry import register_model
@@ -27,7 +29,6 @@ from sparsealign.sparse.apply import apply_spec
 from sparsealign.sparse.spec import SparsitySpec
 
 
-@register_model("sparsealign")
 class SparseAlignLM(HFLM):
     """HFLM with `sparsity=`, `mode=`, `prefill=` model_args (see the module docstring)."""
 
@@ -62,5 +63,8 @@ def main() -> None:
     cli_evaluate()
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python -m`: register the importable class (the one the placeholder names), not __main__'s
+    importlib.import_module("sparsealign.evaluate.lm_eval_model")
     main()
+else:
+    register_model("sparsealign")(SparseAlignLM)
