@@ -33,6 +33,7 @@ sparsity: {targets: [0.5], modes: [dynamic], calibration_texts: 4}
 evaluation: {mbpp_limit: 2, generated_tasks: 2, max_new_tokens: 16, shots: 0, bootstrap: 100, speed_tokens: 4,
              uf_pairs: 8, likelihood_tasks: 4, heldout_code: samples, sparse_sets: [hh, uf, code]}
 executor: {kind: local, workers: 1}
+report: {primary_contrasts: [{question: thresholds, dataset: hh, metric: reward_accuracy}]}
 """
 N_CELLS = 9  # pretrain, pairs, align, 2 x (dense eval, calibrate, dynamic eval)
 TIMING = {"tokens_per_s"}  # wall-clock measurements: the only metrics allowed to differ between runs
@@ -249,10 +250,15 @@ def test_failed_cell_is_recorded_and_the_others_kept(env: Env, reference: Path):
     table = pd.read_parquet(run / "results.parquet")
     assert set(table["method"]) == {"base"} and (run / "report.html").is_file()
 
+    findings = json.loads((run / "findings.json").read_text())
     (run / "report.html").unlink()
+    (run / "findings.json").unlink()
     res = env.study(runs, "report", "--name", "tiny", "--json")
     assert res.returncode == 0, res.stderr[-2000:]
     assert (run / "report.html").is_file() and Path(res.json()["results"]) == run / "results.parquet"
+    # the rebuilt report uses the run's own report settings (primary contrasts), not the defaults
+    assert json.loads((run / "config" / "report.json").read_text())["primary_contrasts"]
+    assert json.loads((run / "findings.json").read_text()) == findings
 
 
 def test_pass1_wilson_ci_and_findings_reach_the_outputs(env: Env, reference: Path):
@@ -270,6 +276,9 @@ def test_pass1_wilson_ci_and_findings_reach_the_outputs(env: Env, reference: Pat
         ci = wilson_interval(int(sum(items)), len(items))
         assert (row.ci_low, row.ci_high, row.n) == (pytest.approx(ci.low), pytest.approx(ci.high), len(items))
         assert row.ci_high > row.value or row.value == 1.0  # never the collapsed [0, 0] of a bootstrap at 0
+    for row in table[table["metric"] == "reference_nll"].itertuples():  # n = its own tasks (4), not pass@1's (2)
+        items = json.loads((reference / "eval" / row.cell / "items.json").read_text())["mbpp_reference_nll"]
+        assert row.n == len(items) == 4
     flips = table[table["metric"] == "flip_rate"]  # pairs ranked differently than by the same model dense
     assert len(flips) == 4 and ((flips["ci_high"] > flips["value"]) | (flips["value"] == 1.0)).all()
 

@@ -4,7 +4,9 @@ model's natural sparsity."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from sparsealign.align.engine import run_align
-from sparsealign.data.preference import load_pairs
+from sparsealign.data.preference import load_pairs, write_pairs_jsonl
+from sparsealign.data.records import PreferencePair
 from sparsealign.ledger import Ledger
 from sparsealign.models.tiny import save_pretrained, tiny_model_and_tokenizer
 from sparsealign.report.items import parse_cell_key
@@ -20,7 +23,7 @@ from sparsealign.rundir import RunDir
 from sparsealign.study.cells import AlignCell, EvalCell, PairsCell, expand
 from sparsealign.study.config import StudyConfig, cell_align_config, load_study_config
 from sparsealign.study.layout import Study
-from sparsealign.study.pipeline import pairs_cell
+from sparsealign.study.pipeline import heldout_code_pairs, pairs_cell
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -100,6 +103,27 @@ def test_heldout_code_pairs_are_identical_for_every_size(tmp_path, data_dir):
     train = [json.loads(line)["id"] for line in (study.pairs_dir("micro-xxs") / "train.jsonl").open()]
     held_ids = {json.loads(line)["id"] for line in held["micro-xs"].splitlines()}
     assert not held_ids & set(train)  # held-out tasks are MBPP test / generated test, never training tasks
+
+
+def test_heldout_code_pairs_are_built_once_while_another_cell_builds(tmp_path, data_dir):
+    """Two sizes' pairs cells run at once: the second waits for the first builder's lock and reads its pairs
+    instead of building its own (a busy machine's sandbox timeouts once gave one size 600 pairs, the others 599)."""
+    study = Study(load_study_config(None, "default"), tmp_path / "run")
+    path = study.root / "pairs" / "heldout_code_mutants.jsonl"
+    path.parent.mkdir(parents=True)
+    first = PreferencePair(id="code:mbpp:11", prompt="p", chosen="a", rejected="b")
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # "another cell is building"
+        result: list = []
+        waiter = threading.Thread(target=lambda: result.append(heldout_code_pairs(study)))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and not result  # blocked on the lock, not building
+        write_pairs_jsonl([first], path)
+        path.with_suffix(".json").write_text(json.dumps({"pairs": 1}))
+    waiter.join(timeout=60)
+    pairs, stats = result[0]
+    assert [p.id for p in pairs] == ["code:mbpp:11"] and stats == {"pairs": 1}
 
 
 def test_default_targets_lie_above_every_models_natural_sparsity():

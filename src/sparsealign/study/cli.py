@@ -135,14 +135,18 @@ def report_cmd(name: str, as_json: bool) -> None:
     from sparsealign.errors import UserError
     from sparsealign.report.outputs import write_outputs
     from sparsealign.settings import runs_dir
-    from sparsealign.study.config import StudyConfig
+    from sparsealign.study.config import ReportConfig, StudyConfig
     from sparsealign.study.layout import Study
+    from sparsealign.study.runner import REPORT_SETTINGS
 
     root = runs_dir() / name
     cfg_path = root / "config" / "study.yaml"
     if not cfg_path.exists():
         raise UserError(f"{cfg_path}: no study run named {name!r}", hint="run `sparsealign study --name NAME` first")
     cfg = StudyConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
+    report_path = root / REPORT_SETTINGS  # the primary contrasts etc. the run was started with
+    if report_path.exists():
+        cfg = cfg.model_copy(update={"report": ReportConfig.model_validate(json.loads(report_path.read_text()))})
     outputs = {k: str(v) for k, v in write_outputs(Study(cfg, root)).items()}
     click.echo(json.dumps(outputs) if as_json else "\n".join(f"{k}: {v}" for k, v in outputs.items()))
 

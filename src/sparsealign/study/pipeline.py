@@ -13,6 +13,7 @@ same metrics as an uninterrupted one.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 from collections.abc import Callable
@@ -105,19 +106,28 @@ def pairs_cell(study: Study, cell: PairsCell) -> CellResult:
     return metrics, files
 
 
+MUTANT_TIMEOUT_S = 10.0  # generous: a reference that times out on a busy machine would drop its task
+
+
 def heldout_code_pairs(study: Study) -> tuple[list[PreferencePair], dict[str, int]]:
     """Reference vs failing one-edit mutant for the MBPP test tasks and the leak-free generated test tasks: no model
     involved, so every size gets the same pairs.  Built once per study (`pairs/heldout_code_mutants.jsonl`)."""
     path = study.root / "pairs" / "heldout_code_mutants.jsonl"
     stats_path = path.with_suffix(".json")
-    if path.exists() and stats_path.exists():
-        return load_pairs(path, warn=False).pairs, json.loads(stats_path.read_text())
-    ev = study.cfg.evaluation
-    tasks = load_mbpp(split=ev.mbpp_split) + generated_split("test", GENERATED_LEAK_FREE)
-    with SandboxPool(workers=ev.sandbox_workers, timeout_s=5.0, memory_mb=512) as pool:
-        pairs, stats = mutant_pairs(tasks, pool, seed=study.cfg.seed)
-    write_pairs_jsonl(pairs, path)
-    atomic_write_json(stats_path, stats)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # one builder at a time: two sizes' pairs cells run at once, and whether a slow reference passes its tests
+    # within the timeout can differ between two builds on a busy machine (task 123: 600 vs 599 pairs), so the
+    # second cell must wait and read the first one's pairs, never build its own
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists() and stats_path.exists():
+            return load_pairs(path, warn=False).pairs, json.loads(stats_path.read_text())
+        ev = study.cfg.evaluation
+        tasks = load_mbpp(split=ev.mbpp_split) + generated_split("test", GENERATED_LEAK_FREE)
+        with SandboxPool(workers=ev.sandbox_workers, timeout_s=MUTANT_TIMEOUT_S, memory_mb=512) as pool:
+            pairs, stats = mutant_pairs(tasks, pool, seed=study.cfg.seed)
+        write_pairs_jsonl(pairs, path)
+        atomic_write_json(stats_path, stats)
     return pairs, stats
 
 

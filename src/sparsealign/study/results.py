@@ -75,8 +75,8 @@ def results_table(study: Study) -> pd.DataFrame:
             if name in CELL_FIELDS or name.endswith(("_ci_low", "_ci_high")) or not isinstance(value, (int, float)):
                 continue
             dataset, metric = _split_metric(name)
-            n = None
-            for key in (f"{dataset}_passed", f"{dataset}_margin"):
+            n = None  # the metric's own per-item array where it has one (the likelihood metrics cover more tasks
+            for key in (f"{dataset}_passed", f"{dataset}_margin", name):  # than pass@1), else the dataset's
                 if key in items:
                     n = len(items[key])
             low, high = proportion_ci(proportion_items(metric, dataset, items, dense), float(value)) or (

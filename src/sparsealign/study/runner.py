@@ -10,11 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from sparsealign.config import config_hash
+from sparsealign.io import atomic_write_json
 from sparsealign.rundir import RunDir
 from sparsealign.study.cells import expand, select_cells
 from sparsealign.study.config import ExecutorConfig, StudyConfig
 from sparsealign.study.executor import run_local, run_ray
 from sparsealign.study.pipeline import Study, run_cell
+
+
+REPORT_SETTINGS = "config/report.json"
 
 
 def run_identity(cfg: StudyConfig) -> StudyConfig:
@@ -30,6 +34,9 @@ def run_study(cfg: StudyConfig, *, name: str | None = None, restart: bool = Fals
     identity = run_identity(cfg)
     run = RunDir.open(name or cfg.name, "study", identity, restart=restart)
     study = Study(cfg, run.root.resolve())  # absolute: Ray workers need not share this process's cwd
+    # the report settings are not part of the run's identity (study.yaml leaves them out), but `study report --name`
+    # must rebuild the same report: they are saved beside it, rewritten by every run
+    atomic_write_json(run.root / REPORT_SETTINGS, cfg.report.model_dump(mode="json"))
     chash = config_hash(identity)
     ledger_path = run.ledger.path.resolve()
     run.close()
