@@ -17,7 +17,6 @@ from sparsealign.study.config import ExecutorConfig, StudyConfig
 from sparsealign.study.executor import run_local, run_ray
 from sparsealign.study.pipeline import Study, run_cell
 
-
 REPORT_SETTINGS = "config/report.json"
 
 
