@@ -218,8 +218,9 @@ def score_features(
     model: torch.nn.Module, features: list[dict[str, Any]], pad_id: int, batch_size: int = 8
 ) -> dict[str, torch.Tensor]:
     """No-grad scores of encoded pairs: chosen/rejected summed log-probs and token counts, each [len(features)], in
-    the order given.  Pairs are batched longest first, so rows of like length share a batch and little compute goes
-    to padding (1.6x less on held-out HH); every row is scored alone under its mask, so the order changes nothing."""
+    the order given.  Pairs are batched longest first, so rows of like length share a batch and less compute goes
+    to padding (held-out HH on micro-m: 11.6 -> 10.6 s); each row is scored under its own mask, so the order does
+    not change the scores."""
     collate = PairCollator(pad_id)
     cols: dict[str, list[torch.Tensor]] = {k: [] for k in ("chosen_logps", "chosen_n", "rejected_logps", "rejected_n")}
     order = sorted(range(len(features)), key=lambda i: -pair_width(features[i]))
