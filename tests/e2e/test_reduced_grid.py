@@ -11,7 +11,7 @@ printed with 17 significant digits:
   the dynamic rows, the Wilson CIs (stats) filled CI columns, issue 9's design (one shared reward for every model,
   reference NLL / natural sparsity / KL metrics) added rows and computes the base model's reward in float64.  Every
   dense metric whose definition did not change must still agree with it (to 1e-7: the base reward is now summed in
-  float64, was float32).
+  float64, was float32).  The n of the likelihood metrics is their own task count (4), no longer pass@1's (2).
 - `reduced_study_results.csv`: the table as it is now; every column of every row must equal it.  A change meant to
   move these numbers regenerates it: `python tests/e2e/test_reduced_grid.py RUN_DIR` on a finished run.
 """

@@ -33,26 +33,36 @@ equals decoding the same tokens one by one.
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
+import numpy as np
 import torch
 
 from sparsealign.errors import UserError
 from sparsealign.sparse.config import ControllerConfig
 
+Array = TypeVar("Array", torch.Tensor, np.ndarray)
+
 
 def token_quantile(abs_v: torch.Tensor, sparsity: float, floor: float) -> torch.Tensor:
     """The `sparsity`-quantile of each token's own |v| over its last dim (k-th order statistic, k = round(s D)),
     floored so that log space is defined (ReLU's exact zeros)."""
-    k = min(max(1, round(sparsity * abs_v.shape[-1])), abs_v.shape[-1])
-    return abs_v.float().kthvalue(k, dim=-1).values.clamp_min(floor)
+    d = abs_v.shape[-1]
+    k = min(max(1, round(sparsity * d)), d)
+    v = abs_v.float()
+    # the k-th smallest, as the largest of the k smallest or the smallest of the d-k+1 largest (whichever is the
+    # shorter top-k: ~1.7x faster than kthvalue at s = 0.9, and exactly the same value)
+    kth = v.topk(k, dim=-1, largest=False).values.amax(-1) if k <= d - k + 1 else \
+        v.topk(d - k + 1, dim=-1).values.amin(-1)
+    return kth.clamp_min(floor)
 
 
-def controller_update(m: torch.Tensor, delta: torch.Tensor, log_q: torch.Tensor, f: torch.Tensor, density: float,
-                      alpha: torch.Tensor, eta: torch.Tensor, band: float, bound: float
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of the update rule above for a vector of rows; returns (m', delta')."""
-    learn = (log_q - (m + delta)).abs() <= band
-    delta_next = torch.where(learn, (delta + eta * (f - density)).clamp(-bound, bound), delta)
+def controller_update(m: Array, delta: Array, log_q: Array, f: Array, density: float, alpha: Array, eta: Array,
+                      band: float, bound: float) -> tuple[Array, Array]:
+    """One step of the update rule above for a vector of rows (torch tensors or numpy arrays); returns (m', delta')."""
+    xp = np if isinstance(m, np.ndarray) else torch
+    learn = abs(log_q - (m + delta)) <= band
+    delta_next = xp.where(learn, (delta + eta * (f - density)).clip(-bound, bound), delta)
     return m + alpha * (log_q - m), delta_next
 
 
@@ -115,10 +125,15 @@ class ThresholdController:
             return torch.zeros(B, T)
         if self.cfg.frozen:  # exactly the calibrated static value (no floor), so frozen == mode static
             return torch.full((B, T), float(self.static[c]))
-        q = token_quantile(abs_v, self.targets[c], self.floor[c]).cpu().double().log()  # [B, T]
-        valid = None if valid is None else valid.cpu()
-        return torch.stack([self._update(c, abs_v[:, j], q[:, j], None if valid is None else valid[:, j])
-                            for j in range(T)], dim=1).float()
+        # the scan is sequential (each position's threshold depends on the last update), so it runs in numpy, whose
+        # per-call cost on [B]-vectors is a fraction of torch's (a micro-m dynamic eval cell: 13 s -> ~3 s)
+        q = token_quantile(abs_v, self.targets[c], self.floor[c]).cpu().double().log().numpy()  # [B, T]
+        values = abs_v.detach().cpu().float().numpy()
+        rows = None if valid is None else valid.cpu().numpy().astype(bool)
+        out = np.empty((B, T))
+        for j in range(T):
+            out[:, j] = self._update(c, values[:, j], q[:, j], None if rows is None else rows[:, j])
+        return torch.from_numpy(out).float()
 
     def step(self, c: int, abs_v: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Thresholds [B] to apply to one position abs_v [B, D], then the update from it."""
@@ -127,26 +142,27 @@ class ThresholdController:
             return torch.zeros(B)
         if self.cfg.frozen:
             return torch.full((B,), float(self.static[c]))
-        q = token_quantile(abs_v, self.targets[c], self.floor[c]).cpu().double().log()
-        return self._update(c, abs_v, q, None if valid is None else valid.cpu()).float()
+        q = token_quantile(abs_v, self.targets[c], self.floor[c]).cpu().double().log().numpy()
+        rows = None if valid is None else valid.cpu().numpy().astype(bool)
+        return torch.from_numpy(self._update(c, abs_v.detach().cpu().float().numpy(), q, rows)).float()
 
-    def _update(self, c: int, abs_v: torch.Tensor, log_q: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    def _update(self, c: int, abs_v: np.ndarray, log_q: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+        """Thresholds [B] for one position (abs_v [B, D] float32), then every valid row's update from it."""
         cfg = self.cfg
         self._rows(c, abs_v.shape[0])
-        m, delta, seen = self.m[c], self.delta[c], self.seen[c]
-        t = (m + delta).exp()
-        f = (abs_v > t.to(abs_v.device, abs_v.dtype).unsqueeze(-1)).double().mean(-1).cpu()
+        m, delta, seen, ema = (v.numpy() for v in (self.m[c], self.delta[c], self.seen[c], self.ema[c]))
+        t = np.exp(m + delta)
+        f = (abs_v > t.astype(np.float32)[:, None]).mean(-1)  # realized density of this token, float64
         warm = seen < cfg.warmup_tokens
-        alpha = torch.where(warm, cfg.warmup_track, cfg.track).double()
-        eta = torch.where(warm, cfg.warmup_step, cfg.step).double()
+        alpha = np.where(warm, cfg.warmup_track, cfg.track)
+        eta = np.where(warm, cfg.warmup_step, cfg.step)
         m2, d2 = controller_update(m, delta, log_q, f, 1.0 - self.targets[c], alpha, eta, cfg.band,
                                    math.log(cfg.max_ratio))
-        ema = cfg.ema * self.ema[c] + (1 - cfg.ema) * (1.0 - f)
+        ema2 = cfg.ema * ema + (1 - cfg.ema) * (1.0 - f)
         if valid is not None:  # padding positions leave the row's state untouched
-            m2, d2 = torch.where(valid, m2, m), torch.where(valid, d2, delta)
-            ema = torch.where(valid, ema, self.ema[c])
-        self.m[c], self.delta[c], self.ema[c] = m2, d2, ema
-        self.seen[c] = seen + (1 if valid is None else valid.long())
+            m2, d2, ema2 = np.where(valid, m2, m), np.where(valid, d2, delta), np.where(valid, ema2, ema)
+        self.m[c], self.delta[c], self.ema[c] = torch.from_numpy(m2), torch.from_numpy(d2), torch.from_numpy(ema2)
+        self.seen[c] = torch.from_numpy(seen + (1 if valid is None else valid.astype(np.int64)))
         return t
 
     def state(self) -> dict[str, list]:
