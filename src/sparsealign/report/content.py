@@ -65,6 +65,52 @@ def caveats(df: pd.DataFrame, store: ItemStore, found: list[Finding]) -> list[st
     return out
 
 
+def alignment_cost_blocks(store: ItemStore, settings: ReportConfig, *, n_boot: int = SECONDARY_RESAMPLES
+                          ) -> list[Block]:
+    """Per size and aligned method (dense, all pairs): generated-task pass@1 aligned - base (paired over items and
+    seeds) against the retention criterion, and KL(aligned || base) on the MBPP references as the cost."""
+    gain = scaling.alignment_gain_table(store, dataset="generated", metric="pass@1", n_boot=n_boot)
+    gain = gain[gain["mode"] == "dense"] if not gain.empty else gain
+    kl_cells = [c for c in store.cells("mbpp", "alignment_kl") if c.mode == "dense" and c.subset == 1.0]
+    if gain.empty and not kl_cells:
+        return []
+    limit = settings.retention_points
+    rows = []
+    for c in sorted({(r.size, r.method) for r in gain.itertuples()} | {(c.size, c.method) for c in kl_cells}):
+        size, method = c
+        row: dict = {"size": size, "method": method}
+        g = gain[(gain["size"] == size) & (gain["method"] == method)]
+        if not g.empty:
+            r = g.iloc[0]
+            row.update(pass1_diff=r["diff"], ci_low=r["ci_low"], ci_high=r["ci_high"], n=r["n"], seeds=r["seeds"],
+                       verdict=_retention_verdict(r["diff"], r["ci_low"], r["ci_high"], limit, r["note"]))
+        kl = store.get(CellKey(size, method, 1.0, "dense", 0.0), "mbpp", "alignment_kl")
+        if kl is not None:
+            lo, hi = percentile_interval(replicate_means({"x": kl}, n_resamples=n_boot)["x"])
+            row.update(kl_to_base=float(kl.mean()), kl_ci_low=lo, kl_ci_high=hi)
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=["size", "method", "pass1_diff", "ci_low", "ci_high", "n", "seeds", "verdict",
+                                        "kl_to_base", "kl_ci_low", "kl_ci_high"])
+    inside = int(table["verdict"].isin(["within", "unclear"]).sum())
+    judged = int(table["verdict"].isin(["within", "outside", "unclear"]).sum())
+    text = (f"{settings.alignment_tuning + ' ' if settings.alignment_tuning else ''}Criterion: dense generated-task "
+            f"pass@1 of every aligned model within {limit * 100:g} points of its base (aligned - base, paired on the "
+            f"same tasks, CI over items and seeds): {inside} of {judged} measurable aligned models meet it on the "
+            f"estimate, {int((table['verdict'] == 'within').sum())} of them with the whole CI inside ('unclear': "
+            "estimate inside, CI reaching past the limit; 'not measurable': both at the floor, where no drop can "
+            "show). The cost is KL(aligned || base) per token on the MBPP reference solutions, code neither model "
+            "trained on.")
+    return [Block("h2", "Cost of alignment"), Block("p", text), Block("table", table=table)]
+
+
+def _retention_verdict(diff: float, low: float, high: float, limit: float, note: str) -> str:
+    if math.isnan(diff):
+        return f"not measurable ({note})"
+    if abs(diff) > limit:
+        return "outside"
+    return "within" if -limit <= low and high <= limit else "unclear"
+
+
 CELL_COLUMNS = ["size", "params", "method", "subset_fraction", "mode", "target_sparsity", "dataset", "metric"]
 
 
@@ -199,7 +245,8 @@ def build_blocks(df: pd.DataFrame, traces: pd.DataFrame | None, fig_dir: Path, t
                  beside: pd.DataFrame | None = None) -> list[Block]:
     blocks = [Block("h1", title), *[Block("p", n) for n in notes],
               *findings_blocks(found, settings, bool(store)), Block("h2", "Caveats"),
-              *[Block("p", c) for c in [*caveats(df, store, found), *family_caveats(df, beside)]]]
+              *[Block("p", c) for c in [*caveats(df, store, found), *family_caveats(df, beside)]],
+              *(alignment_cost_blocks(store, settings) if store else [])]
     figs = _figures(seed_pooled(df, store), traces, fig_dir)
     if figs:
         blocks += [Block("h2", "Figures"), *figs]

@@ -253,6 +253,10 @@ class ReportConfig(StrictModel):
     tolerance: float = Field(0.01, ge=0, description="critical sparsity: allowed drop from dense (CI low >= -tol)")
     bootstrap: int = Field(2000, ge=200, description="crossed bootstrap replicates (items x seeds) per CI")
     min_items: int = Field(10, ge=2, description="fewer paired items than this: 'not measurable'")
+    retention_points: float = Field(0.05, gt=0, lt=1, description=(
+        "cost of alignment: dense generated-task pass@1 of an aligned model should stay within this of its base"))
+    alignment_tuning: str = Field("", description=(
+        "how the alignment hyper-parameters were chosen, in a sentence (the report's Cost of alignment section)"))
     beside: list[str] = Field(default_factory=list, description=(
         "other finished study runs (directories holding results.parquet, e.g. runs/default) whose rows the "
         "family and dense tables show beside this run's, labelled with their family; never in a fit or Finding"))
