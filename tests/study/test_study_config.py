@@ -12,9 +12,10 @@ from sparsealign.align.config import AlignConfig
 from sparsealign.config import dump_yaml
 from sparsealign.errors import ConfigError
 from sparsealign.study.cells import AlignCell, expand
-from sparsealign.study.config import ReportConfig, (
+from sparsealign.study.config import (
     PRESETS,
     AlignSettings,
+    ReportConfig,
     StudyConfig,
     align_config,
     load_study_config,
