@@ -85,14 +85,15 @@ def test_dynamic_rows_follow_the_prefix_cached_early_exit_loop(stories, texts, p
     kw = {"max_new_tokens": 24, "eos": set(), "pad_id": tok.pad_token_id, "stop": stop}
     with apply_sparsity(model, art, "dynamic", "dense") as handle:
         one = greedy_decode(model, encoded, batch_size=1, **kw)
-        batched = greedy_decode(model, encoded, batch_size=16, **kw)
-        # the same loop with its shared-prefix cache forced on: copies of the prefix cache restart from its state
-        monkeypatch.setattr(generation, "_adaptive_sparsity", lambda m: False)
-        prefixed = greedy_decode(model, encoded, batch_size=16, **kw)
+        batched = greedy_decode(model, encoded, batch_size=16, **kw)  # shared prefix once, its cache copied
+        assert generation.shared_prefix_length(encoded) > 5
+        # the same loop without the shared prefix: every row prefills its whole prompt itself
+        monkeypatch.setattr(generation, "shared_prefix_length", lambda e: 0)
+        unshared = greedy_decode(model, encoded, batch_size=16, **kw)
         assert handle.stats()["realized_sparsity"] > 0.4
     assert len({len(o) for o in one}) > 3  # rows really left the batch at different steps
     assert batched == one
-    assert prefixed == one
+    assert unshared == one  # copies of the prefix cache restart each row from the state saved after the prefix
     assert one != greedy_decode(model, encoded, batch_size=16, **kw)  # and the sparsity changed tokens
 
 

@@ -235,7 +235,11 @@ def greedy_decode(
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    P = 0 if _adaptive_sparsity(model) else shared_prefix_length(encoded)
+    # a dynamic sparsity controller continues from the state saved when the prefix ran (sparse.runtime), so the
+    # prefix is shared under sparsity too; each row keeps >= 2 tokens of its own, so its prefill stays a multi-token
+    # call (what `--prefill dense` makes dense), as when the whole prompt is prefilled
+    P = shared_prefix_length(encoded)
+    P = min(P, max(0, min((len(e) for e in encoded), default=0) - 2))
     prefix_cache = None
     with torch.no_grad():
         if P:
@@ -254,12 +258,6 @@ def greedy_decode(
             _decode_batch(model, suffixes, P, cache, [out[i] for i in batch], max_new_tokens=max_new_tokens,
                           eos=eos, pad_id=pad_id, stop=stop, row_state=row_state)
     return out
-
-
-def _adaptive_sparsity(model) -> bool:
-    """A dynamic sparsity controller adapts to the positions it has seen, so a prefix run once for all rows would
-    change what each row's decode sees: then every row prefills its whole prompt itself."""
-    return any(getattr(getattr(m, "_rt", None), "controller", None) is not None for m in model.modules())
 
 
 def _cache_kw(model) -> str:
