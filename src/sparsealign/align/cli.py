@@ -59,7 +59,10 @@ def align(method, model, data, eval_data, name, config_path, overrides, restart,
             run = RunDir.open(name, "align", cfg, restart=restart)
         else:  # other ranks never touch the run dir's config or ledger (rank 0 may be deleting it for --restart)
             run = RunDir(root=runs_dir() / name, ledger=Ledger(":memory:"))
-        metrics = run_align(cfg, run, pairs=pairs, eval_pairs=eval_pairs)
+        try:
+            metrics = run_align(cfg, run, pairs=pairs, eval_pairs=eval_pairs)
+        finally:
+            run.close()
     if not main_rank:
         return
     out_dir = run.root / "align" / cfg.cell_name

@@ -38,15 +38,18 @@ def run_study(cfg: StudyConfig, *, name: str | None = None, restart: bool = Fals
     atomic_write_json(run.root / REPORT_SETTINGS, cfg.report.model_dump(mode="json"))
     chash = config_hash(identity)
     ledger_path = run.ledger.path.resolve()
-    run.close()
+    run.ledger.close()  # the executor opens its own connections; the study log stays attached until the end
     fn = functools.partial(run_cell, study)  # picklable: Ray ships it to the workers
-    if cfg.executor.kind == "ray":
-        counts = run_ray(cells, ledger_path, chash, fn, address=cfg.executor.address,
-                         cpus_per_cell=cfg.executor.cpus_per_cell, gpus_per_cell=cfg.executor.gpus_per_cell,
-                         progress=progress)
-    else:
-        counts = run_local(cells, ledger_path, chash, fn, progress=progress, workers=cfg.executor.workers)
-    outputs = write(study) if write is not None else {}
+    try:
+        if cfg.executor.kind == "ray":
+            counts = run_ray(cells, ledger_path, chash, fn, address=cfg.executor.address,
+                             cpus_per_cell=cfg.executor.cpus_per_cell, gpus_per_cell=cfg.executor.gpus_per_cell,
+                             progress=progress)
+        else:
+            counts = run_local(cells, ledger_path, chash, fn, progress=progress, workers=cfg.executor.workers)
+        outputs = write(study) if write is not None else {}
+    finally:
+        run.close()
     summary = {"run": str(run.root), "cells": len(cells), **counts, **{k: str(v) for k, v in outputs.items()}}
     if counts["failed"]:
         print(f"warning: {counts['failed']} cell(s) failed; see {run.root / 'ledger.sqlite'} "
