@@ -2,7 +2,7 @@
 [DONE] stop, finished rows leave the batch) vs plain HF `model.generate` one prompt at a time, on the same tasks.
 
     .venv/bin/python benchmarks/mbpp_generation.py [--model smollm2-135m-instruct] [--tasks 50] [--batch-size 16]
-                                                   [--max-new-tokens 128] [--sparsity 0.5] [--threads 1] [--json]
+                                                   [--max-new-tokens 128] [--sparsity 0.5] [--threads 2] [--json]
 
 Both paths use the lm-eval 3-shot prompt of the first --tasks MBPP test tasks, greedy decoding and the same stop
 test; tokens/s = generated tokens / wall seconds of the whole path (prefix and prefill included).  The baseline is
@@ -37,8 +37,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--sparsity", type=float, default=0.5, help="static target for the sparse row; 0 skips it")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1: on shared, busy cores a 2-thread region stalls on a descheduled peer)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads (2 = this machine's cores; on shared, busy cores use 1: a 2-thread region "
+                         "stalls on a descheduled peer)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
