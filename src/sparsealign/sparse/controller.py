@@ -126,7 +126,7 @@ class ThresholdController:
         if self.cfg.frozen:  # exactly the calibrated static value (no floor), so frozen == mode static
             return torch.full((B, T), float(self.static[c]))
         # the scan is sequential (each position's threshold depends on the last update), so it runs in numpy, whose
-        # per-call cost on [B]-vectors is a fraction of torch's (a micro-m dynamic eval cell: 13 s -> ~3 s)
+        # per-call cost on [B]-vectors is a fraction of torch's (a micro-m dynamic cell's preference scoring: 50 -> 35 s)
         q = token_quantile(abs_v, self.targets[c], self.floor[c]).cpu().double().log().numpy()  # [B, T]
         values = abs_v.detach().cpu().float().numpy()
         rows = None if valid is None else valid.cpu().numpy().astype(bool)
