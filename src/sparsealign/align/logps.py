@@ -234,7 +234,7 @@ def score_features(
             cols[key].append(val)
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
-    return {k: torch.cat(v)[inverse] if v else torch.cat(v) for k, v in cols.items()}
+    return {k: torch.cat(v)[inverse] for k, v in cols.items()}
 
 
 def pair_width(feature: dict[str, Any]) -> int:

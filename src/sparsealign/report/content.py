@@ -76,8 +76,7 @@ def alignment_cost_blocks(store: ItemStore, settings: ReportConfig, *, n_boot: i
         return []
     limit = settings.retention_points
     rows = []
-    for c in sorted({(r.size, r.method) for r in gain.itertuples()} | {(c.size, c.method) for c in kl_cells}):
-        size, method = c
+    for size, method in sorted({(r.size, r.method) for r in gain.itertuples()} | {(c.size, c.method) for c in kl_cells}):
         row: dict = {"size": size, "method": method}
         g = gain[(gain["size"] == size) & (gain["method"] == method)]
         if not g.empty:

@@ -136,8 +136,7 @@ def report_cmd(name: str, as_json: bool) -> None:
     from sparsealign.report.outputs import write_outputs
     from sparsealign.settings import runs_dir
     from sparsealign.study.config import ReportConfig, StudyConfig
-    from sparsealign.study.layout import Study
-    from sparsealign.study.runner import REPORT_SETTINGS
+    from sparsealign.study.layout import REPORT_SETTINGS, Study
 
     root = runs_dir() / name
     cfg_path = root / "config" / "study.yaml"

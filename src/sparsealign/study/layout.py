@@ -5,6 +5,7 @@
     align/<size>/<method>/<frac>[/s<r>]/model/                  + sparsealign_alignment.json (method, β, γ, reference)
     sparse/<size>/<method>/t<target>/                     thresholds, predictors
     eval/<size>/<method>/<frac>/<mode>/<s>/               metrics.json, items.json, trace.json, mbpp.parquet
+    config/study.yaml, config/report.json                 the run's identity; its report settings (not identity)
     ledger.sqlite, results.parquet, report.{md,html}
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from sparsealign.study.cells import AlignCell, Cell, Model, frac_tag, seed_tag
 from sparsealign.study.config import StudyConfig
 
+REPORT_SETTINGS = "config/report.json"  # rewritten by every run; `study report --name` reads it back
 
 @dataclass
 class Study:

@@ -15,9 +15,8 @@ from sparsealign.rundir import RunDir
 from sparsealign.study.cells import expand, select_cells
 from sparsealign.study.config import ExecutorConfig, StudyConfig
 from sparsealign.study.executor import run_local, run_ray
+from sparsealign.study.layout import REPORT_SETTINGS
 from sparsealign.study.pipeline import Study, run_cell
-
-REPORT_SETTINGS = "config/report.json"
 
 
 def run_identity(cfg: StudyConfig) -> StudyConfig:
