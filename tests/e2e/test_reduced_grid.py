@@ -12,6 +12,8 @@ printed with 17 significant digits:
   reference NLL / natural sparsity / KL metrics) added rows and computes the base model's reward in float64.  Every
   dense metric whose definition did not change must still agree with it (to 1e-7: the base reward is now summed in
   float64, was float32).  The n of the likelihood metrics is their own task count (4), no longer pass@1's (2).
+  Packed pair scoring (one row per pair, the prompt once) moved preference values by float rounding only (< 1e-5)
+  and the dynamic cells' realized sparsity / FLOPs skipped by ~0.001 (each prompt position is now counted once).
 - `reduced_study_results.csv`: the table as it is now; every column of every row must equal it.  A change meant to
   move these numbers regenerates it: `python tests/e2e/test_reduced_grid.py RUN_DIR` on a finished run.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -55,10 +58,41 @@ def study(env: dict[str, str], *args: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def table(env) -> pd.DataFrame:
-    summary = study(env)
-    assert summary["failed"] == 0 and summary["done"] == 13
+def summary(env) -> dict:
+    out = study(env)
+    assert out["failed"] == 0 and out["done"] == 13
+    return out
+
+
+@pytest.fixture(scope="module")
+def table(summary) -> pd.DataFrame:
     return canonical(Path(summary["results"]))
+
+
+def test_the_base_dense_cell_writes_the_reference_logps(summary):
+    """DPO's implicit reward needs the base model's log-probs of each held-out set: the base model's dense cell
+    writes them from its own scores (a parent of the DPO cell), equal to scoring the base model directly."""
+    import torch
+
+    from sparsealign.align.logps import TokenizeSettings, score_pairs
+    from sparsealign.data.preference import load_pairs
+    from sparsealign.models.pretrain import load_member
+
+    torch.set_num_threads(1)
+    run = Path(summary["run"])
+    base_path = json.loads((run / "pretrain" / "family.json").read_text())["paths"]["micro-xs"]
+    model, tok = load_member(base_path)
+    for name in ("hh", "uf"):
+        saved = json.loads((run / "pairs" / "micro-xs" / f"reference_logps_{name}.json").read_text())
+        pairs = load_pairs(run / "pairs" / "micro-xs" / f"heldout_{name}.jsonl", warn=False).pairs
+        direct = score_pairs(model, tok, pairs, TokenizeSettings(max_length=256, max_prompt_length=160))
+        assert saved["chosen_logps"] == direct["chosen_logps"].tolist()
+        assert saved["rejected_n"] == direct["rejected_n"].tolist() and len(saved["chosen_n"]) == len(pairs) == 8
+    ledger = sqlite3.connect(run / "ledger.sqlite")
+    (started_dpo,), (ended_base,) = (ledger.execute(f"select {col} from cells where stage = 'study.eval' and cell = ?", (cell,)).fetchone()
+                                     for col, cell in (("started_at", "micro-xs/dpo/f1.000/dense/0.00"),
+                                                       ("ended_at", "micro-xs/base/f1.000/dense/0.00")))
+    assert started_dpo >= ended_base
 
 
 def assert_columns_equal(ours: pd.DataFrame, reference: pd.DataFrame, columns) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,7 +110,7 @@ def test_update_rule_is_the_formula():
     assert d2.tolist() == pytest.approx([0.1 + 0.05 * (0.4 - 0.3), -0.2, 0.5 + 0.05 * (0.1 - 0.3)])
     _, d3 = controller_update(m, delta, log_q, torch.ones(3, dtype=torch.float64), 0.3, alpha, eta, 10.0, 0.52)
     assert d3[2].item() == pytest.approx(0.52)  # |delta| <= log R
-    q = token_quantile(torch.tensor([[[0.0, 0.0, 3.0, 1.0], [4.0, 2.0, 3.0, 1.0]]]), 0.5, 1e-3)
+    q = token_quantile(np.array([[[0.0, 0.0, 3.0, 1.0], [4.0, 2.0, 3.0, 1.0]]], dtype=np.float32), 0.5, 1e-3)
     assert q[0].tolist() == pytest.approx([1e-3, 2.0])  # the 2nd order statistic of each token, floored
 
 

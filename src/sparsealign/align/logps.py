@@ -15,13 +15,14 @@ preferred, followed by the rationale.  The order of the two responses is randomi
 
 from __future__ import annotations
 
-import inspect
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from sparsealign.align.packed import accepts_logits_to_keep, pack_pairs, packed_logps, packed_width
 
 RATIONALE_TEMPLATE = (
     "Question:\n{question}\n\nResponse A:\n{a}\n\nResponse B:\n{b}\n\n"
@@ -178,15 +179,6 @@ class PairCollator:
         return batch
 
 
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    inner = model
-    while hasattr(inner, "module"):  # DDP / FSDP / DeepSpeed wrappers
-        inner = inner.module
-    if hasattr(inner, "get_base_model"):  # PEFT
-        inner = inner.get_base_model()
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
-
-
 def sequence_logps(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,7 +192,7 @@ def sequence_logps(
     mask = labels_mask[:, 1:].bool()  # [N, T-1]: token t+1 is predicted from position t
     targets = input_ids[:, 1:]
     kwargs: dict[str, Any] = {}
-    if mask.any() and _accepts_logits_to_keep(model):
+    if mask.any() and accepts_logits_to_keep(model):
         first = int(mask.any(0).nonzero()[0])
         kwargs["logits_to_keep"] = input_ids.size(1) - first  # keeps positions first..T-1
         mask, targets = mask[:, first:], targets[:, first:]
@@ -218,28 +210,18 @@ def score_features(
     model: torch.nn.Module, features: list[dict[str, Any]], pad_id: int, batch_size: int = 8
 ) -> dict[str, torch.Tensor]:
     """No-grad scores of encoded pairs: chosen/rejected summed log-probs and token counts, each [len(features)], in
-    the order given.  Pairs are batched longest first, so rows of like length share a batch and less compute goes
-    to padding (held-out HH on micro-m: 11.6 -> 10.6 s); each row is scored under its own mask, so the order does
-    not change the scores."""
-    collate = PairCollator(pad_id)
+    the order given.  Each pair is one packed row (`align.packed`: the prompt runs once for both responses, ~30%
+    fewer tokens); pairs are batched longest first, so rows of like length share a batch and less compute goes to
+    padding.  Each row is scored under its own mask, so neither packing nor the order changes the scores."""
     cols: dict[str, list[torch.Tensor]] = {k: [] for k in ("chosen_logps", "chosen_n", "rejected_logps", "rejected_n")}
-    order = sorted(range(len(features)), key=lambda i: -pair_width(features[i]))
+    order = sorted(range(len(features)), key=lambda i: -packed_width(features[i]))
     for start in range(0, len(order), batch_size):
-        chunk = [{k: features[i][k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
-                 for i in order[start:start + batch_size]]
-        batch = collate(chunk)
-        logp, n = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
-        (cw, cl), (nw, nl) = logp.cpu().chunk(2), n.cpu().chunk(2)
-        for key, val in zip(cols, (cw, nw, cl, nl), strict=True):
-            cols[key].append(val)
+        scores = packed_logps(model, pack_pairs([features[i] for i in order[start:start + batch_size]], pad_id))
+        for key in cols:
+            cols[key].append(scores[key].cpu())
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
     return {k: torch.cat(v)[inverse] for k, v in cols.items()}
-
-
-def pair_width(feature: dict[str, Any]) -> int:
-    """Tokens of the longer of the pair's two rows (prompt + completion)."""
-    return len(feature["prompt_ids"]) + max(len(feature["chosen_ids"]), len(feature["rejected_ids"]))
 
 
 def score_pairs(

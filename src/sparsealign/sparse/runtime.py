@@ -54,6 +54,7 @@ class Runtime:
         self.input_sites = [s for s in INPUT_SITES if s in art.sites]
         self.dense_prefix: int | None = None
         self.valid: torch.Tensor | None = None  # [B, T] real (non-padding) positions of the current call
+        self.parents: torch.Tensor | None = None  # [B, T] where a custom 4D mask branches (`tree_positions`)
         self.fresh, self.root, self.last_cache = True, None, lambda: None  # which rows a call continues
         self.clear()
 
@@ -76,9 +77,14 @@ class Runtime:
         ref = kwargs.get("input_ids", args[0] if args else None)
         ref = ref if ref is not None else kwargs.get("inputs_embeds")
         mask = kwargs.get("attention_mask")
-        self.valid = None
-        if ref is not None and isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[0] == ref.shape[0]:
-            valid = mask[:, -ref.shape[1]:].bool()
+        self.valid, self.parents = None, None
+        if ref is not None and isinstance(mask, torch.Tensor) and mask.shape[0] == ref.shape[0]:
+            if mask.dim() == 2:
+                valid = mask[:, -ref.shape[1]:].bool()
+            elif mask.dim() == 4 and mask.dtype == torch.bool and mask.shape[-1] == mask.shape[-2] == ref.shape[1]:
+                valid, self.parents = tree_positions(mask)
+            else:
+                valid = torch.ones(ref.shape[:2], dtype=torch.bool)
             self.valid = None if bool(valid.all()) else valid
         ctl = self.controller
         if ctl is None:
@@ -118,7 +124,9 @@ class Runtime:
     def thresholds_for(self, site: str, layer: int, abs_v: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """[B, T] thresholds for abs_v [B, T, D]: the static value, or the controller's per-row scan."""
         if self.mode == "dynamic":
-            return self.controller.scan(SITES.index(site) * self.art.num_layers + layer, abs_v, valid)
+            parents = self.parents
+            parents = parents if parents is not None and tuple(parents.shape) == tuple(abs_v.shape[:2]) else None
+            return self.controller.scan(SITES.index(site) * self.art.num_layers + layer, abs_v, valid, parents)
         return torch.full(abs_v.shape[:2], float(self.static[site][layer]))
 
     def mask_input(self, site: str, layer: int, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,6 +141,19 @@ class Runtime:
         c = self.site_counts[site][layer]
         c[0], c[1] = c[0] + float(w.sum()) * v.shape[-1], c[1] + float((keep.sum(-1) * w).sum())
         return v * keep.to(v.dtype), keep
+
+
+def tree_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(valid [B, T], parents [B, T] or None) of a custom boolean 4D mask [B, 1, T, T] (True = attend; see
+    `align.packed`): a position is real iff it attends to itself; its parent is the latest earlier position it
+    attends to (-1 if none).  `parents` is None when every real position's parent is the one before it."""
+    m = mask[:, 0].bool()
+    T = m.shape[-1]
+    valid = m.diagonal(dim1=-2, dim2=-1)
+    earlier = m & torch.ones(T, T, dtype=torch.bool, device=m.device).tril(-1)
+    parents = (earlier.long() * torch.arange(1, T + 1, device=m.device)).amax(-1) - 1
+    linear = (parents == torch.arange(-1, T - 1, device=m.device)) | ~valid
+    return valid.cpu(), None if bool(linear.all()) else parents.cpu()
 
 
 def position_weights(valid: torch.Tensor | None, B: int, T: int, n_dense: int, device) -> torch.Tensor:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from sparsealign.align.config import facts
 from sparsealign.errors import ConfigError, UserError
 from sparsealign.models.micro import get_recipe
 from sparsealign.study.config import AlignSettings, EvaluationConfig, FamilyConfig, StudyConfig, align_config
@@ -148,6 +149,9 @@ class EvalCell(Cell):
     prefill: str = "dense"
     calibrate: CalibrateCell | None = None  # sparse cells: their thresholds
     dense: EvalCell | None = None  # sparse cells: the same model dense (flips are measured against it)
+    reference: EvalCell | None = None  # dense cells of methods with a reference: the base model's dense cell,
+    # which writes the reference log-probs of the held-out sets their implicit reward needs
+
 
     @property
     def method(self) -> str:  # type: ignore[override]
@@ -161,7 +165,7 @@ class EvalCell(Cell):
     def parents(self) -> tuple[Cell, ...]:
         if self.calibrate is not None and self.dense is not None:
             return (self.calibrate, self.dense)
-        return (self.model, self.pairs)
+        return (self.model, self.pairs) + ((self.reference,) if self.reference is not None else ())
 
     @property
     def key(self) -> str:
@@ -205,8 +209,11 @@ def expand(cfg: StudyConfig) -> list[Cell]:
                     al = AlignCell(size, pairs, method, frac, settings[method], seed)
                     cells.append(al)
                     models.append(al)
+        base_dense = None
         for model in models:
-            dense = EvalCell(size, model, pairs, cfg.evaluation, prefill=sp.prefill)
+            reference = base_dense if isinstance(model, AlignCell) and facts(model.method).needs_reference else None
+            dense = EvalCell(size, model, pairs, cfg.evaluation, prefill=sp.prefill, reference=reference)
+            base_dense = base_dense or dense
             cells.append(dense)
             if model_subset(model) != 1.0 or sp.methods is not None and model_method(model) not in {BASE, *sp.methods}:
                 continue  # annotation-efficiency models (and methods left out of the sparse grid) stay dense

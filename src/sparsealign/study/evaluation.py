@@ -160,16 +160,29 @@ def common_margins(records: list[dict[str, Any]]) -> np.ndarray:
 
 
 def reference_logps(ctx: EvalContext, name: str, pairs: list) -> dict[str, torch.Tensor]:
-    """The base model's summed log-probs of a held-out set (DPO's reference): scored once per size and set,
-    cached in `pairs/<size>/reference_logps_<set>.json` (deterministic, so a second writer writes the same)."""
+    """The base model's summed log-probs of a held-out set (DPO's reference), from
+    `pairs/<size>/reference_logps_<set>.json`: written by the base model's dense cell (a parent of the dense cells
+    that need it, `cells.EvalCell.reference`), scored here only when that cell did not run (`--only`)."""
     study, ev = ctx.study, ctx.study.cfg.evaluation
-    path = study.pairs_dir(ctx.cell.size) / f"reference_logps_{name}.json"
+    path = reference_path(study, ctx.cell.size, name)
     if not path.exists():
         base = load_member(study.base_model_path(ctx.cell.size))[0]
         settings = TokenizeSettings(max_length=ev.max_length, max_prompt_length=ev.max_prompt_length)
         scores = score_pairs(base, ctx.tok, pairs, settings, batch_size=ctx.scoring.batch_size)
         atomic_write_json(path, {k: v.tolist() for k, v in scores.items() if k != "n_truncated"})
     return {k: torch.tensor(v) for k, v in json.loads(path.read_text()).items()}
+
+
+def reference_path(study: Study, size: str, name: str) -> Path:
+    return study.pairs_dir(size) / f"reference_logps_{name}.json"
+
+
+def save_reference_logps(ctx: EvalContext, name: str, records: list[dict[str, Any]]) -> None:
+    """The base model's dense scores of a held-out set are the reference log-probs of every aligned model's implicit
+    reward (same pairs, same tokenisation): saved once, by the base model's dense cell."""
+    atomic_write_json(reference_path(ctx.study, ctx.cell.size, name),
+                      {f"{side}_{key}": [r[f"{field}_{side}"] for r in records]
+                       for side in ("chosen", "rejected") for key, field in (("logps", "logp"), ("n", "n"))})
 
 
 def implicit_rewards(ctx: EvalContext, name: str, pairs: list,
@@ -214,6 +227,8 @@ def preference_step(ctx: EvalContext) -> None:
             ctx.metrics.update(_flat(f"{name}_implicit_", own, SUMMARY_METRICS))
             ctx.metrics["implicit_beta"] = beta
             ctx.items[f"{name}_implicit_margin"] = (r_w - r_l).tolist()
+        if cell.method == BASE and cell.calibrate is None:
+            save_reference_logps(ctx, name, records)
         ctx.metrics["scoring"] = {"method": summary["method"], "beta": summary["beta"],
                                   "shared_reward": "mean token log-prob"}
         ctx.items[f"{name}_margin"] = margins.tolist()

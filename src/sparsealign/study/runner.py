@@ -12,7 +12,7 @@ from typing import Any
 from sparsealign.config import config_hash
 from sparsealign.io import atomic_write_json
 from sparsealign.rundir import RunDir
-from sparsealign.study.cells import expand, select_cells
+from sparsealign.study.cells import Cell, expand, select_cells, sizes_of
 from sparsealign.study.config import ExecutorConfig, StudyConfig
 from sparsealign.study.executor import run_local, run_ray
 from sparsealign.study.layout import REPORT_SETTINGS
@@ -25,10 +25,18 @@ def run_identity(cfg: StudyConfig) -> StudyConfig:
     return cfg.model_copy(update={"executor": ExecutorConfig()})
 
 
+def largest_first(cells: list[Cell], sizes: list[str]) -> list[Cell]:
+    """Execution order: the largest size's cells first (its chain pairs -> align -> eval is the longest), so the
+    last cells to run are small ones that fill both workers; parents still precede children (cells of one size
+    keep their order, and a size depends only on the family cell, which comes first)."""
+    rank = {size: -i for i, size in enumerate(sizes)}
+    return sorted(cells, key=lambda c: rank.get(c.size, -len(sizes) - 1))
+
+
 def run_study(cfg: StudyConfig, *, name: str | None = None, restart: bool = False, progress: bool = True,
               only: list[str] | None = None,
               write: Callable[[Study], dict[str, Path]] | None = None) -> dict[str, Any]:
-    cells = select_cells(expand(cfg), only)  # config errors (e.g. unknown sizes) before anything is written
+    cells = largest_first(select_cells(expand(cfg), only), sizes_of(cfg))  # config errors before anything is written
     identity = run_identity(cfg)
     run = RunDir.open(name or cfg.name, "study", identity, restart=restart)
     study = Study(cfg, run.root.resolve())  # absolute: Ray workers need not share this process's cwd
