@@ -150,19 +150,19 @@ class ThresholdController:
         q = np.log(token_quantile(values, self.targets[c], self.floor[c]))  # [B, T]
         rows = None if valid is None else valid.cpu().numpy().astype(bool)
         branches, saves = _branch_points(parents, rows)
-        saved: dict[tuple[int, int], tuple[float, ...]] = {}
+        saved: dict[tuple[int, int], list[float]] = {}
+        self._rows(c, B)
+        state = [v.numpy().copy() for v in (self.m[c], self.delta[c], self.seen[c], self.ema[c])]  # m, delta, seen, ema
         out = np.empty((B, T))
         for j in range(T):
             for b, parent in branches.get(j, ()):
-                self._set_row(c, b, saved[b, parent])
-            out[:, j] = self._update(c, values[:, j], q[:, j], None if rows is None else rows[:, j])
+                for arr, value in zip(state, saved[b, parent], strict=True):
+                    arr[b] = value
+            out[:, j], state = self._advance(c, state, values[:, j], q[:, j], None if rows is None else rows[:, j])
             for b in saves.get(j, ()):
-                saved[b, j] = tuple(float(store[c][b]) for store in (self.m, self.delta, self.seen, self.ema))
+                saved[b, j] = [float(arr[b]) for arr in state]
+        self.m[c], self.delta[c], self.seen[c], self.ema[c] = (torch.from_numpy(v) for v in state)
         return torch.from_numpy(out).float()
-
-    def _set_row(self, c: int, b: int, state: tuple[float, ...]) -> None:
-        for store, value in zip((self.m, self.delta, self.seen, self.ema), state, strict=True):
-            store[c][b] = value
 
     def step(self, c: int, abs_v: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Thresholds [B] to apply to one position abs_v [B, D], then the update from it."""
@@ -178,9 +178,17 @@ class ThresholdController:
 
     def _update(self, c: int, abs_v: np.ndarray, log_q: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
         """Thresholds [B] for one position (abs_v [B, D] float32), then every valid row's update from it."""
-        cfg = self.cfg
         self._rows(c, abs_v.shape[0])
-        m, delta, seen, ema = (v.numpy() for v in (self.m[c], self.delta[c], self.seen[c], self.ema[c]))
+        state = [v.numpy() for v in (self.m[c], self.delta[c], self.seen[c], self.ema[c])]
+        t, state = self._advance(c, state, abs_v, log_q, valid)
+        self.m[c], self.delta[c], self.seen[c], self.ema[c] = (torch.from_numpy(v) for v in state)
+        return t
+
+    def _advance(self, c: int, state: list[np.ndarray], abs_v: np.ndarray, log_q: np.ndarray,
+                 valid: np.ndarray | None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One position on numpy state [m, delta, seen, ema] (each [B]): (thresholds applied, the next state)."""
+        cfg = self.cfg
+        m, delta, seen, ema = state
         t = np.exp(m + delta)
         f = (abs_v > t.astype(np.float32)[:, None]).mean(-1)  # realized density of this token, float64
         warm = seen < cfg.warmup_tokens
@@ -191,9 +199,7 @@ class ThresholdController:
         ema2 = cfg.ema * ema + (1 - cfg.ema) * (1.0 - f)
         if valid is not None:  # padding positions leave the row's state untouched
             m2, d2, ema2 = np.where(valid, m2, m), np.where(valid, d2, delta), np.where(valid, ema2, ema)
-        self.m[c], self.delta[c], self.ema[c] = torch.from_numpy(m2), torch.from_numpy(d2), torch.from_numpy(ema2)
-        self.seen[c] = torch.from_numpy(seen + (1 if valid is None else valid.astype(np.int64)))
-        return t
+        return t, [m2, d2, seen + (1 if valid is None else valid.astype(np.int64)), ema2]
 
     def state(self) -> dict[str, list]:
         """Per channel: row-0 threshold, tokens seen and EMA of realized sparsity (per row when batched)."""
