@@ -99,6 +99,9 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model, tok = load(args.model, args.data_dir)
+    from sparsealign.sparse.hugepages import rehome_weights
+
+    rehome_weights(model)  # 2 MB pages for the weights both decoders read
     mbpp = [json.loads(line) for line in (args.data_dir / "mbpp" / "mbpp.jsonl").open()]
     calib = [p["code"] for p in mbpp if p["task_id"] >= 601][:args.calib_texts]
     held = [p["code"] for p in mbpp if 11 <= p["task_id"] <= 510][:args.eval_texts]

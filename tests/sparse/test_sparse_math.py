@@ -112,6 +112,12 @@ def test_update_rule_is_the_formula():
     assert d3[2].item() == pytest.approx(0.52)  # |delta| <= log R
     q = token_quantile(np.array([[[0.0, 0.0, 3.0, 1.0], [4.0, 2.0, 3.0, 1.0]]], dtype=np.float32), 0.5, 1e-3)
     assert q[0].tolist() == pytest.approx([1e-3, 2.0])  # the 2nd order statistic of each token, floored
+    rng = np.random.default_rng(0)
+    for shape, zeros in (((1, 5632), 0.86), ((3, 97), 0.5), ((40, 64), 0.7), ((2, 10), 1.0)):
+        v = np.abs(rng.standard_normal(shape)).astype(np.float32)
+        v[rng.random(shape) < zeros] = 0.0
+        expected = np.maximum(np.sort(v, axis=-1)[:, round(0.9 * shape[1]) - 1], np.float32(1e-3))
+        assert token_quantile(v, 0.9, 1e-3).tolist() == expected.astype(np.float64).tolist()  # both code paths
 
 
 def test_controller_time_average_identity_frozen_and_bounds():

@@ -42,6 +42,7 @@ from sparsealign.errors import UserError
 from sparsealign.sparse.calibration import calibrate, record_activations
 from sparsealign.sparse.config import PredictorConfig, SparsityConfig
 from sparsealign.sparse.decode import PatchedOps
+from sparsealign.sparse.hugepages import rehome_weights
 from sparsealign.sparse.metrics import ideal_speedup
 from sparsealign.sparse.patch import apply_sparsity
 from sparsealign.sparse.roofline import measure_bandwidth, paired_decode, roofline_fields
@@ -230,6 +231,7 @@ def bench_decode(
 
     log = log or (lambda msg: None)
     model.eval()
+    rehome_weights(model)  # 2 MB pages for the weights both decoders read (dense and sparse alike)
     num_layers = len(model.model.layers)
     prompt_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     rec = record_activations(model, tokenizer, calib_texts, max_length=256, max_tokens=calib_tokens)

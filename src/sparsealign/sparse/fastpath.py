@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from sparsealign.sparse import kernels
+from sparsealign.sparse.hugepages import huge_copy
 
 
 class NeuronMajor:
@@ -38,7 +39,7 @@ class NeuronMajor:
         self.w_gate, self.b_gate = mlp.gate_proj.weight, mlp.gate_proj.bias
         self.w_up, self.b_up = mlp.up_proj.weight, mlp.up_proj.bias
         self.b_down = mlp.down_proj.bias
-        self.w_down_t = mlp.down_proj.weight.detach().t().contiguous()  # [I, H]
+        self.w_down_t = huge_copy(mlp.down_proj.weight.detach().t())  # [I, H], in 2 MB pages (sparse.hugepages)
         self._offsets = torch.zeros(1, dtype=torch.long, device=self.w_down_t.device)
         plain = all(b is None for b in (self.b_gate, self.b_up, self.b_down)) and all(
             w.dtype == torch.float32 and w.is_contiguous() and w.device.type == "cpu"
@@ -123,4 +124,4 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
     w_hat = q.float() * scale[:, None]
     err = torch.linalg.vector_norm(w - w_hat, dim=1)
-    return q.contiguous(), scale.contiguous(), err.contiguous(), torch.linalg.vector_norm(w_hat, dim=1).contiguous()
+    return huge_copy(q), scale.contiguous(), err.contiguous(), torch.linalg.vector_norm(w_hat, dim=1).contiguous()

@@ -25,6 +25,7 @@ from torch import nn
 
 from sparsealign.sparse import kernels
 from sparsealign.sparse.decode import DenseOps
+from sparsealign.sparse.hugepages import huge_copy
 from sparsealign.sparse.metrics import empirical_threshold
 
 SITES = ("qkv", "o", "gate_up", "down")
@@ -87,7 +88,7 @@ class _ColSparse:
     """One input-major weight (plus bias): y = W x_J, reading only the rows of W^T in J."""
 
     def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None]):
-        self.wt = torch.cat([w.detach().float() for w in weights], dim=0).t().contiguous()  # [In, sum Out]
+        self.wt = huge_copy(torch.cat([w.detach().float() for w in weights], dim=0).t())  # [In, sum Out]
         self.bias = None if all(b is None for b in biases) else torch.cat(
             [b.detach().float() if b is not None else torch.zeros(w.shape[0]) for w, b in zip(weights, biases, strict=True)])
         self.row_bytes = 4 * self.wt.shape[1]
