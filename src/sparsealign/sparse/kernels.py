@@ -58,22 +58,90 @@ static inline void axpy(float s, const float* x, float* y, int64_t n, const floa
         for (int64_t i = i0; i < i1; i++) y[i] += s * x[i];
     }
 }
-#define NEXT(base, idx, j, k, stride) ((j) + 1 < (k) ? (base) + (idx)[(j) + 1] * (stride) : (const float*)0)
-void rowdots(const float* w, const int64_t* idx, int64_t k, const float* x, int64_t H, float* out, int nthreads) {
-    #pragma omp parallel for num_threads(nthreads) if(nthreads > 1 && k >= 256) schedule(static)
-    for (int64_t j = 0; j < k; j++) out[j] = dot(w + idx[j] * H, x, H, NEXT(w, idx, j, k, H));
+/* Gathered rows, 4 at a time: rows are read in an order only the index knows, so one row at a time leaves a single
+   stream in flight and ~45% of the read bandwidth unused; 4 interleaved rows (and the next 4 prefetched block by
+   block) keep 4 in flight: 1B FFN, 563 of 5632 rows, up+down 0.82 -> 0.44 ms, 782 gate rows 0.50 -> 0.30 ms.
+   Row j is base + idx[j] * stride, n floats. */
+static void dot_rows(const float* base, int64_t stride, const int64_t* idx, int64_t k, const float* x, int64_t n,
+                     float* out) {
+    int64_t j = 0;
+#if defined(__AVX512F__)
+    for (; j + 4 <= k && n % 16 == 0; j += 4) {
+        const float* r[4];
+        const float* pf[4];
+        for (int m = 0; m < 4; m++) {
+            r[m] = base + idx[j + m] * stride;
+            pf[m] = j + 4 + m < k ? base + idx[j + 4 + m] * stride : 0;
+        }
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t i0 = 0; i0 < n; i0 += 256) {
+            int64_t i1 = i0 + 256 < n ? i0 + 256 : n;
+            for (int m = 0; m < 4; m++) prefetch_block(pf[m], i0, i1);
+            for (int64_t i = i0; i < i1; i += 16) {
+                __m512 xv = _mm512_loadu_ps(x + i);
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(r[0] + i), xv, a0);
+                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(r[1] + i), xv, a1);
+                a2 = _mm512_fmadd_ps(_mm512_loadu_ps(r[2] + i), xv, a2);
+                a3 = _mm512_fmadd_ps(_mm512_loadu_ps(r[3] + i), xv, a3);
+            }
+        }
+        out[j] = _mm512_reduce_add_ps(a0); out[j + 1] = _mm512_reduce_add_ps(a1);
+        out[j + 2] = _mm512_reduce_add_ps(a2); out[j + 3] = _mm512_reduce_add_ps(a3);
+    }
+#endif
+    for (; j < k; j++)
+        out[j] = dot(base + idx[j] * stride, x, n, j + 1 < k ? base + idx[j + 1] * stride : 0);
 }
+/* y[n] += sum_j c[j] * row_j, 4 rows per pass over y */
+static void add_rows(const float* base, int64_t stride, const int64_t* idx, const float* c, int64_t k, int64_t n,
+                     float* y) {
+    int64_t j = 0;
+#if defined(__AVX512F__)
+    for (; j + 4 <= k && n % 16 == 0; j += 4) {
+        const float* r[4];
+        const float* pf[4];
+        for (int m = 0; m < 4; m++) {
+            r[m] = base + idx[j + m] * stride;
+            pf[m] = j + 4 + m < k ? base + idx[j + 4 + m] * stride : 0;
+        }
+        __m512 c0 = _mm512_set1_ps(c[j]), c1 = _mm512_set1_ps(c[j + 1]);
+        __m512 c2 = _mm512_set1_ps(c[j + 2]), c3 = _mm512_set1_ps(c[j + 3]);
+        for (int64_t i0 = 0; i0 < n; i0 += 256) {
+            int64_t i1 = i0 + 256 < n ? i0 + 256 : n;
+            for (int m = 0; m < 4; m++) prefetch_block(pf[m], i0, i1);
+            for (int64_t i = i0; i < i1; i += 16) {
+                __m512 acc = _mm512_loadu_ps(y + i);
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(r[0] + i), c0, acc);
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(r[1] + i), c1, acc);
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(r[2] + i), c2, acc);
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(r[3] + i), c3, acc);
+                _mm512_storeu_ps(y + i, acc);
+            }
+        }
+    }
+#endif
+    for (; j < k; j++) axpy(c[j], base + idx[j] * stride, y, n, j + 1 < k ? base + idx[j + 1] * stride : 0);
+}
+void rowdots(const float* w, const int64_t* idx, int64_t k, const float* x, int64_t H, float* out, int nthreads) {
+    #pragma omp parallel num_threads(nthreads) if(nthreads > 1 && k >= 256)
+    {
+        int t = omp_get_thread_num(), n = omp_get_num_threads();
+        int64_t j0 = k * t / n, j1 = k * (t + 1) / n;
+        dot_rows(w, H, idx + j0, j1 - j0, x, H, out + j0);
+    }
+}
+/* y += sum over rows j0..j1 of c[j] (w_up[idx[j]] . x) w_down_t[idx[j]]: all up dots first, then the down rows */
 static void updown_range(const float* x, const float* c, const int64_t* idx, int64_t j0, int64_t j1,
-                         const float* w_up, const float* w_down_t, int64_t H, float* y) {
-    for (int64_t j = j0; j < j1; j++)
-        axpy(c[j] * dot(w_up + idx[j] * H, x, H, NEXT(w_up, idx, j, j1, H)), w_down_t + idx[j] * H, y, H,
-             NEXT(w_down_t, idx, j, j1, H));
+                         const float* w_up, const float* w_down_t, int64_t H, float* y, float* h) {
+    dot_rows(w_up, H, idx + j0, j1 - j0, x, H, h + j0);
+    for (int64_t j = j0; j < j1; j++) h[j] *= c[j];
+    add_rows(w_down_t, H, idx + j0, h + j0, j1 - j0, H, y);
 }
 void updown(const float* x, const float* c, const int64_t* idx, int64_t k, const float* w_up,
-            const float* w_down_t, int64_t H, float* y, float* scratch, int nthreads) {
+            const float* w_down_t, int64_t H, float* y, float* scratch, float* h, int nthreads) {
     memset(y, 0, H * sizeof(float));
     if (nthreads <= 1 || k < 256) {
-        updown_range(x, c, idx, 0, k, w_up, w_down_t, H, y);
+        updown_range(x, c, idx, 0, k, w_up, w_down_t, H, y, h);
         return;
     }
     #pragma omp parallel num_threads(nthreads)
@@ -81,7 +149,7 @@ void updown(const float* x, const float* c, const int64_t* idx, int64_t k, const
         int t = omp_get_thread_num(), n = omp_get_num_threads();
         float* acc = scratch + (int64_t)t * H;
         memset(acc, 0, H * sizeof(float));
-        updown_range(x, c, idx, k * t / n, k * (t + 1) / n, w_up, w_down_t, H, acc);
+        updown_range(x, c, idx, k * t / n, k * (t + 1) / n, w_up, w_down_t, H, acc, h);
     }
     for (int t = 0; t < nthreads; t++) axpy(1.f, scratch + (int64_t)t * H, y, H, 0);
 }
@@ -168,8 +236,7 @@ void colsparse(const float* wt, const int64_t* idx, const float* v, int64_t k, i
         int t = omp_get_thread_num(), n = omp_get_num_threads();
         int64_t o0 = (O * t / n) & ~(int64_t)15, o1 = t == n - 1 ? O : (O * (t + 1) / n) & ~(int64_t)15;
         memset(y + o0, 0, (o1 - o0) * sizeof(float));
-        for (int64_t j = 0; j < k; j++)
-            axpy(v[j], wt + idx[j] * O + o0, y + o0, o1 - o0, j + 1 < k ? wt + idx[j + 1] * O + o0 : 0);
+        add_rows(wt + o0, O, idx, v, k, o1 - o0, y + o0);
     }
 }
 /* The same with the selection fused in (one call per projection): J = {j : |x_j| > t}; returns |J|. */
@@ -225,7 +292,7 @@ def load() -> ctypes.CDLL | None:
             return None
     lib = ctypes.CDLL(str(so))
     lib.rowdots.argtypes = [P, P, I64, P, I64, P, INT]
-    lib.updown.argtypes = [P, P, P, I64, P, P, I64, P, P, INT]
+    lib.updown.argtypes = [P, P, P, I64, P, P, I64, P, P, P, INT]
     lib.precheck.argtypes = [P, P, P, P, I64, I64, P, FLT, INT, P, P, P, INT]
     lib.precheck.restype = I64
     lib.colsparse.argtypes = [P, P, P, I64, I64, P, INT]
@@ -256,9 +323,9 @@ def rowdots(lib: ctypes.CDLL, w: torch.Tensor, idx: torch.Tensor, x: torch.Tenso
 
 def updown(lib: ctypes.CDLL, x: torch.Tensor, c: torch.Tensor, idx: torch.Tensor, w_up: torch.Tensor,
            w_down_t: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
-    y = torch.empty(x.numel(), dtype=torch.float32)
+    y, h = torch.empty(x.numel(), dtype=torch.float32), torch.empty(idx.numel(), dtype=torch.float32)
     lib.updown(x.data_ptr(), c.data_ptr(), idx.data_ptr(), idx.numel(), w_up.data_ptr(), w_down_t.data_ptr(),
-               x.numel(), y.data_ptr(), scratch.data_ptr(), _threads(idx.numel()))
+               x.numel(), y.data_ptr(), scratch.data_ptr(), h.data_ptr(), _threads(idx.numel()))
     return y
 
 
