@@ -202,3 +202,27 @@ def test_profile_stats_and_hot_cold_summary():
     assert summary["hot_neurons"] == 0.5  # neurons 0 and 1
     assert summary["hot_firing_share"] == pytest.approx(1.9 / 2.0)
     assert summary["neurons_for_80pct_firings"] == 0.5  # 1.0 + 0.9 >= 0.8 * 2.0
+
+
+def test_the_c_decode_step_follows_the_python_rule():
+    """`step_row` (one C call at batch-1 decode) gives the thresholds and state of `step` (numpy) on a stream that
+    warms up, jumps 50x in scale (the correction stops learning, then clips) and has ReLU zeros."""
+    from sparsealign.sparse import kernels
+
+    if kernels.load() is None:
+        pytest.skip("no C compiler here: step_row falls back to step itself")
+    cfg = ControllerConfig(max_ratio=2.0)
+    rng = np.random.default_rng(0)
+    fast, slow = (ThresholdController([0.5, 0.3], [0.9, 0.6], [1.0, 1.0], cfg) for _ in range(2))
+    for k in range(120):
+        scale = 50.0 if 40 <= k < 80 else 1.0
+        for c, d in ((0, 5632), (1, 97)):
+            v = np.abs(rng.standard_normal(d)).astype(np.float32) * scale
+            v[rng.random(d) < 0.6] = 0.0
+            a = torch.from_numpy(v)
+            t_slow = float(slow.step(c, a.view(1, -1))[0])
+            assert fast.step_row(c, a) == pytest.approx(t_slow, rel=1e-12, abs=0)
+    for c in (0, 1):
+        for name in ("m", "delta", "seen", "ema"):
+            assert float(getattr(fast, name)[c][0]) == pytest.approx(float(getattr(slow, name)[c][0]), rel=1e-12)
+    assert float(slow.delta[0][0]) != 0.0 and int(fast.seen[0][0]) == 120

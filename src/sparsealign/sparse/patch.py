@@ -122,7 +122,7 @@ class SparseMLP(nn.Module):
             floor = self._threshold_floor()
             a = nm.gate(x, floor)  # exact wherever |a| can exceed floor; the gate pre-check skips the other rows
             abs_a = a.abs()
-            t = float(rt.controller.step(li, abs_a.view(1, -1))[0]) if rt.mode == "dynamic" else rt.thresholds[li]
+            t = rt.controller.step_row(li, abs_a) if rt.mode == "dynamic" else rt.thresholds[li]
             if t < floor:  # not reachable with a correct floor; keeps the fast path exact regardless
                 a = nm.gate(x)
                 abs_a = a.abs()
