@@ -192,20 +192,26 @@ class ThresholdController:
         return torch.from_numpy(self._update(c, values, q, rows)).float()
 
     def step_row(self, c: int, abs_a: torch.Tensor) -> float:
-        """`step` for batch-1 decode (abs_a [D], contiguous float32): the same rule in one C call when the kernel
-        library is built (`kernels.controller_step`; ~0.4 ms per layer less on a 1B shape), else `step`."""
+        """`step` for batch-1 decode (abs_a [D], float32): the same rule in one C call when the kernel library is
+        built (`kernels.controller_step`; ~0.4 ms per layer less on a 1B shape), else `step`."""
         lib = kernels.load()
         if lib is None or not self.enabled[c] or self.cfg.frozen or abs_a.dtype != torch.float32:
             return float(self.step(c, abs_a.view(1, -1))[0])
+        d = abs_a.numel()
+        # float32, as `step` and `scan` return it
+        return float(np.float32(lib.controller_step(abs_a.contiguous().data_ptr(), d, d, *self.c_state(c, d))))
+
+    def c_state(self, c: int, d: int) -> tuple:
+        """The C kernels' arguments for channel c's batch-1 state and rule (`kernels.controller_step`): quantile
+        rank, floor, pointers to m / delta / seen / ema (updated in place), rates, band, bound, EMA, scratch."""
         self._rows(c, 1)
-        cfg, d = self.cfg, abs_a.numel()
+        cfg = self.cfg
         if self._scratch.numel() < d:
             self._scratch = torch.empty(d)
-        return float(np.float32(lib.controller_step(  # float32, as `step` and `scan` return it
-            abs_a.contiguous().data_ptr(), d, min(max(1, round(self.targets[c] * d)), d), self.floor[c],
-            *(store[c].data_ptr() for store in (self.m, self.delta, self.seen, self.ema)), 1.0 - self.targets[c],
-            cfg.warmup_track, cfg.track, cfg.warmup_step, cfg.step, cfg.warmup_tokens, cfg.band,
-            math.log(cfg.max_ratio), cfg.ema, self._scratch.data_ptr())))
+        return (min(max(1, round(self.targets[c] * d)), d), self.floor[c],
+                *(store[c].data_ptr() for store in (self.m, self.delta, self.seen, self.ema)),
+                1.0 - self.targets[c], cfg.warmup_track, cfg.track, cfg.warmup_step, cfg.step, cfg.warmup_tokens,
+                cfg.band, math.log(cfg.max_ratio), cfg.ema, self._scratch.data_ptr())
 
     def _update(self, c: int, abs_v: np.ndarray, log_q: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
         """Thresholds [B] for one position (abs_v [B, D] float32), then every valid row's update from it."""

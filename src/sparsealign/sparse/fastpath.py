@@ -24,6 +24,8 @@ path's (up to float summation order).  `bytes_read` counts the weight bytes each
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 import torch.nn.functional as F
 
@@ -85,6 +87,35 @@ class NeuronMajor:
         a = torch.zeros(inter)
         a[idx] = self.act(kernels.rowdots(self.lib, self.w_gate, idx, x))
         return a
+
+    def precheck_ready(self, floor: float) -> bool:
+        """Whether `gate` would take the pre-check for this floor (the same policy, see there)."""
+        return self.q8 is not None and floor > 0.0 and not (self._cand_frac > 0.6 and self._calls % 64)
+
+    def sparse_ffn(self, x: torch.Tensor, floor: float, t: float, controller=None,
+                   channel: int = 0) -> tuple[torch.Tensor, int, float]:
+        """The whole static / dynamic FFN of one token in two C calls (needs `precheck_ready(floor)`): pre-check,
+        exact gate rows of the candidates, the threshold (`t`, or `controller`'s step for `channel` on the
+        candidates' |a|, the others being provably <= floor), up and down over the kept rows.  The same arithmetic
+        as `gate` + `from_gate`, without their per-token tensors.  Returns (y [H], number kept, threshold)."""
+        inter = self.w_gate.shape[0]
+        self._calls += 1
+        x = x.contiguous()
+        cand = kernels.precheck(self.lib, self.q8, x, floor, self.act_kind)
+        nc = cand.numel()
+        self._cand_frac = nc / inter
+        y, t_out = torch.empty(x.numel()), ctypes.c_float(0.0)
+        bufs = [torch.empty(nc) for _ in range(3)]  # a, kept values, up dots
+        kidx = torch.empty(nc, dtype=torch.int64)
+        state = controller.c_state(channel, inter) if controller is not None else (0, 0.0, None, None, None, None,
+                                                                                    0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0,
+                                                                                    0.0, 0.0, None)
+        kept = self.lib.sparse_ffn(x.data_ptr(), cand.data_ptr(), nc, inter, self.w_gate.data_ptr(), self.act_kind,
+                                   t, self.w_up.data_ptr(), self.w_down_t.data_ptr(), x.numel(), y.data_ptr(),
+                                   bufs[0].data_ptr(), kidx.data_ptr(), bufs[1].data_ptr(), bufs[2].data_ptr(),
+                                   ctypes.byref(t_out), *state)
+        self.bytes_read += self.q8[0].numel() + 12 * inter + (nc + 2 * kept) * self._row_bytes
+        return y, int(kept), float(t_out.value)
 
     def from_gate(self, x: torch.Tensor, a: torch.Tensor, abs_a: torch.Tensor, t: float) -> tuple[torch.Tensor, int]:
         """x [H], a [I] -> (y [H], number active): up and down only on {|a| > t}."""

@@ -246,13 +246,14 @@ static float select_kth(float* v, int64_t n, int64_t k) {  /* k-th smallest (0-b
     }
     return v[k];
 }
-double controller_step(const float* a, int64_t D, int64_t k, float floor_, double* m, double* delta, int64_t* seen,
-                       double* ema, double density, double track_warm, double track, double step_warm, double step,
-                       int64_t warmup, double band, double bound, double ema_c, float* scratch) {
+double controller_step(const float* a, int64_t n, int64_t D, int64_t k, float floor_, double* m, double* delta,
+                       int64_t* seen, double* ema, double density, double track_warm, double track, double step_warm,
+                       double step, int64_t warmup, double band, double bound, double ema_c, float* scratch) {
+    /* a [n]: the row's values; the other D - n are 0 (rows the gate pre-check proved inactive) */
     double t = __builtin_exp(*m + *delta);
     float tf = (float)t;
     int64_t npos = 0, above = 0;
-    for (int64_t i = 0; i < D; i++) {
+    for (int64_t i = 0; i < n; i++) {
         float v = a[i];
         if (v > 0.f) scratch[npos++] = v;
         above += v > tf;
@@ -271,6 +272,32 @@ double controller_step(const float* a, int64_t D, int64_t k, float floor_, doubl
     *ema = ema_c * *ema + (1 - ema_c) * (1.0 - f);
     *seen += 1;
     return t;
+}
+/* Static / dynamic batch-1 FFN after the gate pre-check, in one call: exact gate rows of the nc candidates,
+   act (0 relu, 1 silu), the threshold (t_static, or the controller's step when m is not NULL: `controller_step`
+   on the candidates' |a|), then up and down over the kept rows.  Writes y [H] and *t_out; returns the number kept.
+   a, kval, h [nc], kidx [nc], scratch [nc] are caller buffers. */
+int64_t sparse_ffn(const float* x, const int64_t* cand, int64_t nc, int64_t D, const float* w_gate, int act,
+                   float t_static, const float* w_up, const float* w_down_t, int64_t H, float* y, float* a,
+                   int64_t* kidx, float* kval, float* h, float* t_out, int64_t k, float floor_, double* m,
+                   double* delta, int64_t* seen, double* ema, double density, double track_warm, double track,
+                   double step_warm, double step, int64_t warmup, double band, double bound, double ema_c,
+                   float* scratch) {
+    dot_rows(w_gate, H, cand, nc, x, H, a);
+    for (int64_t j = 0; j < nc; j++) a[j] = act == 0 ? (a[j] > 0.f ? a[j] : 0.f) : silu(a[j]);
+    float t = t_static;
+    if (m) {
+        for (int64_t j = 0; j < nc; j++) h[j] = __builtin_fabsf(a[j]);
+        t = (float)controller_step(h, nc, D, k, floor_, m, delta, seen, ema, density, track_warm, track, step_warm,
+                                   step, warmup, band, bound, ema_c, scratch);
+    }
+    int64_t kept = 0;
+    for (int64_t j = 0; j < nc; j++)
+        if (__builtin_fabsf(a[j]) > t) { kidx[kept] = cand[j]; kval[kept++] = a[j]; }
+    memset(y, 0, H * sizeof(float));
+    updown_range(x, kval, kidx, 0, kept, w_up, w_down_t, H, y, h);
+    *t_out = t;
+    return kept;
 }
 /* Column-sparse matvec (TEAL): y[O] = sum_j v[j] * wt[idx[j]], wt [*, O] the transposed (input-major) weight, so
    only the rows of active inputs are read, each once.  Threads split the O outputs (no reduction needed). */
@@ -342,8 +369,10 @@ def load() -> ctypes.CDLL | None:
     lib.colsparse.argtypes = [P, P, P, I64, I64, P, INT]
     lib.colsparse_t.argtypes = [P, P, I64, FLT, I64, P, P, P, INT]
     lib.colsparse_t.restype = I64
-    lib.controller_step.argtypes = [P, I64, I64, FLT, P, P, P, P, *[ctypes.c_double] * 5, I64,
-                                    *[ctypes.c_double] * 3, P]
+    state = [I64, FLT, P, P, P, P, *[ctypes.c_double] * 5, I64, *[ctypes.c_double] * 3, P]  # controller's
+    lib.controller_step.argtypes = [P, I64, I64, *state]
+    lib.sparse_ffn.argtypes = [P, P, I64, I64, P, INT, FLT, P, P, I64, P, P, P, P, P, P, *state]
+    lib.sparse_ffn.restype = I64
     lib.controller_step.restype = ctypes.c_double
     lib.stream_sum.argtypes = [P, I64, INT]
     lib.stream_sum.restype = FLT
