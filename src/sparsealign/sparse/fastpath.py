@@ -19,7 +19,8 @@ Gate pre-check (static / dynamic, `precheck=True`, ReLU or SiLU, C kernel): the 
 int8 copy of W_gate (1/4 of the bytes) with a rigorous per-row error bound (Cauchy-Schwarz with the stored norm of
 each row's quantisation error); only rows whose bound can exceed the threshold floor are then computed exactly in
 fp32.  Exact: a skipped row provably has |a| <= floor <= t, so the active set and every kept value are the dense
-path's (up to float summation order).  `bytes_read` counts the weight bytes each call touched (roofline accounting).
+path's (up to float summation order).  `sparse_ffn` runs pre-check, candidate gate rows, threshold (or the
+dynamic controller's step) and up/down as two C calls per token.  `bytes_read` counts the weight bytes each call touched (roofline accounting).
 """
 
 from __future__ import annotations
