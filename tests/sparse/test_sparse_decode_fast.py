@@ -62,20 +62,24 @@ def test_decoder_matches_hf_on_relu_preset_and_real_swiglu_weights(stories):
 
 @needs_c
 @pytest.mark.parametrize("act", ["relu", "silu"])
-def test_gate_precheck_keeps_every_active_row_and_their_exact_values(act):
+@pytest.mark.parametrize(("hidden", "inter"), [(192, 700), (190, 701)])  # interleaved int8 / row-major
+def test_gate_precheck_keeps_every_active_row_and_their_exact_values(act, hidden, inter):
     gen = torch.Generator().manual_seed(0)
-    lin = torch.nn.Linear(192, 700, bias=False)
+    lin = torch.nn.Linear(hidden, inter, bias=False)
     torch.nn.init.normal_(lin.weight, 0.0, 0.05, generator=gen)
     mlp = torch.nn.Module()
-    mlp.gate_proj, mlp.up_proj, mlp.down_proj = lin, torch.nn.Linear(192, 700, bias=False), torch.nn.Linear(700, 192, bias=False)
+    mlp.gate_proj, mlp.up_proj, mlp.down_proj = lin, torch.nn.Linear(hidden, inter, bias=False), torch.nn.Linear(inter, hidden, bias=False)
     mlp.act_fn = torch.nn.ReLU() if act == "relu" else torch.nn.SiLU()
     nm = NeuronMajor(mlp, precheck=True)
     assert nm.q8 is not None
-    q, scale, err, qnorm = quantize_rows(lin.weight)
-    assert torch.all(err <= scale * math.sqrt(192) / 2 + 1e-7)  # rounding error <= half a step per entry
+    q8 = quantize_rows(lin.weight)
+    assert q8.interleaved == (hidden % 32 == 0 and inter % 4 == 0)
+    q, scale, err, qnorm = q8.rows(), q8.scale, q8.err, q8.qnorm
+    assert torch.equal(q, torch.round(lin.weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
+    assert torch.all(err <= scale * math.sqrt(hidden) / 2 + 1e-7)  # rounding error <= half a step per entry
     assert torch.allclose(qnorm, torch.linalg.vector_norm(q.float() * scale[:, None], dim=1))
     for seed in range(3):
-        x = torch.randn(192, generator=torch.Generator().manual_seed(seed))
+        x = torch.randn(hidden, generator=torch.Generator().manual_seed(seed))
         a_ref = mlp.act_fn(lin(x)).detach()
         for floor in (0.05, 0.2, 0.5):
             t = float(a_ref.abs().quantile(0.9)) if floor == 0.5 else floor
@@ -85,9 +89,9 @@ def test_gate_precheck_keeps_every_active_row_and_their_exact_values(act):
             assert torch.allclose(a[keep], a_ref[keep], atol=1e-5)  # every active row is computed exactly
             assert torch.all(a[~keep].abs() <= t + 1e-5)  # skipped rows could not have been active
             if floor == 0.5:  # at 90% sparsity fewer bytes than the dense gate's are read
-                assert nm.bytes_read < 0.6 * 700 * 192 * 4
+                assert nm.bytes_read < 0.6 * inter * hidden * 4
     # the fast path with the pre-check gives the masked dense MLP
-    x = torch.randn(192)
+    x = torch.randn(hidden)
     a = nm.gate(x, 0.3)
     y, kept = nm.from_gate(x, a, a.abs(), 0.3)
     a_ref = mlp.act_fn(lin(x)).detach()

@@ -26,6 +26,7 @@ dynamic controller's step) and up/down as two C calls per token.  `bytes_read` c
 from __future__ import annotations
 
 import ctypes
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -148,12 +149,35 @@ class NeuronMajor:
         return self._down(idx, a * u * keep), int(keep.sum())
 
 
-def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8 copy of w [R, C]: (q int8 [R, C], scale [R], ||w_r - scale_r q_r||_2 [R],
-    ||scale_r q_r||_2 [R]) — the two norms bound the pre-check's error (`kernels.precheck`)."""
+class Int8Rows(NamedTuple):
+    """The int8 gate copy of the pre-check: `q` as stored (4 rows at a time with their 32-byte chunks interleaved
+    when the shape allows, so a block of 4 rows is one sequential stream for the C kernel; else row-major)."""
+
+    q: torch.Tensor
+    scale: torch.Tensor  # [R]
+    err: torch.Tensor  # [R] ||w_r - scale_r q_r||_2
+    qnorm: torch.Tensor  # [R] ||scale_r q_r||_2
+    interleaved: bool
+
+    def rows(self) -> torch.Tensor:
+        """q in row-major order [R, C]."""
+        if not self.interleaved:
+            return self.q
+        r, c = self.q.shape
+        return self.q.view(r // 4, c // 32, 4, 32).transpose(1, 2).reshape(r, c)
+
+
+def quantize_rows(w: torch.Tensor) -> Int8Rows:
+    """Symmetric per-row int8 copy of w [R, C] with the two norms that bound the pre-check's error
+    (`kernels.precheck`), in 2 MB pages."""
     w = w.detach().float()
     scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-30)
     q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
     w_hat = q.float() * scale[:, None]
     err = torch.linalg.vector_norm(w - w_hat, dim=1)
-    return huge_copy(q), scale.contiguous(), err.contiguous(), torch.linalg.vector_norm(w_hat, dim=1).contiguous()
+    r, c = q.shape
+    interleaved = r % 4 == 0 and c % 32 == 0
+    if interleaved:
+        q = q.view(r // 4, 4, c // 32, 32).transpose(1, 2).reshape(r, c)
+    return Int8Rows(huge_copy(q), scale.contiguous(), err.contiguous(),
+                    torch.linalg.vector_norm(w_hat, dim=1).contiguous(), interleaved)

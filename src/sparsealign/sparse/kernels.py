@@ -165,23 +165,26 @@ void updown(const float* x, const float* c, const int64_t* idx, int64_t k, const
    bounds |a_i|.  Rows whose bound is <= floor (<= the threshold applied) can never be active: they are skipped,
    exactly.  act: 0 relu, 1 silu.  Writes the candidate rows to idx, returns their number. */
 static inline float silu(float v) { return v / (1.f + __builtin_expf(-v)); }
-static inline void dot4_i8(const int8_t* r, int64_t H, const int16_t* xq, int64_t n, int32_t* out) {
+/* inter: q is stored 4 rows at a time with their 32-byte chunks interleaved (`fastpath.quantize_rows`), so a block
+   of 4 rows is one sequential stream: from memory, 1B gate 0.99 -> 0.50 ms (4 row-major rows 2 KB apart left the
+   hardware prefetcher 4 short streams per block). Row-major otherwise. */
+static inline int8_t q_at(const int8_t* r, int64_t H, int64_t m, int64_t j, int inter) {
+    return inter ? r[(j >> 5) * 128 + m * 32 + (j & 31)] : r[m * H + j];
+}
+static inline void dot4_i8(const int8_t* r, int64_t H, const int16_t* xq, int64_t n, int32_t* out, int inter) {
     int64_t j0 = 0;
     for (int64_t m = 0; m < 4; m++) out[m] = 0;
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
     if (n == 4) {
         __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+        int64_t step = inter ? 32 : H;  /* offset of row m's chunk: m * step (+ 4 * j0 when interleaved) */
         for (; j0 + 32 <= H; j0 += 32) {
             __m512i xv = _mm512_loadu_si512((const void*)(xq + j0));
-            /* the next 4 rows, at the same offsets: the block after this one streams in meanwhile (-15% time) */
-            _mm_prefetch((const char*)(r + 4 * H + j0), _MM_HINT_T0);
-            _mm_prefetch((const char*)(r + 5 * H + j0), _MM_HINT_T0);
-            _mm_prefetch((const char*)(r + 6 * H + j0), _MM_HINT_T0);
-            _mm_prefetch((const char*)(r + 7 * H + j0), _MM_HINT_T0);
-            a0 = _mm512_dpwssd_epi32(a0, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(r + j0))), xv);
-            a1 = _mm512_dpwssd_epi32(a1, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(r + H + j0))), xv);
-            a2 = _mm512_dpwssd_epi32(a2, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(r + 2 * H + j0))), xv);
-            a3 = _mm512_dpwssd_epi32(a3, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(r + 3 * H + j0))), xv);
+            const int8_t* b = inter ? r + 4 * j0 : r + j0;
+            a0 = _mm512_dpwssd_epi32(a0, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(b))), xv);
+            a1 = _mm512_dpwssd_epi32(a1, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(b + step))), xv);
+            a2 = _mm512_dpwssd_epi32(a2, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(b + 2 * step))), xv);
+            a3 = _mm512_dpwssd_epi32(a3, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(b + 3 * step))), xv);
         }
         out[0] = _mm512_reduce_add_epi32(a0); out[1] = _mm512_reduce_add_epi32(a1);
         out[2] = _mm512_reduce_add_epi32(a2); out[3] = _mm512_reduce_add_epi32(a3);
@@ -189,14 +192,13 @@ static inline void dot4_i8(const int8_t* r, int64_t H, const int16_t* xq, int64_
 #endif
     for (int64_t m = 0; m < n; m++) {
         int32_t acc = 0;
-        int64_t start = (n == 4) ? j0 : 0;
-        #pragma omp simd reduction(+:acc)
-        for (int64_t j = start; j < H; j++) acc += (int32_t)r[m * H + j] * (int32_t)xq[j];
+        for (int64_t j = (n == 4) ? j0 : 0; j < H; j++) acc += (int32_t)q_at(r, H, m, j, inter) * (int32_t)xq[j];
         out[m] += acc;
     }
 }
 int64_t precheck(const int8_t* q, const float* s, const float* e, const float* qn, int64_t I, int64_t H,
-                 const float* x, float floor_, int act, float* ub, int64_t* idx, int16_t* xq, int nthreads) {
+                 const float* x, float floor_, int act, float* ub, int64_t* idx, int16_t* xq, int inter,
+                 int nthreads) {
     float amax = 0.f, xn2 = 0.f, dx2 = 0.f;
     for (int64_t j = 0; j < H; j++) { float v = __builtin_fabsf(x[j]); amax = v > amax ? v : amax; xn2 += x[j] * x[j]; }
     double lim = 2147483000.0 / (127.0 * (double)H);  /* |sum of H products| < 2^31 */
@@ -213,7 +215,7 @@ int64_t precheck(const int8_t* q, const float* s, const float* e, const float* q
     for (int64_t i0 = 0; i0 < I; i0 += 4) {  /* 4 rows at a time: independent accumulators, xq read once */
         int64_t n = I - i0 < 4 ? I - i0 : 4;
         int32_t acc[4];
-        dot4_i8(q + i0 * H, H, xq, n, acc);
+        dot4_i8(q + i0 * H, H, xq, n, acc, inter);
         for (int64_t m = 0; m < n; m++) {
             int64_t i = i0 + m;
             float g = s[i] * sx * (float)acc[m];
@@ -368,7 +370,7 @@ def load() -> ctypes.CDLL | None:
     lib = ctypes.CDLL(str(so))
     lib.rowdots.argtypes = [P, P, I64, P, I64, P, INT]
     lib.updown.argtypes = [P, P, P, I64, P, P, I64, P, P, P, INT]
-    lib.precheck.argtypes = [P, P, P, P, I64, I64, P, FLT, INT, P, P, P, INT]
+    lib.precheck.argtypes = [P, P, P, P, I64, I64, P, FLT, INT, P, P, P, INT, INT]
     lib.precheck.restype = I64
     lib.colsparse.argtypes = [P, P, P, I64, I64, P, INT]
     lib.colsparse_t.argtypes = [P, P, I64, FLT, I64, P, P, P, INT]
@@ -411,13 +413,13 @@ def updown(lib: ctypes.CDLL, x: torch.Tensor, c: torch.Tensor, idx: torch.Tensor
 
 def precheck(lib: ctypes.CDLL, q8: tuple[torch.Tensor, ...], x: torch.Tensor, floor: float, act: int,
              threads: int = 1) -> torch.Tensor:
-    """Rows i of the int8 gate `q8` = (q, scale, err, qnorm) whose bound on |act(W_gate[i] . x)| exceeds
-    `floor` (int64 [k])."""
-    q, scale, err, qnorm = q8
+    """Rows i of the int8 gate `q8` = (q, scale, err, qnorm, interleaved) (`fastpath.quantize_rows`) whose bound on
+    |act(W_gate[i] . x)| exceeds `floor` (int64 [k])."""
+    q, scale, err, qnorm, interleaved = q8
     rows, h = q.shape
     ub, idx, xq = torch.empty(rows), torch.empty(rows, dtype=torch.int64), torch.empty(h, dtype=torch.int16)
     k = lib.precheck(q.data_ptr(), scale.data_ptr(), err.data_ptr(), qnorm.data_ptr(), rows, h, x.data_ptr(), floor,
-                     act, ub.data_ptr(), idx.data_ptr(), xq.data_ptr(), threads)
+                     act, ub.data_ptr(), idx.data_ptr(), xq.data_ptr(), int(interleaved), threads)
     return idx[:k]
 
 
