@@ -109,9 +109,7 @@ class NeuronMajor:
         y, t_out = torch.empty(x.numel()), ctypes.c_float(0.0)
         bufs = [torch.empty(nc) for _ in range(3)]  # a, kept values, up dots
         kidx = torch.empty(nc, dtype=torch.int64)
-        state = controller.c_state(channel, inter) if controller is not None else (0, 0.0, None, None, None, None,
-                                                                                    0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0,
-                                                                                    0.0, 0.0, None)
+        state = controller.c_state(channel, inter) if controller is not None else kernels.NO_CONTROLLER
         kept = self.lib.sparse_ffn(x.data_ptr(), cand.data_ptr(), nc, inter, self.w_gate.data_ptr(), self.act_kind,
                                    t, self.w_up.data_ptr(), self.w_down_t.data_ptr(), x.numel(), y.data_ptr(),
                                    bufs[0].data_ptr(), kidx.data_ptr(), bufs[1].data_ptr(), bufs[2].data_ptr(),

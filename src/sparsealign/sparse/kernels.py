@@ -335,6 +335,8 @@ float stream_sum(const float* a, int64_t n, int nthreads) {
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 P, I64, INT, FLT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 MAX_THREADS = 64
+# `sparse_ffn`'s controller arguments (`ThresholdController.c_state`) for a static threshold: m = NULL
+NO_CONTROLLER = (0, 0.0, None, None, None, None, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0, 0.0, 0.0, None)
 
 
 def _cpu_key() -> str:
