@@ -123,14 +123,12 @@ class SparseMLP(nn.Module):
             ctl = rt.controller if rt.mode == "dynamic" else None
             if nm.precheck_ready(floor) and (ctl is None or not ctl.cfg.frozen):
                 y, kept, t = nm.sparse_ffn(x, floor, rt.thresholds[li], ctl, li)  # pre-check .. down, 2 C calls
-                if t < floor:  # not reachable with a correct floor; keeps the fast path exact regardless
-                    a = nm.gate(x)
-                    y, kept = nm.from_gate(x, a, a.abs(), t)
             else:
                 a = nm.gate(x, floor)  # exact wherever |a| can exceed floor; the pre-check skips the other rows
                 t = ctl.step_row(li, a.abs()) if ctl is not None else rt.thresholds[li]
-                if t < floor:
-                    a = nm.gate(x)
+                y, kept = nm.from_gate(x, a, a.abs(), t)
+            if t < floor:  # not reachable with a correct floor; keeps the fast path exact regardless
+                a = nm.gate(x)
                 y, kept = nm.from_gate(x, a, a.abs(), t)
             computed = kept
         rt.realized[li].append(1.0 - kept / inter)
