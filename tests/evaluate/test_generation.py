@@ -11,7 +11,8 @@ import torch
 
 from sparsealign.data.mbpp.prompts import make_format
 from sparsealign.data.mbpp.tasks import load_mbpp
-from sparsealign.evaluate.generation import SamplingConfig, generate, shared_prefix_length
+from sparsealign.evaluate.generation import SamplingConfig, generate
+from sparsealign.evaluate.greedy import shared_prefix_length
 from sparsealign.models.tiny import tiny_model_and_tokenizer
 from sparsealign.sparse.calibration import calibrate
 from sparsealign.sparse.config import SparsityConfig
@@ -71,13 +72,41 @@ def test_cached_batched_greedy_equals_hf_generate_one_prompt_at_a_time(peaky, mb
     assert len(lengths) > 1 and min(lengths) < 40  # some rows stopped early and left their batch
 
 
-def test_batched_greedy_under_a_static_sparsity_patch_equals_each_prompt_alone(peaky, mbpp):
+def _count_prefills(model):
+    """Forward pre-hook counting multi-token calls (a group of prompts prefilled), as a list of one int."""
+    count = [0]
+
+    def hook(_module, _args, kwargs):
+        count[0] += int(kwargs["input_ids"].shape[1] > 1)
+
+    return count, model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_rows_that_join_a_running_batch_decode_as_they_do_alone(peaky, mbpp):
+    """Continuous batching: prompts waiting for a slot are prefilled as a group and join the running batch (every
+    row's cache re-laid into one width), and every row's tokens are still the ones it decodes alone."""
+    model, tok = peaky
+    prompts = _prompts(mbpp, 12, start=100)
+    stop = ("two", "ul", "(")
+    count, handle = _count_prefills(model)
+    try:
+        batched = _ids(generate(model, tok, prompts, SamplingConfig(max_new_tokens=40, batch_size=4), stop=stop))
+    finally:
+        handle.remove()
+    alone = [_ids(generate(model, tok, [p], SamplingConfig(max_new_tokens=40), stop=stop))[0] for p in prompts]
+    assert batched == alone
+    assert len({len(ids) for ids in batched}) > 3  # rows ended at different steps ...
+    assert count[0] > 1 + 12 // 4  # ... and waiting prompts joined the running batch in more, smaller groups
+
+
+@pytest.mark.parametrize("batch_size", [5, 2])  # 2: rows join a running batch
+def test_batched_greedy_under_a_static_sparsity_patch_equals_each_prompt_alone(peaky, mbpp, batch_size):
     model, tok = peaky
     model = copy.deepcopy(model)
     tasks, _ = mbpp
     art = calibrate(model, tok, [t.code for t in tasks[300:340]], SparsityConfig(target_sparsity=0.5))
     prompts = _prompts(mbpp, 5, start=40)
-    cfg = SamplingConfig(max_new_tokens=24, batch_size=5)
+    cfg = SamplingConfig(max_new_tokens=24, batch_size=batch_size)
     with apply_sparsity(model, art, "static", prefill="sparse") as handle:
         batched = _ids(generate(model, tok, prompts, cfg, stop=("[DONE]",)))
         alone = [_ids(generate(model, tok, [p], cfg, stop=("[DONE]",)))[0] for p in prompts]

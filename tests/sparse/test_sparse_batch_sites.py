@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from sparse_helpers import load_code_and_dialogue, load_stories
-from sparsealign.evaluate import generation
-from sparsealign.evaluate.generation import greedy_decode
+from sparsealign.evaluate import greedy
+from sparsealign.evaluate.greedy import greedy_decode
 from sparsealign.models.tiny import build_llama, train_tokenizer
 from sparsealign.sparse.calibration import calibrate, record_activations
 from sparsealign.sparse.config import SITES, ControllerConfig, SparsityConfig
@@ -75,7 +75,7 @@ def test_padded_batch16_greedy_equals_batch1(stories, texts, prompts, mode, site
 
 @torch.no_grad()
 def test_dynamic_rows_follow_the_prefix_cached_early_exit_loop(stories, texts, prompts, monkeypatch):
-    """evaluate.generation.greedy_decode: shared prefix run once and its cache copied per batch, rows leave the
+    """evaluate.greedy.greedy_decode: shared prefix run once and its cache copied per batch, rows leave the
     batch when they stop; each row's controller state must still be its own (batch 16 == batch 1)."""
     model, tok = stories
     art = calibrate(model, tok, texts[0][500:530], SparsityConfig(target_sparsity=0.5, max_length=128))
@@ -86,9 +86,9 @@ def test_dynamic_rows_follow_the_prefix_cached_early_exit_loop(stories, texts, p
     with apply_sparsity(model, art, "dynamic", "dense") as handle:
         one = greedy_decode(model, encoded, batch_size=1, **kw)
         batched = greedy_decode(model, encoded, batch_size=16, **kw)  # shared prefix once, its cache copied
-        assert generation.shared_prefix_length(encoded) > 5
+        assert greedy.shared_prefix_length(encoded) > 5
         # the same loop without the shared prefix: every row prefills its whole prompt itself
-        monkeypatch.setattr(generation, "shared_prefix_length", lambda e: 0)
+        monkeypatch.setattr(greedy, "shared_prefix_length", lambda e: 0)
         unshared = greedy_decode(model, encoded, batch_size=16, **kw)
         assert handle.stats()["realized_sparsity"] > 0.4
     assert len({len(o) for o in one}) > 3  # rows really left the batch at different steps

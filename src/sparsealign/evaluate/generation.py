@@ -1,10 +1,6 @@
-"""Batched generation: greedy through our own KV-cache loop (`greedy_decode`), sampling through HF `generate`.
-
-Greedy (the MBPP pass@1 path): the prompts' shared token prefix (the 3-shot block of the lm-eval prompt) is run
-once and its KV cache copied into every batch; each batch row is laid out as [prefix][pads][own suffix] with the
-pads masked out and explicit position ids that skip them, so every row sees exactly its unpadded prompt.  Rows stop
-on EOS or a stop string (per row) and leave the batch at once (their cache rows are dropped), so a batch costs what
-its remaining rows need.  The tokens equal plain `model.generate` one prompt at a time (tested).
+"""Batched generation: greedy through our own KV-cache loop (`greedy.greedy_decode`: the shared prompt prefix run
+once, continuous batching; the tokens equal plain `model.generate` one prompt at a time, tested), sampling through
+HF `generate`.
 
 Sampling: HF `generate` with left padding; each batch reseeds torch with `seed + batch index`, so a run is
 reproducible for a given batch size.  Prompts are sorted by length before batching (less padding) and results are
@@ -14,9 +10,6 @@ left (as lm-evaluation-harness does) and flagged.
 
 from __future__ import annotations
 
-import copy
-import functools
-import inspect
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -152,6 +145,8 @@ def generate_from_ids(
     results: list[list[Generation]] = [[] for _ in encoded]
     sampling = cfg.temperature > 0
     if not sampling and cfg.prefix_cache and _plain_greedy(model):
+        from sparsealign.evaluate.greedy import greedy_decode  # torch at import: not for light importers
+
         completions = greedy_decode(model, encoded, max_new_tokens=cfg.max_new_tokens, eos=eos, pad_id=pad_id,
                                     stop=_row_stop(tokenizer, stop), batch_size=cfg.batch_size, progress=progress)
         for i, ids in enumerate(completions):
@@ -197,163 +192,3 @@ _PROCESSORS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_to
 def _plain_greedy(model) -> bool:
     gen = getattr(model, "generation_config", None)
     return gen is None or all(getattr(gen, k, None) in (None, neutral) for k, neutral in _PROCESSORS.items())
-
-
-def shared_prefix_length(encoded: Sequence[Sequence[int]]) -> int:
-    """Tokens every prompt starts with, leaving each prompt at least one token of its own (0 for one prompt)."""
-    if len(encoded) < 2:
-        return 0
-    n = min(len(ids) for ids in encoded) - 1
-    first = encoded[0]
-    for i in range(max(n, 0)):
-        if any(ids[i] != first[i] for ids in encoded[1:]):
-            return i
-    return max(n, 0)
-
-
-def greedy_decode(
-    model,
-    encoded: Sequence[list[int]],
-    *,
-    max_new_tokens: int,
-    eos: set[int],
-    pad_id: int,
-    stop: Callable[[list[int]], bool] = lambda ids: False,
-    batch_size: int = 8,
-    progress: bool = False,
-) -> list[list[int]]:
-    """Greedy completion ids for every prompt, in prompt order (each ends at its EOS or stop, at most max_new_tokens).
-
-    The shared prefix runs once; each batch gets a copy of its KV cache expanded to the batch, then one prefill of
-    the left-padded suffixes and a decode loop that drops finished rows from the batch (ids, mask, positions and
-    cache rows).  Works unchanged on a sparsity-patched model: every call passes the per-row attention mask and
-    position ids, and rows only ever attend to their own prompt.  Modules that keep per-row state (a per-row
-    sparsity controller) follow the rows by exposing `batch_select_indices(indices)`, as HF caches do.
-    """
-    import torch
-    from tqdm import tqdm
-    from transformers import DynamicCache
-
-    device = next(model.parameters()).device
-    # a dynamic sparsity controller continues from the state saved when the prefix ran (sparse.runtime), so the
-    # prefix is shared under sparsity too; each row keeps >= 2 tokens of its own, so its prefill stays a multi-token
-    # call (what `--prefill dense` makes dense), as when the whole prompt is prefilled
-    P = shared_prefix_length(encoded)
-    P = min(P, max(0, min((len(e) for e in encoded), default=0) - 2))
-    prefix_cache = None
-    with torch.no_grad():
-        if P:
-            prefix_ids = torch.tensor([encoded[0][:P]], device=device)
-            out_p = model(input_ids=prefix_ids, use_cache=True)
-            prefix_cache = out_p.cache if getattr(out_p, "cache", None) is not None else out_p.past_key_values
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        out: list[list[int]] = [[] for _ in encoded]
-        row_state = [m for m in model.modules() if callable(getattr(m, "batch_select_indices", None))]
-        batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-        for batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
-            suffixes = [encoded[i][P:] for i in batch]
-            cache = copy.deepcopy(prefix_cache) if prefix_cache is not None else DynamicCache(config=model.config)
-            if prefix_cache is not None:
-                cache.batch_repeat_interleave(len(batch))
-            _decode_batch(model, suffixes, P, cache, [out[i] for i in batch], max_new_tokens=max_new_tokens,
-                          eos=eos, pad_id=pad_id, stop=stop, row_state=row_state)
-    return out
-
-
-def _cache_kw(model) -> str:
-    """transformers >= 5.2x calls the KV-cache argument `cache`; older versions `past_key_values`."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _decode_batch(model, suffixes: list[list[int]], P: int, cache, outs: list[list[int]], *, max_new_tokens: int,
-                  eos: set[int], pad_id: int, stop: Callable[[list[int]], bool], row_state: Sequence = ()) -> None:
-    """Prefill the left-padded suffixes after a cached prefix of P positions, then decode; appends to `outs`."""
-    import torch
-
-    device = next(model.parameters()).device
-    kw = {_cache_kw(model): cache, "use_cache": True}
-    width = max(len(s) for s in suffixes)
-    ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in suffixes], device=device)
-    own = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes], device=device)
-    mask = torch.cat([torch.ones(len(suffixes), P, dtype=own.dtype, device=device), own], dim=1)
-    # position of each real token = tokens before it in its own prompt; pads get a harmless in-range value
-    pos = (P + own.cumsum(1) - 1).clamp_min(0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1, **kw).logits[:, -1]
-    _preallocate(cache, max_new_tokens)
-    nxt_pos = pos[:, -1:] + 1
-    alive = list(range(len(suffixes)))
-    while True:
-        tok = logits.argmax(-1)
-        keep = []
-        for j, row in enumerate(alive):
-            t = int(tok[j])
-            outs[row].append(t)
-            if not (t in eos or len(outs[row]) >= max_new_tokens or stop(outs[row])):
-                keep.append(j)
-        if not keep:
-            return
-        if len(keep) < len(alive):  # finished rows leave the batch: their cache rows are dropped
-            idx = torch.tensor(keep, device=device)
-            for holder in (cache, *row_state):
-                holder.batch_select_indices(idx)
-            tok, mask, nxt_pos = tok[idx], mask[idx], nxt_pos[idx]
-            alive = [alive[j] for j in keep]
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        logits = model(input_ids=tok[:, None], attention_mask=mask, position_ids=nxt_pos, **kw).logits[:, -1]
-        nxt_pos = nxt_pos + 1
-
-
-@functools.cache
-def _prealloc_layer_class():
-    from transformers.cache_utils import DynamicLayer
-
-    class PreallocLayer(DynamicLayer):
-        """A DynamicLayer whose K/V live in a buffer sized for the whole decode: a new token writes one column, where
-        DynamicLayer re-concatenates (copies) the entire cache of every layer at every step."""
-
-        def __init__(self, keys, values, capacity: int):
-            super().__init__()
-            B, H, n, D = keys.shape
-            self._k, self._v = keys.new_empty(B, H, capacity, D), values.new_empty(B, H, capacity, D)
-            self._k[:, :, :n], self._v[:, :, :n] = keys, values
-            self._n, self.device, self.is_initialized = n, keys.device, True
-            self._views()
-
-        def _views(self) -> None:
-            self.keys, self.values = self._k[:, :, : self._n], self._v[:, :, : self._n]
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            import torch
-
-            n = key_states.shape[-2]
-            if self._n + n > self._k.shape[-2]:  # more than planned (not in our loop): grow like DynamicLayer
-                self._k = torch.cat([self._k, torch.empty_like(self._k[:, :, : self._n + n])], dim=-2)
-                self._v = torch.cat([self._v, torch.empty_like(self._v[:, :, : self._n + n])], dim=-2)
-            self._k[:, :, self._n: self._n + n], self._v[:, :, self._n: self._n + n] = key_states, value_states
-            self._n += n
-            self._views()
-            return self.keys, self.values
-
-        def batch_select_indices(self, indices) -> None:
-            self._k, self._v = self._k[indices], self._v[indices]
-            self._views()
-
-        def batch_repeat_interleave(self, repeats: int) -> None:
-            self._k, self._v = self._k.repeat_interleave(repeats, 0), self._v.repeat_interleave(repeats, 0)
-            self._views()
-
-    return PreallocLayer
-
-
-def _preallocate(cache, extra: int) -> None:
-    """Swap every plain DynamicLayer of `cache` for a preallocated one with room for `extra` more positions
-    (sliding-window and other layer kinds are left as they are)."""
-    from transformers.cache_utils import DynamicLayer
-
-    cls = _prealloc_layer_class()
-    layers = getattr(cache, "layers", None)
-    if layers is None:
-        return
-    for i, layer in enumerate(layers):
-        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys is not None and layer.keys.numel():
-            layers[i] = cls(layer.keys, layer.values, layer.keys.shape[-2] + extra)
