@@ -95,6 +95,23 @@ def test_the_base_dense_cell_writes_the_reference_logps(summary):
     assert started_dpo >= ended_base
 
 
+def test_dense_cells_keep_the_projection_inputs_their_kl_cells_compare_against(summary):
+    """KL(dense || sparse) and KL(aligned || base) read the dense side from the dense cell that already ran it
+    (`study.evaluation.hidden_path`): one file per dense model, one entry per likelihood task, written before the
+    cells that read it start (every aligned dense cell now waits for the base model's dense cell)."""
+    import torch
+    run = Path(summary["run"])
+    saved = sorted(run.glob("eval/micro-xs/*/f1.000*/dense/0.00/mbpp_hidden_4.pt"))
+    assert [p.parts[-5] for p in saved] == ["base", "dpo", "orpo"]
+    hidden = torch.load(saved[0])
+    assert len(hidden) == 4 and all(h.ndim == 2 and h.shape[0] > 0 for h in hidden)
+    ledger = sqlite3.connect(run / "ledger.sqlite")
+    times = dict(ledger.execute("select cell, started_at from cells where stage = 'study.eval'").fetchall())
+    ended = dict(ledger.execute("select cell, ended_at from cells where stage = 'study.eval'").fetchall())
+    assert times["micro-xs/orpo/f1.000/dense/0.00"] >= ended["micro-xs/base/f1.000/dense/0.00"]
+    assert times["micro-xs/orpo/f1.000/dynamic/0.50"] >= ended["micro-xs/orpo/f1.000/dense/0.00"]
+
+
 def assert_columns_equal(ours: pd.DataFrame, reference: pd.DataFrame, columns) -> None:
     assert len(ours) == len(reference)
     for column in columns:  # CSV dtypes (ints read back, all-NaN columns) aside, every value exactly equal

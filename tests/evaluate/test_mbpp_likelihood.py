@@ -11,6 +11,7 @@ import torch
 from sparsealign.data.mbpp.prompts import lm_eval_query
 from sparsealign.data.mbpp.tasks import load_mbpp
 from sparsealign.evaluate.mbpp.likelihood import (
+    CachedModel,
     alignment_kl,
     code_likelihood,
     encode_pair,
@@ -129,3 +130,23 @@ def test_one_pass_gives_the_separate_metrics(tiny, tasks):
                                atol=1e-9)
     np.testing.assert_allclose(both["sparse_kl"].values, sparse_kl(other, model, tok, tasks[:6]).values, atol=1e-9)
     assert not np.allclose(both["sparse_kl"].values, both["alignment_kl"].values)  # KL is not symmetric
+
+
+def test_a_cached_model_gives_the_kl_of_the_model_itself(tiny, tasks):
+    """The study's dense cell keeps its vocabulary-projection inputs; a sparse (or aligned) cell's KL against it
+    from those equals the KL against the model run again, and inputs saved for other items are refused."""
+    model, tok = tiny
+    sparse = _copy_perturbed(model)
+    texts = [reference_text(t) for t in load_mbpp(split="train")[:16]]
+    art = calibrate(sparse, tok, texts, SparsityConfig(target_sparsity=0.7))
+    hidden: list = []
+    dense = code_likelihood(model, tok, tasks[:10], hidden=hidden, n_resamples=0, batch_size=4)
+    assert [len(h) for h in hidden] == dense["reference_nll"].tokens.tolist()
+    cached = CachedModel(model.lm_head.weight.detach(), None, hidden)
+    with apply_sparsity(sparse, art, "static", "sparse"):
+        direct = code_likelihood(sparse, tok, tasks[:10], kl_from={"sparse_kl": model}, n_resamples=0, batch_size=4)
+        saved = code_likelihood(sparse, tok, tasks[:10], kl_from={"sparse_kl": cached}, n_resamples=0, batch_size=4)
+        assert direct["sparse_kl"].summary["estimate"] > 1e-3
+        np.testing.assert_allclose(saved["sparse_kl"].values, direct["sparse_kl"].values, rtol=1e-5, atol=1e-7)
+        with pytest.raises(ValueError, match="other items"):
+            code_likelihood(sparse, tok, tasks[1:11], kl_from={"sparse_kl": cached}, n_resamples=0)

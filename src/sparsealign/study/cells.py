@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from sparsealign.align.config import facts
 from sparsealign.errors import ConfigError, UserError
 from sparsealign.models.micro import get_recipe
 from sparsealign.study.config import AlignSettings, EvaluationConfig, FamilyConfig, StudyConfig, align_config
@@ -149,8 +148,8 @@ class EvalCell(Cell):
     prefill: str = "dense"
     calibrate: CalibrateCell | None = None  # sparse cells: their thresholds
     dense: EvalCell | None = None  # sparse cells: the same model dense (flips are measured against it)
-    reference: EvalCell | None = None  # dense cells of methods with a reference: the base model's dense cell,
-    # which writes the reference log-probs of the held-out sets their implicit reward needs
+    reference: EvalCell | None = None  # dense cells of aligned models: the base model's dense cell, which writes
+    # the reference log-probs of the held-out sets (DPO-style implicit rewards) and the base side of KL(aligned||base)
 
 
     @property
@@ -211,7 +210,7 @@ def expand(cfg: StudyConfig) -> list[Cell]:
                     models.append(al)
         base_dense = None
         for model in models:
-            reference = base_dense if isinstance(model, AlignCell) and facts(model.method).needs_reference else None
+            reference = base_dense if isinstance(model, AlignCell) else None
             dense = EvalCell(size, model, pairs, cfg.evaluation, prefill=sp.prefill, reference=reference)
             base_dense = base_dense or dense
             cells.append(dense)

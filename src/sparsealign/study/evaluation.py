@@ -43,14 +43,14 @@ from sparsealign.data.preference import load_pairs
 from sparsealign.data.records import MbppTask
 from sparsealign.evaluate.generation import SamplingConfig
 from sparsealign.evaluate.mbpp.evaluator import MbppEvalConfig, save_records
-from sparsealign.evaluate.mbpp.likelihood import code_likelihood
+from sparsealign.evaluate.mbpp.likelihood import CachedModel, code_likelihood
 from sparsealign.evaluate.mbpp.run import MbppRunConfig
 from sparsealign.evaluate.mbpp.run import evaluate_loaded as mbpp_on_model
 from sparsealign.evaluate.preference.metrics import flip_metrics, preference_metrics
 from sparsealign.evaluate.preference.run import PreferenceRunConfig
 from sparsealign.evaluate.preference.run import evaluate_loaded as preference_on_model
 from sparsealign.evaluate.preference.score import method_rewards
-from sparsealign.io import atomic_write_json
+from sparsealign.io import atomic_path, atomic_write_json
 from sparsealign.models.pretrain import load_member
 from sparsealign.sparse.artifacts import load_artifacts
 from sparsealign.sparse.patch import SparsityHandle, apply_sparsity
@@ -134,22 +134,46 @@ def code_step(ctx: EvalContext) -> None:
 def likelihood_step(ctx: EvalContext) -> None:
     """Continuous code metrics on the MBPP reference solutions (`evaluate.mbpp.likelihood`), one pass: NLL; dense
     cells also the natural (threshold-free) ReLU sparsity and, for aligned models, KL(aligned || base); sparse
-    cells KL(dense || sparse) against a dense copy of the same model."""
+    cells KL(dense || sparse) against the same model dense.  The model a KL compares against is the one its dense
+    cell (a parent) already ran: that cell keeps its vocabulary-projection inputs (`hidden_path`), so the KL costs
+    one projection, not a second forward pass; without the file (`--only`) the other model runs here."""
     ev, cell = ctx.study.cfg.evaluation, ctx.cell
     if cell.subset != 1.0 or ev.likelihood_tasks == 0:
         return
     tasks = load_mbpp(split=ev.mbpp_split)[: ev.likelihood_tasks]
     dense = cell.calibrate is None
-    other = load_member(ctx.study.base_model_path(cell.size) if dense else ctx.model_path)[0]
-    kl = {"alignment_kl": other} if dense and cell.method != BASE else {}
+    against = cell.reference if dense else cell.dense
+    other = None if dense and cell.method == BASE else _kl_model(ctx, against, len(tasks), dense)
+    kl = {"alignment_kl": other} if dense and other is not None else {}
+    hidden: list | None = [] if dense else None
     with ctx.handle.dense_prefix(0) if ctx.handle is not None else contextlib.nullcontext():  # every token sparse
         scores = code_likelihood(ctx.model, ctx.tok, tasks, kl_to=kl, kl_from={} if dense else {"sparse_kl": other},
-                                 zeros=dense, n_resamples=ev.bootstrap, seed=ctx.study.cfg.seed)
+                                 zeros=dense, n_resamples=ev.bootstrap, seed=ctx.study.cfg.seed, hidden=hidden)
+    if hidden is not None:
+        with atomic_path(hidden_path(ctx.study, cell, len(tasks))) as tmp:
+            torch.save(hidden, tmp)
     for name, metric in scores.items():
         ctx.metrics[f"mbpp_{name}"] = metric.summary["estimate"]
         ctx.metrics[f"mbpp_{name}_ci_low"], ctx.metrics[f"mbpp_{name}_ci_high"] = (metric.summary["low"],
                                                                                    metric.summary["high"])
         ctx.items[f"mbpp_{name}"] = metric.values.tolist()
+
+
+def hidden_path(study: Study, cell: EvalCell, n_tasks: int) -> Path:
+    return study.eval_dir(cell) / f"mbpp_hidden_{n_tasks}.pt"
+
+
+def _kl_model(ctx: EvalContext, against: EvalCell | None, n_tasks: int, dense: bool) -> Any:
+    """The other side of this cell's KL: the base model (dense aligned cells) or this model dense (sparse cells),
+    from its dense cell's saved projection inputs when they exist, else the model itself."""
+    path = ctx.study.base_model_path(ctx.cell.size) if dense else ctx.model_path
+    saved = hidden_path(ctx.study, against, n_tasks) if against is not None else None
+    if saved is None or not saved.exists():
+        return load_member(path)[0]
+    head = ctx.model if not dense else load_member(path)[0]  # a sparse cell's own projection is the dense one
+    weights = head.get_output_embeddings()
+    return CachedModel(weights.weight.detach(), None if weights.bias is None else weights.bias.detach(),
+                       torch.load(saved))
 
 
 def common_margins(records: list[dict[str, Any]]) -> np.ndarray:

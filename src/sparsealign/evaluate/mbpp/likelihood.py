@@ -105,16 +105,42 @@ def _batches(parts: Parts, batch_size: int,
         yield idx, ids, attn, target
 
 
-def _log_probs(model: Any, ids: torch.Tensor, attn: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Log-softmax (float32) at the positions that predict a target token: [M, V], rows in (row, position) order."""
+def _log_probs(model: Any, ids: torch.Tensor, attn: torch.Tensor, target: torch.Tensor,
+               keep_hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-softmax (float32) at the positions that predict a target token: [M, V], rows in (row, position) order;
+    with `keep_hidden` also the vocabulary projection's inputs there ([M, H], see `CachedModel`)."""
     device = next(model.parameters()).device
     # logits only from the first position that predicts a target on (the vocabulary projection of the prompt
     # positions is ~1/5 of a forward's FLOPs and all of its [B, T, V] memory)
     start = int(target.any(0).nonzero()[0]) - 1 if accepts_logits_to_keep(model) else 0
     kwargs = {"logits_to_keep": ids.shape[1] - start} if start > 0 else {}
-    logits = model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False, **kwargs).logits
+    seen: list[torch.Tensor] = []
+    head = model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda _m, args, _out: seen.append(args[0])) if keep_hidden else None
+    try:
+        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False, **kwargs).logits
+    finally:
+        if hook is not None:
+            hook.remove()
     predicts = target[:, start + 1:].to(device)  # position t predicts token t + 1
-    return torch.log_softmax(logits[:, :-1][predicts].float(), dim=-1)
+    hidden = seen[-1][:, :-1][predicts].detach() if keep_hidden else None
+    return torch.log_softmax(logits[:, :-1][predicts].float(), dim=-1), hidden
+
+
+@dataclass
+class CachedModel:
+    """A model's side of a KL without running it again: its vocabulary projection (weight, bias) and, per item, the
+    projection's inputs at the scored positions (`score_parts(hidden=...)` of the same parts).  Its log-probs equal
+    the model's own up to float rounding: a sparse cell's dense reference or an aligned cell's base model, computed
+    once by their dense cell instead of once per cell that compares against them."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    hidden: list[torch.Tensor]  # per item [scored tokens, H]
+
+    def log_probs(self, idx: list[int]) -> torch.Tensor:
+        h = torch.cat([self.hidden[i] for i in idx]).to(self.weight.device, self.weight.dtype)
+        return torch.log_softmax(torch.nn.functional.linear(h, self.weight, self.bias).float(), dim=-1)
 
 
 def _per_item(sums: torch.Tensor, rows: torch.Tensor, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -141,31 +167,44 @@ def _kl(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def score_parts(model: Any, parts: Parts, pad_id: int, batch_size: int = 16, *,
                 kl_to: Mapping[str, Any] | None = None, kl_from: Mapping[str, Any] | None = None,
-                zeros: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                zeros: bool = False, hidden: list | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """One pass over the items: per item (sum, count) of "nll" (continuation tokens), of "<name>" for each
-    KL(model || kl_to[name]) and KL(kl_from[name] || model) at the same positions, and with `zeros` of
-    "natural_sparsity" (exact-zero MLP activations over all layers and real tokens, out of all counted)."""
+    KL(model || kl_to[name]) and KL(kl_from[name] || model) at the same positions (a model or a `CachedModel`),
+    and with `zeros` of "natural_sparsity" (exact-zero MLP activations over all layers and real tokens, out of
+    all counted).  A `hidden` list is filled with each item's vocabulary-projection inputs (a `CachedModel`'s)."""
     kl_to, kl_from = dict(kl_to or {}), dict(kl_from or {})
     names = ["nll", *kl_to, *kl_from] + (["natural_sparsity"] if zeros else [])
     out = {name: (np.zeros(len(parts)), np.zeros(len(parts))) for name in names}
     state: dict[str, torch.Tensor] = {}
+    if hidden is not None:
+        hidden[:] = [None] * len(parts)
 
     def hook(_module: Any, _inputs: Any, act: torch.Tensor) -> None:  # act: [B, T, I]
         real = state["attn"].to(act.device).unsqueeze(-1).bool()
         state["zeros"] += ((act == 0) & real).sum(dim=(1, 2)).double().cpu()
         state["seen"] += (real.sum(dim=(1, 2)) * act.shape[-1]).double().cpu()
 
+    def other(m: Any, idx: list[int], ids: torch.Tensor, attn: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not isinstance(m, CachedModel):
+            return _log_probs(m, ids, attn, target)[0]
+        if len(m.hidden) != len(parts) or any(len(m.hidden[i]) != len(parts[i][1]) for i in idx):
+            raise ValueError("cached projection inputs were saved for other items: score the model itself")
+        return m.log_probs(idx)
+
     handles = [mlp.act_fn.register_forward_hook(hook) for _, mlp in find_mlps(model)] if zeros else []
     try:
         for idx, ids, attn, target in _batches(parts, batch_size, pad_id):
             state.update(attn=attn, zeros=torch.zeros(len(idx), dtype=torch.float64),
                          seen=torch.zeros(len(idx), dtype=torch.float64))
-            logp = _log_probs(model, ids, attn, target)
+            logp, h = _log_probs(model, ids, attn, target, keep_hidden=hidden is not None)
             rows = target[:, 1:].nonzero()[:, 0]
+            if hidden is not None:
+                for r, piece in zip(idx, h.cpu().split(target[:, 1:].sum(1).tolist()), strict=True):
+                    hidden[r] = piece.clone()
             tokens = ids[:, 1:][target[:, 1:]].to(logp.device)
             sums = {"nll": -logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)}
-            sums.update({name: _kl(logp, _log_probs(m, ids, attn, target)) for name, m in kl_to.items()})
-            sums.update({name: _kl(_log_probs(m, ids, attn, target), logp) for name, m in kl_from.items()})
+            sums.update({name: _kl(logp, other(m, idx, ids, attn, target)) for name, m in kl_to.items()})
+            sums.update({name: _kl(other(m, idx, ids, attn, target), logp) for name, m in kl_from.items()})
             for name, values in sums.items():
                 out[name][0][idx], out[name][1][idx] = _per_item(values, rows, len(idx))
             if zeros:
@@ -184,11 +223,13 @@ def _pad_id(tok: Any) -> int:
 def code_likelihood(model: Any, tok: Any, tasks: Sequence[MbppTask], *, kl_to: Mapping[str, Any] | None = None,
                     kl_from: Mapping[str, Any] | None = None, zeros: bool = False, fmt: PromptFormat | None = None,
                     batch_size: int = 16, max_length: int = 1024, n_resamples: int = DEFAULT_RESAMPLES,
-                    level: float = DEFAULT_LEVEL, seed: int = 0) -> dict[str, ItemMetric]:
+                    level: float = DEFAULT_LEVEL, seed: int = 0,
+                    hidden: list | None = None) -> dict[str, ItemMetric]:
     """Every metric of this module for one model in one pass over the tasks (see `score_parts` for the names):
     "reference_nll", each named KL, and with `zeros` "natural_sparsity"."""
     parts, cut = reference_parts(tok, tasks, fmt, max_length)
-    scores = score_parts(model, parts, _pad_id(tok), batch_size, kl_to=kl_to, kl_from=kl_from, zeros=zeros)
+    scores = score_parts(model, parts, _pad_id(tok), batch_size, kl_to=kl_to, kl_from=kl_from, zeros=zeros,
+                         hidden=hidden)
     ids = [t.task_id for t in tasks]
     return {("reference_nll" if name == "nll" else name):
             _summarise("reference_nll" if name == "nll" else name, ids, totals, counts, {"prompts_truncated": cut},
