@@ -104,7 +104,9 @@ class SparseMLP(nn.Module):
             mask[:, :n_dense] = True
             t[:, :n_dense] = 0.0
         out = mlp.down_proj(a * mlp.up_proj(x) * mask.to(a.dtype))
-        self._record(mask, t, w, valid, n_dense, computed)
+        kept = mask.sum(-1, dtype=torch.float32)  # [B, T]: one pass over the mask serves every count below
+        self._record(kept, kept if computed is mask else computed.sum(-1, dtype=torch.float32), mask.shape[-1],
+                     t, w, valid, n_dense)
         return out
 
     # -- batch-1 decode: only active neurons' weights are read -------------------------------------------
@@ -153,19 +155,20 @@ class SparseMLP(nn.Module):
         # t < floor after rounding and recomputed the dense gate (1B dynamic: +22 MB read per layer and token)
         return ctl.threshold(li) * (1.0 - 1e-6)
 
-    def _record(self, mask, t, w, valid, n_dense, computed) -> None:
-        """Trace (per position, mean over real rows) and counts (real, sparse positions only)."""
+    def _record(self, kept, computed, width: int, t, w, valid, n_dense) -> None:
+        """Trace (per position, mean over real rows) and counts (real, sparse positions only); `kept` and
+        `computed` are [B, T] neuron counts out of `width`."""
         rt, li = self._rt, self.layer
-        B, T = mask.shape[:2]
-        rows = torch.ones(B, T, device=mask.device) if valid is None else valid.to(mask.device).float()
+        B, T = kept.shape
+        rows = torch.ones(B, T, device=kept.device) if valid is None else valid.to(kept.device).float()
         denom = rows.sum(0).clamp_min(1.0)
-        realized = ((1.0 - mask.float().mean(-1)) * rows).sum(0) / denom
+        realized = ((1.0 - kept / width) * rows).sum(0) / denom
         rt.realized[li].append(realized.detach().float().cpu())
         rt.applied_t[li].append(((t.to(rows.device) * rows).sum(0) / denom).detach().float().cpu())
         c = rt.counts[li]
         c[0] += float(w.sum())
-        c[1] += float((mask.sum(-1) * w).sum())
-        c[2] += float((computed.sum(-1) * w).sum())
+        c[1] += float((kept * w).sum())
+        c[2] += float((computed * w).sum())
         if li == 0:
             flags = torch.zeros(T, dtype=torch.bool)
             flags[:n_dense] = True
