@@ -2,8 +2,12 @@
 small samples, as wall seconds and CPU seconds per unit, with the extrapolation to an idle 2-core machine.
 
     .venv/bin/python benchmarks/real_study_budget.py [--tasks 8] [--pairs 16] [--max-new-tokens 128] [--json]
+        [--modes dense,static,dynamic] [--target 0.4] [--threads 2]
 
-Units: MBPP generation (lm-eval 3-shot, batched greedy path of evaluate/generation.py) -> s per task and tokens/s;
+Units, per sparsity mode (thresholds calibrated like the preset's calibrate cell: CATS on |SiLU(gate)|, 64 MBPP
+train solutions, `--target`): MBPP generation (lm-eval 3-shot, the greedy path of evaluate/greedy.py with
+continuous batching) -> s per task and tokens/s; the continuous metric (reference-solution NLL, one forward over
+prompt + reference per task, every token sparse as in the study) -> s per task;
 teacher-forced preference scoring (the eval verbs' scoring) -> s per pair; LoRA DPO alignment (the align engine,
 reference log-probs and merge included) -> s per pair-epoch; self-rationales (`rationales generate --source hf`'s
 generator) -> s per pair.  CPU seconds are this process's user+system time plus its children's (the sandbox), so
@@ -57,12 +61,17 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--rationale-tokens", type=int, default=48)
-    ap.add_argument("--only", default="generation,scoring,rationales,align",
-                    help="comma-separated subset of: generation, scoring, rationales, align")
+    ap.add_argument("--only", default="generation,likelihood,scoring,rationales,align",
+                    help="comma-separated subset of: generation, likelihood, scoring, rationales, align")
     ap.add_argument("--batch-size", type=int, default=2, help="align: pairs per step (grad_accum makes it 8)")
+    ap.add_argument("--generation-batch", type=int, default=32, help="MBPP prompts decoded at once")
+    ap.add_argument("--modes", default="dense", help="comma-separated: dense, static, dynamic (generation, likelihood)")
+    ap.add_argument("--target", type=float, default=0.4, help="sparsity target of the static / dynamic modes")
     ap.add_argument("--threads", type=int, default=1, help="1: CPU time is work, not OpenMP spin on a busy box")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+
+    import contextlib
 
     import torch
 
@@ -73,12 +82,16 @@ def main() -> None:
     from sparsealign.data.preference import load_pairs
     from sparsealign.evaluate.generation import SamplingConfig
     from sparsealign.evaluate.mbpp.evaluator import MbppEvalConfig
+    from sparsealign.evaluate.mbpp.likelihood import code_likelihood, reference_text
     from sparsealign.evaluate.mbpp.run import MbppRunConfig, evaluate_loaded
     from sparsealign.evaluate.preference.run import PreferenceRunConfig
     from sparsealign.evaluate.preference.run import evaluate_loaded as score_loaded
     from sparsealign.ledger import Ledger
     from sparsealign.models.loading import load_model_and_tokenizer
     from sparsealign.rundir import RunDir
+    from sparsealign.sparse.calibration import calibrate
+    from sparsealign.sparse.config import SparsityConfig
+    from sparsealign.sparse.patch import apply_sparsity
 
     torch.set_num_threads(args.threads)
     rows = []
@@ -87,18 +100,32 @@ def main() -> None:
     rows.append(row("load", c, 1, "load"))
 
     only = set(args.only.split(","))
-    tasks = load_mbpp(split="test")[: args.tasks] if "generation" in only else []
+    tasks = load_mbpp(split="test")[: args.tasks]
     cfg = MbppRunConfig(split="test", limit=args.tasks, chunk_size=args.tasks, eval=MbppEvalConfig(
         format="lm-eval", shots=3, workers=2,
-        sampling=SamplingConfig(max_new_tokens=args.max_new_tokens, batch_size=16)))
-    with Clock() as c:
-        summary, records = evaluate_loaded(cfg, model, tok, tasks) if tasks else ({"pass@1": 0.0}, [])
-    tokens = sum(len(tok(r["completion"])["input_ids"]) for r in records)
-    if tasks:
-        rows.append(row("mbpp_generation", c, len(tasks), "task", tokens=tokens,
-                    tokens_per_cpu_s=round(tokens / c.cpu, 1) if tokens else 0.0,
-                    pass_at_1=float(summary["pass@1"]["estimate"] if isinstance(summary["pass@1"], dict)
-                                    else summary["pass@1"])))
+        sampling=SamplingConfig(max_new_tokens=args.max_new_tokens, batch_size=args.generation_batch)))
+    modes = args.modes.split(",")
+    art = None
+    if set(modes) - {"dense"}:
+        texts = [reference_text(t) for t in load_mbpp(split="train")[:64]]
+        with Clock() as c:
+            art = calibrate(model, tok, texts, SparsityConfig(target_sparsity=args.target))
+        rows.append(row("calibrate", c, 1, "calibration (64 texts)"))
+    for mode in modes:
+        with apply_sparsity(model, art, mode, "dense") if mode != "dense" else contextlib.nullcontext() as handle:
+            if "generation" in only:
+                with Clock() as c:
+                    summary, records = evaluate_loaded(cfg, model, tok, tasks)
+                tokens = sum(len(tok(r["completion"])["input_ids"]) for r in records)
+                p1 = summary["pass@1"]
+                rows.append(row(f"mbpp_generation_{mode}", c, len(tasks), "task", tokens=tokens,
+                                tokens_per_cpu_s=round(tokens / c.cpu, 1) if tokens else 0.0,
+                                pass_at_1=float(p1["estimate"] if isinstance(p1, dict) else p1)))
+            if "likelihood" in only:
+                every_token = handle.dense_prefix(0) if handle is not None else contextlib.nullcontext()
+                with Clock() as c, every_token:
+                    code_likelihood(model, tok, tasks, n_resamples=100)
+                rows.append(row(f"likelihood_{mode}", c, len(tasks), "task"))
 
     pairs = load_pairs("hh-rlhf/helpful-base/test.jsonl.gz", warn=False).pairs[: args.pairs]
     pcfg = PreferenceRunConfig(model=args.model, method="simpo", beta=1.0, data="-", max_length=args.max_length,

@@ -179,6 +179,8 @@ class EvaluationConfig(StrictModel):
                                         "(None: base cells evaluate mbpp_limit tasks like the others)")
     generated_tasks: int = Field(100, ge=0, description="generated MBPP-format tasks (reported separately)")
     max_new_tokens: int = Field(96, ge=8)
+    generation_batch_size: int = Field(16, ge=1, description="MBPP prompts decoded at once (greedy, continuous "
+                                       "batching: rows that finish are replaced; the tokens do not depend on it)")
     max_length: int = Field(256, ge=16, description="tokens of prompt + response scored per pair (align and eval)")
     max_prompt_length: int = Field(160, ge=8, description="prompt tokens kept (from the end) when a pair is too long")
     prompt_format: Literal["lm-eval", "bigcode"] = "lm-eval"

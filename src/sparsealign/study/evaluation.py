@@ -100,7 +100,8 @@ def _mbpp(ctx: EvalContext, tasks: list[MbppTask], name: str, prefix: tuple[str,
         split=ev.mbpp_split, limit=len(tasks), chunk_size=max(1, len(tasks)),  # one chunk: one generation order
         eval=MbppEvalConfig(format=ev.prompt_format, shots=ev.shots, workers=ev.sandbox_workers,
                             ci_resamples=ev.bootstrap, seed=seed,
-                            sampling=SamplingConfig(max_new_tokens=ev.max_new_tokens, batch_size=16, seed=seed)))
+                            sampling=SamplingConfig(max_new_tokens=ev.max_new_tokens,
+                                                     batch_size=ev.generation_batch_size, seed=seed)))
     summary, records = mbpp_on_model(cfg, ctx.model, ctx.tok, tasks)
     save_records(records, ctx.out_dir / f"{name}.parquet")
     passed = {r["task_id"] for r in records if r["status"] == "passed"}
