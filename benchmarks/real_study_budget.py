@@ -100,7 +100,9 @@ def main() -> None:
     rows.append(row("load", c, 1, "load"))
 
     only = set(args.only.split(","))
-    tasks = load_mbpp(split="test")[: args.tasks]
+    split = load_mbpp(split="test")
+    tasks = split[:: max(1, len(split) // args.tasks)][: args.tasks]  # spread over the split: the first tasks
+    # are shorter than the rest (the first 64 cost 0.86 s each to generate densely, all 500 1.14 s in the study)
     cfg = MbppRunConfig(split="test", limit=args.tasks, chunk_size=args.tasks, eval=MbppEvalConfig(
         format="lm-eval", shots=3, workers=2,
         sampling=SamplingConfig(max_new_tokens=args.max_new_tokens, batch_size=args.generation_batch)))

@@ -76,7 +76,8 @@ def test_padded_batch16_greedy_equals_batch1(stories, texts, prompts, mode, site
 @torch.no_grad()
 def test_dynamic_rows_follow_the_prefix_cached_early_exit_loop(stories, texts, prompts, monkeypatch):
     """evaluate.greedy.greedy_decode: shared prefix run once and its cache copied per batch, rows leave the
-    batch when they stop; each row's controller state must still be its own (batch 16 == batch 1)."""
+    batch when they stop and waiting rows join it; each row's controller state must still be its own (batch 16 and
+    batch 4 with joins == batch 1)."""
     model, tok = stories
     art = calibrate(model, tok, texts[0][500:530], SparsityConfig(target_sparsity=0.5, max_length=128))
     prefix = "You are an expert Python programmer, and here is your task: "
@@ -86,6 +87,11 @@ def test_dynamic_rows_follow_the_prefix_cached_early_exit_loop(stories, texts, p
     with apply_sparsity(model, art, "dynamic", "dense") as handle:
         one = greedy_decode(model, encoded, batch_size=1, **kw)
         batched = greedy_decode(model, encoded, batch_size=16, **kw)  # shared prefix once, its cache copied
+        prefills = []
+        hook = model.register_forward_pre_hook(lambda m, a, k: prefills.append(k["input_ids"].shape[1] > 1),
+                                               with_kwargs=True)
+        joined = greedy_decode(model, encoded, batch_size=4, **kw)  # waiting rows join the running batch
+        hook.remove()
         assert greedy.shared_prefix_length(encoded) > 5
         # the same loop without the shared prefix: every row prefills its whole prompt itself
         monkeypatch.setattr(greedy, "shared_prefix_length", lambda e: 0)
@@ -93,6 +99,8 @@ def test_dynamic_rows_follow_the_prefix_cached_early_exit_loop(stories, texts, p
         assert handle.stats()["realized_sparsity"] > 0.4
     assert len({len(o) for o in one}) > 3  # rows really left the batch at different steps
     assert batched == one
+    assert joined == one  # rows that joined mid-way carry the controller state of their own prefill
+    assert sum(prefills) > 1 + 16 // 4  # the prefix, then more (smaller) groups than plain batches of 4
     assert unshared == one  # copies of the prefix cache restart each row from the state saved after the prefix
     assert one != greedy_decode(model, encoded, batch_size=16, **kw)  # and the sparsity changed tokens
 

@@ -10,10 +10,11 @@ Continuous batching: when a quarter of the batch has finished and prompts are wa
 prefilled as a group and join the running batch, so decode steps run full batches instead of a shrinking tail
 (a batch of 16 MBPP rows: most stop after ~40 tokens, one runs to the limit).  Joining re-lays every row's cache:
 its live columns (keys carry their rotary positions, so column order does not matter to attention) are packed to
-the right of one shared width, which also drops the columns of rows that already left.  Rows that carry per-row
-state outside the KV cache (a dynamic sparsity controller: it follows the cache's rows) cannot be joined mid-way;
-there prompts wait until the batch is empty, as in plain static batching.  Either way each row's tokens are what
-it decodes alone (tested, dense and sparse).
+the right of one shared width, which also drops the columns of rows that already left.  Per-row state kept
+outside the KV cache follows through the cache: a dynamic sparsity controller patches `batch_select_indices` and
+`batch_join` onto the caches it continues (sparse.runtime), and a join calls the latter; state that cannot follow
+(a module with its own `batch_select_indices`) turns joining off, and prompts wait until the batch is empty, as in
+plain static batching.  Either way each row's tokens are what it decodes alone (tested, dense, static, dynamic).
 """
 
 from __future__ import annotations
@@ -143,6 +144,8 @@ class _Batch:
 
     def join(self, new: _Batch, room: int) -> _Batch:
         """This batch followed by `new`'s rows, every row's live cache columns packed right into one width."""
+        if "batch_join" in vars(self.cache):  # per-row state outside the cache follows the rows
+            self.cache.batch_join(new.cache, self.size, new.size)
         live_a, live_b = self.mask.bool(), new.mask.bool()
         width = int(max(live_a.sum(1).max(), live_b.sum(1).max()))
         idx_a, mask_a = _packed(live_a, width)
@@ -160,12 +163,13 @@ class _Batch:
 
 
 def _joinable(cache) -> bool:
-    """Plain full-attention layers, and no one following the cache's rows (a dynamic sparsity controller patches
-    `batch_select_indices` on the cache it continues, sparse.runtime)."""
+    """Plain full-attention layers, and whoever follows the cache's rows can follow a join too (a dynamic sparsity
+    controller patches `batch_select_indices` and `batch_join` onto the caches it continues, sparse.runtime)."""
     from transformers.cache_utils import DynamicLayer
 
     layers = getattr(cache, "layers", None)
-    return ("batch_select_indices" not in vars(cache) and layers is not None
+    follows = "batch_select_indices" in vars(cache)
+    return ((not follows or "batch_join" in vars(cache)) and layers is not None
             and all(type(layer) in (DynamicLayer, _prealloc_layer_class()) for layer in layers))
 
 

@@ -132,6 +132,14 @@ class ThresholdController:
                 store[c] = v.expand(int(rows.max()) + 1) if v.numel() == 1 else v
                 store[c] = store[c][rows].clone()
 
+    def join(self, front: tuple, front_rows: int, back_rows: int) -> None:
+        """`front` (a snapshot of another batch's `front_rows` rows) followed by this state's `back_rows` rows: a
+        generation loop that adds newly prefilled rows to a running batch calls this."""
+        for store, saved in zip((self.m, self.delta, self.seen, self.ema), front, strict=True):
+            for c, (a, b) in enumerate(zip(saved, store, strict=True)):
+                store[c] = torch.cat([a.expand(front_rows) if a.numel() == 1 else a,
+                                      b.expand(back_rows) if b.numel() == 1 else b]).clone()
+
     def _rows(self, c: int, batch: int) -> None:
         if self.m[c].numel() == batch:
             return

@@ -92,12 +92,16 @@ class Runtime:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         length = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
         self.fresh = cache is None or length == 0
+        previous = self.last_cache()
+        if previous is not None and previous is not cache:  # kept, should its rows be joined by this call's
+            vars(previous)["_controller_rows"] = ctl.snapshot()
         if self.fresh:
             ctl.begin()
-        elif self.last_cache() is not cache:
+        elif previous is not cache:
             ctl.restore(self.root[1]) if self.root and self.root[0] == length else ctl.begin()
         if hasattr(cache, "batch_select_indices") and "batch_select_indices" not in vars(cache):
             cache.batch_select_indices = types.MethodType(self._select_rows, cache)
+            cache.batch_join = types.MethodType(self._join_rows, cache)
 
     def after_call(self, _module: nn.Module, _args: tuple, output: Any) -> None:
         """Forward post-hook: remember the cache this call extended (and the state at the end of a fresh one)."""
@@ -111,6 +115,15 @@ class Runtime:
         type(cache).batch_select_indices(cache, indices)
         if self.controller is not None and self.last_cache() is cache:
             self.controller.keep_rows(indices)
+
+    def _join_rows(self, cache: Any, other: Any, rows: int, other_rows: int) -> None:
+        """`other`'s rows (the cache the last call extended) are appended to `cache`'s (`rows` of them, whose
+        state was kept when `other`'s call began): the controller continues both, and `cache` is the one followed."""
+        saved = vars(cache).pop("_controller_rows", None)
+        if self.controller is None or saved is None or self.last_cache() is not other:
+            raise RuntimeError("batch_join: the joined rows must come from the call right after this cache's")
+        self.controller.join(saved, rows, other_rows)
+        self.last_cache = weakref.ref(cache)
 
     def valid_for(self, B: int, T: int) -> torch.Tensor | None:
         v = self.valid
