@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pydantic import Field, model_validator
 
 from sparsealign.config import StrictModel
+from sparsealign.evaluate.greedy import greedy_decode
 from sparsealign.evaluate.mbpp.extract import truncate_at_stop
 
 log = logging.getLogger("sparsealign.evaluate")
@@ -145,8 +146,6 @@ def generate_from_ids(
     results: list[list[Generation]] = [[] for _ in encoded]
     sampling = cfg.temperature > 0
     if not sampling and cfg.prefix_cache and _plain_greedy(model):
-        from sparsealign.evaluate.greedy import greedy_decode  # torch at import: not for light importers
-
         completions = greedy_decode(model, encoded, max_new_tokens=cfg.max_new_tokens, eos=eos, pad_id=pad_id,
                                     stop=_row_stop(tokenizer, stop), batch_size=cfg.batch_size, progress=progress)
         for i, ids in enumerate(completions):
