@@ -146,7 +146,7 @@ def likelihood_step(ctx: EvalContext) -> None:
     against = cell.reference if dense else cell.dense
     other = None if dense and cell.method == BASE else _kl_model(ctx, against, len(tasks), dense)
     kl = {"alignment_kl": other} if dense and other is not None else {}
-    hidden: list | None = [] if dense else None
+    hidden: list | None = [] if dense and _compared_against(ctx.study, cell) else None
     with ctx.handle.dense_prefix(0) if ctx.handle is not None else contextlib.nullcontext():  # every token sparse
         scores = code_likelihood(ctx.model, ctx.tok, tasks, kl_to=kl, kl_from={} if dense else {"sparse_kl": other},
                                  zeros=dense, n_resamples=ev.bootstrap, seed=ctx.study.cfg.seed, hidden=hidden)
@@ -158,6 +158,13 @@ def likelihood_step(ctx: EvalContext) -> None:
         ctx.metrics[f"mbpp_{name}_ci_low"], ctx.metrics[f"mbpp_{name}_ci_high"] = (metric.summary["low"],
                                                                                    metric.summary["high"])
         ctx.items[f"mbpp_{name}"] = metric.values.tolist()
+
+
+def _compared_against(study: Study, cell: EvalCell) -> bool:
+    """Dense cells whose projection inputs another cell reads: the base model's (KL(aligned || base)) and those of
+    models in the sparse grid (KL(dense || sparse)); the others keep no file."""
+    methods = study.cfg.sparsity.methods
+    return cell.method == BASE or methods is None or cell.method in methods
 
 
 def hidden_path(study: Study, cell: EvalCell, n_tasks: int) -> Path:
