@@ -6,9 +6,27 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+# Called with the destination before every atomic publish (a rename over `path`): a study cell installs one that
+# raises once another run has taken its cell over, so a survivor's late write never replaces finished results.
+_publish_checks: list[Callable[[Path], None]] = []
+
+
+@contextlib.contextmanager
+def publish_check(check: Callable[[Path], None]) -> Iterator[None]:
+    _publish_checks.append(check)
+    try:
+        yield
+    finally:
+        _publish_checks.remove(check)
+
+
+def _before_publish(path: Path) -> None:
+    for check in list(_publish_checks):
+        check(path)
 
 
 def _umask() -> int:
@@ -39,6 +57,7 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[P
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         _publishable(tmp_path, 0o666)
+        _before_publish(path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -70,6 +89,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         _publishable(tmp, 0o777)
+        _before_publish(path)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -3,12 +3,18 @@
 stdlib sqlite3 in WAL mode, so a reader (a progress view, a test polling it) never blocks the writer, and a crash
 (even SIGKILL) leaves every committed row intact.  A cell moves running -> done | failed.  On resume, `done` cells
 with the same config hash are skipped; a `running` row left by a killed process is simply re-run.
+
+A running cell is *claimed* by one process (`owner`: host, pid and start time; `heartbeat` for other hosts): a
+resumed run does not start a cell whose owner is still alive, and an owner that lost its claim (its cell was re-run
+and finished meanwhile) can neither publish files (`io.atomic_path` asks the ledger before each rename) nor mark the
+cell done.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -17,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparsealign import io, lifetime
 from sparsealign.errors import UserError
 
 SCHEMA = """
@@ -31,6 +38,8 @@ CREATE TABLE IF NOT EXISTS cells (
     ended_at    REAL,
     error       TEXT,
     attempts    INTEGER NOT NULL DEFAULT 0,
+    owner       TEXT,
+    heartbeat   REAL,
     PRIMARY KEY (stage, cell)
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -56,6 +65,16 @@ class CellRow:
     ended_at: float | None = None
     error: str | None = None
     attempts: int = 0
+    owner: str | None = None
+    heartbeat: float | None = None
+
+
+class CellHeld(UserError):
+    """The cell is running in another live process (a survivor of a killed run, or a second run on this dir)."""
+
+
+class ClaimLost(RuntimeError):
+    """This process no longer holds the cell it is writing: its outputs must not replace another run's."""
 
 
 class Ledger:
@@ -68,6 +87,11 @@ class Ledger:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(cells)")}
+        for column, kind in (("owner", "TEXT"), ("heartbeat", "REAL")):  # ledgers written before claims existed
+            if column not in columns:
+                self._conn.execute(f"ALTER TABLE cells ADD COLUMN {column} {kind}")
+        self.owner = lifetime.owner_id()
 
     def close(self) -> None:
         self._conn.close()
@@ -110,26 +134,49 @@ class Ledger:
 
     # -- writes ------------------------------------------------------------------------------------------------
     def start(self, stage: str, cell: str, config_hash: str) -> None:
-        self._conn.execute(
-            """INSERT INTO cells (stage, cell, status, config_hash, started_at, attempts)
-               VALUES (?, ?, 'running', ?, ?, 1)
-               ON CONFLICT(stage, cell) DO UPDATE SET status='running', config_hash=excluded.config_hash,
-               started_at=excluded.started_at, ended_at=NULL, error=NULL, attempts=attempts+1""",
-            (stage, cell, config_hash, time.time()),
-        )
+        """Claim the cell for this process (running); CellHeld if a live process other than this one holds it."""
+        now = time.time()
+        self._conn.execute("BEGIN IMMEDIATE")  # the check and the claim as one write: two runs cannot both take it
+        try:
+            row = self.get(stage, cell)
+            if (row is not None and row.status == "running" and row.owner not in (None, self.owner)
+                    and lifetime.owner_alive(row.owner, row.heartbeat, now)):
+                raise CellHeld(f"{self.path}: cell {stage}/{cell} is running in another live process ({row.owner})",
+                               hint="wait for it to finish, or stop that process, then run again")
+            self._conn.execute(
+                """INSERT INTO cells (stage, cell, status, config_hash, started_at, attempts, owner, heartbeat)
+                   VALUES (?, ?, 'running', ?, ?, 1, ?, ?)
+                   ON CONFLICT(stage, cell) DO UPDATE SET status='running', config_hash=excluded.config_hash,
+                   started_at=excluded.started_at, ended_at=NULL, error=NULL, attempts=attempts+1,
+                   owner=excluded.owner, heartbeat=excluded.heartbeat""",
+                (stage, cell, config_hash, now, self.owner, now),
+            )
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def beat(self, stage: str, cell: str) -> None:
+        self._conn.execute("UPDATE cells SET heartbeat=? WHERE stage=? AND cell=? AND owner=?",
+                           (time.time(), stage, cell, self.owner))
 
     def finish(
         self, stage: str, cell: str, metrics: dict[str, Any] | None = None, artifacts: dict[str, Any] | None = None
     ) -> None:
-        self._conn.execute(
-            "UPDATE cells SET status='done', metrics=?, artifacts=?, ended_at=?, error=NULL WHERE stage=? AND cell=?",
-            (_dumps(metrics or {}), _dumps({k: str(v) for k, v in (artifacts or {}).items()}), time.time(), stage, cell),
+        done = self._conn.execute(
+            """UPDATE cells SET status='done', metrics=?, artifacts=?, ended_at=?, error=NULL
+               WHERE stage=? AND cell=? AND status='running' AND (owner IS NULL OR owner=?)""",
+            (_dumps(metrics or {}), _dumps({k: str(v) for k, v in (artifacts or {}).items()}), time.time(), stage, cell,
+             self.owner),
         )
+        if done.rowcount != 1:
+            raise ClaimLost(f"{self.path}: cell {stage}/{cell} is no longer held by this process; result dropped")
 
     def fail(self, stage: str, cell: str, error: str) -> None:
         self._conn.execute(
-            "UPDATE cells SET status='failed', error=?, ended_at=? WHERE stage=? AND cell=?",
-            (error, time.time(), stage, cell),
+            """UPDATE cells SET status='failed', error=?, ended_at=?
+               WHERE stage=? AND cell=? AND status='running' AND (owner IS NULL OR owner=?)""",
+            (error, time.time(), stage, cell, self.owner),
         )
 
     def log_event(self, stage: str, cell: str, metrics: dict[str, Any], step: int | None = None) -> None:
@@ -146,12 +193,44 @@ class Ledger:
         self.start(stage, cell, config_hash)
         out: dict[str, Any] = {"metrics": {}, "artifacts": {}}
         try:
-            yield out
+            with self._claim_guard(stage, cell):
+                yield out
         except BaseException as exc:
             msg = str(exc) if isinstance(exc, UserError) else "".join(traceback.format_exception_only(exc)).strip()
             self.fail(stage, cell, msg or type(exc).__name__)
             raise
         self.finish(stage, cell, out["metrics"], out["artifacts"])
+
+    @contextmanager
+    def _claim_guard(self, stage: str, cell: str) -> Iterator[None]:
+        """While the cell runs: renew the claim's heartbeat, and refuse any atomic publish once the claim is lost."""
+        if str(self.path) == ":memory:":  # one process by construction
+            yield
+            return
+        stop = threading.Event()
+
+        def beat() -> None:
+            with Ledger(self.path) as own:  # sqlite connections stay in the thread that opened them
+                own.owner = self.owner
+                while not stop.wait(lifetime.HEARTBEAT_S):
+                    own.beat(stage, cell)
+
+        def check(path: Path) -> None:
+            conn = sqlite3.connect(self.path, timeout=30)
+            try:
+                row = conn.execute("SELECT status, owner FROM cells WHERE stage=? AND cell=?", (stage, cell)).fetchone()
+            finally:
+                conn.close()
+            if row is None or row[0] != "running" or row[1] not in (None, self.owner):
+                raise ClaimLost(f"{self.path}: cell {stage}/{cell} was taken over by another run; {path} not written")
+
+        heart = threading.Thread(target=beat, name="ledger-heartbeat", daemon=True)
+        heart.start()
+        try:
+            with io.publish_check(check):
+                yield
+        finally:
+            stop.set()
 
     def run_cell(
         self,

@@ -67,7 +67,7 @@ class _Worker:
         # Clean environment from the start: the worker (and every program it forks) never holds the caller's.
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
         self.caps: dict[str, Any] = {}
-        argv = [sys.executable, "-I", "-B", str(WORKER), "--memory-mb", str(memory_mb),
+        argv = [sys.executable, "-I", "-B", str(WORKER), "--memory-mb", str(memory_mb), "--parent-pid", str(os.getpid()),
                 *([] if namespaces else ["--no-namespaces"])]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/",
                                      start_new_session=True, close_fds=True)

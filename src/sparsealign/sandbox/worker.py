@@ -53,16 +53,22 @@ _hard_exit = os._exit
 CGROUP_HEADROOM_MB = 384  # the cgroup holds the worker (~15 MiB) and the private tmpfs pages, besides the program
 
 
-def _become_w(allowed: bool, cg: dict | None) -> dict:
+def _become_w(allowed: bool, cg: dict | None, parent: int, uid: int | None) -> dict:
     """The outer process forks W and stays behind only to wait for it and then remove the cgroup (from outside W's
-    read-only mount namespace). Returns, in W, the layers in force. `allowed=False` skips the namespaces (to
-    exercise the fallback where the kernel refuses them)."""
+    read-only mount namespace), or to kill W when `parent` (the pool's process) dies first: the pool's thread that
+    started us may end long before the pool, so the kernel's parent-death signal cannot be used here. Returns, in W,
+    the layers in force. `allowed=False` skips the namespaces (to exercise the fallback where the kernel refuses
+    them)."""
     caps = ns.new_caps()
     if allowed:
         ns.enter_outer(caps)
     w = os.fork()
     if w:  # outer
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if _parent_dies_first(parent, w):  # the pool's process died (even SIGKILLed): take W and its programs down
+            os.kill(w, signal.SIGKILL)
+            if not caps["pid_namespace"] and uid is not None:
+                program.kill_uid(uid)  # no namespace dies with W: the programs' uid does
         status = os.waitpid(w, 0)[1]
         if cg is not None:
             cgroup.remove(cg["dirs"], wait_s=5.0)
@@ -76,6 +82,28 @@ def _become_w(allowed: bool, cg: dict | None) -> dict:
 
 
 # ---- one program ------------------------------------------------------------------------------------------------
+
+def _parent_dies_first(parent: int, w: int) -> bool:
+    """Wait for W to exit or `parent` to die, whichever comes first; True if the parent did."""
+    try:
+        fds = [os.pidfd_open(parent), os.pidfd_open(w)]
+    except OSError:  # no pidfd (kernel < 5.3), or the parent is already gone
+        while os.getppid() == parent:
+            if os.waitid(os.P_PID, w, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return False
+            time.sleep(0.2)
+        return True
+    try:
+        while True:
+            try:
+                ready = select.select(fds, [], [])[0]
+                return fds[0] in ready and fds[1] not in ready
+            except InterruptedError:
+                continue
+    finally:
+        for fd in fds:
+            os.close(fd)
+
 
 def _reap_all(block: bool) -> None:
     try:
@@ -295,9 +323,14 @@ def main() -> None:
         importlib.import_module(name)
     args = sys.argv[1:]
     memory_mb = int(args[args.index("--memory-mb") + 1]) if "--memory-mb" in args else 1024
+    parent = int(args[args.index("--parent-pid") + 1]) if "--parent-pid" in args else os.getppid()
+    if os.getppid() != parent:  # the pool's process died while we were starting
+        os._exit(1)
     cg = cgroup.create(f"sparsealign-sandbox-{os.getpid()}", (memory_mb + CGROUP_HEADROOM_MB) << 20,
                        program.NPROC + 16)
-    caps = _become_w(allowed="--no-namespaces" not in args, cg=cg)
+    # A dedicated uid no one else uses: RLIMIT_NPROC counts only our programs, kill-by-uid reaches only them.
+    uid = 100_000 + int.from_bytes(os.urandom(4), "little") % (1 << 30) if os.geteuid() == 0 else None
+    caps = _become_w(allowed="--no-namespaces" not in args, cg=cg, parent=parent, uid=uid)
     program.set_program_env()  # once here, so each fork only sets HOME
     # First in line for the OOM killer, inherited by every program (no write per fork). Within the cgroup the
     # largest process still goes first: the program, not the small worker. If the worker goes, the pool replaces it.
@@ -310,8 +343,6 @@ def main() -> None:
                                               "memory_mb": memory_mb + CGROUP_HEADROOM_MB, "pids_max": program.NPROC + 16}
     gc.freeze()  # imported objects move to a permanent generation: programs' GC passes skip them (fewer COW faults)
     LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # without a PID namespace, orphans still come back to us
-    # A dedicated uid no one else uses: RLIMIT_NPROC counts only our programs, kill-by-uid reaches only them.
-    uid = 100_000 + int.from_bytes(os.urandom(4), "little") % (1 << 30) if caps["root"] else None
     _send(proto_out, {"hello": True, "caps": caps, "uid": uid})
     while (req := _recv(proto_in)) is not None:
         try:

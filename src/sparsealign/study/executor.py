@@ -17,7 +17,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from sparsealign.ledger import Ledger
+from sparsealign.ledger import CellHeld, Ledger
+from sparsealign.lifetime import die_with_parent, reap_tree_on_exit
 from sparsealign.study.cells import Cell
 
 log = logging.getLogger("sparsealign.study")
@@ -33,14 +34,18 @@ def run_one(ledger_path: Path, cell: Cell, config_hash: str, fn: CellFn) -> str:
     """Run one cell through the ledger; returns 'done', 'skipped' or 'failed'."""
     stage = ledger_stage(cell.stage)
     with Ledger(ledger_path) as ledger:
-        for parent in cell.parents:
-            row = ledger.get(ledger_stage(parent.stage), parent.key)
-            if row is None or row.status != "done":
-                ledger.start(stage, cell.key, config_hash)
-                ledger.fail(stage, cell.key, f"dependency {parent.id} did not finish")
-                return "failed"
         try:
+            for parent in cell.parents:
+                row = ledger.get(ledger_stage(parent.stage), parent.key)
+                if row is None or row.status != "done":
+                    ledger.start(stage, cell.key, config_hash)
+                    ledger.fail(stage, cell.key, f"dependency {parent.id} did not finish")
+                    return "failed"
             _, ran = ledger.run_cell(stage, cell.key, config_hash, lambda: fn(cell))
+        except CellHeld as exc:  # a survivor of a killed run still computes it: never a second writer
+            log.error("cell %s not started: %s", cell.id, exc)
+            print(f"warning: cell {cell.id} not started: {exc}", file=sys.stderr)
+            return "failed"
         except Exception as exc:  # recorded by the ledger; the study goes on with the other cells
             log.error("cell %s failed: %s", cell.id, exc)
             print(f"warning: cell {cell.id} failed: {exc}", file=sys.stderr)
@@ -70,7 +75,9 @@ def _run_parallel(cells: list[Cell], ledger_path: Path, config_hash: str, fn: Ce
     bar = tqdm(total=len(cells), desc=f"study ({workers} workers)", unit="cell", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch/OpenMP state
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    # Workers die with this process, however it dies: a killed study leaves no orphan holding memory or a cell.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         while pending or running:
             for cell in [c for c in pending if all(d in finished or d not in ids for d in c.deps)]:
                 if len(running) == workers:
@@ -110,6 +117,8 @@ def run_ray(
         if address:  # workers on other nodes do not inherit this shell: send the settings that locate data/runs
             kwargs = {"address": address, "runtime_env": {"env_vars": forwarded_env()}}
         ray.init(ignore_reinit_error=True, log_to_driver=False, **kwargs)
+        if not address:  # the local Ray we started must not outlive us (its agents survive a killed driver)
+            reap_tree_on_exit()
 
     @ray.remote
     def task(cell: Cell, *dep_statuses: str) -> str:
