@@ -19,7 +19,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = ("data", "models", "align", "sparse", "evaluate", "study", "report")
-SERVICES = ("sandbox", "stats", "io", "config", "errors", "settings", "ledger", "rundir", "output", "clients",
+SERVICES = ("sandbox", "stats", "io", "config", "errors", "settings", "ledger", "lifetime", "rundir", "output", "clients",
             "__init__")
 # Function-body imports of the project's own modules not converted yet: each of these modules belongs to another
 # branch in flight (speed, sparseq, loader, design, stats, fuzz, eval); moving their imports here would collide
