@@ -74,6 +74,7 @@ def main() -> None:
     import contextlib
 
     import torch
+    from sparsealign.sparse.runtime.patch import apply_sparsity
 
     from sparsealign.align.config import AlignConfig
     from sparsealign.align.engine import run_align
@@ -89,9 +90,8 @@ def main() -> None:
     from sparsealign.ledger import Ledger
     from sparsealign.models.loading import load_model_and_tokenizer
     from sparsealign.rundir import RunDir
-    from sparsealign.sparse.calibration import calibrate
+    from sparsealign.sparse.calibration.calibrate import calibrate
     from sparsealign.sparse.config import SparsityConfig
-    from sparsealign.sparse.patch import apply_sparsity
 
     torch.set_num_threads(args.threads)
     rows = []

@@ -6,9 +6,9 @@ ReLU Llama with random weights, all in one run, with each side's roofline.
 Shape: TinyLlama-1.1B widths (hidden 2048, FFN 5632, 32 heads / 4 KV heads, vocab 32000), ReLU MLP.  By default
 the full 22 layers run when the machine has the memory (~8 GB incl. the neuron-major copies), else 4 layers and
 the end-to-end numbers are extrapolated to 22 layers from the measured per-layer and outside-layer times
-(column `e2e@22`).  Method: sparsealign.sparse.bench (the static-KV decoder of sparse.decode; dense and sparse
+(column `e2e@22`).  Method: sparsealign.sparse.bench.speed (the static-KV decoder of sparse.decode; dense and sparse
 decoded side by side, alternating every token step; bytes per step counted, bandwidth measured in-process).
-Static/dynamic rows use the exact int8 gate pre-check (sparse.fastpath), predictor rows the predicted set.
+Static/dynamic rows use the exact int8 gate pre-check (sparse.runtime.fastpath), predictor rows the predicted set.
 
 Goals (issue 13), at 90%: predictor >= 2.2x end to end, static and dynamic >= 1.8x, every row >= 0.8 of its own
 ideal (= dense bytes / sparse bytes per token); dense decode >= 0.6 of its roofline.
@@ -40,7 +40,7 @@ def kernel_breakdown(model, x, sparsity: float = 0.9, reps: int = 20) -> dict:
 
     import torch
 
-    from sparsealign.sparse.fastpath import NeuronMajor
+    from sparsealign.sparse.runtime.fastpath import NeuronMajor
 
     mlp = model.model.layers[0].mlp
     nm = NeuronMajor(mlp)
@@ -96,11 +96,11 @@ def main() -> int:
     import torch
 
     from sparsealign.models.tiny import train_tokenizer
-    from sparsealign.sparse import bench
+    from sparsealign.sparse.bench import speed as bench
 
     torch.set_num_threads(args.threads)
     if args.kernel_threads:  # experiment on sparse.kernels' thread count, without touching torch's
-        from sparsealign.sparse import kernels
+        from sparsealign.sparse.runtime import kernels
 
         kernels._threads = lambda rows: args.kernel_threads
     layers = args.layers or (FULL_LAYERS if mem_available_gb() > 14 else 4)

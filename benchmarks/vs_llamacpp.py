@@ -8,7 +8,7 @@ llama.cpp runs the GGUF as shipped (Q4_1 weights, ~4.5 bits per weight, f16 K/V 
 dequantised to fp32 (8x the bytes).  Each engine decodes greedily from the same MBPP prompt; rounds alternate
 engine by engine (llama.cpp, ours dense, ours sparse), so a busy neighbour hits all of them.  Roofline of each:
 bandwidth (measured in-process) / bytes it must read per token — llama.cpp: every GGUF tensor's bytes (the tied
-token embedding doubles as lm_head, so it is read whole) + its f16 K/V; ours: `sparse.roofline` accounting.
+token embedding doubles as lm_head, so it is read whole) + its f16 K/V; ours: `sparse.bench.roofline` accounting.
 No speed goal this round (issue 13): the figures tell users where we stand.
 """
 
@@ -54,7 +54,7 @@ def llamacpp_decode(llm, prompt_ids: list[int], tokens: int) -> tuple[float, lis
 
 def ours_decode(model, ops, prompt, tokens: int) -> tuple[float, float, list[int]]:
     """Seconds per step, bytes per step, greedy ids of our static-KV decoder with `ops`."""
-    from sparsealign.sparse.decode import Decoder
+    from sparsealign.sparse.runtime.decode import Decoder
 
     dec = Decoder(model, ops, max_len=prompt.numel() + tokens + 1)
     nxt = int(dec.prefill(prompt).argmax())
@@ -82,9 +82,9 @@ def main() -> int:
         sys.exit("llama-cpp-python is not installed: pip install -e '.[bench]'")
     import torch
 
-    from sparsealign.sparse.decode import DenseOps
-    from sparsealign.sparse.roofline import measure_bandwidth
-    from sparsealign.sparse.teal import TealOps, calibrate_teal
+    from sparsealign.sparse.bench.roofline import measure_bandwidth
+    from sparsealign.sparse.bench.teal import TealOps, calibrate_teal
+    from sparsealign.sparse.runtime.decode import DenseOps
 
     torch.set_num_threads(args.threads)
     d, f = smollm2_gguf()

@@ -63,7 +63,7 @@ STAGE_CLI_MODULES = [
     "sparsealign.align.cli",
     "sparsealign.align.rationales_cli",
     "sparsealign.sparse.cli",
-    "sparsealign.sparse.bench_cli",
+    "sparsealign.sparse.bench.cli",
     "sparsealign.sandbox.cli",
     "sparsealign.evaluate.mbpp.cli",
     "sparsealign.evaluate.preference.cli",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sparsealign.sparse.runtime.patch import apply_sparsity
 
 from sparse_helpers import load_code_and_dialogue, load_stories
 from sparsealign.align.logps import (
@@ -18,10 +19,9 @@ from sparsealign.align.logps import (
 from sparsealign.align.packed import pack_pairs
 from sparsealign.data.preference import load_pairs
 from sparsealign.models.tiny import tiny_model_and_tokenizer
-from sparsealign.sparse import runtime
-from sparsealign.sparse.calibration import calibrate
+from sparsealign.sparse.calibration.calibrate import calibrate
 from sparsealign.sparse.config import SparsityConfig
-from sparsealign.sparse.patch import apply_sparsity
+from sparsealign.sparse.runtime import state as runtime
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 KEYS = ("chosen_logps", "chosen_n", "rejected_logps", "rejected_n")

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import assert_one_line_error
 from sparsealign.models.llama2c import convert
-from sparsealign.sparse.bench_curve import sample_texts, sparsity_curve
+from sparsealign.sparse.bench.curve import sample_texts, sparsity_curve
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 

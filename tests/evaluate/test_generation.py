@@ -8,15 +8,15 @@ import copy
 
 import pytest
 import torch
+from sparsealign.sparse.runtime.patch import apply_sparsity
 
 from sparsealign.data.mbpp.prompts import make_format
 from sparsealign.data.mbpp.tasks import load_mbpp
 from sparsealign.evaluate.generation import SamplingConfig, generate
 from sparsealign.evaluate.greedy import shared_prefix_length
 from sparsealign.models.tiny import tiny_model_and_tokenizer
-from sparsealign.sparse.calibration import calibrate
+from sparsealign.sparse.calibration.calibrate import calibrate
 from sparsealign.sparse.config import SparsityConfig
-from sparsealign.sparse.patch import apply_sparsity
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from sparsealign.sparse.runtime.patch import apply_sparsity
 
 from sparsealign.data.mbpp.prompts import lm_eval_query
 from sparsealign.data.mbpp.tasks import load_mbpp
@@ -23,9 +24,8 @@ from sparsealign.evaluate.mbpp.likelihood import (
     sparse_kl,
 )
 from sparsealign.models.tiny import tiny_model_and_tokenizer
-from sparsealign.sparse.calibration import calibrate
+from sparsealign.sparse.calibration.calibrate import calibrate
 from sparsealign.sparse.config import SparsityConfig
-from sparsealign.sparse.patch import apply_sparsity
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -7,14 +7,14 @@ import json
 
 import pytest
 import torch
+from sparsealign.sparse.runtime.patch import SparseMLP, apply_sparsity, find_mlps
 
 from sparsealign.errors import UserError
 from sparsealign.models.tiny import build_llama, train_tokenizer
 from sparsealign.sparse.artifacts import load_artifacts, save_artifacts
-from sparsealign.sparse.calibration import calibrate, record_activations
+from sparsealign.sparse.bench.quality import evaluate_sparsity
+from sparsealign.sparse.calibration.calibrate import calibrate, record_activations
 from sparsealign.sparse.config import SparsityConfig
-from sparsealign.sparse.patch import SparseMLP, apply_sparsity, find_mlps
-from sparsealign.sparse.quality import evaluate_sparsity
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -120,7 +120,7 @@ def test_predictor_meets_recall_target_on_held_out_code(model, tok, code, artifa
 @pytest.mark.parametrize("kernel", ["c", "torch"])
 @pytest.mark.parametrize("mode", ["static", "dynamic", "predictor"])
 def test_fast_decode_equals_reference_and_teacher_forcing(model, tok, code, artifacts, mode, kernel, monkeypatch):
-    from sparsealign.sparse import kernels
+    from sparsealign.sparse.runtime import kernels
 
     monkeypatch.setenv("SPARSEALIGN_SPARSE_KERNEL", kernel)
     kernels.load.cache_clear()

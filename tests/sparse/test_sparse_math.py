@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from sparsealign.sparse.config import ControllerConfig
-from sparsealign.sparse.controller import ThresholdController, controller_update, token_quantile
 from sparsealign.sparse.metrics import (
     empirical_threshold,
     ffn_flops,
@@ -20,6 +19,7 @@ from sparsealign.sparse.metrics import (
     recall_precision,
     top1_agreement,
 )
+from sparsealign.sparse.runtime.controller import ThresholdController, controller_update, token_quantile
 
 
 def test_empirical_threshold_is_the_order_statistic_and_hits_the_fraction():
@@ -187,7 +187,7 @@ def test_controller_is_causal_and_reproducible():
 
 
 def test_profile_stats_and_hot_cold_summary():
-    from sparsealign.sparse.profile import hot_cold_summary, neuron_stats
+    from sparsealign.sparse.calibration.profile import hot_cold_summary, neuron_stats
 
     # 4 neurons over 10 tokens: neuron 0 fires always, 1 on 9/10 tokens, 2 on 1/10, 3 never
     a = torch.zeros(10, 4)
@@ -207,7 +207,7 @@ def test_profile_stats_and_hot_cold_summary():
 def test_the_c_decode_step_follows_the_python_rule():
     """`step_row` (one C call at batch-1 decode) gives the thresholds and state of `step` (numpy) on a stream that
     warms up, jumps 50x in scale (the correction stops learning, then clips) and has ReLU zeros."""
-    from sparsealign.sparse import kernels
+    from sparsealign.sparse.runtime import kernels
 
     if kernels.load() is None:
         pytest.skip("no C compiler here: step_row falls back to step itself")

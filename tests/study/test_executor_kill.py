@@ -13,6 +13,7 @@ import textwrap
 import time
 
 import pytest
+
 from process_tree import descendants, wait_until_gone
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ scoring up to float rounding (tests/align/test_packed.py), for ~30% fewer tokens
 
 Padding positions attend to position 0 only, not to themselves: a position is real iff it attends to itself, and
 a real position's *parent* (the latest earlier position it attends to) is the one before it except at the first
-rejected token, whose parent is the prompt's last token.  `sparse.runtime` reads both from the mask, so activation
+rejected token, whose parent is the prompt's last token.  `sparse.runtime.state` reads both from the mask, so activation
 sparsity's padding statistics and the dynamic controller's per-row state (which continues from the parent) are the
 same as in two-row scoring.
 """

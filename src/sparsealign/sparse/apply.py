@@ -6,7 +6,7 @@ Apart from `spec` (light: pydantic only, so CLI option parsing never imports tor
 from __future__ import annotations
 
 from sparsealign.sparse.artifacts import load_artifacts
-from sparsealign.sparse.patch import SparsityHandle, apply_sparsity
+from sparsealign.sparse.runtime.patch import SparsityHandle, apply_sparsity
 from sparsealign.sparse.spec import SparsitySpec, check_artifacts_model
 
 

@@ -20,7 +20,7 @@ import torch
 from sparsealign.errors import DataError, UserError
 from sparsealign.io import atomic_dir
 from sparsealign.sparse.config import SparsityConfig
-from sparsealign.sparse.predictor import LowRankPredictor
+from sparsealign.sparse.runtime.predictor import LowRankPredictor
 
 FORMAT_VERSION = 2  # 2: input sites (version 1 files load as intermediate-only)
 TENSORS, META = "sparsity.safetensors", "sparsity.json"

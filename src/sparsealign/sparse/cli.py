@@ -103,8 +103,8 @@ def register(cli: click.Group) -> None:
         """Record FFN activations of MODEL on calibration texts and write profile.safetensors, profile.json
         and profile.png (neurons sorted by how often |act(gate x)| exceeds the layer's threshold at the target
         sparsity; hot = fires on >= hot_fraction of tokens)."""
-        from sparsealign.sparse.calibration import calibrate, record_activations
-        from sparsealign.sparse.profile import build_profile, save_profile
+        from sparsealign.sparse.calibration.calibrate import calibrate, record_activations
+        from sparsealign.sparse.calibration.profile import build_profile, save_profile
         from sparsealign.sparse.texts import load_texts
 
         model = _pick_model(model_opt, model_arg)
@@ -134,7 +134,7 @@ def register(cli: click.Group) -> None:
         """Per-layer thresholds on |act(gate x)| at the target sparsity (empirical quantile), optional TEAL-style
         greedy allocation (--set allocation=greedy) and low-rank predictors (--set predictor.enabled=true).
         Writes sparsity.safetensors + sparsity.json, and the activation profile beside them."""
-        from sparsealign.sparse.run import CalibrateRunConfig, run_calibrate
+        from sparsealign.sparse.calibration.run import CalibrateRunConfig, run_calibrate
         from sparsealign.sparse.texts import load_texts
 
         model = _pick_model(model_opt, model_arg)
@@ -172,7 +172,7 @@ def register(cli: click.Group) -> None:
         """Run MODEL dense and sparse over texts (teacher forcing) and report quality and sparsity metrics."""
         from sparsealign.io import atomic_write_json
         from sparsealign.sparse.artifacts import load_artifacts
-        from sparsealign.sparse.quality import evaluate_sparsity
+        from sparsealign.sparse.bench.quality import evaluate_sparsity
         from sparsealign.sparse.spec import check_artifacts_model
         from sparsealign.sparse.texts import load_texts
 
@@ -187,7 +187,7 @@ def register(cli: click.Group) -> None:
                                 max_length=art.config.max_length, controller=ctl, measure_speed=speed,
                                 per_token=plot is not None)
         if plot:
-            from sparsealign.sparse.profile import plot_trace
+            from sparsealign.sparse.calibration.profile import plot_trace
 
             plot_trace(res.pop("trace"), plot, target=art.config.target_sparsity)
             res.pop("kl_per_token")
@@ -215,7 +215,7 @@ def register(cli: click.Group) -> None:
         import torch
 
         from sparsealign.sparse.artifacts import load_artifacts
-        from sparsealign.sparse.patch import apply_sparsity
+        from sparsealign.sparse.runtime.patch import apply_sparsity
         from sparsealign.sparse.spec import check_artifacts_model
 
         model = _pick_model(model_opt, model_arg)

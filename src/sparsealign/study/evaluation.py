@@ -53,8 +53,8 @@ from sparsealign.evaluate.preference.score import method_rewards
 from sparsealign.io import atomic_path, atomic_write_json
 from sparsealign.models.pretrain import load_member
 from sparsealign.sparse.artifacts import load_artifacts
-from sparsealign.sparse.patch import SparsityHandle, apply_sparsity
-from sparsealign.sparse.quality import decode_tokens_per_s
+from sparsealign.sparse.bench.quality import decode_tokens_per_s
+from sparsealign.sparse.runtime.patch import SparsityHandle, apply_sparsity
 from sparsealign.study.cells import BASE, EvalCell, model_seed
 from sparsealign.study.layout import Study
 

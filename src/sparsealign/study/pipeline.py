@@ -4,7 +4,7 @@
     pretrain  -> models.pretrain.ensure_family (as `sparsealign pretrain`)
     pairs     -> data.preference + study.code_pairs
     align     -> align.engine.run_align (as `sparsealign align`)
-    calibrate -> sparse.run.run_calibrate (as `sparsealign sparsify calibrate`)
+    calibrate -> sparse.calibration.run.run_calibrate (as `sparsealign sparsify calibrate`)
     eval      -> study.evaluation.run_eval_cell -> evaluate.{mbpp,preference}.run (as `sparsealign eval ...`)
 
 Every cell is deterministic given the study seed (speed figures aside), so a killed and resumed study ends with the
@@ -36,8 +36,8 @@ from sparsealign.models.micro import get_recipe
 from sparsealign.models.pretrain import ensure_family, load_member
 from sparsealign.rundir import RunDir
 from sparsealign.sandbox.pool import SandboxPool
+from sparsealign.sparse.calibration.run import CalibrateRunConfig, run_calibrate
 from sparsealign.sparse.config import PredictorConfig, SparsityConfig
-from sparsealign.sparse.run import CalibrateRunConfig, run_calibrate
 from sparsealign.study.cells import (
     AlignCell,
     CalibrateCell,

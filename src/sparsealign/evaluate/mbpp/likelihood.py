@@ -35,7 +35,7 @@ import torch
 from sparsealign.align.packed import accepts_logits_to_keep
 from sparsealign.data.mbpp.prompts import PromptFormat
 from sparsealign.data.records import MbppTask
-from sparsealign.sparse.patch import find_mlps
+from sparsealign.sparse.runtime.patch import find_mlps
 from sparsealign.stats.intervals import DEFAULT_LEVEL, DEFAULT_RESAMPLES, bootstrap_ci
 
 DONE = "\n[DONE]"

@@ -20,7 +20,7 @@ from torch import nn
 from sparsealign.errors import UserError
 from sparsealign.sparse.artifacts import SparsityArtifacts
 from sparsealign.sparse.config import SITES, Mode, Prefill
-from sparsealign.sparse.controller import ThresholdController
+from sparsealign.sparse.runtime.controller import ThresholdController
 
 INPUT_SITES = SITES[1:]
 

@@ -8,16 +8,16 @@ import math
 
 import pytest
 import torch
+from sparsealign.sparse.runtime.patch import apply_sparsity
 
-from sparsealign.sparse import kernels
-from sparsealign.sparse.bench import build_preset, local_texts
-from sparsealign.sparse.calibration import calibrate
+from sparsealign.sparse.bench.roofline import roofline_fields, step_bytes
+from sparsealign.sparse.bench.speed import build_preset, local_texts
+from sparsealign.sparse.bench.teal import TealOps, calibrate_teal, teal_masked
+from sparsealign.sparse.calibration.calibrate import calibrate
 from sparsealign.sparse.config import SparsityConfig
-from sparsealign.sparse.decode import Decoder, DenseOps, PatchedOps, greedy
-from sparsealign.sparse.fastpath import NeuronMajor, quantize_rows
-from sparsealign.sparse.patch import apply_sparsity
-from sparsealign.sparse.roofline import roofline_fields, step_bytes
-from sparsealign.sparse.teal import TealOps, calibrate_teal, teal_masked
+from sparsealign.sparse.runtime import kernels
+from sparsealign.sparse.runtime.decode import Decoder, DenseOps, PatchedOps, greedy
+from sparsealign.sparse.runtime.fastpath import NeuronMajor, quantize_rows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 LIB = kernels.load()
@@ -102,7 +102,7 @@ def test_gate_precheck_keeps_every_active_row_and_their_exact_values(act, hidden
 
 @needs_c
 def test_colsparse_kernel_and_torch_fallback_match_dense_matvec():
-    from sparsealign.sparse.teal import _ColSparse
+    from sparsealign.sparse.bench.teal import _ColSparse
 
     gen = torch.Generator().manual_seed(1)
     w, b = torch.randn(300, 130, generator=gen), torch.randn(300, generator=gen)

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from sparsealign.errors import UserError
-from sparsealign.sparse import kernels
 from sparsealign.sparse.config import ControllerConfig
+from sparsealign.sparse.runtime import kernels
 
 Array = TypeVar("Array", torch.Tensor, np.ndarray)
 

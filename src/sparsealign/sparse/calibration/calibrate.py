@@ -22,9 +22,9 @@ from sparsealign.errors import UserError
 from sparsealign.sparse.artifacts import SparsityArtifacts
 from sparsealign.sparse.config import SparsityConfig
 from sparsealign.sparse.metrics import empirical_threshold, kl_per_token
-from sparsealign.sparse.patch import apply_sparsity, find_mlps
-from sparsealign.sparse.predictor import train_predictor
-from sparsealign.sparse.runtime import find_attention
+from sparsealign.sparse.runtime.predictor import train_predictor
+from sparsealign.sparse.runtime.state import find_attention
+from sparsealign.sparse.runtime.patch import apply_sparsity, find_mlps
 
 
 @dataclass

@@ -74,7 +74,7 @@ class DenseOps:
 
 
 class PatchedOps(DenseOps):
-    """Dense attention, and the MLP through the model's patched `SparseMLP` wrappers (`sparse.patch` fast path):
+    """Dense attention, and the MLP through the model's patched `SparseMLP` wrappers (`sparse.runtime.patch` fast path):
     their `NeuronMajor.bytes_read` counters give the FFN bytes; `extra_mlp_bytes` adds what the wrapper reads
     outside them per call (the predictor's weights in predictor mode)."""
 

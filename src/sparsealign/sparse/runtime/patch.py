@@ -35,10 +35,10 @@ from torch import nn
 from sparsealign.errors import UserError
 from sparsealign.sparse.artifacts import SparsityArtifacts
 from sparsealign.sparse.config import SITES, ControllerConfig, Mode, Prefill
-from sparsealign.sparse.controller import ThresholdController
-from sparsealign.sparse.fastpath import NeuronMajor
 from sparsealign.sparse.metrics import ffn_flops
-from sparsealign.sparse.runtime import (
+from sparsealign.sparse.runtime.controller import ThresholdController
+from sparsealign.sparse.runtime.fastpath import NeuronMajor
+from sparsealign.sparse.runtime.state import (
     Runtime,
     attn_input_hook,
     attn_output_hook,

@@ -5,16 +5,16 @@
 A row is {mode, sparsity, dense_tokens_per_s, sparse_tokens_per_s, speedup, ideal_speedup,
 dense_fraction_of_roofline, sparse_fraction_of_roofline, ...}.  How it is measured (the same way for every row,
 in one process):
-- decode = greedy, batch 1, fp32, the static-KV decoder of `sparse.decode` (the layer loop in plain torch ops over
+- decode = greedy, batch 1, fp32, the static-KV decoder of `sparse.runtime.decode` (the layer loop in plain torch ops over
   the model's own weights; no HF per-module dispatch): one dense prefill, then `tokens` single-token steps, of
   which only the steps are timed.  The sparse side runs the same loop with the MLPs patched by `apply_sparsity`
-  (fast path of `sparse.fastpath`: C kernels reading active rows in place; static/dynamic use the exact int8 gate
+  (fast path of `sparse.runtime.fastpath`: C kernels reading active rows in place; static/dynamic use the exact int8 gate
   pre-check).
 - Pairing: dense and sparse decode side by side, alternating every token step (each with its own KV cache), so a
   busy neighbour on shared cores slows both sides of a ratio alike; the sparse side is fed the dense side's greedy
   tokens, so KL(dense || sparse) and top-1 agreement of every step come with the speed (`kl_mean`,
   `top1_agreement`).  `repeats` such runs are averaged.
-- Roofline (`sparse.roofline`): bytes per step are counted (dense: every weight, norms, K/V, lm_head; sparse: the
+- Roofline (`sparse.bench.roofline`): bytes per step are counted (dense: every weight, norms, K/V, lm_head; sparse: the
   same outside the FFN plus what the active sets touched, predictor weights included), the read bandwidth is
   measured in-process before every step pair (the row uses the median; `bandwidth_probe_spread` = min, max; the
   result's `bandwidth_probes` are 256 MB probes between rows); roofline tokens/s = bandwidth / bytes,
@@ -39,13 +39,13 @@ import torch
 from torch import nn
 
 from sparsealign.errors import UserError
-from sparsealign.sparse.calibration import calibrate, record_activations
+from sparsealign.sparse.bench.roofline import measure_bandwidth, paired_decode, roofline_fields
+from sparsealign.sparse.calibration.calibrate import calibrate, record_activations
 from sparsealign.sparse.config import PredictorConfig, SparsityConfig
-from sparsealign.sparse.decode import PatchedOps
-from sparsealign.sparse.hugepages import rehome_weights
 from sparsealign.sparse.metrics import ideal_speedup
-from sparsealign.sparse.patch import apply_sparsity
-from sparsealign.sparse.roofline import measure_bandwidth, paired_decode, roofline_fields
+from sparsealign.sparse.runtime.decode import PatchedOps
+from sparsealign.sparse.runtime.hugepages import rehome_weights
+from sparsealign.sparse.runtime.patch import apply_sparsity
 
 # 1B-shaped ReLU Llama stacks (TinyLlama-1.1B widths: hidden 2048, FFN 5632, 32 heads, 4 KV heads, vocab 32000)
 PRESETS: dict[str, dict[str, Any]] = {
@@ -184,7 +184,7 @@ def local_texts(n: int = 64, chars: int = 1200) -> list[str]:
     random-weight presets, whose activations do not depend on what the text says)."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # the sparsealign package
     source = "\n".join(p.read_text(encoding="utf-8") for p in sorted(root.rglob("*.py")))
     return [source[i:i + chars] for i in range(0, min(len(source), n * chars), chars)]
 

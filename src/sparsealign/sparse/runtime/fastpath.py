@@ -31,8 +31,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from sparsealign.sparse import kernels
-from sparsealign.sparse.hugepages import huge_copy
+from sparsealign.sparse.runtime import kernels
+from sparsealign.sparse.runtime.hugepages import huge_copy
 
 
 class NeuronMajor:
@@ -43,7 +43,7 @@ class NeuronMajor:
         self.w_gate, self.b_gate = mlp.gate_proj.weight, mlp.gate_proj.bias
         self.w_up, self.b_up = mlp.up_proj.weight, mlp.up_proj.bias
         self.b_down = mlp.down_proj.bias
-        self.w_down_t = huge_copy(mlp.down_proj.weight.detach().t())  # [I, H], in 2 MB pages (sparse.hugepages)
+        self.w_down_t = huge_copy(mlp.down_proj.weight.detach().t())  # [I, H], in 2 MB pages (sparse.runtime.hugepages)
         self._offsets = torch.zeros(1, dtype=torch.long, device=self.w_down_t.device)
         plain = all(b is None for b in (self.b_gate, self.b_up, self.b_down)) and all(
             w.dtype == torch.float32 and w.is_contiguous() and w.device.type == "cpu"

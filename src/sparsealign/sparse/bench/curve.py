@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from sparsealign.io import atomic_path, atomic_write_json, atomic_write_text
-from sparsealign.sparse.calibration import calibrate, record_activations, tokenize
+from sparsealign.sparse.bench.quality import dense_logits, evaluate_sparsity
+from sparsealign.sparse.calibration.calibrate import calibrate, record_activations, tokenize
 from sparsealign.sparse.config import SparsityConfig
-from sparsealign.sparse.quality import dense_logits, evaluate_sparsity
 from sparsealign.stats.intervals import wilson_interval
 
 OPENINGS = ("Once upon a time", "One day", "Lily and Tom", "There was a little", "The sun was", "Ben had a",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error
-from sparsealign.sparse.bench import ModuleTimer, build_preset, local_texts, timed_decode
+from sparsealign.sparse.bench.speed import ModuleTimer, build_preset, local_texts, timed_decode
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROW_KEYS = {"mode", "sparsity", "dense_tokens_per_s", "sparse_tokens_per_s", "speedup", "ideal_speedup"}

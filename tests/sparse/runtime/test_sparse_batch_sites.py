@@ -7,16 +7,16 @@ import json
 
 import pytest
 import torch
+from sparsealign.sparse.runtime.patch import apply_sparsity
 
 from sparse_helpers import load_code_and_dialogue, load_stories
 from sparsealign.evaluate import greedy
 from sparsealign.evaluate.greedy import greedy_decode
 from sparsealign.models.tiny import build_llama, train_tokenizer
-from sparsealign.sparse.calibration import calibrate, record_activations
+from sparsealign.sparse.calibration.calibrate import calibrate, record_activations
 from sparsealign.sparse.config import SITES, ControllerConfig, SparsityConfig
-from sparsealign.sparse.controller import ThresholdController
 from sparsealign.sparse.metrics import empirical_threshold
-from sparsealign.sparse.patch import apply_sparsity
+from sparsealign.sparse.runtime.controller import ThresholdController
 
 
 @pytest.fixture(scope="module")

@@ -106,7 +106,7 @@ def bench(model_dir: str | None, preset: str | None, layers: int | None, extrapo
         check_model_dir(model_dir)
     import torch
 
-    from sparsealign.sparse.bench import bench_decode, build_preset, local_texts
+    from sparsealign.sparse.bench.speed import bench_decode, build_preset, local_texts
 
     torch.set_num_threads(threads)
     if calib_file is not None:
@@ -258,7 +258,7 @@ def curve(model_dir: str, sparsity: str, modes: str, variants: str, domains: str
 
     from sparsealign.io import atomic_write_json
     from sparsealign.settings import runs_dir
-    from sparsealign.sparse.bench_curve import sample_texts, sparsity_curve, write_curve
+    from sparsealign.sparse.bench.curve import sample_texts, sparsity_curve, write_curve
 
     torch.set_num_threads(threads)
     model, tokenizer = _load_curve_model(model_dir)

@@ -17,9 +17,9 @@ from pydantic import Field
 from sparsealign.config import StrictModel
 from sparsealign.models.loading import load_model_and_tokenizer
 from sparsealign.sparse.artifacts import SparsityArtifacts, save_artifacts
-from sparsealign.sparse.calibration import calibrate, record_activations
+from sparsealign.sparse.calibration.calibrate import calibrate, record_activations
+from sparsealign.sparse.calibration.profile import build_profile, save_profile
 from sparsealign.sparse.config import SparsityConfig
-from sparsealign.sparse.profile import build_profile, save_profile
 from sparsealign.sparse.spec import describe_artifacts
 from sparsealign.sparse.texts import load_texts
 

@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from sparsealign.sparse.artifacts import SparsityArtifacts
-from sparsealign.sparse.calibration import tokenize
+from sparsealign.sparse.calibration.calibrate import tokenize
 from sparsealign.sparse.config import ControllerConfig, Mode, Prefill
 from sparsealign.sparse.metrics import kl_per_token
-from sparsealign.sparse.patch import apply_sparsity
+from sparsealign.sparse.runtime.patch import apply_sparsity
 
 
 @torch.no_grad()

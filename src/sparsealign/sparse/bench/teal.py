@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsealign.sparse import kernels
-from sparsealign.sparse.decode import DenseOps
-from sparsealign.sparse.hugepages import huge_copy
 from sparsealign.sparse.metrics import empirical_threshold
+from sparsealign.sparse.runtime import kernels
+from sparsealign.sparse.runtime.decode import DenseOps
+from sparsealign.sparse.runtime.hugepages import huge_copy
 
 SITES = ("qkv", "o", "gate_up", "down")
 
@@ -105,7 +105,7 @@ class _ColSparse:
 
 
 class TealOps(DenseOps):
-    """Decode-time projections of `sparse.decode.Decoder` with TEAL input sparsity at the given sites (others
+    """Decode-time projections of `sparse.runtime.decode.Decoder` with TEAL input sparsity at the given sites (others
     dense); `bytes_read` counts the weight rows actually read.  `active[site]` accumulates kept inputs."""
 
     def __init__(self, model: nn.Module, thresholds: dict[str, list[float]]):

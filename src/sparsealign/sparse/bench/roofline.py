@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from sparsealign.sparse import kernels
-from sparsealign.sparse.decode import Decoder, DenseOps
 from sparsealign.sparse.metrics import kl_per_token
+from sparsealign.sparse.runtime import kernels
+from sparsealign.sparse.runtime.decode import Decoder, DenseOps
 
 PROBE_MB = 256
 INLOOP_PROBE_MB = 64  # twice the last-level cache of the machine measured here; ~10 ms a probe
