@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from trl import extract_prompt
 
+from conftest import assert_one_line_error
 from sparsealign.data.formats import detect_format
 from sparsealign.data.preference import load_pairs
 
@@ -102,3 +103,16 @@ def test_implicit_problems_are_counted_or_named(tmp_path, uf):
     assert load.skipped == {"prompt_mismatch": 1, "missing_field": 1} and load.valid == 1
     assert detect_format({"chosen": [], "rejected": []}) == "trl-implicit"
     assert detect_format({"prompt": _user(r), "chosen": "a", "rejected": "b"}) == "trl-explicit"
+
+
+def test_hh_row_without_assistant_turn_is_an_error_not_an_implicit_pair(cli, tmp_path):
+    """Issue 23 item 7: this row used to be split as TRL implicit text mid-word (prompt '...hi ther', chosen 'e')."""
+    row = '{"chosen": "\\n\\nHuman: hi there", "rejected": "\\n\\nHuman: hi there!"}\n'
+    (tmp_path / "hh.jsonl").write_text(row, encoding="utf-8")
+    res = cli("data", "inspect", "hh.jsonl")
+    assert_one_line_error(res, "hh.jsonl:1:", "Assistant", "broken HH row")
+    # after a valid implicit row the file's format is trl-implicit; the HH-looking row is still refused by line
+    (tmp_path / "mixed.jsonl").write_text('{"chosen": "The sky is blue.", "rejected": "The sky is green."}\n' + row,
+                                          encoding="utf-8")
+    assert_one_line_error(cli("data", "inspect", "mixed.jsonl"), "mixed.jsonl:2:", "broken HH row")
+    assert detect_format(json.loads(row)) == "hh-rlhf"

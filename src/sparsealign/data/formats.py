@@ -29,6 +29,7 @@ from sparsealign.data.records import Message, PreferencePair
 FORMATS = ("hh-rlhf", "ultrafeedback", "orca-intel", "openai-preference", "generic", "trl-explicit", "trl-implicit")
 TRL_FORMATS = ("trl-explicit", "trl-implicit")
 HH_CUE = "\n\nAssistant:"
+HH_HUMAN = "\n\nHuman:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _ROLES = {"Human": "user", "Assistant": "assistant"}
 
@@ -51,8 +52,8 @@ def detect_format(record: dict[str, Any]) -> str | None:
         return "orca-intel"
     if {"chosen", "rejected"} <= keys and "prompt" not in keys:
         chosen = record["chosen"]
-        if isinstance(chosen, str) and HH_CUE in chosen:
-            return "hh-rlhf"
+        if isinstance(chosen, str) and (HH_CUE in chosen or chosen.startswith(HH_HUMAN)):
+            return "hh-rlhf"  # a transcript opening with a Human turn is HH even when its Assistant turn is missing
         return "trl-implicit" if isinstance(chosen, (str, list)) else None
     if {"prompt", "chosen", "rejected"} <= keys:
         if isinstance(record["prompt"], list):  # UltraFeedback's prompt is text; a message-list prompt is TRL's
@@ -135,7 +136,9 @@ def _response(value: Any, key: str) -> tuple[str, list[Message] | None]:
 def split_hh(transcript: str, key: str) -> tuple[str, str]:
     cut = transcript.rfind(HH_CUE)
     if cut < 0:
-        raise RowProblem("wrong_type", f"field '{key}' has no '\\n\\nAssistant:' turn (not an HH transcript)")
+        what = "a broken HH row: it opens with a '\\n\\nHuman:' turn" if transcript.startswith(HH_HUMAN) \
+            else "not an HH transcript"
+        raise RowProblem("wrong_type", f"field '{key}' has no '\\n\\nAssistant:' turn ({what})")
     cut += len(HH_CUE)
     return transcript[:cut], transcript[cut:]
 
@@ -240,6 +243,9 @@ def _common_prefix(chosen: str, rejected: str) -> int:
 def _trl_implicit(rec: dict[str, Any]) -> dict[str, Any]:
     chosen, rejected = _field(rec, "chosen"), _field(rec, "rejected")
     if isinstance(chosen, str) and isinstance(rejected, str):
+        for key, text in (("chosen", chosen), ("rejected", rejected)):
+            if text.startswith(HH_HUMAN) and HH_CUE not in text:  # a broken HH row, not a prompt to split mid-word
+                split_hh(text, key)
         cut = _common_prefix(chosen, rejected)
         return {"prompt": chosen[:cut], "chosen": chosen[cut:], "rejected": rejected[cut:]}
     if not isinstance(chosen, list) or not isinstance(rejected, list):
