@@ -14,6 +14,7 @@ import click
 from sparsealign import __version__
 from sparsealign.errors import UserError
 from sparsealign.settings import DATA_DIR_ENV, RUNS_DIR_ENV
+from sparsealign.sparse.modes import MODES
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 # `--help` lists the verbs in the order a run goes through them (click sorts alphabetically by default)
@@ -51,7 +52,7 @@ def cli(data_dir: str | None, runs_dir: str | None) -> None:
 GROUPS = {
     "data": "Read, check and prepare preference pairs and MBPP tasks (`data inspect`, `data prepare`).",
     "rationales": "Generate rationales that explain why the chosen response is preferred (for RDPO/RORPO/RSimPO).",
-    "sparsify": "Profile, calibrate, apply and benchmark activation sparsity (static, predictor, dynamic).",
+    "sparsify": f"Profile, calibrate, apply and benchmark activation sparsity ({', '.join(MODES)}).",
     "sandbox": "Run untrusted Python programs under the evaluation sandbox.",
     "eval": "Evaluate models: MBPP pass@k, preference metrics and divergence, judge win rates.",
     "convert": "Convert external checkpoints (llama2.c) into Hugging Face models.",

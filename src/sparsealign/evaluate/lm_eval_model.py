@@ -5,7 +5,7 @@
 
 model_args: everything HFLM takes (pretrained=, peft=, dtype=, device=, batch_size=, ...) plus
     sparsity=DIR   artifacts from `sparsealign sparsify calibrate` on this model (absent = dense, i.e. plain HFLM)
-    mode=M         static | dynamic (default) | predictor
+    mode=M         a mode of sparse.modes: static | dynamic (default) | predictor
     prefill=P      dense (default) | sparse: multi-token calls (prompts, and the loglikelihood scoring of
                    multiple-choice tasks) dense or sparse; single-token decode steps are always sparse.
 
@@ -26,13 +26,14 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from sparsealign.sparse.apply import apply_spec
+from sparsealign.sparse.modes import DYNAMIC
 from sparsealign.sparse.spec import SparsitySpec
 
 
 class SparseAlignLM(HFLM):
     """HFLM with `sparsity=`, `mode=`, `prefill=` model_args (see the module docstring)."""
 
-    def __init__(self, pretrained: Any = None, sparsity: str | None = None, mode: str = "dynamic",
+    def __init__(self, pretrained: Any = None, sparsity: str | None = None, mode: str = DYNAMIC,
                  prefill: str = "dense", **kwargs: Any) -> None:
         super().__init__(pretrained=pretrained, **kwargs)
         self.sparsity_spec = SparsitySpec(artifacts=sparsity, mode=mode, prefill=prefill) if sparsity else None

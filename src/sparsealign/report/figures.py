@@ -14,9 +14,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sparsealign.io import atomic_path
+from sparsealign.sparse.modes import MODE_FACTS
 
-MODE_STYLE = {"dense": "-", "dynamic": "-", "static": "--", "predictor": ":"}
-MODE_MARKER = {"dense": "o", "dynamic": "o", "static": "s", "predictor": "^"}
+MODE_STYLE = {"dense": "-", **{m: f.line for m, f in MODE_FACTS.items()}}
+MODE_MARKER = {"dense": "o", **{m: f.marker for m, f in MODE_FACTS.items()}}
 
 
 def _sizes(df) -> list[str]:

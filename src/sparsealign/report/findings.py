@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from sparsealign.report.items import BOUNDED, CellKey, ItemStore, broadcast_pool, concat_items, item_kind
+from sparsealign.sparse.modes import DYNAMIC, STATIC
 from sparsealign.stats.annotation import annotation_savings
 from sparsealign.stats.multiple import holm
 from sparsealign.stats.paired import bound_of, paired_difference
@@ -31,7 +32,7 @@ from sparsealign.study.config import ContrastConfig, ReportConfig
 BASE, REFERENCE = "base", "dpo"
 QUESTIONS = {
     "alignment": "(a) Does alignment survive sparsity?",
-    "thresholds": "(b) Dynamic vs static thresholds",
+    "thresholds": f"(b) {DYNAMIC.capitalize()} vs {STATIC} thresholds",
     "size": "(c) How do (a) and (b) change with model size?",
     "annotation": "(d) Annotation efficiency of rationale methods",
 }
@@ -86,8 +87,8 @@ def _pair_cells(store: ItemStore, question: str, dataset: str, metric: str, mode
         a = broadcast_pool(aligned)
         return None if base is None or a is None else (a, base)
     methods = sorted({c.method for c in cells})
-    dyn = [store.get(CellKey(size, x, 1.0, "dynamic", target), dataset, metric) for x in methods]
-    sta = [store.get(CellKey(size, x, 1.0, "static", target), dataset, metric) for x in methods]
+    dyn = [store.get(CellKey(size, x, 1.0, DYNAMIC, target), dataset, metric) for x in methods]
+    sta = [store.get(CellKey(size, x, 1.0, STATIC, target), dataset, metric) for x in methods]
     keep = [(d, s) for d, s in zip(dyn, sta, strict=True) if d is not None and s is not None]
     a, b = broadcast_pool([d for d, _ in keep]), broadcast_pool([s for _, s in keep])
     return None if a is None or b is None else (a, b)
@@ -114,9 +115,9 @@ def _size_effect(store: ItemStore, spec: ContrastConfig, params: Mapping[str, fl
     of = spec.of or "alignment"
     targets = set(store.targets(spec.mode))
     if of == "thresholds":
-        targets = set(store.targets("dynamic")) & set(store.targets("static"))
+        targets = set(store.targets(DYNAMIC)) & set(store.targets(STATIC))
     target = max(targets, default=None)
-    effect = "aligned - base" if of == "alignment" else "dynamic - static"
+    effect = "aligned - base" if of == "alignment" else f"{DYNAMIC} - {STATIC}"
     at = "the highest target" if target is None else f"{target:g}"
     label = f"slope of ({effect}, {spec.dataset} {spec.metric} @ {at}) per decade of parameters"
     if target is None:
@@ -197,9 +198,10 @@ def compute_findings(store: ItemStore, params: Mapping[str, float], settings: Re
                 out.append(_difference(store, spec, "alignment", t, settings, f"aligned - base, {what}, {where}",
                                        seed))
         elif spec.question == "thresholds":
-            targets = sorted(set(store.targets("dynamic")) & set(store.targets("static")))
-            out += [_difference(store, spec, "thresholds", t, settings, f"dynamic - static, {what}, @ {t:g}", seed)
-                    for t in targets] or [_unmeasurable(spec, f"dynamic - static, {what}", "needs both modes")]
+            targets = sorted(set(store.targets(DYNAMIC)) & set(store.targets(STATIC)))
+            vs = f"{DYNAMIC} - {STATIC}"
+            out += [_difference(store, spec, "thresholds", t, settings, f"{vs}, {what}, @ {t:g}", seed)
+                    for t in targets] or [_unmeasurable(spec, f"{vs}, {what}", "needs both modes")]
         elif spec.question == "size":
             out.append(_size_effect(store, spec, params, settings, seed))
         else:

@@ -20,6 +20,7 @@ from sparsealign.report import content, scaling
 from sparsealign.report.blocks import Block, render_html, render_markdown
 from sparsealign.report.findings import compute_findings
 from sparsealign.report.items import ItemStore, parse_cell_key
+from sparsealign.sparse.modes import MODES
 from sparsealign.study.config import ReportConfig
 
 # Required columns and their meaning; optional: ci_low, ci_high, n, subset_fraction (1.0 = all pairs), n_pairs,
@@ -28,7 +29,7 @@ RESULT_COLUMNS = {
     "size": "family member name (e.g. micro-s)",
     "params": "parameter count of that member",
     "method": "base | dpo | orpo | simpo | rdpo | rorpo | rsimpo",
-    "mode": "dense | static | dynamic | predictor (threshold mode of sparse inference)",
+    "mode": " | ".join(("dense", *MODES)) + " (threshold mode of sparse inference)",
     "target_sparsity": "target activation sparsity (0 for dense)",
     "metric": "pass@1 | preference_accuracy | divergence | flip_rate | realized_sparsity | tokens_per_s | "
               "annotation_saving | ...",

@@ -15,6 +15,7 @@ import pandas as pd
 
 from sparsealign.report.findings import BASE, REFERENCE, annotation_curves
 from sparsealign.report.items import BOUNDED, CellKey, ItemStore, item_kind
+from sparsealign.sparse.modes import DYNAMIC, STATIC
 from sparsealign.stats.annotation import AnnotationSaving, annotation_savings
 from sparsealign.stats.critical import critical_sparsity
 from sparsealign.stats.paired import bound_of, paired_difference
@@ -96,9 +97,9 @@ def static_vs_dynamic_table(store: ItemStore, *, dataset: str, metric: str, n_bo
     """dynamic - static per (size, method, target), paired on items; all-pairs alignment only."""
     rows = []
     for c in store.cells(dataset, metric):
-        if c.mode != "dynamic" or c.subset != 1.0:
+        if c.mode != DYNAMIC or c.subset != 1.0:
             continue
-        static = store.get(CellKey(c.size, c.method, 1.0, "static", c.target), dataset, metric)
+        static = store.get(CellKey(c.size, c.method, 1.0, STATIC, c.target), dataset, metric)
         if static is not None:
             rows.append({"size": c.size, "method": c.method, "target_sparsity": c.target,
                          **_diff_row(store.get(c, dataset, metric), static, metric, n_boot, seed)})

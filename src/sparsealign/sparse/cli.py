@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from sparsealign.output import emit
-
-MODES = ("static", "dynamic", "predictor")
+from sparsealign.sparse.modes import DYNAMIC, STATIC
+from sparsealign.sparse.options import mode_option
 
 
 def load_model(name: str):
@@ -155,8 +155,7 @@ def register(cli: click.Group) -> None:
     @texts_opt
     @n_opt
     @skip_opt
-    @click.option("--mode", type=click.Choice(MODES), default="static", show_default=True,
-                  help="static thresholds, dynamic controller, or predictor active sets.")
+    @mode_option(default=STATIC)
     @click.option("--prefill", type=click.Choice(["dense", "sparse"]), default="dense", show_default=True,
                   help="Whether the prompt positions (--prompt-tokens) run dense or sparse.")
     @click.option("--prompt-tokens", type=click.IntRange(0), default=0, show_default=True,
@@ -205,7 +204,7 @@ def register(cli: click.Group) -> None:
     @model_opts
     @artifacts_opt
     @click.option("--prompt", required=True, help="Prompt text.")
-    @click.option("--mode", type=click.Choice(MODES), default="dynamic", show_default=True, help="Sparsity mode.")
+    @mode_option(default=DYNAMIC)
     @click.option("--prefill", type=click.Choice(["dense", "sparse"]), default="dense", show_default=True,
                   help="Prompt computed dense (default) or sparse.")
     @click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)

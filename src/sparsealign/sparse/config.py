@@ -1,4 +1,5 @@
-"""Typed settings of the sparsify stage (one `SparsityConfig`, YAML-loadable, hashed into the run directory)."""
+"""Typed settings of the sparsify stage (one `SparsityConfig`, YAML-loadable, hashed into the run directory).
+The modes these artifacts serve are declared in `sparse.modes`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pydantic import Field, field_validator
 
 from sparsealign.config import StrictModel
 
-Mode = Literal["static", "dynamic", "predictor"]
 Prefill = Literal["dense", "sparse"]
 # What can be thresholded (see docs/sparse.md): the FFN intermediate |act(gate x)| (CATS, per neuron), the FFN's
 # hidden-state input x (TEAL: gate/up read only active columns), the attention block's input (q/k/v columns) and

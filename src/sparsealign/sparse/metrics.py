@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from sparsealign.sparse.modes import facts
+
 
 def empirical_threshold(abs_values: torch.Tensor, sparsity: float) -> float:
     """The empirical `sparsity`-quantile of |a|: masking |a| <= t zeroes ~`sparsity` of the samples.
@@ -32,18 +34,16 @@ def ffn_flops(hidden: int, inter: int, active: float, mode: str, predictor_rank:
               input_density: float = 1.0) -> dict[str, float]:
     """Multiply-add FLOPs per token of one gated FFN, dense and sparse (active = mean number of active neurons).
 
-    static/dynamic (CATS): gate is dense (it decides the mask), up and down only for active neurons.
-    predictor (PowerInfer): gate, up and down only for predicted neurons, plus the predictor itself.
+    Thresholded modes (CATS: static, dynamic): gate is dense (it decides the mask), up and down only for active
+    neurons.  A predictor mode (PowerInfer): gate, up and down only for predicted neurons, plus the predictor itself.
     input_density < 1 (TEAL input sparsity of x): gate and up read only that share of their columns.
     """
     dense = 3 * 2 * hidden * inter
-    if mode == "predictor":
+    if facts(mode).predictor:
         overhead = 2 * (hidden * predictor_rank + predictor_rank * inter)
         sparse = 2 * 2 * hidden * input_density * active + 2 * hidden * active + overhead
-    elif mode in ("static", "dynamic"):
+    else:
         sparse = 2 * hidden * input_density * (inter + active) + 2 * hidden * active
-    else:  # dense
-        sparse = dense
     return {"dense": float(dense), "sparse": float(sparse), "skipped_fraction": 1.0 - sparse / dense}
 
 

@@ -1,7 +1,7 @@
 """The sparsity choice of an evaluation or generation (`--sparsity DIR --mode M --prefill P`), and the identity of
 the model an artifacts folder was calibrated on.
 
-    spec = SparsitySpec(artifacts="runs/x/sparsity", mode="dynamic")
+    spec = SparsitySpec(artifacts="runs/x/sparsity", mode=DYNAMIC)   # a mode of sparse.modes
     handle = apply_spec(model, spec)          # (sparse.apply) refuses artifacts calibrated on another model
 
 `sparsify calibrate` writes `model_identity(model)` into sparsity.json's model_info (with target and sites), so the
@@ -20,7 +20,8 @@ from pydantic import Field
 
 from sparsealign.config import StrictModel
 from sparsealign.errors import UserError
-from sparsealign.sparse.config import Mode, Prefill
+from sparsealign.sparse.config import Prefill
+from sparsealign.sparse.modes import DYNAMIC, Mode, mode_help, usable_modes
 
 # config fields that fix the architecture (paths, versions, dtype and attention backend do not)
 ARCH_KEYS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -33,7 +34,7 @@ class SparsitySpec(StrictModel):
     """Run the model under calibrated activation sparsity (None in a runner config = dense)."""
 
     artifacts: str = Field(description="artifacts directory written by `sparsify calibrate`")
-    mode: Mode = Field("dynamic", description="static thresholds, dynamic controller, or predictor active sets")
+    mode: Mode = Field(DYNAMIC, description=mode_help())
     prefill: Prefill = Field("dense", description="prompt positions dense (default) or sparse; decode is sparse")
 
 
@@ -63,7 +64,7 @@ def model_identity(model) -> dict[str, Any]:
 
 def describe_artifacts(art, model, source: str) -> dict[str, Any]:
     """model_info for a freshly calibrated artifacts object: what model, target and sites it is for."""
-    modes = ["static", "dynamic"] + (["predictor"] if art.predictors is not None else [])
+    modes = usable_modes(art.predictors is not None)
     return {**model_identity(model), "model_source": source, "target_sparsity": art.config.target_sparsity,
             "sites": list(art.layer_names), "site": "act(gate_proj(x))", "modes": modes}
 

@@ -26,7 +26,7 @@ from sparsealign.align.config import AlignConfig, Method, facts
 from sparsealign.config import StrictModel, load_config, read_yaml
 from sparsealign.errors import UserError
 from sparsealign.models.micro import PRESETS as MICRO_PRESETS
-from sparsealign.sparse.config import Mode
+from sparsealign.sparse.modes import DYNAMIC, STATIC, Mode, mode_help
 
 PRESETS = ("default", "small", "real", "paper")
 # AlignConfig fields the study sets per cell itself (which model, which pairs, the seed, the cell's name)
@@ -150,7 +150,8 @@ class AlignmentConfig(StrictModel):
 
 class SparsityGrid(StrictModel):
     targets: list[float] = Field(default_factory=lambda: [0.5, 0.7, 0.9])
-    modes: list[Mode] = Field(default_factory=lambda: ["static", "dynamic"])
+    modes: list[Mode] = Field(default_factory=lambda: [STATIC, DYNAMIC], description=f"sparsity modes: "
+                              f"{mode_help()}")
     calibration_texts: int = Field(64, ge=4, description="code snippets (MBPP train solutions) for calibration")
     methods: list[Method] | None = Field(None, description="aligned methods evaluated sparse (the base model always "
                                          "is); None = every method in alignment.methods")
@@ -231,7 +232,7 @@ class ContrastConfig(StrictModel):
                                "annotation: each rationale method's annotation saving against DPO")
     dataset: str = Field(description="mbpp | generated | hh | uf | code")
     metric: str = Field("reward_accuracy", description="pass@1 | reward_accuracy | mean_margin | any per-item array")
-    mode: Mode = Field("dynamic", description="threshold mode of the sparse cells (alignment, size)")
+    mode: Mode = Field(DYNAMIC, description="threshold mode of the sparse cells (alignment, size)")
     of: Literal["alignment", "thresholds"] | None = Field(None, description="question=size: the effect followed")
 
     @model_validator(mode="after")

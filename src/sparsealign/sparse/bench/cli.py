@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
+from sparsealign.sparse.modes import DYNAMIC, MODES, STATIC
+
 DEFAULT_SPARSITIES = "0.5,0.7,0.9"
 PRESET_NAMES = ["1b-relu", "1b-relu-small", "tiny-relu"]  # mirrors sparse.bench.PRESETS (no torch import here)
-MODES = ("static", "dynamic", "predictor")
 
 
 def parse_floats(value: str, option: str, *, lo: float = 0.0, hi: float = 1.0) -> list[float]:
@@ -65,8 +66,8 @@ def _log(msg: str) -> None:
               help="Also report the speedup extrapolated to this depth from the measured per-layer times.")
 @click.option("--sparsity", "sparsity", default=DEFAULT_SPARSITIES, show_default=True,
               help="Comma-separated target sparsities (fraction of FFN neurons skipped).")
-@click.option("--modes", default="static,dynamic,predictor", show_default=True,
-              help="Comma-separated modes: static, dynamic, predictor.")
+@click.option("--modes", default=",".join(MODES), show_default=True,
+              help=f"Comma-separated modes: {', '.join(MODES)}.")
 @click.option("--tokens", type=click.IntRange(1, 4096), default=32, show_default=True,
               help="Decode steps timed per run.")
 @click.option("--repeats", type=click.IntRange(1, 50), default=3, show_default=True,
@@ -204,7 +205,8 @@ def _load_curve_model(spec: str):
                    "file, or smollm2-135m-instruct.")
 @click.option("--sparsity", "sparsity", default="0,0.1,0.2,0.3,0.5,0.7,0.9", show_default=True,
               help="Comma-separated target sparsities.")
-@click.option("--modes", default="static,dynamic", show_default=True, help="Comma-separated modes.")
+@click.option("--modes", default=f"{STATIC},{DYNAMIC}", show_default=True,
+              help=f"Comma-separated modes: {', '.join(MODES)}.")
 @click.option("--variants", default="intermediate", show_default=True,
               help="Sites thresholded, '+'-joined, one variant per comma: intermediate (|act(gate x)|, CATS), "
                    "ffn_input (FFN hidden-state input, TEAL), attn_input, attn_output; "

@@ -27,6 +27,7 @@ from sparsealign.io import atomic_path, atomic_write_json, atomic_write_text
 from sparsealign.sparse.bench.quality import dense_logits, evaluate_sparsity
 from sparsealign.sparse.calibration.calibrate import calibrate, record_activations, tokenize
 from sparsealign.sparse.config import SparsityConfig
+from sparsealign.sparse.modes import DYNAMIC, STATIC
 from sparsealign.stats.intervals import wilson_interval
 
 OPENINGS = ("Once upon a time", "One day", "Lily and Tom", "There was a little", "The sun was", "Ben had a",
@@ -78,7 +79,7 @@ def sample_texts(model: nn.Module, tokenizer, n: int, *, new_tokens: int = 96, s
 
 
 def sparsity_curve(model: nn.Module, tokenizer, calib_texts: Sequence[str], eval_texts: Sequence[str],
-                   sparsities: Sequence[float], modes: Sequence[str] = ("static", "dynamic"), *,
+                   sparsities: Sequence[float], modes: Sequence[str] = (STATIC, DYNAMIC), *,
                    variants: Sequence[Sequence[str]] = (("intermediate",),), prompt_tokens: int = 0,
                    max_length: int = 256, max_tokens: int = 1 << 20, log=None) -> dict[str, Any]:
     """Rows for every (sparsity, variant, mode): calibrate the variant's sites at the target on `calib_texts`

@@ -21,8 +21,9 @@ from torch import nn
 
 from sparsealign.sparse.artifacts import SparsityArtifacts
 from sparsealign.sparse.calibration.calibrate import tokenize
-from sparsealign.sparse.config import ControllerConfig, Mode, Prefill
+from sparsealign.sparse.config import ControllerConfig, Prefill
 from sparsealign.sparse.metrics import kl_per_token
+from sparsealign.sparse.modes import STATIC, Mode
 from sparsealign.sparse.runtime.patch import apply_sparsity
 
 
@@ -49,7 +50,7 @@ def dense_logits(model: nn.Module, ids_list: Sequence[torch.Tensor]) -> list[tor
 
 @torch.no_grad()
 def evaluate_sparsity(
-    model: nn.Module, tokenizer, texts: Sequence[str], artifacts: SparsityArtifacts, mode: Mode = "static",
+    model: nn.Module, tokenizer, texts: Sequence[str], artifacts: SparsityArtifacts, mode: Mode = STATIC,
     prefill: Prefill = "sparse", *, prompt_tokens: int = 0, max_length: int = 256,
     controller: ControllerConfig | None = None, per_token: bool = False, measure_speed: bool = False,
     speed_tokens: int = 32, dense: Sequence[torch.Tensor] | None = None,

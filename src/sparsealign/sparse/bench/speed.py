@@ -43,6 +43,7 @@ from sparsealign.sparse.bench.roofline import measure_bandwidth, paired_decode, 
 from sparsealign.sparse.calibration.calibrate import calibrate, record_activations
 from sparsealign.sparse.config import PredictorConfig, SparsityConfig
 from sparsealign.sparse.metrics import ideal_speedup
+from sparsealign.sparse.modes import facts, needs_predictors
 from sparsealign.sparse.runtime.decode import PatchedOps
 from sparsealign.sparse.runtime.hugepages import rehome_weights
 from sparsealign.sparse.runtime.patch import apply_sparsity
@@ -241,14 +242,14 @@ def bench_decode(
     rows: list[dict[str, Any]] = []
     bws = [measure_bandwidth(torch.get_num_threads())["gb_per_s"]]
     for sparsity in sparsities:
-        pcfg = PredictorConfig(enabled="predictor" in modes, rank=predictor_rank, epochs=predictor_epochs)
+        pcfg = PredictorConfig(enabled=needs_predictors(modes), rank=predictor_rank, epochs=predictor_epochs)
         art = calibrate(model, tokenizer, calib_texts, SparsityConfig(target_sparsity=sparsity, predictor=pcfg),
                         recording=rec)
-        if "predictor" in modes and predictor_cutoff == "density":
+        if needs_predictors(modes) and predictor_cutoff == "density":
             art.cutoffs = density_cutoffs(art.predictors, decode_x, sparsity)
         for mode in modes:
             extra = (4.0 * sum(p.numel() for p in art.predictors[0].parameters())
-                     if mode == "predictor" else 0.0)
+                     if facts(mode).predictor else 0.0)
             with apply_sparsity(model, art, mode, "dense", fast=True) as handle:
                 ops = PatchedOps(model, extra_mlp_bytes=extra)
                 paired_decode(model, ops, prompt_ids, min(tokens, 2))  # warm-up of this application

@@ -22,9 +22,10 @@ from sparsealign.errors import UserError
 from sparsealign.sparse.artifacts import SparsityArtifacts
 from sparsealign.sparse.config import SparsityConfig
 from sparsealign.sparse.metrics import empirical_threshold, kl_per_token
+from sparsealign.sparse.modes import STATIC
+from sparsealign.sparse.runtime.patch import apply_sparsity, find_mlps
 from sparsealign.sparse.runtime.predictor import train_predictor
 from sparsealign.sparse.runtime.state import find_attention
-from sparsealign.sparse.runtime.patch import apply_sparsity, find_mlps
 
 
 @dataclass
@@ -137,7 +138,7 @@ def greedy_allocation(model: nn.Module, art: SparsityArtifacts, rec: Recording, 
 
     def error(lv: list[float]) -> float:
         thr = [empirical_threshold(abs_a[i], lv[i]) for i in range(L)]
-        with apply_sparsity(model, art, "static", "sparse", fast=False, thresholds=thr):
+        with apply_sparsity(model, art, STATIC, "sparse", fast=False, thresholds=thr):
             return sum(float(kl_per_token(d, model(input_ids=ids).logits).mean()) for d, ids in zip(dense, batch, strict=True))
 
     while sum(levels) / L < target - 1e-9:

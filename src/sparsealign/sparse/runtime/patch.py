@@ -34,8 +34,9 @@ from torch import nn
 
 from sparsealign.errors import UserError
 from sparsealign.sparse.artifacts import SparsityArtifacts
-from sparsealign.sparse.config import SITES, ControllerConfig, Mode, Prefill
+from sparsealign.sparse.config import SITES, ControllerConfig, Prefill
 from sparsealign.sparse.metrics import ffn_flops
+from sparsealign.sparse.modes import STATIC, Mode, facts
 from sparsealign.sparse.runtime.controller import ThresholdController
 from sparsealign.sparse.runtime.fastpath import NeuronMajor
 from sparsealign.sparse.runtime.state import (
@@ -70,8 +71,8 @@ class SparseMLP(nn.Module):
         super().__init__()
         self.inner, self.layer = inner, layer
         object.__setattr__(self, "_rt", rt)  # shared, not a submodule
-        object.__setattr__(self, "_nm", NeuronMajor(inner, with_gate_up=rt.mode == "predictor",
-                                                    precheck=rt.mode != "predictor") if rt.fast else None)
+        object.__setattr__(self, "_nm", NeuronMajor(inner, with_gate_up=rt.facts.predictor,
+                                                    precheck=not rt.facts.predictor) if rt.fast else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rt = self._rt
@@ -93,7 +94,7 @@ class SparseMLP(nn.Module):
         mask = abs_a > t.to(device=abs_a.device, dtype=abs_a.dtype).unsqueeze(-1)
         computed = mask
         w = position_weights(valid, B, T, n_dense, x.device)
-        if rt.mode == "predictor":
+        if rt.facts.predictor:
             pred = rt.predictors[li](x.float()) >= rt.cutoffs[li]
             c = rt.counts[li]
             c[3] += float(((pred & mask).sum(-1) * w).sum())
@@ -115,14 +116,14 @@ class SparseMLP(nn.Module):
         inter = rt.art.intermediate_size
         if "ffn_input" in rt.input_sites:  # semantics here; the kept columns are what a column-sparse gate/up reads
             x = rt.mask_input("ffn_input", li, x.view(1, 1, -1))[0].view(-1)
-        if rt.mode == "predictor":
+        if rt.facts.predictor:
             idx = (rt.predictors[li](x.float()) >= rt.cutoffs[li]).nonzero().squeeze(1)
             t = rt.thresholds[li]
             y, kept = nm.predicted_decode(x, idx, t)
             computed = idx.numel()
         else:
             floor = self._threshold_floor()
-            ctl = rt.controller if rt.mode == "dynamic" else None
+            ctl = rt.controller  # None unless the mode has a controller
             if nm.precheck_ready(floor) and (ctl is None or not ctl.cfg.frozen):
                 y, kept, t = nm.sparse_ffn(x, floor, rt.thresholds[li], ctl, li)  # pre-check .. down, 2 C calls
             else:
@@ -144,9 +145,9 @@ class SparseMLP(nn.Module):
     def _threshold_floor(self) -> float:
         """Hook for the fast path's gate pre-check: a value <= the threshold this decode step will apply."""
         rt, li = self._rt, self.layer
-        if rt.mode != "dynamic":
-            return rt.thresholds[li]
         ctl = rt.controller
+        if ctl is None:
+            return rt.thresholds[li]
         if not ctl.enabled[li]:
             return 0.0
         if ctl.cfg.frozen:
@@ -284,21 +285,21 @@ class SparsityHandle:
 
 
 def apply_sparsity(
-    model: nn.Module, artifacts: SparsityArtifacts, mode: Mode = "static", prefill: Prefill = "dense", *,
+    model: nn.Module, artifacts: SparsityArtifacts, mode: Mode = STATIC, prefill: Prefill = "dense", *,
     fast: bool = True, controller: ControllerConfig | None = None, thresholds: list[float] | None = None,
 ) -> SparsityHandle:
     """Patch `model` in place; returns the handle (call `.remove()` to restore).
 
-    mode: static (calibrated thresholds), dynamic (online controller; `controller` overrides the calibrated
-    ControllerConfig, frozen=True == static), predictor (predicted active set AND the static threshold).
+    mode: one of `sparse.modes.MODES`, run by its facts: static (calibrated thresholds), dynamic (a controller;
+    `controller` overrides the calibrated ControllerConfig, frozen=True == static), predictor (predicted active set
+    AND the static threshold).
     fast: use the gather-accumulate kernels for batch-1 single-token calls (apply after moving the model).
     """
-    if mode not in ("static", "dynamic", "predictor"):
-        raise UserError(f"mode {mode!r}: expected one of static, dynamic, predictor")
+    mf = facts(mode)  # an unknown mode: the one error message
     if prefill not in ("dense", "sparse"):
         raise UserError(f"prefill {prefill!r}: expected dense or sparse")
-    if mode == "predictor" and artifacts.predictors is None:
-        raise UserError("mode predictor: these artifacts have no predictors",
+    if mf.predictor and artifacts.predictors is None:
+        raise UserError(f"mode {mode}: these artifacts have no predictors",
                         hint="calibrate with --set predictor.enabled=true")
     if any(isinstance(m, SparseMLP) for m in model.modules()):
         raise UserError("this model is already sparsified", hint="call .remove() on the previous handle first")
@@ -312,7 +313,7 @@ def apply_sparsity(
         raise UserError(f"artifacts intermediate_size {artifacts.intermediate_size} != model's {inter}")
     thr = list(thresholds if thresholds is not None else artifacts.thresholds)
     ctl = None
-    if mode == "dynamic":  # one channel per (site, layer), site-major; sites not calibrated stay dense
+    if mf.controller:  # one channel per (site, layer), site-major; sites not calibrated stay dense
         per_site = [artifacts.site(site) for site in SITES]
         ctl = ThresholdController(thr + [t for v in per_site[1:] for t in v["thresholds"]],
                                   [s for v in per_site for s in v["layer_sparsity"]],

@@ -19,7 +19,8 @@ from torch import nn
 
 from sparsealign.errors import UserError
 from sparsealign.sparse.artifacts import SparsityArtifacts
-from sparsealign.sparse.config import SITES, Mode, Prefill
+from sparsealign.sparse.config import SITES, Prefill
+from sparsealign.sparse.modes import Mode, facts
 from sparsealign.sparse.runtime.controller import ThresholdController
 
 INPUT_SITES = SITES[1:]
@@ -47,6 +48,7 @@ class Runtime:
     def __init__(self, art: SparsityArtifacts, mode: Mode, prefill: Prefill, fast: bool,
                  controller: ThresholdController | None, thresholds: list[float]):
         self.art, self.mode, self.prefill, self.fast = art, mode, prefill, fast
+        self.facts = facts(mode)  # what the mode does: the wrappers and hooks branch on these, never on the name
         self.controller, self.thresholds = controller, thresholds
         self.predictors, self.cutoffs = art.predictors, art.cutoffs
         # static thresholds per site and layer; input sites are active when calibrated above 0
@@ -136,7 +138,7 @@ class Runtime:
 
     def thresholds_for(self, site: str, layer: int, abs_v: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """[B, T] thresholds for abs_v [B, T, D]: the static value, or the controller's per-row scan."""
-        if self.mode == "dynamic":
+        if self.facts.controller:
             parents = self.parents
             parents = parents if parents is not None and tuple(parents.shape) == tuple(abs_v.shape[:2]) else None
             return self.controller.scan(SITES.index(site) * self.art.num_layers + layer, abs_v, valid, parents)
