@@ -68,7 +68,7 @@ def synthetic_study(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
                     rows.append(dict(size=size, params=params, method=method, mode="dense", target_sparsity=0.0,
                                      metric="preference_accuracy", value=items[(method, n_pairs)].mean(),
                                      dataset="hh-rlhf", subset_fraction=frac, n_pairs=n_pairs))
-        savings = annotation_savings(items, n_resamples=200, seed=2)
+        savings = annotation_savings(items, reference="dpo", n_resamples=200, seed=2)
         rows += scaling.annotation_rows(savings, size=size, params=params, dataset="hh-rlhf",
                                         unit="pairs").to_dict("records")
     return pd.DataFrame(rows), pd.DataFrame(traces)

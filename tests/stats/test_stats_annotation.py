@@ -28,13 +28,13 @@ def test_dpo_self_saving_is_one_even_when_its_curve_crosses_early():
     its all-pairs accuracy at the smallest subset; the saving must be exactly 1 there, and in every replicate."""
     curve = {("dpo", 100): 0.62, ("dpo", 300): 0.58, ("dpo", 900): 0.60,
              ("rdpo", 100): 0.50, ("rdpo", 300): 0.55, ("rdpo", 900): 0.70}
-    out = {s.method: s for s in annotation_savings(_items(curve), n_resamples=500, seed=0)}
+    out = {s.method: s for s in annotation_savings(_items(curve), reference="dpo", n_resamples=500, seed=0)}
     dpo = out["dpo"]
     assert dpo.status == "reached_at_smallest"  # the situation that used to give 9.0
     assert dpo.saving == 1.0 and (dpo.ci_low, dpo.ci_high) == (1.0, 1.0) and dpo.p == 1.0
     # and on a clean curve too
     clean = {("dpo", 100): 0.55, ("dpo", 300): 0.60, ("dpo", 900): 0.65}
-    (only,) = annotation_savings(_items(clean), n_resamples=200, seed=3)
+    (only,) = annotation_savings(_items(clean), reference="dpo", n_resamples=200, seed=3)
     assert only.method == "dpo" and only.saving == 1.0 and (only.ci_low, only.ci_high) == (1.0, 1.0)
 
 
@@ -45,7 +45,7 @@ def test_saving_against_dpo_and_methods_without_a_curve():
              ("rdpo", 300): 0.65, ("rdpo", 900): 0.70, ("orpo", 100): 0.50, ("orpo", 300): 0.52,
              ("orpo", 900): 0.55, ("simpo", 900): 0.9}
     items = _items(curve)
-    out = {s.method: s for s in annotation_savings(items, n_resamples=400, seed=0)}
+    out = {s.method: s for s in annotation_savings(items, reference="dpo", n_resamples=400, seed=0)}
     assert set(out) == {"dpo", "orpo", "rdpo"}  # simpo: one subset, no saving reported
     target = items[("dpo", 900)].mean()
     ref = pairs_needed([100, 300, 900], [items[("dpo", n)].mean() for n in (100, 300, 900)], target)
@@ -69,7 +69,7 @@ def test_seeds_are_resampled_with_the_items():
         seeded[("rdpo", n)] = np.stack([(curve[("rdpo", n)] + shift > BASE).astype(float)
                                         for shift in (-0.05, 0.0, 0.05)])
         seeded[("dpo", n)] = np.repeat(one[("dpo", n)], 3, axis=0)
-    a = {s.method: s for s in annotation_savings(one, n_resamples=400, seed=0)}
-    b = {s.method: s for s in annotation_savings(seeded, n_resamples=400, seed=0)}
+    a = {s.method: s for s in annotation_savings(one, reference="dpo", n_resamples=400, seed=0)}
+    b = {s.method: s for s in annotation_savings(seeded, reference="dpo", n_resamples=400, seed=0)}
     assert b["dpo"].saving == 1.0 and (b["dpo"].ci_low, b["dpo"].ci_high) == (1.0, 1.0)
     assert b["rdpo"].ci_high - b["rdpo"].ci_low > a["rdpo"].ci_high - a["rdpo"].ci_low

@@ -31,6 +31,10 @@ METHODS = tuple(METHOD_FACTS)  # dpo, orpo, simpo, rdpo, rorpo, rsimpo
 Method = Literal[METHODS]  # type: ignore[valid-type]
 RATIONALE_METHODS = tuple(m for m, f in METHOD_FACTS.items() if f.uses_rationale)
 REFERENCE_METHODS = tuple(m for m, f in METHOD_FACTS.items() if f.needs_reference)
+# The method the others are measured against (the report's methods-vs table, the annotation saving of the rationale
+# methods): DPO, the established baseline of preference alignment.
+BASELINE_METHOD = "dpo"
+assert BASELINE_METHOD in METHOD_FACTS
 
 
 def facts(method: str) -> MethodFacts:

@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # headless: no display, deterministic rendering
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sparsealign.align.config import BASELINE_METHOD
 from sparsealign.io import atomic_path
 from sparsealign.sparse.modes import MODE_FACTS
 
@@ -154,7 +155,7 @@ def speed_vs_sparsity(df, *, metric: str = "tokens_per_s"):
 
 
 def annotation_curves(df, *, metric: str = "preference_accuracy", dataset: str | None = None,
-                      reference: str = "dpo"):
+                      reference: str = BASELINE_METHOD):
     """Held-out metric vs number of training pairs (log x) per method; the dashed line is the reference's
     all-pairs value, the target the annotation saving is measured against."""
     sub = df[(df["metric"] == metric) & (df["mode"] == "dense") & (df["method"] != "base")]

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from sparsealign.align.config import BASELINE_METHOD
 from sparsealign.report.items import BOUNDED, CellKey, ItemStore, broadcast_pool, concat_items, item_kind
 from sparsealign.sparse.modes import DYNAMIC, STATIC
 from sparsealign.stats.annotation import annotation_savings
@@ -29,7 +30,7 @@ from sparsealign.stats.paired import bound_of, paired_difference
 from sparsealign.stats.slopes import MIN_SIZES, slope_interval
 from sparsealign.study.config import ContrastConfig, ReportConfig
 
-BASE, REFERENCE = "base", "dpo"
+BASE, REFERENCE = "base", BASELINE_METHOD
 QUESTIONS = {
     "alignment": "(a) Does alignment survive sparsity?",
     "thresholds": f"(b) {DYNAMIC.capitalize()} vs {STATIC} thresholds",

@@ -74,7 +74,7 @@ def _savings(acc: Mapping[tuple[str, float], float], methods: list[str], referen
     return out
 
 
-def annotation_savings(curves: Mapping[tuple[str, float], Sequence | np.ndarray], *, reference: str = "dpo",
+def annotation_savings(curves: Mapping[tuple[str, float], Sequence | np.ndarray], *, reference: str,
                        n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL,
                        seed: int = 0) -> list[AnnotationSaving]:
     """Per method with a curve, the saving against `reference` and its CI.
