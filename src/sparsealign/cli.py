@@ -12,6 +12,7 @@ import sys
 import click
 
 from sparsealign import __version__
+from sparsealign.align.config import LABELS, RATIONALE_METHODS, facts
 from sparsealign.errors import UserError
 from sparsealign.settings import DATA_DIR_ENV, RUNS_DIR_ENV
 from sparsealign.sparse.modes import MODES
@@ -27,21 +28,24 @@ class PipelineGroup(click.Group):
         return sorted(self.commands, key=lambda name: (rank.get(name, len(rank)), name))
 
 
-@click.group(cls=PipelineGroup, context_settings=CONTEXT)
+HELP = f"""Preference alignment ({LABELS}) under PowerInfer-style activation-sparse inference with
+dynamic thresholds, across model sizes.
+
+\b
+Pipeline: data -> pretrain/convert -> rationales -> align -> sparsify -> eval -> study.
+`sparsealign study` runs it all; every stage is also a verb of its own that reads and writes files in
+runs/<name>/, so it can run alone.
+"""
+
+
+@click.group(cls=PipelineGroup, context_settings=CONTEXT, help=HELP)
 @click.version_option(__version__, prog_name="sparsealign")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help=f"Directory that relative dataset names resolve against (env ${DATA_DIR_ENV}; default ../shared/data).")
 @click.option("--runs-dir", type=click.Path(file_okay=False), default=None,
               help=f"Where run directories are created (env ${RUNS_DIR_ENV}; default ./runs).")
 def cli(data_dir: str | None, runs_dir: str | None) -> None:
-    """Preference alignment (DPO, ORPO, SimPO, RDPO, RORPO) under PowerInfer-style activation-sparse inference
-    with dynamic thresholds, across model sizes.
-
-    \b
-    Pipeline: data -> pretrain/convert -> rationales -> align -> sparsify -> eval -> study.
-    `sparsealign study` runs it all; every stage is also a verb of its own that reads and writes files in
-    runs/<name>/, so it can run alone.
-    """
+    """The `sparsealign` group (its help is HELP: the methods are read from the method table)."""
     if data_dir is not None:
         os.environ[DATA_DIR_ENV] = data_dir
     if runs_dir is not None:
@@ -51,7 +55,8 @@ def cli(data_dir: str | None, runs_dir: str | None) -> None:
 # Verb groups whose commands come from several modules (each module adds its own commands to them).
 GROUPS = {
     "data": "Read, check and prepare preference pairs and MBPP tasks (`data inspect`, `data prepare`).",
-    "rationales": "Generate rationales that explain why the chosen response is preferred (for RDPO/RORPO/RSimPO).",
+    "rationales": "Generate rationales that explain why the chosen response is preferred (for "
+                  f"{'/'.join(facts(m).label for m in RATIONALE_METHODS)}).",
     "sparsify": f"Profile, calibrate, apply and benchmark activation sparsity ({', '.join(MODES)}).",
     "sandbox": "Run untrusted Python programs under the evaluation sandbox.",
     "eval": "Evaluate models: MBPP pass@k, preference metrics and divergence, judge win rates.",

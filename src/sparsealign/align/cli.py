@@ -9,12 +9,13 @@ import sys
 
 import click
 
-from sparsealign.align.config import METHODS
+from sparsealign.align.config import METHODS, RATIONALE_METHODS
 
 
 @click.command("align", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--method", type=click.Choice(METHODS), default=None,
-              help="Loss: dpo, orpo, simpo, or the rationale variants rdpo/rorpo/rsimpo (need a `rationale` per pair).")
+              help=f"Loss: {', '.join(m for m in METHODS if m not in RATIONALE_METHODS)}, or the rationale variants "
+                   f"{'/'.join(RATIONALE_METHODS)} (need a `rationale` per pair).")
 @click.option("--model", "model", default=None, help="Local directory or hub id of a causal LM (AutoModelForCausalLM).")
 @click.option("--data", default=None, help="Preference pairs: a file (relative names resolve in the data dir) or hub id.")
 @click.option("--eval-data", default=None, help="Held-out pairs evaluated at start and end (reward accuracy, margins).")

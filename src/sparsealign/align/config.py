@@ -20,17 +20,20 @@ class MethodFacts:
     uses_rationale: bool  # R*: adds γ_r·NLL(rationale), needs a rationale per pair (arXiv 2407.14477)
     default_beta: float  # β when the config leaves it unset (SimPO paper: β in [2, 2.5] with γ/β = 0.5)
     reward_uses_beta: bool  # ORPO's log-odds reward carries no β
+    label: str  # the name in help texts and docs: DPO, RSimPO, ...
 
 
-_BASES = {"dpo": (True, 0.1, True), "orpo": (False, 0.1, False), "simpo": (False, 2.0, True)}
+# base loss: (needs a reference, default β, reward carries β, label); each also comes as its rationale variant r<base>
+_BASES = {"dpo": (True, 0.1, True, "DPO"), "orpo": (False, 0.1, False, "ORPO"), "simpo": (False, 2.0, True, "SimPO")}
 METHOD_FACTS = {
-    f"{prefix}{base}": MethodFacts(base, ref, prefix == "r", beta, scaled)
-    for prefix in ("", "r") for base, (ref, beta, scaled) in _BASES.items()
+    f"{prefix}{base}": MethodFacts(base, ref, prefix == "r", beta, scaled, prefix.upper() + label)
+    for prefix in ("", "r") for base, (ref, beta, scaled, label) in _BASES.items()
 }
 METHODS = tuple(METHOD_FACTS)  # dpo, orpo, simpo, rdpo, rorpo, rsimpo
 Method = Literal[METHODS]  # type: ignore[valid-type]
 RATIONALE_METHODS = tuple(m for m, f in METHOD_FACTS.items() if f.uses_rationale)
 REFERENCE_METHODS = tuple(m for m, f in METHOD_FACTS.items() if f.needs_reference)
+LABELS = ", ".join(f.label for f in METHOD_FACTS.values())  # DPO, ORPO, SimPO, RDPO, RORPO, RSimPO
 # The method the others are measured against (the report's methods-vs table, the annotation saving of the rationale
 # methods): DPO, the established baseline of preference alignment.
 BASELINE_METHOD = "dpo"

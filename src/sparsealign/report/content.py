@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sparsealign.align.config import facts
 from sparsealign.report import figures, scaling
 from sparsealign.report.blocks import Block
 from sparsealign.report.findings import REFERENCE, Finding, paragraphs
@@ -18,6 +19,7 @@ from sparsealign.stats.slopes import slope_interval
 from sparsealign.study.config import ReportConfig
 
 HEADLINE_ACCURACY = ("pass@1", "preference_accuracy", "reward_accuracy")
+REFERENCE_LABEL = facts(REFERENCE).label  # DPO
 SPARSITY_FIGURE_METRICS = (*HEADLINE_ACCURACY, "divergence", "preference_divergence", "flip_rate")
 SIZE_FIGURE_METRICS = (*HEADLINE_ACCURACY, "divergence", "preference_divergence")
 SECONDARY_RESAMPLES = 1000  # the per-row tables have hundreds of rows; the primary contrasts use report.bootstrap
@@ -157,7 +159,7 @@ def _figures(df: pd.DataFrame, traces: pd.DataFrame | None, fig_dir: Path) -> li
     acc = "preference_accuracy" if (df["metric"] == "preference_accuracy").any() else "reward_accuracy"
     for dataset in sorted(df.loc[df["metric"] == acc, "dataset"].unique()):
         specs.append((f"annotation_efficiency_{dataset}", f"annotation efficiency ({dataset}): held-out {acc} vs "
-                      "training pairs; dashed = DPO with all pairs",
+                      f"training pairs; dashed = {REFERENCE_LABEL} with all pairs",
                       lambda d=dataset: figures.annotation_curves(df, metric=acc, dataset=d)))
     blocks = []
     for name, caption, make in specs:
@@ -261,9 +263,9 @@ def build_blocks(df: pd.DataFrame, traces: pd.DataFrame | None, fig_dir: Path, t
     ann = df[df["metric"] == "annotation_saving"]
     if not ann.empty:
         blocks += [Block("h2", "Annotation efficiency"),
-                   Block("p", "Per size: pairs DPO needs to reach its own all-pairs held-out accuracy / pairs the "
-                         "method needs (same interpolation on log #pairs; DPO's own saving is 1 by construction); "
-                         "95% bootstrap CI over held-out pairs. Only methods trained on >= 2 subsets."),
+                   Block("p", f"Per size: pairs {REFERENCE_LABEL} needs to reach its own all-pairs held-out accuracy / "
+                         f"pairs the method needs (same interpolation on log #pairs; {REFERENCE_LABEL}'s own saving is 1 "
+                         "by construction); 95% bootstrap CI over held-out pairs. Only methods trained on >= 2 subsets."),
                    Block("table", table=ann[["size", "dataset", "method", "value", "ci_low", "ci_high", "n",
                                              "note"]].rename(columns={"value": "saving"}))]
     return blocks

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from sparsealign.align.config import METHODS
 from sparsealign.config import config_hash
 from sparsealign.io import atomic_path, atomic_write_text
 from sparsealign.report import content, scaling
@@ -28,7 +29,7 @@ from sparsealign.study.config import ReportConfig
 RESULT_COLUMNS = {
     "size": "family member name (e.g. micro-s)",
     "params": "parameter count of that member",
-    "method": "base | dpo | orpo | simpo | rdpo | rorpo | rsimpo",
+    "method": " | ".join(("base", *METHODS)),
     "mode": " | ".join(("dense", *MODES)) + " (threshold mode of sparse inference)",
     "target_sparsity": "target activation sparsity (0 for dense)",
     "metric": "pass@1 | preference_accuracy | divergence | flip_rate | realized_sparsity | tokens_per_s | "

@@ -22,13 +22,15 @@ from pydantic import (
     model_validator,
 )
 
-from sparsealign.align.config import AlignConfig, Method, facts
+from sparsealign.align.config import BASELINE_METHOD, METHOD_FACTS, METHODS, AlignConfig, Method, facts
 from sparsealign.config import StrictModel, load_config, read_yaml
 from sparsealign.errors import UserError
 from sparsealign.models.micro import PRESETS as MICRO_PRESETS
 from sparsealign.sparse.modes import DYNAMIC, STATIC, Mode, mode_help
 
 PRESETS = ("default", "small", "real", "paper")
+# the baseline method and its rationale variant (dpo, rdpo): what the annotation question compares
+BASELINE_FAMILY = tuple(m for m, f in METHOD_FACTS.items() if f.base == facts(BASELINE_METHOD).base)
 # AlignConfig fields the study sets per cell itself (which model, which pairs, the seed, the cell's name)
 STUDY_SET_FIELDS = ("method", "model", "data", "data_split", "eval_data", "eval_split", "max_pairs",
                     "max_eval_pairs", "seed", "cell", "missing_rationales")
@@ -103,14 +105,17 @@ class FamilyConfig(StrictModel):
 
 
 class AlignmentConfig(StrictModel):
-    methods: list[Method] = Field(default_factory=lambda: ["dpo", "orpo", "simpo", "rdpo", "rorpo"])
+    methods: list[Method] = Field(default_factory=lambda: list(METHODS), description="aligned models (default: "
+                                  "every method of align.config.METHOD_FACTS)")
     preference_data: str = "hh-rlhf/helpful-base/test.jsonl.gz"
     max_pairs: int = Field(600, ge=8, description="preference pairs used for training (before subsetting)")
     heldout_pairs: int = Field(200, ge=8, description="held-out human pairs for accuracy / divergence")
     code_pair_tasks: int = Field(120, ge=4, description="MBPP train/validation + generated tasks sampled for code pairs")
     code_pair_samples: int = Field(4, ge=2, description="samples per task used to find a passing and a failing one")
     subsets: list[float] = Field(default_factory=lambda: [1 / 9, 1 / 3, 1.0])
-    subset_methods: list[Method] = Field(default_factory=lambda: ["dpo", "rdpo"])
+    subset_methods: list[Method] = Field(default_factory=lambda: list(BASELINE_FAMILY), description="methods also "
+                                         "trained on the subsets (default: the baseline method and its rationale "
+                                         "variant, the annotation question's pair)")
     seeds: int = Field(1, ge=1, le=20, description="alignment seeds per aligned model: replicate r trains with seed "
                        "study.seed + r (data order, rationale order); r > 0 adds an s<r> segment to its cell keys")
     settings: AlignSettings = Field(default_factory=AlignSettings,  # type: ignore[valid-type]
