@@ -6,6 +6,8 @@ Layout of an artifacts directory (by default `<model dir>/sparsity/`):
                            predictor.<l>.fc1.weight ..., cutoffs [L]
     sparsity.json          format version, sites, layer names, sizes, SparsityConfig, calibration metrics, model info
 The directory is written atomically as a whole; reloading gives bit-identical tensors, hence identical outputs.
+Several targets calibrated from one recording (the study's calibrate cell) live side by side: `target_dir(root, t)`
+= `root/t<t:.2f>/`, one artifacts directory each.
 """
 
 from __future__ import annotations
@@ -92,6 +94,11 @@ def save_artifacts(art: SparsityArtifacts, path: str | Path) -> Path:
         save_file(tensors, str(tmp / TENSORS))
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     return path
+
+
+def target_dir(root: str | Path, target: float) -> Path:
+    """`root/t0.50`: the artifacts directory of one target among several (targets are distinct at 2 decimals)."""
+    return Path(root) / f"t{target:.2f}"
 
 
 def load_artifacts(path: str | Path) -> SparsityArtifacts:

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from sparsealign.config import StrictModel
 from sparsealign.models.loading import load_model_and_tokenizer
-from sparsealign.sparse.artifacts import SparsityArtifacts, save_artifacts
+from sparsealign.sparse.artifacts import SparsityArtifacts, save_artifacts, target_dir
 from sparsealign.sparse.calibration.calibrate import calibrate, record_activations
 from sparsealign.sparse.calibration.profile import build_profile, save_profile
 from sparsealign.sparse.config import SparsityConfig
@@ -32,10 +32,6 @@ class CalibrateRunConfig(StrictModel):
     sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
     targets: list[float] | None = Field(None, description="several targets from one recording (out_dir/t<target>)")
     profile: bool = Field(True, description="also write the activation profile (single target: out_dir/profile)")
-
-
-def target_dir(out_dir: str | Path, target: float) -> Path:
-    return Path(out_dir) / f"t{target:.2f}"
 
 
 def run_calibrate(cfg: CalibrateRunConfig, out_dir: str | Path, *, texts: Sequence[str] | None = None,
