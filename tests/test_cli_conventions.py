@@ -50,6 +50,9 @@ def test_hf_and_trl_names_in_set_map_to_our_fields() -> None:
     study = load_config(StudyConfig, None, ["beta=0.3", "learning_rate=1e-4", "lora_r=4"])
     settings = study.alignment.settings
     assert (settings.beta, settings.lr, settings.lora.r) == (0.3, 1e-4, 4)
+    # one alias table: every HF/TRL name AlignConfig takes reaches the study's alignment.settings too
+    settings = load_config(StudyConfig, None, ["lora_alpha=8", "warmup_ratio=0.1"]).alignment.settings
+    assert (settings.lora.alpha, settings.warmup) == (8, 0.1)
 
 
 def test_unknown_set_keys_suggest_instead_of_listing(cli) -> None:

@@ -123,6 +123,13 @@ def _has_path(model: type[BaseModel], dotted: str) -> bool:
     return True
 
 
+def aliases_under(prefix: str, model: type[BaseModel], names: Iterable[str] = ()) -> dict[str, str]:
+    """`set_aliases` of a config that holds `model` at the dotted `prefix`: `--set NAME=...` for each of `names`
+    (fields of `model`) and for each HF/TRL alias of a field `model` has (HF_ALIASES), forwarded to `prefix.<field>`."""
+    table = {**{n: n for n in names}, **HF_ALIASES}
+    return {k: f"{prefix}.{v}" for k, v in table.items() if _has_path(model, v)}
+
+
 def resolve_key(model: type[BaseModel], key: str) -> str:
     """`--set` key -> our dotted field: itself if it exists, else the config's own alias, else an HF/TRL alias."""
     if _has_path(model, key):

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from sparsealign.align.config import BASELINE_METHOD, METHOD_FACTS, METHODS, AlignConfig, Method, facts
-from sparsealign.config import StrictModel, load_config, read_yaml
+from sparsealign.config import StrictModel, aliases_under, load_config, read_yaml
 from sparsealign.errors import UserError
 from sparsealign.models.micro import PRESETS as MICRO_PRESETS
 from sparsealign.sparse.modes import DYNAMIC, STATIC, Mode, mode_help
@@ -270,11 +270,10 @@ class ReportConfig(StrictModel):
         "family and dense tables show beside this run's, labelled with their family; never in a fit or Finding"))
 
 
-# `--set beta=0.2` on a study means the alignment hyper-parameter, which lives in alignment.settings
-_ALIGN_SETTING_ALIASES = {k: f"alignment.settings.{v}" for k, v in {
-    "beta": "beta", "lr": "lr", "learning_rate": "lr", "batch_size": "batch_size",
-    "per_device_train_batch_size": "batch_size", "grad_accum": "grad_accum", "gradient_accumulation_steps":
-    "grad_accum", "epochs": "epochs", "num_train_epochs": "epochs", "lora_r": "lora.r"}.items()}
+# `--set beta=0.2` on a study means the alignment hyper-parameter, which lives in alignment.settings (and so do the
+# HF/TRL names of config.HF_ALIASES: `--set learning_rate=1e-4`, `--set lora_r=8`)
+_ALIGN_SETTING_ALIASES = aliases_under("alignment.settings", AlignSettings,
+                                       ("beta", "lr", "batch_size", "grad_accum", "epochs"))
 
 
 class StudyConfig(StrictModel):
