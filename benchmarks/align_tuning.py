@@ -31,7 +31,7 @@ from sparsealign.data.preference import load_pairs, write_pairs_jsonl
 from sparsealign.data.splits import split_pairs
 from sparsealign.evaluate.generation import SamplingConfig
 from sparsealign.evaluate.mbpp.evaluator import MbppEvalConfig, evaluate_mbpp
-from sparsealign.evaluate.mbpp.likelihood import alignment_kl, reference_nll
+from sparsealign.evaluate.mbpp.likelihood import reference_kl, reference_nll
 from sparsealign.ledger import Ledger
 from sparsealign.models.micro import get_recipe
 from sparsealign.models.pretrain import ensure_family, load_member
@@ -78,7 +78,7 @@ def evaluate(path, ref_model):
     p1 = s["pass@1"]["estimate"] if isinstance(s["pass@1"], dict) else s["pass@1"]
     out = {"gen_pass@1": p1, "nll": reference_nll(model, tok, mbpp, n_resamples=0).summary["estimate"]}
     if ref_model is not None:
-        out["kl_vs_base"] = alignment_kl(model, ref_model, tok, mbpp, n_resamples=0).summary["estimate"]
+        out["kl_vs_base"] = reference_kl(model, ref_model, tok, mbpp, n_resamples=0).summary["estimate"]
     for name, pairs in held.items():
         sc = score_pairs(model, tok, pairs, st, batch_size=16)
         avg = (sc["chosen_logps"] / sc["chosen_n"] - sc["rejected_logps"] / sc["rejected_n"]).numpy()

@@ -86,7 +86,7 @@ def test_dispatch_rewards_and_missing_inputs():
         L.preference_loss(L.LossParams("dpo"), w, nw, lo, nl)
     with pytest.raises(ValueError, match="rationale"):
         L.preference_loss(L.LossParams("rsimpo"), w, nw, lo, nl)
-    assert [m for m in L.METHODS if L.needs_reference(m)] == ["dpo", "rdpo"]
+    assert [m for m in L.METHODS if L.facts(m).needs_reference] == ["dpo", "rdpo"]
     assert L.REFERENCE_METHODS == ("dpo", "rdpo") and L.RATIONALE_METHODS == ("rdpo", "rorpo", "rsimpo")
 
 

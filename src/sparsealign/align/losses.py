@@ -192,15 +192,6 @@ def loss_for(method: str) -> PreferenceLoss:
     return LOSSES[method]
 
 
-def base_method(method: str) -> str:
-    """`rdpo` -> `dpo`, `rorpo` -> `orpo`, `rsimpo` -> `simpo` (the rationale term is added on top)."""
-    return facts(method).base
-
-
-def needs_reference(method: str) -> bool:
-    return facts(method).needs_reference
-
-
 def preference_loss(
     params: LossParams,
     logp_w: torch.Tensor, n_w: torch.Tensor, logp_l: torch.Tensor, n_l: torch.Tensor,

@@ -7,12 +7,13 @@ bootstrap CI over tasks:
 
     reference_nll(model, tok, tasks)             -> NLL of the reference tokens (nats/token)
     reference_kl(p_model, q_model, tok, tasks)   -> KL(p || q) of the next-token distributions at the same
-                                                    reference positions (nats/token):
-        sparse_kl   = reference_kl(dense, sparse)    the cost of sparsity
-        alignment_kl = reference_kl(aligned, base)   the cost of alignment, on code neither model trained on
-    code_likelihood(model, tok, tasks, ...)      -> all of them for one model in one pass (what the study runs)
-    natural_sparsity(model, tok, tasks)          -> fraction of exactly-zero MLP activations (ReLU gate) over
-                                                    every real token of prompt + reference (no threshold)
+                                                    reference positions (nats/token)
+    code_likelihood(model, tok, tasks, ...)      -> all of them for one model in one pass (what the study runs):
+        kl_to={"alignment_kl": base}                 KL(model || base), the cost of alignment, on code neither
+                                                     model trained on
+        kl_from={"sparse_kl": dense}                 KL(dense || model) of a sparsified model, the cost of sparsity
+        zeros=True -> "natural_sparsity"             fraction of exactly-zero MLP activations (ReLU gate) over
+                                                     every real token of prompt + reference (no threshold)
 
 Encoding follows lm-eval's `loglikelihood` (`_encode_pair`): the context's trailing whitespace moves to the
 continuation, the whole string is tokenised once and the continuation is what follows the context's tokens, so the
@@ -246,19 +247,3 @@ def reference_kl(p_model: Any, q_model: Any, tok: Any, tasks: Sequence[MbppTask]
                  **kw: Any) -> ItemMetric:
     """Per-token KL(p || q) at the reference-solution positions (p, q: two models with the same tokenizer)."""
     return code_likelihood(p_model, tok, tasks, kl_to={name: q_model}, **kw)[name]
-
-
-def natural_sparsity(model: Any, tok: Any, tasks: Sequence[MbppTask], **kw: Any) -> ItemMetric:
-    """Fraction of MLP activations that are exactly 0 with no threshold (ReLU's own sparsity), per task; a sparsity
-    target at or below it changes nothing, so the study's targets must lie above it."""
-    return code_likelihood(model, tok, tasks, zeros=True, **kw)["natural_sparsity"]
-
-
-def sparse_kl(dense_model: Any, sparse_model: Any, tok: Any, tasks: Sequence[MbppTask], **kw: Any) -> ItemMetric:
-    """KL(dense || sparse): what sparsity changes in the next-token distribution (two model objects)."""
-    return code_likelihood(sparse_model, tok, tasks, kl_from={"sparse_kl": dense_model}, **kw)["sparse_kl"]
-
-
-def alignment_kl(aligned_model: Any, base_model: Any, tok: Any, tasks: Sequence[MbppTask], **kw: Any) -> ItemMetric:
-    """KL(aligned || base) on held-out code: the cost of alignment."""
-    return reference_kl(aligned_model, base_model, tok, tasks, name="alignment_kl", **kw)
