@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import re
 import typing
 from pathlib import Path
 
@@ -36,7 +37,8 @@ from sparsealign.sparse.spec import SparsitySpec
 from sparsealign.study.cells import CalibrateCell, expand
 from sparsealign.study.config import ContrastConfig, SparsityGrid, load_study_config
 
-SRC = Path(__file__).resolve().parents[2] / "src" / "sparsealign"
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "src" / "sparsealign"
 
 
 def test_the_table_names_the_roles_and_the_literal():
@@ -138,3 +140,14 @@ def test_no_module_spells_a_mode_name():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.strip() in MODES:
                 found.append(f"{path.relative_to(SRC)}:{node.lineno} {node.value!r}")
     assert not found, found
+
+
+def test_the_architecture_doc_shows_adding_a_method_and_a_mode():
+    """docs/architecture.md's worked examples name the files a new method (<= 2) and a new mode (<= 3) touch."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    for heading, most in (("### Adding an alignment method", 2), ("### Adding a sparsity mode", 3)):
+        assert heading in text
+        section = re.split(r"\n##+ ", text.split(heading, 1)[1], maxsplit=1)[0]
+        files = set(re.findall(r"`(src/sparsealign/[\w/<>.-]+)`", section))
+        assert 0 < len(files) <= most, (heading, files)
+        assert all((ROOT / f).exists() for f in files if "<" not in f), files
