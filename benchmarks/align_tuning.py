@@ -33,8 +33,9 @@ from sparsealign.evaluate.generation import SamplingConfig
 from sparsealign.evaluate.mbpp.evaluator import MbppEvalConfig, evaluate_mbpp
 from sparsealign.evaluate.mbpp.likelihood import reference_kl, reference_nll
 from sparsealign.ledger import Ledger
+from sparsealign.models.loading import LoadSettings, load_model
 from sparsealign.models.micro import get_recipe
-from sparsealign.models.pretrain import ensure_family, load_member
+from sparsealign.models.pretrain import ensure_family
 from sparsealign.rundir import RunDir
 from sparsealign.sandbox.pool import SandboxPool
 from sparsealign.study.code_pairs import build_code_pairs
@@ -73,7 +74,7 @@ ecfg = MbppEvalConfig(format="lm-eval", shots=0, workers=2, ci_resamples=0,
 
 
 def evaluate(path, ref_model):
-    model, tok = load_member(path)
+    model, tok = load_model(path, LoadSettings())
     s, _ = evaluate_mbpp(model, tok, gen_tasks, ecfg)
     p1 = s["pass@1"]["estimate"] if isinstance(s["pass@1"], dict) else s["pass@1"]
     out = {"gen_pass@1": p1, "nll": reference_nll(model, tok, mbpp, n_resamples=0).summary["estimate"]}
@@ -91,7 +92,7 @@ def evaluate(path, ref_model):
 
 
 res_file = ROOT / "results.jsonl"
-base_model, _ = load_member(base_path)
+base_model, _ = load_model(base_path, LoadSettings())
 done = [json.loads(line) for line in res_file.open()] if res_file.exists() else []
 if not any(r["size"] == size and r["method"] == "base" for r in done):
     t = time.perf_counter()

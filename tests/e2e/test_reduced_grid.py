@@ -69,25 +69,30 @@ def table(summary) -> pd.DataFrame:
     return canonical(Path(summary["results"]))
 
 
-def test_the_base_dense_cell_writes_the_reference_logps(summary):
+def test_the_base_dense_cell_writes_the_reference_logps(summary, env, monkeypatch):
     """DPO's implicit reward needs the base model's log-probs of each held-out set: the base model's dense cell
-    writes them from its own scores (a parent of the DPO cell), equal to scoring the base model directly."""
+    leaves them in the reference cache from its own scores (a parent of the DPO cell), equal to scoring the base
+    model directly, and the DPO cell reads them from there."""
     import torch
+    from safetensors.torch import load_file
 
     from sparsealign.align.logps import TokenizeSettings, score_pairs
     from sparsealign.data.preference import load_pairs
-    from sparsealign.models.pretrain import load_member
+    from sparsealign.evaluate.preference.reference import reference_path
+    from sparsealign.models.loading import LoadSettings, load_model
 
     torch.set_num_threads(1)
     run = Path(summary["run"])
     base_path = json.loads((run / "pretrain" / "family.json").read_text())["paths"]["micro-xs"]
-    model, tok = load_member(base_path)
+    model, tok = load_model(base_path, LoadSettings())
+    settings = TokenizeSettings(max_length=256, max_prompt_length=160)
+    monkeypatch.setenv("SPARSEALIGN_CACHE_DIR", env["SPARSEALIGN_CACHE_DIR"])  # where the study's cells cached them
     for name in ("hh", "uf"):
-        saved = json.loads((run / "pairs" / "micro-xs" / f"reference_logps_{name}.json").read_text())
         pairs = load_pairs(run / "pairs" / "micro-xs" / f"heldout_{name}.jsonl", warn=False).pairs
-        direct = score_pairs(model, tok, pairs, TokenizeSettings(max_length=256, max_prompt_length=160))
-        assert saved["chosen_logps"] == direct["chosen_logps"].tolist()
-        assert saved["rejected_n"] == direct["rejected_n"].tolist() and len(saved["chosen_n"]) == len(pairs) == 8
+        saved = load_file(reference_path(base_path, tok, pairs, settings, "float32"))["logps"]
+        direct = score_pairs(model, tok, pairs, settings)
+        assert saved[:, 0].tolist() == direct["chosen_logps"].tolist() and len(pairs) == 8
+        assert saved[:, 1].tolist() == direct["rejected_logps"].tolist()
     ledger = sqlite3.connect(run / "ledger.sqlite")
     (started_dpo,), (ended_base,) = (ledger.execute(f"select {col} from cells where stage = 'study.eval' and cell = ?", (cell,)).fetchone()
                                      for col, cell in (("started_at", "micro-xs/dpo/f1.000/dense/0.00"),
@@ -158,6 +163,32 @@ def test_a_non_default_beta_reaches_the_evaluator(env):
     assert aligned["scoring"] == shared and aligned["implicit_beta"] == 0.2
     base = json.loads((run / "eval/micro-xs/base/f1.000/dense/0.00/metrics.json").read_text())
     assert base["scoring"] == shared and "implicit_beta" not in base
+
+
+def test_the_study_runs_in_bfloat16_on_cpu(env, table):
+    """`load.dtype` reaches every cell: the aligned model is trained and saved in bf16, every cell finishes, and
+    the bf16 results track the fp32 ones (realized sparsity within 0.01)."""
+    from safetensors import safe_open
+
+    summary = study(env, "--name", "bf16", "--set", "load.dtype=bfloat16")
+    assert summary["failed"] == 0 and summary["done"] == 13
+    run = Path(summary["run"])
+    with safe_open(run / "align/micro-xs/dpo/f1.000/model/model.safetensors", "pt") as weights:
+        assert {str(weights.get_tensor(k).dtype) for k in weights.keys()} == {"torch.bfloat16"}  # noqa: SIM118
+    bf16 = canonical(run / "results.parquet")
+    both = bf16.merge(table, on=ORDER, suffixes=("_bf16", ""))
+    assert len(both) == len(table)
+    sparsity = both[both["metric"] == "realized_sparsity"]
+    assert ((sparsity["value_bf16"] - sparsity["value"]).abs() < 0.01).all()
+
+
+def test_an_eval_cell_runs_with_device_map_auto(env):
+    """accelerate's placement (`load.device_map=auto`, as the paper preset loads a 70B cell) on CPU."""
+    summary = study(env, "--name", "dmap", "--set", "load.device_map=auto", "--set", "alignment.methods=[dpo]",
+                    "--set", "sparsity.modes=[]")
+    assert summary["failed"] == 0
+    metrics = json.loads((Path(summary["run"]) / "eval/micro-xs/dpo/f1.000/dense/0.00/metrics.json").read_text())
+    assert 0.0 <= metrics["hh_reward_accuracy"] <= 1.0 and metrics["implicit_beta"] > 0
 
 
 if __name__ == "__main__":  # regenerate the fixture from a finished run of reduced_study.yaml

@@ -10,6 +10,7 @@ import torch
 
 from sparsealign.data.records import mbpp_split_of
 from sparsealign.models import pretrain
+from sparsealign.models.loading import LoadSettings, load_model
 from sparsealign.models.micro import PRESETS, get_recipe, non_embedding_params
 from sparsealign.models.pretrain_cli import PRESET_NAMES
 
@@ -53,12 +54,12 @@ def test_same_seed_same_weights_and_cache_reuse(tmp_path):
     assert a.key == b.key and not ma.cached and not mb.cached
     assert ma.metrics["loss_curve"] == mb.metrics["loss_curve"]
     assert ma.metrics["train_loss_final"] < ma.metrics["train_loss_first"]  # it learns
-    wa, wb = (pretrain.load_member(m.path)[0].state_dict() for m in (ma, mb))
+    wa, wb = (load_model(m.path, LoadSettings())[0].state_dict() for m in (ma, mb))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # the second call on the same root reuses the checkpoint; another seed is another family
     again = pretrain.ensure_family(reduced(), root=tmp_path / "a", eval_generated=False, log=lambda m: None)
     assert again.members[0].cached and again.members[0].metrics == ma.metrics
-    model, tok = pretrain.load_member(ma.path)
+    model, tok = load_model(ma.path, LoadSettings())
     assert model.config.hidden_act == "relu" and tok.eos_token_id == 2
     assert json.loads((tmp_path / "a" / "micro-xs" / "pretrain.json").read_text())["params"] == ma.params
     # another seed into the same directory is another recipe: retrained, never reused

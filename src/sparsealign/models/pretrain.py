@@ -32,7 +32,6 @@ from sparsealign.data.mbpp.generated import generated_split
 from sparsealign.data.mbpp.prompts import lm_eval_query
 from sparsealign.data.records import MbppTask, mbpp_split_of
 from sparsealign.io import atomic_dir, atomic_write_json
-from sparsealign.models.loading import load_model_and_tokenizer
 from sparsealign.models.micro import PretrainRecipe, SizeSpec, non_embedding_params
 from sparsealign.models.tiny import build_llama, train_tokenizer
 from sparsealign.sandbox.pool import SandboxPool
@@ -351,9 +350,3 @@ def _rows(docs: list[str], tok, recipe: PretrainRecipe):
     perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(recipe.seed))
     n_held = max(1, int(len(rows) * recipe.held_out_fraction))
     return rows[perm[n_held:]], rows[perm[:n_held]]
-
-
-def load_member(path: str | Path):
-    """(model, tokenizer) of a family member (or any --model spec), fp32, in eval mode, through the one loader."""
-
-    return load_model_and_tokenizer(path, device="cpu", dtype="float32")

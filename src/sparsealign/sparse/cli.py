@@ -7,16 +7,10 @@ from pathlib import Path
 
 import click
 
+from sparsealign.models.loading import LoadSettings, load_model
 from sparsealign.output import emit
 from sparsealign.sparse.modes import DYNAMIC, STATIC
 from sparsealign.sparse.options import mode_option
-
-
-def load_model(name: str):
-    """fp32 model (eval, CPU: the sparse kernels and calibration run there) + tokenizer, from any `--model` spec."""
-    from sparsealign.models.loading import load_model_and_tokenizer
-
-    return load_model_and_tokenizer(name, device="cpu", dtype="float32")
 
 
 def _default_out(model: str, out: str | None, flag: str = "--out") -> Path:
@@ -110,7 +104,7 @@ def register(cli: click.Group) -> None:
         model = _pick_model(model_opt, model_arg)
         cfg = _config(config, overrides, target)
         out_dir = Path(out) if out else _default_out(model, None) / "profile"
-        m, tok = load_model(model)
+        m, tok = load_model(model, LoadSettings())
         rec = record_activations(m, tok, load_texts(source, n, skip), max_length=cfg.max_length,
                                  max_tokens=cfg.max_tokens, sites=cfg.sites)
         art = calibrate(m, tok, [], cfg.model_copy(update={"allocation": "uniform"}), recording=rec)
@@ -142,7 +136,7 @@ def register(cli: click.Group) -> None:
         out_dir = _default_out(model, out)
         load_texts(source, n, skip)  # a bad text source fails before the model loads
         run_cfg = CalibrateRunConfig(model=model, texts=source, n=n, skip=skip, sparsity=cfg)
-        art = run_calibrate(run_cfg, out_dir, loaded=load_model(model))[cfg.target_sparsity]
+        art = run_calibrate(run_cfg, out_dir, loaded=load_model(model, LoadSettings()))[cfg.target_sparsity]
         result = {"out": str(out_dir), "thresholds": art.thresholds, "layer_sparsity": art.layer_sparsity,
                   "calibration": art.calibration}
         emit(result, as_json, [f"artifacts -> {out_dir}",
@@ -179,7 +173,7 @@ def register(cli: click.Group) -> None:
         art_dir = artifacts or _default_out(model, None, "--sparsity")
         art = load_artifacts(art_dir)
         texts = load_texts(source, n, skip)
-        m, tok = load_model(model)
+        m, tok = load_model(model, LoadSettings())
         check_artifacts_model(art, m, str(art_dir))
         ctl = art.config.controller.model_copy(update={"frozen": True}) if frozen else None
         res = evaluate_sparsity(m, tok, texts, art, mode, prefill, prompt_tokens=prompt_tokens,
@@ -220,7 +214,7 @@ def register(cli: click.Group) -> None:
         model = _pick_model(model_opt, model_arg)
         art_dir = artifacts or _default_out(model, None, "--sparsity")
         art = load_artifacts(art_dir)
-        m, tok = load_model(model)
+        m, tok = load_model(model, LoadSettings())
         check_artifacts_model(art, m, str(art_dir))
         ids = tok(prompt, return_tensors="pt")["input_ids"]
         with apply_sparsity(m, art, mode, prefill) as handle, torch.no_grad():

@@ -19,7 +19,7 @@ from typing import ClassVar
 from sparsealign.errors import ConfigError, UserError
 from sparsealign.models.micro import get_recipe
 from sparsealign.sparse.modes import needs_predictors
-from sparsealign.study.config import AlignSettings, EvaluationConfig, FamilyConfig, StudyConfig, align_config
+from sparsealign.study.config import AlignSettings, EvaluationConfig, FamilyConfig, StudyConfig
 
 BASE = "base"
 
@@ -186,19 +186,13 @@ def sizes_of(cfg: StudyConfig) -> list[str]:
     return names
 
 
-def align_settings(cfg: StudyConfig, method: str) -> AlignSettings:  # type: ignore[valid-type]
-    """The typed settings an align cell carries: the study's resolved AlignConfig minus what the runner fills in."""
-    full = align_config(cfg, method, model="-", data="-", cell="-")
-    return AlignSettings.model_validate(full.model_dump(include=set(AlignSettings.model_fields)))
-
-
 def expand(cfg: StudyConfig) -> list[Cell]:
     """All cells in a valid topological order (parents first)."""
     a, sp = cfg.alignment, cfg.sparsity
     sizes = sizes_of(cfg)
     pre = PretrainCell(sizes=tuple(sizes), family=cfg.family)
     cells: list[Cell] = [pre]
-    settings = {m: align_settings(cfg, m) for m in a.methods}
+    settings = {m: cfg.align_settings(m) for m in a.methods}
     for size in sizes:
         pairs = PairsCell(size, pre)
         cells.append(pairs)

@@ -19,7 +19,7 @@ from sparsealign.data.mbpp.tasks import load_mbpp
 from sparsealign.data.records import MbppTask, PreferencePair
 from sparsealign.evaluate.generation import SamplingConfig, generate
 from sparsealign.evaluate.mbpp.extract import extract_code
-from sparsealign.models.pretrain import load_member
+from sparsealign.models.loading import load_model
 from sparsealign.sandbox.pool import SandboxPool
 from sparsealign.study.config import StudyConfig
 
@@ -37,7 +37,7 @@ def code_tasks(n: int, seed: int) -> list[MbppTask]:
 def build_code_pairs(model_path: str, cfg: StudyConfig) -> tuple[list[PreferencePair], dict[str, Any]]:
     a, ev = cfg.alignment, cfg.evaluation
     tasks = code_tasks(a.code_pair_tasks, cfg.seed)
-    model, tok = load_member(model_path)
+    model, tok = load_model(model_path, cfg.load)
     prompts = [lm_eval_query(t) for t in tasks]
     sampling = SamplingConfig(n=a.code_pair_samples, temperature=0.8, top_p=0.95,
                               max_new_tokens=ev.max_new_tokens, batch_size=8, seed=cfg.seed)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import (
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     create_model,
     field_serializer,
@@ -25,6 +26,7 @@ from pydantic import (
 from sparsealign.align.config import BASELINE_METHOD, METHOD_FACTS, METHODS, AlignConfig, Method, facts
 from sparsealign.config import StrictModel, aliases_under, load_config, read_yaml
 from sparsealign.errors import UserError
+from sparsealign.models.loading import LoadSettings
 from sparsealign.models.micro import PRESETS as MICRO_PRESETS
 from sparsealign.sparse.modes import DYNAMIC, STATIC, Mode, mode_help
 
@@ -288,9 +290,13 @@ class StudyConfig(StrictModel):
     sparsity: SparsityGrid = SparsityGrid()
     evaluation: EvaluationConfig = EvaluationConfig()
     executor: ExecutorConfig = ExecutorConfig()
+    load: LoadSettings = Field(default_factory=LoadSettings,
+                               description="how every cell loads its model (device, dtype, device_map, attention)")
     # How results are summarised, not what cells compute: left out of model_dump (so out of the run's identity and
     # saved config; changing the contrasts rewrites the report without refusing the run).
     report: ReportConfig = Field(default_factory=ReportConfig, exclude=True)
+    # each method's resolved align settings, checked once when the config loads (what its align cells carry)
+    _align_settings: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _sparse_methods_aligned(self) -> StudyConfig:
@@ -302,10 +308,13 @@ class StudyConfig(StrictModel):
     @model_validator(mode="after")
     def _align_configs_valid(self) -> StudyConfig:
         """Every method's AlignConfig is built once here, so a bad combination of settings (e.g. max_prompt_length
-        >= max_length) fails when the study config loads, before any cell runs."""
+        >= max_length) fails when the study config loads, before any cell runs; its resolved settings are what the
+        method's align cells carry (`align_settings`), and each align cell builds its AlignConfig once from them."""
         for method in self.alignment.methods:
             try:
-                align_config(self, method, model="<base model>", data="<pairs>", cell="check")
+                full = align_config(self, method, model="<base model>", data="<pairs>", cell="check")
+                self._align_settings[method] = AlignSettings.model_validate(
+                    full.model_dump(include=set(AlignSettings.model_fields)))
             except ValidationError as exc:
                 err = exc.errors()[0]
                 where = ".".join(str(p) for p in err.get("loc", ())) or "settings"
@@ -313,6 +322,11 @@ class StudyConfig(StrictModel):
                 raise ValueError(f"alignment.settings ({method}): {msg}" if where == "settings" else
                                  f"alignment.settings.{where} ({method}): {msg}") from None
         return self
+
+    def align_settings(self, method: str) -> AlignSettings:  # type: ignore[valid-type]
+        """The typed settings an align cell of `method` carries: the resolved AlignConfig minus what the runner fills
+        in (model, pairs, seed, cell)."""
+        return self._align_settings[method]
 
 
 def align_config(cfg: StudyConfig, method: str, *, model: str, data: str, cell: str) -> AlignConfig:
@@ -322,6 +336,9 @@ def align_config(cfg: StudyConfig, method: str, *, model: str, data: str, cell: 
     ev, a = cfg.evaluation, cfg.alignment
     settings = {"max_length": ev.max_length, "max_prompt_length": ev.max_prompt_length,
                 **a.settings.model_dump(exclude_none=True, by_alias=True)}
+    if settings.setdefault("dtype", cfg.load.dtype) != cfg.load.dtype:  # one precision setting for the whole study
+        raise ValueError(f"dtype: alignment.settings.dtype={settings['dtype']} differs from load.dtype="
+                         f"{cfg.load.dtype}; set load.dtype only")
     if a.lora:
         settings.setdefault("lora", {})
     return cell_align_config(method, settings, model=model, data=data, seed=cfg.seed, cell=cell)

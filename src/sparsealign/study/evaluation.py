@@ -12,11 +12,12 @@ decode speed.  The realized-sparsity trace over that whole sequence is what the 
 Generation follows the configured prefill policy (dense prompt by default, sparse decode).  Teacher-forced
 preference scoring has no decode phase, so it runs with every position sparse — the stricter reading.
 
-Rewards.  Every model — base and aligned, dense and sparse — is compared on one shared reward: the mean per-token
-log-likelihood of the response (SimPO's reward at β = 1, reference-free), so aligned − base subtracts like
-quantities (`<set>_reward_accuracy`, `<set>_margin` / `<set>_correct` items).  Dense cells of aligned models also
-report their method's own implicit reward (`align.losses`, with the β from the `sparsealign_alignment.json` their
-alignment wrote; DPO's reference log-probs cached once per size) as `<set>_implicit_*`.
+Rewards.  Every model — base and aligned, dense and sparse — is compared on one shared reward
+(`evaluate.preference.reward.SHARED_REWARD`: the mean per-token log-likelihood of the response, reference-free), so
+aligned − base subtracts like quantities (`<set>_reward_accuracy`, `<set>_margin` / `<set>_correct` items).  Dense
+cells of aligned models also report their method's own implicit reward as `<set>_implicit_*`: the preference runner
+reads it from the same log-probs (`also`), with the β and reference their `sparsealign_alignment.json` records; the
+reference's log-probs are the ones the base model's dense cell (a parent) left in the reference cache.
 
 Code likelihood (`likelihood_step`): NLL of the 500 MBPP reference solutions, with natural ReLU sparsity and
 KL(aligned || base) in dense cells, and KL(dense || sparse) in sparse cells.
@@ -31,11 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from sparsealign.align.config import facts
-from sparsealign.align.logps import TokenizeSettings, score_pairs
 from sparsealign.align.sidecar import read_record
 from sparsealign.data.mbpp.generated import generated_split
 from sparsealign.data.mbpp.tasks import load_mbpp
@@ -46,21 +45,21 @@ from sparsealign.evaluate.mbpp.evaluator import MbppEvalConfig, save_records
 from sparsealign.evaluate.mbpp.likelihood import CachedModel, code_likelihood
 from sparsealign.evaluate.mbpp.run import MbppRunConfig
 from sparsealign.evaluate.mbpp.run import evaluate_loaded as mbpp_on_model
-from sparsealign.evaluate.preference.metrics import flip_metrics, preference_metrics
+from sparsealign.evaluate.preference.reward import SHARED_REWARD, Reward
 from sparsealign.evaluate.preference.run import PreferenceRunConfig
 from sparsealign.evaluate.preference.run import evaluate_loaded as preference_on_model
-from sparsealign.evaluate.preference.score import method_rewards
 from sparsealign.io import atomic_path, atomic_write_json
-from sparsealign.models.pretrain import load_member
-from sparsealign.sparse.artifacts import load_artifacts
+from sparsealign.models.loading import load_model
+from sparsealign.sparse.apply import apply_spec
+from sparsealign.sparse.artifacts import target_dir
 from sparsealign.sparse.bench.quality import decode_tokens_per_s
-from sparsealign.sparse.runtime.patch import SparsityHandle, apply_sparsity
+from sparsealign.sparse.runtime.patch import SparsityHandle
+from sparsealign.sparse.spec import SparsitySpec
 from sparsealign.study.cells import BASE, EvalCell, model_seed
 from sparsealign.study.layout import Study
 
 PREFERENCE_SETS = ("hh", "uf", "code")
 SUMMARY_METRICS = ("reward_accuracy", "ranking_accuracy", "preference_divergence", "bt_cross_entropy", "mean_margin")
-BASE_REWARD = ("simpo", 1.0)  # how an unaligned model is scored: length-normalised log-likelihood
 
 
 @dataclass
@@ -69,8 +68,7 @@ class EvalContext:
     cell: EvalCell
     model: Any
     tok: Any
-    scoring: PreferenceRunConfig  # method, β and reference of the implicit reward (from the model's record)
-    ref: Any = None
+    scoring: PreferenceRunConfig  # the shared reward, and (dense aligned cells) the model's own beside it
     model_path: str = ""
     handle: SparsityHandle | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -177,59 +175,16 @@ def _kl_model(ctx: EvalContext, against: EvalCell | None, n_tasks: int, dense: b
     path = ctx.study.base_model_path(ctx.cell.size) if dense else ctx.model_path
     saved = hidden_path(ctx.study, against, n_tasks) if against is not None else None
     if saved is None or not saved.exists():
-        return load_member(path)[0]
-    head = ctx.model if not dense else load_member(path)[0]  # a sparse cell's own projection is the dense one
+        return load_model(path, ctx.study.cfg.load)[0]
+    head = ctx.model if not dense else load_model(path, ctx.study.cfg.load)[0]  # a sparse cell's: its own
     weights = head.get_output_embeddings()
     return CachedModel(weights.weight.detach(), None if weights.bias is None else weights.bias.detach(),
                        torch.load(saved))
 
 
-def common_margins(records: list[dict[str, Any]]) -> np.ndarray:
-    """The reward every model is compared on: mean per-token log-likelihood, chosen minus rejected (SimPO's reward
-    at β = 1, reference-free, so a base model and its aligned versions are scored alike)."""
-    return np.array([r["logp_chosen"] / max(r["n_chosen"], 1) - r["logp_rejected"] / max(r["n_rejected"], 1)
-                     for r in records])
-
-
-def reference_logps(ctx: EvalContext, name: str, pairs: list) -> dict[str, torch.Tensor]:
-    """The base model's summed log-probs of a held-out set (DPO's reference), from
-    `pairs/<size>/reference_logps_<set>.json`: written by the base model's dense cell (a parent of the dense cells
-    that need it, `cells.EvalCell.reference`), scored here only when that cell did not run (`--only`)."""
-    study, ev = ctx.study, ctx.study.cfg.evaluation
-    path = reference_path(study, ctx.cell.size, name)
-    if not path.exists():
-        base = load_member(study.base_model_path(ctx.cell.size))[0]
-        settings = TokenizeSettings(max_length=ev.max_length, max_prompt_length=ev.max_prompt_length)
-        scores = score_pairs(base, ctx.tok, pairs, settings, batch_size=ctx.scoring.batch_size)
-        atomic_write_json(path, {k: v.tolist() for k, v in scores.items() if k != "n_truncated"})
-    return {k: torch.tensor(v) for k, v in json.loads(path.read_text()).items()}
-
-
-def reference_path(study: Study, size: str, name: str) -> Path:
-    return study.pairs_dir(size) / f"reference_logps_{name}.json"
-
-
-def save_reference_logps(ctx: EvalContext, name: str, records: list[dict[str, Any]]) -> None:
-    """The base model's dense scores of a held-out set are the reference log-probs of every aligned model's implicit
-    reward (same pairs, same tokenisation): saved once, by the base model's dense cell."""
-    atomic_write_json(reference_path(ctx.study, ctx.cell.size, name),
-                      {f"{side}_{key}": [r[f"{field}_{side}"] for r in records]
-                       for side in ("chosen", "rejected") for key, field in (("logps", "logp"), ("n", "n"))})
-
-
-def implicit_rewards(ctx: EvalContext, name: str, pairs: list,
-                     records: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, float]:
-    """The aligned method's own implicit reward per pair, with the β its alignment record says it trained with."""
-    scores = {f"{side}_{k}": torch.tensor([r[f"{k}_{side}"] for r in records])
-              for side in ("chosen", "rejected") for k in ("logp", "n")}
-    scores = {k.replace("_logp", "_logps"): v for k, v in scores.items()}
-    record = read_record(ctx.model_path)
-    ref = reference_logps(ctx, name, pairs) if facts(ctx.cell.method).needs_reference else None
-    return method_rewards(ctx.cell.method, scores, ref, record.beta if record is not None else None)
-
-
 def preference_step(ctx: EvalContext) -> None:
-    """Held-out pairs (dialogue, then code): the method's implicit reward, and flips against the dense model."""
+    """Held-out pairs (dialogue, then code) through the preference runner: the shared reward, the model's own
+    implicit reward beside it (dense aligned cells), and flips against the dense cell's margins (sparse cells)."""
     study, cell, ev = ctx.study, ctx.cell, ctx.cell.evaluation
     dense_items = None
     if cell.dense is not None:
@@ -241,34 +196,20 @@ def preference_step(ctx: EvalContext) -> None:
         if not path.exists() or path.stat().st_size == 0:
             continue
         pairs = load_pairs(path, warn=False).pairs
-        with ctx.handle.dense_prefix(0) if ctx.handle is not None else contextlib.nullcontext():
-            summary, records = preference_on_model(ctx.scoring.model_copy(update={"data": str(path)}), ctx.model,
-                                                   ctx.tok, pairs, ref=ctx.ref)
-        # the shared reward (same for base and aligned) is the primary metric; the method's own implicit reward,
-        # with the β it was trained with, is reported beside it (dense aligned cells) as implicit_*
-        margins = common_margins(records)
-        p_h = [r["human_prob"] for r in records]
-        logps = {"logp_chosen": [r["logp_chosen"] for r in records],
-                 "logp_rejected": [r["logp_rejected"] for r in records]}
-        ci = {"n_resamples": ev.bootstrap, "seed": study.cfg.seed}
-        ctx.metrics.update(_flat(f"{name}_", preference_metrics(margins, np.zeros_like(margins), p_h, **logps, **ci),
-                                 SUMMARY_METRICS))
-        if cell.method != BASE and cell.calibrate is None:
-            r_w, r_l, beta = implicit_rewards(ctx, name, pairs, records)
-            own = preference_metrics(r_w, r_l, p_h, **logps, **ci)
-            ctx.metrics.update(_flat(f"{name}_implicit_", own, SUMMARY_METRICS))
-            ctx.metrics["implicit_beta"] = beta
-            ctx.items[f"{name}_implicit_margin"] = (r_w - r_l).tolist()
-        if cell.method == BASE and cell.calibrate is None:
-            save_reference_logps(ctx, name, records)
+        baseline = dense_items.get(f"{name}_margin") if dense_items is not None else None
+        summary, records = preference_on_model(ctx.scoring.model_copy(update={"data": str(path)}), ctx.model,
+                                               ctx.tok, pairs, baseline_margins=baseline, handle=ctx.handle)
+        ctx.metrics.update(_flat(f"{name}_", summary["metrics"], SUMMARY_METRICS))
         ctx.metrics["scoring"] = {"method": summary["method"], "beta": summary["beta"],
                                   "shared_reward": "mean token log-prob"}
-        ctx.items[f"{name}_margin"] = margins.tolist()
-        ctx.items[f"{name}_correct"] = [float(x > 0) for x in margins]
-        if dense_items is not None and f"{name}_margin" in dense_items:
-            flips = flip_metrics(dense_items[f"{name}_margin"], margins, n_resamples=ev.bootstrap,
-                                 seed=study.cfg.seed)
-            ctx.metrics.update(_flat(f"{name}_", flips, ("flip_rate", "flip_divergence", "margin_shift")))
+        ctx.items[f"{name}_margin"] = [r["margin"] for r in records]
+        ctx.items[f"{name}_correct"] = [r["correct"] for r in records]
+        if "also" in summary:
+            ctx.metrics.update(_flat(f"{name}_implicit_", summary["also"]["metrics"], SUMMARY_METRICS))
+            ctx.metrics["implicit_beta"] = summary["also"]["beta"]
+            ctx.items[f"{name}_implicit_margin"] = [r["also_margin"] for r in records]
+        if "flip" in summary:
+            ctx.metrics.update(_flat(f"{name}_", summary["flip"], ("flip_rate", "flip_divergence", "margin_shift")))
 
 
 def sparsity_step(ctx: EvalContext) -> None:
@@ -295,27 +236,35 @@ EVAL_STEPS: list[Callable[[EvalContext], None]] = [code_step, likelihood_step, p
 
 
 def scoring_config(study: Study, cell: EvalCell, model_path: str) -> PreferenceRunConfig:
-    """Every cell scores with the shared reward (no reference model); dense aligned cells derive their method's
-    implicit reward from the same log-probs and the size's cached reference log-probs (`implicit_rewards`)."""
-    ev = cell.evaluation
-    method, beta = BASE_REWARD
-    cfg = PreferenceRunConfig(model=model_path, method=method, beta=beta, data="-", max_length=ev.max_length,
-                              max_prompt_length=ev.max_prompt_length, n_resamples=ev.bootstrap, seed=study.cfg.seed)
-    return cfg
+    """Every cell scores with the shared reward; dense aligned cells also with their method's own implicit reward
+    (β and reference from their alignment record); the base model's dense cell keeps its log-probs as the reference
+    its aligned models read."""
+    ev, load = cell.evaluation, study.cfg.load
+    dense_aligned = cell.calibrate is None and cell.method != BASE
+    record = read_record(model_path) if dense_aligned else None
+    own = Reward(method=cell.method, beta=record and record.beta) if dense_aligned else None
+    return PreferenceRunConfig(
+        model=model_path, method=SHARED_REWARD.method, beta=SHARED_REWARD.beta, data="-", also=own,
+        ref_model=record.reference if record is not None else None,
+        save_reference=cell.method == BASE and cell.calibrate is None and facts_need_reference(study),
+        max_length=ev.max_length, max_prompt_length=ev.max_prompt_length, n_resamples=ev.bootstrap,
+        seed=study.cfg.seed, device=load.device, dtype=load.dtype, device_map=load.device_map)
+
+
+def facts_need_reference(study: Study) -> bool:
+    """Whether any aligned model of the study reads the base model's log-probs as its reference."""
+    return any(facts(m).needs_reference for m in study.cfg.alignment.methods)
 
 
 def run_eval_cell(study: Study, cell: EvalCell) -> tuple[dict[str, Any], dict[str, Any]]:
     cfg = study.cfg
     torch.manual_seed(cfg.seed)
     model_path = study.model_path(cell.size, cell.model)
-    model, tok = load_member(model_path)
-    scoring = scoring_config(study, cell, model_path)
-    ctx = EvalContext(study, cell, model, tok, scoring,
-                      ref=load_member(scoring.ref_model)[0] if scoring.ref_model else None, model_path=model_path)
+    model, tok = load_model(model_path, cfg.load)
+    ctx = EvalContext(study, cell, model, tok, scoring_config(study, cell, model_path), model_path=model_path)
     if cell.calibrate is not None:
-        seed = model_seed(cell.model)
-        art = load_artifacts(study.artifacts_root(cell.size, cell.method, seed) / f"t{cell.sparsity:.2f}")
-        ctx.handle = apply_sparsity(model, art, cell.mode, cell.prefill)
+        arts = target_dir(study.artifacts_root(cell.size, cell.method, model_seed(cell.model)), cell.sparsity)
+        ctx.handle = apply_spec(model, SparsitySpec(artifacts=str(arts), mode=cell.mode, prefill=cell.prefill))
     ctx.metrics.update({"size": cell.size, "method": cell.method, "subset": cell.subset, "mode": cell.mode,
                         "target_sparsity": cell.sparsity,
                         "seed": None if cell.method == BASE else model_seed(cell.model)})

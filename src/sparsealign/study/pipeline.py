@@ -32,10 +32,12 @@ from sparsealign.data.records import PreferencePair
 from sparsealign.data.splits import nested_subsets, split_pairs
 from sparsealign.io import atomic_write_json
 from sparsealign.ledger import Ledger
+from sparsealign.models.loading import load_model
 from sparsealign.models.micro import get_recipe
-from sparsealign.models.pretrain import ensure_family, load_member
+from sparsealign.models.pretrain import ensure_family
 from sparsealign.rundir import RunDir
 from sparsealign.sandbox.pool import SandboxPool
+from sparsealign.sparse.artifacts import target_dir
 from sparsealign.sparse.calibration.run import CalibrateRunConfig, run_calibrate
 from sparsealign.sparse.config import PredictorConfig, SparsityConfig
 from sparsealign.study.cells import (
@@ -134,7 +136,7 @@ def heldout_code_pairs(study: Study) -> tuple[list[PreferencePair], dict[str, in
 def self_rationales(model_path: str, pairs: list[PreferencePair], cfg: StudyConfig) -> dict[str, int]:
     """Rationales for HH training pairs written by the base model itself, as `rationales generate --source hf`
     does (its generator, greedy; fills `pair.rationale` in place)."""
-    model, tok = load_member(model_path)
+    model, tok = load_model(model_path, cfg.load)
     generator = hf_generator(model, tok, batch_size=8, max_new_tokens=cfg.alignment.rationale_max_new_tokens,
                              temperature=0.0, seed=cfg.seed)
     counts = fill_rationales(pairs, generator, source=f"hf:{model_path}", save=lambda _: None)
@@ -169,17 +171,17 @@ def calibration_texts(study: Study) -> list[str]:
 
 def calibrate_cell(study: Study, cell: CalibrateCell) -> CellResult:
     model_path = study.model_path(cell.size, cell.model)
-    cfg = CalibrateRunConfig(model=model_path, targets=list(cell.targets), profile=False,
+    cfg = CalibrateRunConfig(model=model_path, targets=list(cell.targets), profile=False, load=study.cfg.load,
                              sparsity=SparsityConfig(seed=study.cfg.seed,
                                                      predictor=PredictorConfig(enabled=cell.predictor)))
     out = study.artifacts_root(cell.size, cell.method, model_seed(cell.model))
-    arts = run_calibrate(cfg, out, texts=calibration_texts(study), loaded=load_member(model_path))
+    arts = run_calibrate(cfg, out, texts=calibration_texts(study))
     metrics: dict[str, Any] = {}
     files: dict[str, Any] = {}
     for target, art in arts.items():
         cal = art.calibration.get("calibration_sparsity", [])
         metrics[f"calibration_sparsity@{target:.2f}"] = sum(cal) / max(len(cal), 1)
-        files[f"t{target:.2f}"] = out / f"t{target:.2f}"
+        files[target_dir(out, target).name] = target_dir(out, target)
     return metrics, files
 
 
@@ -199,4 +201,8 @@ def run_cell(study: Study, cell: Cell) -> CellResult:
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(study.cfg.seed)
-    return RUNNERS[cell.stage](study, cell)
+    if not torch.cuda.is_available():
+        return RUNNERS[cell.stage](study, cell)
+    torch.cuda.reset_peak_memory_stats()
+    metrics, files = RUNNERS[cell.stage](study, cell)  # on a GPU: the cell's peak, beside `study plan`'s estimate
+    return {**metrics, "peak_gpu_gib": torch.cuda.max_memory_allocated() / 1024**3}, files

@@ -1,10 +1,11 @@
 """`sparsealign study plan`: the cells, a memory estimate per cell and the launch commands — downloading nothing.
 
 Parameter counts come from the config (`family.params`), a table of well-known checkpoints, or the micro-family
-recipe; memory is estimated from them with the usual rules of thumb (documented in docs/study.md):
-  full fine-tuning, mixed precision + AdamW: 16 B/param (bf16 weights+grads, fp32 master+2 moments), / n_gpus under
-  ZeRO-3;  LoRA: 2 B/param frozen bf16 weights + ~1% trainable at 16 B;  inference: 2 B/param (bf16) or 4 B (fp32)
-  plus KV cache;  + 20% activations/fragmentation headroom.
+recipe; memory is estimated from them and the study's `load` settings — the ones every cell loads with — by the
+usual rules of thumb (documented in docs/study.md): weights at `load.dtype` (`models.loading.weight_bytes`: 4 B/param
+fp32, 2 B bf16/fp16); full fine-tuning with AdamW: 16 B/param (weights, grads, fp32 master + 2 moments), / n_gpus
+under ZeRO-3; LoRA: frozen weights + ~1% trainable at 16 B; an aligned model's eval cell may also load its base
+model (KL, reference log-probs when the base cell's are missing); + 20% activations/fragmentation headroom.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from sparsealign.align.config import facts
+from sparsealign.models.loading import weight_bytes
 from sparsealign.models.micro import get_recipe, non_embedding_params
 from sparsealign.study.cells import BASE, Cell, expand, sizes_of
 from sparsealign.study.config import StudyConfig
@@ -44,15 +46,15 @@ def memory_gib(cell: Cell, params: float | None, cfg: StudyConfig) -> float | No
         return 0.0  # hf/pretrained families are only named by path here; nothing is loaded
     if params is None:
         return None
-    if cell.stage in ("pretrain", "align"):
-        if cell.stage == "align" and cfg.alignment.lora:
-            need = params * 2 + params * 0.01 * 16
-        else:
-            need = params * 16
-    elif cell.stage in ("calibrate", "eval", "pairs"):
-        need = params * (2 if cfg.family.kind == "hf" else 4) * (2 if cell.method != BASE and facts(cell.method).needs_reference else 1)
-    else:
-        need = params * 2
+    weights = weight_bytes(params, cfg.load)
+    if cell.stage == "align" and cfg.alignment.lora:
+        need = weights + params * 0.01 * 16
+    elif cell.stage in ("pretrain", "align"):
+        need = params * 16
+    elif cell.stage == "eval" and cell.method != BASE and facts(cell.method).needs_reference:
+        need = weights * 2
+    else:  # pairs, calibrate, eval: the model at its load dtype
+        need = weights
     return float(f"{need * 1.2 / GiB:.3g}")  # significant digits: micro cells are well under 1 MiB
 
 

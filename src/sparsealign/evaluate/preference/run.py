@@ -9,13 +9,15 @@ from typing import Any
 
 from pydantic import Field
 
-from sparsealign.align.config import Method
+from sparsealign.align.config import Method, facts
 from sparsealign.align.logps import TokenizeSettings
 from sparsealign.align.sidecar import read_record
 from sparsealign.config import StrictModel, config_hash
 from sparsealign.data.preference import load_pairs
 from sparsealign.data.records import PreferencePair
 from sparsealign.errors import UserError
+from sparsealign.evaluate.preference.reference import reference_scores, save_reference
+from sparsealign.evaluate.preference.reward import Reward
 from sparsealign.evaluate.preference.score import evaluate_preference
 from sparsealign.evaluate.tables import load_table, save_table
 from sparsealign.io import atomic_write_json
@@ -50,6 +52,9 @@ class PreferenceRunConfig(StrictModel):
     revision: str | None = None  # hub ids: branch, tag or commit (of --model; ref/baseline use their default)
     trust_remote_code: bool = False
     device_map: str | None = None  # "auto": accelerate spreads a model too big for one device
+    also: Reward | None = Field(None, description="a second reward read from the same log-probs (summary['also'])")
+    save_reference: bool = Field(False, description="keep this (dense) model's log-probs as the reference its "
+                                                    "aligned models' implicit rewards read (reference cache)")
 
 
 def with_alignment_record(cfg: PreferenceRunConfig) -> PreferenceRunConfig:
@@ -70,21 +75,36 @@ def baseline_of(cfg: PreferenceRunConfig) -> str | None:
 
 
 def evaluate_loaded(cfg: PreferenceRunConfig, model, tok, pairs: Sequence[PreferencePair], *, ref=None,
-                    baseline=None, handle=None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                    baseline=None, baseline_margins: Sequence[float] | None = None,
+                    handle=None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The verb's scoring of already loaded models (the study passes its own, possibly sparsified, model);
-    `handle` is the sparsity patch on `model`, if any (its realized sparsity goes into the summary)."""
+    `handle` is the sparsity patch on `model`, if any (its realized sparsity goes into the summary).  Flips are
+    counted against `baseline` (a model) or `baseline_margins` (its margins from an earlier run).  Without a
+    loaded `ref`, a reference the rewards need is read from the reference cache (scored once if missing)."""
     settings = TokenizeSettings(max_length=cfg.max_length,
                                 max_prompt_length=cfg.max_prompt_length or cfg.max_length // 2)
+    needs_ref = any(facts(r.method).needs_reference for r in (Reward(method=cfg.method), cfg.also) if r is not None)
+    ref_scores = None
+    if ref is None and cfg.ref_model and needs_ref:
+        ref_scores = reference_scores(cfg.ref_model, tok, pairs, settings, dtype=cfg.dtype, batch_size=cfg.batch_size,
+                                      device="cpu" if cfg.device == "auto" else cfg.device)
     try:
         # teacher-forced scoring is one multi-position call per batch: every position runs sparse (as in the study)
         with handle.dense_prefix(0) if handle is not None else contextlib.nullcontext():
             summary, records = evaluate_preference(
                 model, tok, pairs, cfg.method, ref, beta=cfg.beta, tau=cfg.tau, baseline_model=baseline,
+                baseline_margins=baseline_margins, ref_scores=ref_scores, also=cfg.also,
                 kl_samples=cfg.kl_samples, kl_max_new_tokens=cfg.kl_max_new_tokens, settings=settings,
                 batch_size=cfg.batch_size, n_resamples=cfg.n_resamples, seed=cfg.seed,
             )
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if cfg.save_reference and handle is None:
+        import torch
+
+        save_reference(cfg.model, tok, pairs, settings, cfg.dtype,
+                       {f"{side}_logps": torch.tensor([r[f"logp_{side}"] for r in records])
+                        for side in ("chosen", "rejected")})
     summary.update(model=cfg.model, ref_model=cfg.ref_model, baseline_model=baseline_of(cfg), data=cfg.data,
                    sparsity=None)
     if handle is not None and cfg.sparsity is not None:

@@ -26,6 +26,7 @@ from sparsealign.data.records import PreferencePair
 from sparsealign.evaluate.generation import SamplingConfig, generate_from_ids
 from sparsealign.evaluate.preference.divergence import human_preference_prob
 from sparsealign.evaluate.preference.metrics import flip_metrics, kl_estimate, preference_metrics
+from sparsealign.evaluate.preference.reward import Reward
 from sparsealign.stats.intervals import DEFAULT_LEVEL, DEFAULT_RESAMPLES
 
 
@@ -36,7 +37,8 @@ def human_probs(pairs: Sequence[PreferencePair], tau: float = 1.0) -> np.ndarray
 
 def method_rewards(method: str, scores: dict[str, Any], ref_scores: dict[str, Any] | None,
                    beta: float | None) -> tuple[np.ndarray, np.ndarray, float]:
-    """(rewards_chosen, rewards_rejected, beta used) from `score_pairs` outputs, with the method's own reward.
+    """(rewards_chosen, rewards_rejected, beta used) from `score_pairs` outputs, with the method's own reward,
+    in float64 (a reward is a difference of long sums).
 
     `beta` should be the one the model trained with (`sparsealign.align.sidecar.read_record`); unset, it is the
     loss's own default — the same one training used when its config left β unset."""
@@ -44,8 +46,9 @@ def method_rewards(method: str, scores: dict[str, Any], ref_scores: dict[str, An
     beta = loss.resolve_beta(beta)
     out = []
     for side in ("chosen", "rejected"):
-        ref = ref_scores[f"{side}_logps"] if ref_scores is not None else None
-        out.append(loss.implicit_reward(scores[f"{side}_logps"], scores[f"{side}_n"], ref, beta).double().numpy())
+        ref = ref_scores[f"{side}_logps"].double() if ref_scores is not None else None
+        logp = scores[f"{side}_logps"].double()
+        out.append(loss.implicit_reward(logp, scores[f"{side}_n"], ref, beta).numpy())
     return out[0], out[1], (beta if loss.reward_uses_beta else 1.0)
 
 
@@ -83,6 +86,9 @@ def evaluate_preference(
     beta: float | None = None,
     tau: float = 1.0,
     baseline_model=None,
+    baseline_margins: Sequence[float] | None = None,
+    ref_scores: dict[str, Any] | None = None,
+    also: Reward | None = None,
     kl_samples: int = 0,
     kl_max_new_tokens: int = 128,
     settings=None,
@@ -93,8 +99,11 @@ def evaluate_preference(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score `pairs` and return (summary, per-pair records).
 
-    `baseline_model` is the dense model a sparsified `model` is compared with (same method, same reference):
-    the summary then carries `flip` metrics.  `kl_samples` > 0 (needs `ref_model`) samples that many completions
+    `baseline_model` is the dense model a sparsified `model` is compared with (same method, same reference), or
+    `baseline_margins` its margins from an earlier run: the summary then carries `flip` metrics.  `ref_scores`
+    are the reference's log-probs when they are already known (else `ref_model` is scored).  `also` is a second
+    reward read from the same log-probs (e.g. the model's own implicit reward beside a shared one): its metrics go
+    to `summary["also"]`, its margins to the records' `also_margin`.  `kl_samples` > 0 (needs `ref_model`) samples that many completions
     from `model` and reports KL(pi || pi_ref).  Every figure has a seeded percentile-bootstrap CI.
     """
 
@@ -107,7 +116,8 @@ def evaluate_preference(
         return score_pairs(m, tokenizer, pairs, settings, batch_size=batch_size)
 
     scores = scored(model)
-    ref_scores = scored(ref_model) if ref_model is not None else None
+    if ref_scores is None and ref_model is not None:
+        ref_scores = scored(ref_model)
     r_w, r_l, beta_used = method_rewards(method, scores, ref_scores, beta)
     p_h = human_probs(pairs, tau)
     logp_w, logp_l = scores["chosen_logps"].double().numpy(), scores["rejected_logps"].double().numpy()
@@ -120,14 +130,22 @@ def evaluate_preference(
         {"pair_id": p.id, "reward_chosen": float(r_w[i]), "reward_rejected": float(r_l[i]),
          "margin": float(r_w[i] - r_l[i]), "human_prob": float(p_h[i]), "logp_chosen": float(logp_w[i]),
          "logp_rejected": float(logp_l[i]), "n_chosen": int(scores["chosen_n"][i]),
-         "n_rejected": int(scores["rejected_n"][i])}
+         "n_rejected": int(scores["rejected_n"][i]), "correct": float(r_w[i] > r_l[i])}
         for i, p in enumerate(pairs)
     ]
+    if also is not None:
+        a_w, a_l, a_beta = method_rewards(also.method, scores, ref_scores, also.beta)
+        summary["also"] = {"method": also.method, "beta": a_beta, "metrics": preference_metrics(
+            a_w, a_l, p_h, logp_chosen=logp_w, logp_rejected=logp_l, **ci)}
+        for i, rec in enumerate(records):
+            rec["also_margin"] = float(a_w[i] - a_l[i])
     if baseline_model is not None:
         b_w, b_l, _ = method_rewards(method, scored(baseline_model), ref_scores, beta)
-        summary["flip"] = flip_metrics(b_w - b_l, r_w - r_l, **ci)
+        baseline_margins = (b_w - b_l).tolist()
+    if baseline_margins is not None:
+        summary["flip"] = flip_metrics(baseline_margins, r_w - r_l, **ci)
         for i, rec in enumerate(records):
-            rec["baseline_margin"] = float(b_w[i] - b_l[i])
+            rec["baseline_margin"] = float(baseline_margins[i])
     if kl_samples > 0:
         if ref_model is None:
             raise ValueError("KL(pi || pi_ref) needs a reference model")

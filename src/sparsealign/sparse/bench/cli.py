@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from sparsealign.models.loading import LoadSettings, load_model
 from sparsealign.sparse.modes import DYNAMIC, MODES, STATIC
 
 DEFAULT_SPARSITIES = "0.5,0.7,0.9"
@@ -41,13 +42,6 @@ def check_model_dir(spec: str) -> None:
     from sparsealign.models.loading import resolve_model
 
     resolve_model(spec)
-
-
-def load_model_dir(spec: str):
-    """fp32 model + tokenizer on the CPU from any --model spec (folder, hub id, .gguf, short name, adapter)."""
-    from sparsealign.models.loading import load_model_and_tokenizer
-
-    return load_model_and_tokenizer(spec, device="cpu", dtype="float32")
 
 
 def _log(msg: str) -> None:
@@ -123,7 +117,7 @@ def bench(model_dir: str | None, preset: str | None, layers: int | None, extrapo
         _log(f"building random-weight preset {preset} ...")
         model, tokenizer = build_preset(preset, num_layers=layers), train_tokenizer(local_texts(), 512)
     else:
-        model, tokenizer = load_model_dir(model_dir)
+        model, tokenizer = load_model(model_dir, LoadSettings())
     from sparsealign.sparse.config import PredictorConfig
 
     if predictor_cutoff == "auto":
@@ -187,16 +181,6 @@ def _curve_texts(domains: str | None, calib_file, eval_file, n_calib: int, n_eva
         calib = load_texts(other, n_calib)
         runs.append((d, other, calib, load_texts(d, n_eval, skip=n_calib if other == d else 0)))
     return runs
-
-
-def _load_curve_model(spec: str):
-    """A converted model directory (HF), or anything the shared loader accepts (.gguf, smollm2-135m-instruct)."""
-    from sparsealign.models.loading import load_model_and_tokenizer
-
-    if Path(spec).is_dir():
-        return load_model_dir(Path(spec))
-    model, tokenizer = load_model_and_tokenizer(spec, device="cpu", dtype="float32")
-    return model.float().eval(), tokenizer
 
 
 @click.command("curve")
@@ -263,7 +247,7 @@ def curve(model_dir: str, sparsity: str, modes: str, variants: str, domains: str
     from sparsealign.sparse.bench.curve import sample_texts, sparsity_curve, write_curve
 
     torch.set_num_threads(threads)
-    model, tokenizer = _load_curve_model(model_dir)
+    model, tokenizer = load_model(model_dir, LoadSettings())
     if runs_spec is None:
         calib = _read_chunks(calib_file) if calib_file else sample_texts(model, tokenizer, calib_texts,
                                                                         new_tokens=new_tokens, seed=0)

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import Field
 
 from sparsealign.config import StrictModel
-from sparsealign.models.loading import load_model_and_tokenizer
+from sparsealign.models.loading import LoadSettings, load_model
 from sparsealign.sparse.artifacts import SparsityArtifacts, save_artifacts, target_dir
 from sparsealign.sparse.calibration.calibrate import calibrate, record_activations
 from sparsealign.sparse.calibration.profile import build_profile, save_profile
@@ -32,6 +32,7 @@ class CalibrateRunConfig(StrictModel):
     sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
     targets: list[float] | None = Field(None, description="several targets from one recording (out_dir/t<target>)")
     profile: bool = Field(True, description="also write the activation profile (single target: out_dir/profile)")
+    load: LoadSettings = Field(default_factory=LoadSettings, description="how the model is loaded")
 
 
 def run_calibrate(cfg: CalibrateRunConfig, out_dir: str | Path, *, texts: Sequence[str] | None = None,
@@ -43,7 +44,7 @@ def run_calibrate(cfg: CalibrateRunConfig, out_dir: str | Path, *, texts: Sequen
         source = {"source": cfg.texts, "n": len(texts), "skip": cfg.skip}
     else:
         source = {"source": "given", "n": len(texts)}
-    model, tok = loaded if loaded is not None else load_model_and_tokenizer(cfg.model, device="cpu", dtype="float32")
+    model, tok = loaded if loaded is not None else load_model(cfg.model, cfg.load)
     base = cfg.sparsity
     rec = record_activations(model, tok, texts, max_length=base.max_length, max_tokens=base.max_tokens,
                              sites=base.sites)
