@@ -142,7 +142,8 @@ def test_all_zero_metric_gets_no_fit_and_a_floor_note():
 def test_report_states_findings_first(tmp_path):
     items = synthetic_items()
     config = {"seed": 0, "report": SETTINGS.model_dump(mode="json")}
-    paths = render.write_report(results_from_items(items), tmp_path, items=items, config=config)
+    paths = render.write_report(results_from_items(items).assign(family="micro"), tmp_path, items=items,
+                                config=config)
     md = paths["markdown"].read_text()
     assert md.index("## Findings") < md.index("## Caveats") < md.index("## Figures") < md.index("## Model family")
     findings_md = md[md.index("## Findings"):md.index("## Caveats")]
@@ -154,6 +155,9 @@ def test_report_states_findings_first(tmp_path):
     back = pd.read_parquet(paths["results"])
     ann = back[back["metric"] == "annotation_saving"]
     assert set(ann["method"]) == {"dpo", "rdpo"} and (ann.loc[ann["method"] == "dpo", "value"] == 1.0).all()
+    assert set(ann["family"]) == {"micro"}  # a saving row belongs to its size's family (was "": sizes listed twice)
+    family_table = md[md.index("## Model family"):].split("\n## ")[0]
+    assert all(family_table.count(f"| {size} ") == 1 for size in SIZES), family_table
 
 
 def test_no_saving_claimed_when_dpo_needs_only_its_smallest_subset():

@@ -133,3 +133,16 @@ def test_default_targets_lie_above_every_models_natural_sparsity():
     assert set(measured) >= {"micro-xxs", "micro-xs", "micro-s", "micro-m"}
     assert min(cfg.sparsity.targets) > max(v["estimate"] for v in measured.values())
     assert cfg.alignment.seeds >= 3 and cfg.evaluation.generated_tasks >= 200
+
+
+def test_a_dense_cell_without_the_likelihood_pass_reports_no_realized_sparsity():
+    """Annotation-subset dense cells skip the MBPP reference pass that measures natural sparsity: no row, not 0."""
+    from sparsealign.study.evaluation import EvalContext, sparsity_step
+
+    skipped = EvalContext(study=None, cell=None, model=None, tok=None, scoring=None)
+    sparsity_step(skipped)
+    assert "realized_sparsity" not in skipped.metrics
+    measured = EvalContext(study=None, cell=None, model=None, tok=None, scoring=None,
+                           metrics={"mbpp_natural_sparsity": 0.61})
+    sparsity_step(measured)
+    assert measured.metrics["realized_sparsity"] == 0.61

@@ -103,6 +103,9 @@ def write_report(results: pd.DataFrame, out_dir: str | Path, *, traces: pd.DataF
     if store and "annotation_saving" not in set(df["metric"]):
         ann = scaling.annotation_table(store, params, n_boot=settings.bootstrap, seed=seed)
         if not ann.empty:
+            if "family" in df:  # the saving of a size belongs to that size's family (a pooled row: the run's own)
+                families = df.drop_duplicates("size").set_index("size")["family"]
+                ann["family"] = ann["size"].map(families).fillna(families.iloc[0] if families.nunique() == 1 else "")
             df = validate_results(pd.concat([df, ann], ignore_index=True))
     if isinstance(traces, dict):
         traces = traces_from_cells(traces)

@@ -214,8 +214,9 @@ def preference_step(ctx: EvalContext) -> None:
 
 def sparsity_step(ctx: EvalContext) -> None:
     """Sparsity actually realized over the whole sequence above (and its trace)."""
-    if ctx.handle is None:  # no threshold: what ReLU itself zeroes (measured on the MBPP references)
-        ctx.metrics["realized_sparsity"] = float(ctx.metrics.get("mbpp_natural_sparsity", 0.0))
+    if ctx.handle is None:  # no threshold: what ReLU itself zeroes (measured on the MBPP references, where run)
+        if "mbpp_natural_sparsity" in ctx.metrics:
+            ctx.metrics["realized_sparsity"] = float(ctx.metrics["mbpp_natural_sparsity"])
         return
     stats = ctx.handle.stats()
     ctx.metrics["realized_sparsity"] = float(stats.get("realized_sparsity", 0.0))
