@@ -165,6 +165,19 @@ def test_a_non_default_beta_reaches_the_evaluator(env):
     assert base["scoring"] == shared and "implicit_beta" not in base
 
 
+def test_every_sparse_cell_reports_realized_sparsity_per_dataset(table):
+    """Thresholds must realize their target per domain, not only over the whole sequence: each sparse cell has a
+    realized-sparsity row for every dataset it ran (generation, the MBPP references, each preference set), each
+    within a few points of the cell's overall number."""
+    sparse = table[(table["mode"] != "dense") & table["metric"].str.endswith("realized_sparsity")]
+    for (method, mode), rows in sparse.groupby(["method", "mode"]):
+        per = {(d, m): v for d, m, v in zip(rows["dataset"], rows["metric"], rows["value"], strict=True)}
+        assert {("mbpp", "realized_sparsity"), ("generated", "realized_sparsity"), ("hh", "realized_sparsity"),
+                ("uf", "realized_sparsity"), ("mbpp", "reference_realized_sparsity")} <= set(per), (method, per)
+        overall = per[("all", "realized_sparsity")]
+        assert all(abs(v - overall) < 0.05 for v in per.values()), (method, mode, per)
+
+
 def test_the_study_runs_in_bfloat16_on_cpu(env, table):
     """`load.dtype` reaches every cell: the aligned model is trained and saved in bf16, every cell finishes, and
     the bf16 results track the fp32 ones (realized sparsity within 0.01)."""

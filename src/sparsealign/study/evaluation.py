@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,19 @@ def _flat(prefix: str, metrics: dict[str, Any], names: tuple[str, ...]) -> dict[
     return out
 
 
+@contextlib.contextmanager
+def domain(ctx: EvalContext, name: str) -> Iterator[None]:
+    """Sparse cells: the realized sparsity of one dataset's pass alone, as `<name>_realized_sparsity` (thresholds
+    realize their target per domain, not only over the whole sequence)."""
+    if ctx.handle is None:
+        yield
+        return
+    with ctx.handle.window() as realized:
+        yield
+    if "realized_sparsity" in realized:
+        ctx.metrics[f"{name}_realized_sparsity"] = realized["realized_sparsity"]
+
+
 def _mbpp(ctx: EvalContext, tasks: list[MbppTask], name: str, prefix: tuple[str, int] | None = None) -> None:
     """pass@1 of `tasks` as dataset `name`; `prefix` = (dataset, k): the first k tasks also reported as their own
     dataset, from the same generations (one run, two datasets)."""
@@ -100,7 +113,8 @@ def _mbpp(ctx: EvalContext, tasks: list[MbppTask], name: str, prefix: tuple[str,
                             ci_resamples=ev.bootstrap, seed=seed,
                             sampling=SamplingConfig(max_new_tokens=ev.max_new_tokens,
                                                      batch_size=ev.generation_batch_size, seed=seed)))
-    summary, records = mbpp_on_model(cfg, ctx.model, ctx.tok, tasks)
+    with domain(ctx, name):
+        summary, records = mbpp_on_model(cfg, ctx.model, ctx.tok, tasks)
     save_records(records, ctx.out_dir / f"{name}.parquet")
     passed = {r["task_id"] for r in records if r["status"] == "passed"}
     p1 = summary.get("pass@1", {})
@@ -145,7 +159,8 @@ def likelihood_step(ctx: EvalContext) -> None:
     other = None if dense and cell.method == BASE else _kl_model(ctx, against, len(tasks), dense)
     kl = {"alignment_kl": other} if dense and other is not None else {}
     hidden: list | None = [] if dense and _compared_against(ctx.study, cell) else None
-    with ctx.handle.dense_prefix(0) if ctx.handle is not None else contextlib.nullcontext():  # every token sparse
+    with (ctx.handle.dense_prefix(0) if ctx.handle is not None else contextlib.nullcontext(),  # every token sparse
+          domain(ctx, "mbpp_reference")):
         scores = code_likelihood(ctx.model, ctx.tok, tasks, kl_to=kl, kl_from={} if dense else {"sparse_kl": other},
                                  zeros=dense, n_resamples=ev.bootstrap, seed=ctx.study.cfg.seed, hidden=hidden)
     if hidden is not None:
@@ -197,8 +212,9 @@ def preference_step(ctx: EvalContext) -> None:
             continue
         pairs = load_pairs(path, warn=False).pairs
         baseline = dense_items.get(f"{name}_margin") if dense_items is not None else None
-        summary, records = preference_on_model(ctx.scoring.model_copy(update={"data": str(path)}), ctx.model,
-                                               ctx.tok, pairs, baseline_margins=baseline, handle=ctx.handle)
+        with domain(ctx, name):
+            summary, records = preference_on_model(ctx.scoring.model_copy(update={"data": str(path)}), ctx.model,
+                                                   ctx.tok, pairs, baseline_margins=baseline, handle=ctx.handle)
         ctx.metrics.update(_flat(f"{name}_", summary["metrics"], SUMMARY_METRICS))
         ctx.metrics["scoring"] = {"method": summary["method"], "beta": summary["beta"],
                                   "shared_reward": "mean token log-prob"}

@@ -235,6 +235,22 @@ class SparsityHandle:
         finally:
             self._rt.dense_prefix = None
 
+    @contextlib.contextmanager
+    def window(self) -> Iterator[dict[str, float]]:
+        """Realized sparsity of what runs inside the block alone (one domain of a longer sequence): the yielded dict
+        gets `realized_sparsity` (mean over layers of each layer's share of zeroed FFN neurons over the block's
+        sparse positions) when the block is left, if it ran any sparse position."""
+        before = [(tok, kept) for tok, kept, *_ in self._rt.counts]
+        out: dict[str, float] = {}
+        try:
+            yield out
+        finally:
+            width = self._rt.art.intermediate_size
+            per_layer = [1.0 - (kept - k0) / ((tok - t0) * width)
+                         for (t0, k0), (tok, kept, *_) in zip(before, self._rt.counts, strict=True) if tok > t0]
+            if per_layer and len(per_layer) == len(before):
+                out["realized_sparsity"] = sum(per_layer) / len(per_layer)
+
     def trace(self) -> dict[str, Any]:
         """Per layer, per processed position (batch-averaged): realized sparsity and applied threshold."""
         rt = self._rt
