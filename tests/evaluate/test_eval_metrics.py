@@ -13,7 +13,12 @@ from sparsealign.evaluate.preference.divergence import (
     bt_cross_entropy,
     human_preference_prob,
 )
-from sparsealign.evaluate.preference.metrics import flip_metrics, kl_estimate, preference_metrics
+from sparsealign.evaluate.preference.metrics import (
+    flip_metrics,
+    kl_estimate,
+    length_metrics,
+    preference_metrics,
+)
 from sparsealign.stats.intervals import bootstrap_ci, paired_bootstrap
 
 LN2 = math.log(2)
@@ -115,3 +120,20 @@ def test_paired_bootstrap_shares_indices() -> None:
     assert (own.estimate, own.low, own.high) == pytest.approx((alone.estimate, alone.low, alone.high), abs=1e-12)
     with pytest.raises(ValueError):
         paired_bootstrap({"a": [1.0, 2.0], "b": [1.0]})
+
+
+def test_length_metrics_against_their_definitions():
+    n_chosen = np.array([10, 12, 30, 5, 7, 9, 4, 8])
+    n_rejected = np.array([5, 6, 10, 9, 8, 9, 20, 2])  # chosen longer on 0,1,2,7; shorter on 3,4,6; tie on 5
+    longer_wins = np.sign(n_chosen - n_rejected)  # a model that just prefers the longer response
+    out = length_metrics(longer_wins.astype(float), n_chosen, n_rejected, n_resamples=200)
+    assert out["length_baseline_accuracy"]["estimate"] == pytest.approx((4 + 0.5) / 8)
+    assert out["length_agreement"]["estimate"] == 1.0
+    assert out["length_controlled_accuracy"]["estimate"] == pytest.approx(0.5)  # right on one stratum only
+    perfect = length_metrics(np.ones(8), n_chosen, n_rejected, n_resamples=200)
+    assert perfect["length_controlled_accuracy"]["estimate"] == pytest.approx(1.0)
+    assert perfect["length_agreement"]["estimate"] == pytest.approx(4 / 7)
+    # right on 3 of the 4 chosen-longer pairs and 1 of the 3 chosen-shorter ones: (3/4 + 1/3) / 2
+    mixed = np.array([1, 1, 1, 1, -1, 1, -1, -1], dtype=float)
+    got = length_metrics(mixed, n_chosen, n_rejected, n_resamples=200)["length_controlled_accuracy"]
+    assert got["estimate"] == pytest.approx((3 / 4 + 1 / 3) / 2) and got["low"] <= got["estimate"] <= got["high"]

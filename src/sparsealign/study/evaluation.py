@@ -60,6 +60,7 @@ from sparsealign.study.layout import Study
 
 PREFERENCE_SETS = ("hh", "uf", "code")
 SUMMARY_METRICS = ("reward_accuracy", "ranking_accuracy", "preference_divergence", "bt_cross_entropy", "mean_margin")
+LENGTH_METRICS = ("length_baseline_accuracy", "length_controlled_accuracy", "length_agreement")
 
 
 @dataclass
@@ -216,6 +217,7 @@ def preference_step(ctx: EvalContext) -> None:
             summary, records = preference_on_model(ctx.scoring.model_copy(update={"data": str(path)}), ctx.model,
                                                    ctx.tok, pairs, baseline_margins=baseline, handle=ctx.handle)
         ctx.metrics.update(_flat(f"{name}_", summary["metrics"], SUMMARY_METRICS))
+        ctx.metrics.update(_flat(f"{name}_", summary["length"], LENGTH_METRICS))
         ctx.metrics["scoring"] = {"method": summary["method"], "beta": summary["beta"],
                                   "shared_reward": "mean token log-prob"}
         ctx.items[f"{name}_margin"] = [r["margin"] for r in records]

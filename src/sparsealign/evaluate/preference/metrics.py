@@ -104,3 +104,34 @@ def kl_estimate(
     """
     lp, lr = _paired(logp_policy, logp_ref, "log-prob")
     return _ci(lp - lr, n_resamples, level, seed)
+
+
+def length_metrics(
+    margins: Sequence[float] | np.ndarray,
+    n_chosen: Sequence[float] | np.ndarray,
+    n_rejected: Sequence[float] | np.ndarray,
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    level: float = DEFAULT_LEVEL,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """What response length alone explains of a preference accuracy (token counts of the two responses):
+
+    - length_baseline_accuracy: the trivial rule "the longer response wins" (ties: 1/2), against the labels;
+    - length_agreement: how often the model prefers the longer response (pairs of unequal length);
+    - length_controlled_accuracy: the model's accuracy averaged over the two strata "chosen is longer" and
+      "chosen is shorter" (equal weight each): a pure length preference scores 1/2 here, whatever the data's mix.
+    """
+    m, n_w = _paired(margins, n_chosen, "margin / length")
+    _, n_l = _paired(margins, n_rejected, "margin / length")
+    longer = np.sign(n_w - n_l)
+    ci = {"n_resamples": n_resamples, "level": level, "seed": seed}
+    out = {"length_baseline_accuracy": _ci((longer + 1) / 2, **ci)}
+    unequal = longer != 0
+    if unequal.any():
+        out["length_agreement"] = _ci(((m[unequal] > 0) == (longer[unequal] > 0)).astype(float), **ci)
+    strata = [longer > 0, longer < 0]
+    if all(s.any() for s in strata):  # weights that make the plain mean the balanced accuracy (ties left out)
+        weights = sum(s * (0.5 * unequal.sum() / s.sum()) for s in strata)
+        out["length_controlled_accuracy"] = _ci(((m > 0) * weights)[unequal], **ci)
+    return out

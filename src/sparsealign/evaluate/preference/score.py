@@ -25,7 +25,12 @@ from sparsealign.align.losses import loss_for
 from sparsealign.data.records import PreferencePair
 from sparsealign.evaluate.generation import SamplingConfig, generate_from_ids
 from sparsealign.evaluate.preference.divergence import human_preference_prob
-from sparsealign.evaluate.preference.metrics import flip_metrics, kl_estimate, preference_metrics
+from sparsealign.evaluate.preference.metrics import (
+    flip_metrics,
+    kl_estimate,
+    length_metrics,
+    preference_metrics,
+)
 from sparsealign.evaluate.preference.reward import Reward
 from sparsealign.stats.intervals import DEFAULT_LEVEL, DEFAULT_RESAMPLES
 
@@ -125,6 +130,7 @@ def evaluate_preference(
         "method": method, "beta": beta_used, "tau": tau, "n_pairs": len(pairs),
         "n_truncated": int(scores["n_truncated"]), "scored_pairs": int((p_h < 1).sum()),
         "metrics": preference_metrics(r_w, r_l, p_h, logp_chosen=logp_w, logp_rejected=logp_l, **ci),
+        "length": length_metrics(r_w - r_l, scores["chosen_n"].numpy(), scores["rejected_n"].numpy(), **ci),
     }
     records = [
         {"pair_id": p.id, "reward_chosen": float(r_w[i]), "reward_rejected": float(r_l[i]),
