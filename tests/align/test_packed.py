@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sparsealign.sparse.runtime.patch import apply_sparsity
 
 from sparse_helpers import load_code_and_dialogue, load_stories
 from sparsealign.align.logps import (
@@ -22,6 +21,7 @@ from sparsealign.models.tiny import tiny_model_and_tokenizer
 from sparsealign.sparse.calibration.calibrate import calibrate
 from sparsealign.sparse.config import SparsityConfig
 from sparsealign.sparse.runtime import state as runtime
+from sparsealign.sparse.runtime.patch import apply_sparsity
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 KEYS = ("chosen_logps", "chosen_n", "rejected_logps", "rejected_n")

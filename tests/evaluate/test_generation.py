@@ -8,7 +8,6 @@ import copy
 
 import pytest
 import torch
-from sparsealign.sparse.runtime.patch import apply_sparsity
 
 from sparsealign.data.mbpp.prompts import make_format
 from sparsealign.data.mbpp.tasks import load_mbpp
@@ -17,6 +16,7 @@ from sparsealign.evaluate.greedy import shared_prefix_length
 from sparsealign.models.tiny import tiny_model_and_tokenizer
 from sparsealign.sparse.calibration.calibrate import calibrate
 from sparsealign.sparse.config import SparsityConfig
+from sparsealign.sparse.runtime.patch import apply_sparsity
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -7,7 +7,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-from sparsealign.sparse.runtime.patch import apply_sparsity
 
 from sparsealign.data.mbpp.prompts import lm_eval_query
 from sparsealign.data.mbpp.tasks import load_mbpp
@@ -23,6 +22,7 @@ from sparsealign.evaluate.mbpp.likelihood import (
 from sparsealign.models.tiny import tiny_model_and_tokenizer
 from sparsealign.sparse.calibration.calibrate import calibrate
 from sparsealign.sparse.config import SparsityConfig
+from sparsealign.sparse.runtime.patch import apply_sparsity
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

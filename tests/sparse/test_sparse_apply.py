@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from sparsealign.sparse.runtime.patch import SparseMLP, apply_sparsity, find_mlps
 
 from sparsealign.errors import UserError
 from sparsealign.models.tiny import build_llama, train_tokenizer
@@ -15,6 +14,7 @@ from sparsealign.sparse.artifacts import load_artifacts, save_artifacts
 from sparsealign.sparse.bench.quality import evaluate_sparsity
 from sparsealign.sparse.calibration.calibrate import calibrate, record_activations
 from sparsealign.sparse.config import SparsityConfig
+from sparsealign.sparse.runtime.patch import SparseMLP, apply_sparsity, find_mlps
 
 
 @pytest.fixture(scope="module", autouse=True)

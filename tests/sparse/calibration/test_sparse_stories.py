@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sparsealign.sparse.runtime.patch import apply_sparsity
 
 from sparse_helpers import load_code_and_dialogue, load_stories
 from sparsealign.sparse.bench.quality import evaluate_sparsity
 from sparsealign.sparse.calibration.calibrate import calibrate, record_activations
 from sparsealign.sparse.config import SparsityConfig
+from sparsealign.sparse.runtime.patch import apply_sparsity
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from sparsealign.sparse.runtime.patch import apply_sparsity
 
 from sparse_helpers import load_code_and_dialogue, load_stories
 from sparsealign.evaluate import greedy
@@ -17,6 +16,7 @@ from sparsealign.sparse.calibration.calibrate import calibrate, record_activatio
 from sparsealign.sparse.config import SITES, ControllerConfig, SparsityConfig
 from sparsealign.sparse.metrics import empirical_threshold
 from sparsealign.sparse.runtime.controller import ThresholdController
+from sparsealign.sparse.runtime.patch import apply_sparsity
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from sparsealign.sparse.runtime.patch import apply_sparsity
 
 from sparsealign.sparse.bench.roofline import roofline_fields, step_bytes
 from sparsealign.sparse.bench.speed import build_preset, local_texts
@@ -18,6 +17,7 @@ from sparsealign.sparse.config import SparsityConfig
 from sparsealign.sparse.runtime import kernels
 from sparsealign.sparse.runtime.decode import Decoder, DenseOps, PatchedOps, greedy
 from sparsealign.sparse.runtime.fastpath import NeuronMajor, quantize_rows
+from sparsealign.sparse.runtime.patch import apply_sparsity
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 LIB = kernels.load()
