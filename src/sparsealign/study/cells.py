@@ -18,6 +18,7 @@ from typing import ClassVar
 
 from sparsealign.errors import ConfigError, UserError
 from sparsealign.models.micro import get_recipe
+from sparsealign.sparse.config import ControllerConfig
 from sparsealign.sparse.modes import needs_predictors
 from sparsealign.study.config import AlignSettings, EvaluationConfig, FamilyConfig, StudyConfig
 
@@ -124,6 +125,7 @@ class CalibrateCell(Cell):
     targets: tuple[float, ...] = ()
     texts: int = 0
     predictor: bool = False
+    controller: ControllerConfig = field(default_factory=ControllerConfig)  # dynamic mode settings, saved with the thresholds
 
     @property
     def method(self) -> str:  # type: ignore[override]
@@ -211,7 +213,8 @@ def expand(cfg: StudyConfig) -> list[Cell]:
             cells.append(dense)
             if model_subset(model) != 1.0 or sp.methods is not None and model_method(model) not in {BASE, *sp.methods}:
                 continue  # annotation-efficiency models (and methods left out of the sparse grid) stay dense
-            cal = CalibrateCell(size, model, tuple(sp.targets), sp.calibration_texts, needs_predictors(sp.modes))
+            cal = CalibrateCell(size, model, tuple(sp.targets), sp.calibration_texts, needs_predictors(sp.modes),
+                                sp.controller)
             cells.append(cal)
             cells += [EvalCell(size, model, pairs, cfg.evaluation, mode, target, sp.prefill, cal, dense)
                       for mode in sp.modes for target in sp.targets]

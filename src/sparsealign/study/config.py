@@ -28,6 +28,7 @@ from sparsealign.config import StrictModel, aliases_under, load_config, read_yam
 from sparsealign.errors import UserError
 from sparsealign.models.loading import LoadSettings
 from sparsealign.models.micro import PRESETS as MICRO_PRESETS
+from sparsealign.sparse.config import ControllerConfig
 from sparsealign.sparse.modes import DYNAMIC, STATIC, Mode, mode_help
 
 PRESETS = ("default", "small", "real", "paper")
@@ -160,6 +161,8 @@ class SparsityGrid(StrictModel):
     modes: list[Mode] = Field(default_factory=lambda: [STATIC, DYNAMIC], description=f"sparsity modes: "
                               f"{mode_help()}")
     calibration_texts: int = Field(64, ge=4, description="code snippets (MBPP train solutions) for calibration")
+    controller: ControllerConfig = Field(default_factory=ControllerConfig, description="the dynamic controller's "
+                                         "settings (frozen: true holds the calibrated thresholds, the pipeline's null)")
     methods: list[Method] | None = Field(None, description="aligned methods evaluated sparse (the base model always "
                                          "is); None = every method in alignment.methods")
     prefill: Literal["dense", "sparse"] = "dense"

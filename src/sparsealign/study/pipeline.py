@@ -172,7 +172,7 @@ def calibration_texts(study: Study) -> list[str]:
 def calibrate_cell(study: Study, cell: CalibrateCell) -> CellResult:
     model_path = study.model_path(cell.size, cell.model)
     cfg = CalibrateRunConfig(model=model_path, targets=list(cell.targets), profile=False, load=study.cfg.load,
-                             sparsity=SparsityConfig(seed=study.cfg.seed,
+                             sparsity=SparsityConfig(seed=study.cfg.seed, controller=cell.controller,
                                                      predictor=PredictorConfig(enabled=cell.predictor)))
     out = study.artifacts_root(cell.size, cell.method, model_seed(cell.model))
     arts = run_calibrate(cfg, out, texts=calibration_texts(study))
