@@ -141,6 +141,19 @@ def test_bad_arguments_are_one_line_errors(cli, args, needle) -> None:
     assert_one_line_error(cli("eval", "mbpp", *args, "--json"), needle)
 
 
+def test_verb_defaults_are_the_sampling_defaults_and_lm_evals_token_budget() -> None:
+    """`eval mbpp` at its defaults decodes what lm-eval's mbpp does (max_gen_toks: the task sets none) and what the
+    Python API does (512 tokens and batches of 8 made the verb ~40x slower per task than the study, issue 23)."""
+    from lm_eval.models.huggingface import HFLM
+
+    from sparsealign.evaluate.mbpp.cli import mbpp_command
+
+    flags = {p.name: p.default for p in mbpp_command.params}
+    defaults = SamplingConfig()
+    assert flags["max_new_tokens"] == defaults.max_new_tokens == HFLM.max_gen_toks.fget(None) == 256
+    assert flags["batch_size"] == defaults.batch_size == MbppRunConfig().eval.sampling.batch_size
+
+
 def test_left_padded_batch_generates_what_each_prompt_generates_alone(tiny_coder) -> None:
     model, tok, _ = tiny_coder
     peaky = copy.deepcopy(model)

@@ -29,8 +29,12 @@ class SamplingConfig(StrictModel):
     n: int = Field(1, ge=1, description="completions per prompt")
     temperature: float = Field(0.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(512, ge=1)
-    batch_size: int = Field(8, ge=1, description="prompts per generate call (each yields n sequences)")
+    # 256 = lm-eval's max_gen_toks (its mbpp task sets none): 512 doubled the cost of every row that never stops
+    max_new_tokens: int = Field(256, ge=1)
+    # greedy: rows decoded at once, finished rows replaced by waiting prompts (continuous batching), so a wide batch
+    # costs nothing when one row runs to the limit; sampling: prompts per generate call (each yields n sequences)
+    batch_size: int = Field(32, ge=1, description="greedy: rows decoded at once (continuous batching); sampling: "
+                                                  "prompts per generate call (each yields n sequences)")
     seed: int = 0
     prefix_cache: bool = Field(True, description="greedy: run the prompts' shared prefix once (False: HF generate)")
 

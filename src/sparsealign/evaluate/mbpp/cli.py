@@ -13,6 +13,8 @@ from sparsealign.sparse.options import sparsity_options, sparsity_spec
 EXTRACT_CHOICES = ("harness", "lenient")
 FORMAT_CHOICES = ("lm-eval", "bigcode")
 SPLIT_CHOICES = ("test", "validation", "train", "prompt")
+# SamplingConfig's defaults (not imported: it brings torch, and --help stays light); a test holds them equal
+MAX_NEW_TOKENS, BATCH_SIZE = 256, 32
 
 
 @click.command("mbpp")
@@ -46,8 +48,11 @@ SPLIT_CHOICES = ("test", "validation", "train", "prompt")
               help="Sampling temperature; 0 = greedy (then --n must be 1).")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
               help="Nucleus sampling mass.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Prompts per generate call.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=MAX_NEW_TOKENS, show_default=True,
+              help="Tokens per completion at most (lm-eval's max_gen_toks).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=BATCH_SIZE, show_default=True,
+              help="Greedy: rows decoded at once (a finished row is replaced by a waiting prompt); sampling: prompts "
+                   "per generate call.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling and bootstrap seed.")
 @click.option("--k", "ks", type=click.IntRange(min=1), multiple=True, default=(1,), show_default=True,
               help="pass@k to report (repeatable; k <= n).")
