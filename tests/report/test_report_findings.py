@@ -79,13 +79,44 @@ def findings():
 
 
 def test_planted_effect_is_called_an_effect_after_holm(findings):
-    align = [f for f in findings if f.question == "alignment" and f.dataset == "hh"]
+    align = [f for f in findings if f.question == "alignment" and f.dataset == "hh" and f.estimand == "difference"]
     assert [f.target for f in align] == [0.0, 0.7, 0.9]
     for f in align:
         assert f.verdict == "effect", f
         assert f.ci_low > 0 and f.p_holm < 0.05 and f.p_holm >= f.p
         assert f.effect == pytest.approx(LIFT + 0.025, abs=0.04)  # mean planted lift over methods and seeds
         assert f.n == 4 * N_HH and f.seeds == 3 and f.test == "sign-flip"
+
+
+def test_the_interaction_is_null_when_alignment_lifts_sparse_and_dense_alike(findings):
+    """The planted lift is the same at every setting: (aligned - base)_sparse - (aligned - base)_dense is 0."""
+    inter = [f for f in findings if f.estimand == "interaction" and f.dataset == "hh"]
+    assert sorted((f.contrast.split(" at ")[1].split()[0], f.target) for f in inter) == [
+        (m, t) for m in ("dynamic", "static") for t in TARGETS]
+    for f in inter:
+        assert f.verdict == "inconclusive" and f.ci_low <= 0 <= f.ci_high and abs(f.effect) < 0.03, f
+        assert f.n == 4 * N_HH and f.seeds == 3 and "300 items x 4 size(s) x 3 seed(s)" in f.note
+    gen = [f for f in findings if f.estimand == "interaction" and f.dataset == "mbpp"]
+    assert gen and all(f.verdict == "not measurable" and "floor" in f.note for f in gen)
+
+
+def test_a_planted_interaction_is_found_and_floor_sizes_are_left_out():
+    """Aligned models lose their lift at 0.9 sparsity (base does not): the interaction at 0.9 is -LIFT - 0.025
+    (the RDPO/seed extras), found; one size pushed to the floor is left out and named, the rest still count."""
+    items = synthetic_items()
+    for key, arrays in items.items():
+        size, method, *_, mode, target = key.split("/")
+        if method != "base" and mode != "dense" and target == "0.90":
+            base = items[f"{size}/base/f1.000/{mode}/{target}"]["hh_correct"]
+            arrays["hh_correct"] = list(base)  # no better than base here
+        if size == "micro-a":
+            arrays["hh_correct"] = [0.0] * N_HH
+    found = compute_findings(ItemStore(items), SIZES, SETTINGS)
+    at_09 = [f for f in found if f.estimand == "interaction" and f.dataset == "hh" and f.target == 0.9]
+    assert len(at_09) == 2
+    for f in at_09:
+        assert f.verdict == "effect" and f.ci_high < 0 and f.effect == pytest.approx(-(LIFT + 0.025), abs=0.03), f
+        assert "left out at floor/ceiling: micro-a" in f.note and f.n == 3 * N_HH
 
 
 def test_known_null_is_inconclusive(findings):

@@ -1,7 +1,9 @@
 """The report's Findings: each primary contrast of the study config, tested on paired per-item data.
 
-Research questions: (a) does alignment survive sparsity -- aligned minus base, pooled over the aligned methods and
-sizes, at dense and every target; (b) dynamic minus static thresholds at every target, pooled over all models;
+Research questions: (a) does alignment survive sparsity -- estimand `interaction`: (aligned - base)_sparse -
+(aligned - base)_dense, the same aligned methods and seeds on both sides, per mode and target, paired over items and
+seeds, sizes at the metric's floor or ceiling left out and named; beside it aligned - base at each setting
+(`difference`); (b) dynamic minus static thresholds at every target, pooled over all models;
 (c) how (a) and (b) change with model size -- OLS slope over log10(params) of the per-size effect at the highest
 target, t(n-2) interval, none from fewer than 4 sizes; (d) annotation efficiency -- each rationale method's saving of
 preference pairs against DPO (1 = none).
@@ -57,15 +59,20 @@ class Finding:
     p_holm: float | None = None
     verdict: str = "not measurable"
     note: str = ""
+    estimand: str = ""  # difference | interaction | nominal_target | slope | saving
 
     def to_dict(self) -> dict:
         d = asdict(self)
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
-def _unmeasurable(spec: ContrastConfig, contrast: str, note: str, target: float | None = None, n: int = 0) -> Finding:
+ESTIMANDS = {"alignment": "difference", "thresholds": "nominal_target", "size": "slope", "annotation": "saving"}
+
+
+def _unmeasurable(spec: ContrastConfig, contrast: str, note: str, target: float | None = None, n: int = 0,
+                  estimand: str | None = None) -> Finding:
     return Finding(spec.question, contrast, spec.dataset, spec.metric, target, None, None, None, n, 0, None, "none",
-                   note=note)
+                   note=note, estimand=estimand or ESTIMANDS[spec.question])
 
 
 def _bound_note(arrays: list[np.ndarray], metric: str) -> str | None:
@@ -108,7 +115,57 @@ def _difference(store: ItemStore, spec: ContrastConfig, question: str, target: f
                              target, a.shape[1])
     d = paired_difference(a, b, n_resamples=settings.bootstrap, seed=seed)
     return Finding(question, label, spec.dataset, spec.metric, target, d.estimate, d.low, d.high, d.n, d.seeds,
-                   d.p, d.test, note=f"{len(pairs)} size(s)")
+                   d.p, d.test, note=f"{len(pairs)} size(s)",
+                   estimand=ESTIMANDS[question])
+
+
+def _interaction_cells(store: ItemStore, dataset: str, metric: str, mode: str, target: float,
+                       size: str) -> list[np.ndarray] | None:
+    """One size's [aligned sparse, aligned dense, base sparse, base dense] (seeds, items), the aligned side pooled
+    over the methods evaluated at (mode, target) -- the same methods, seeds and items on both sides."""
+    def cell(method: str, sparse: bool) -> np.ndarray | None:
+        return store.get(CellKey(size, method, 1.0, mode if sparse else "dense", target if sparse else 0.0),
+                         dataset, metric)
+
+    methods = sorted({c.method for c in store.cells(dataset, metric) if c.size == size and c.subset == 1.0
+                      and c.method != BASE and c.mode == mode and c.target == target})
+    pairs = [(s, d) for m in methods if (s := cell(m, True)) is not None and (d := cell(m, False)) is not None
+             and s.shape == d.shape]
+    out = [broadcast_pool([s for s, _ in pairs]), broadcast_pool([d for _, d in pairs]), cell(BASE, True),
+           cell(BASE, False)]
+    return None if not pairs or any(a is None for a in out) else out
+
+
+def _interaction(store: ItemStore, spec: ContrastConfig, mode: str, target: float, settings: ReportConfig,
+                 seed: int) -> Finding:
+    """(aligned - base)_sparse - (aligned - base)_dense = (aligned_sparse - aligned_dense) - (base_sparse -
+    base_dense): each side a per-item, per-seed difference of the same model, so the crossed bootstrap and the
+    sign-flip test apply unchanged."""
+    label = f"(aligned - base) at {mode} {target:g} minus at dense, {spec.dataset} {spec.metric}"
+    kept, floored, arrays = [], [], []
+    for size in store.sizes():
+        cells = _interaction_cells(store, spec.dataset, spec.metric, mode, target, size)
+        if cells is None:
+            continue
+        if _bound_note(cells, spec.metric):
+            floored.append(size)
+            continue
+        kept.append(size)
+        arrays.append(cells)
+    left_out = f"; left out at floor/ceiling: {', '.join(floored)}" if floored else ""
+    if not arrays:
+        note = f"{spec.metric} is at its floor or ceiling at every size" if floored else "no paired cells"
+        return _unmeasurable(spec, label, note, target, estimand="interaction")
+    a = concat_items([c[0] - c[1] for c in arrays])
+    b = concat_items([c[2] - c[3] for c in arrays])
+    if a is None or b is None or a.shape[1] < settings.min_items:
+        n = 0 if a is None else a.shape[1]
+        return _unmeasurable(spec, label, f"only {n} paired items (< {settings.min_items}){left_out}", target,
+                             n, estimand="interaction")
+    d = paired_difference(a, b, n_resamples=settings.bootstrap, seed=seed)
+    note = (f"{d.n // len(kept)} items x {len(kept)} size(s) x {d.seeds} seed(s) ({', '.join(kept)}){left_out}")
+    return Finding("alignment", label, spec.dataset, spec.metric, target, d.estimate, d.low, d.high, d.n, d.seeds,
+                   d.p, d.test, note=note, estimand="interaction")
 
 
 def _size_effect(store: ItemStore, spec: ContrastConfig, params: Mapping[str, float], settings: ReportConfig,
@@ -139,7 +196,7 @@ def _size_effect(store: ItemStore, spec: ContrastConfig, params: Mapping[str, fl
     if fit is None:
         return _unmeasurable(spec, label, f"{len(xs)} size(s): a slope needs at least {MIN_SIZES}", target, n)
     return Finding("size", label, spec.dataset, spec.metric, target, fit.slope, fit.low, fit.high, n, 1, fit.p,
-                   "ols-t", note=f"{len(xs)} sizes, t({len(xs) - 2}) interval")
+                   "ols-t", note=f"{len(xs)} sizes, t({len(xs) - 2}) interval", estimand="slope")
 
 
 def annotation_curves(store: ItemStore, dataset: str, metric: str,
@@ -182,7 +239,7 @@ def _annotation(store: ItemStore, spec: ContrastConfig, settings: ReportConfig, 
                               n=n)]
     return [Finding("annotation", f"{s.method}: {label}", spec.dataset, spec.metric, None, s.saving, s.ci_low,
                     s.ci_high, s.n, next(iter(curves.values())).shape[0], s.p, "bootstrap", null=1.0,
-                    note=f"{s.status}; target reached in {s.reached_fraction:.0%} of replicates")
+                    note=f"{s.status}; target reached in {s.reached_fraction:.0%} of replicates", estimand="saving")
             for s in others]
 
 
@@ -198,6 +255,8 @@ def compute_findings(store: ItemStore, params: Mapping[str, float], settings: Re
                 where = "dense" if t == 0 else f"{spec.mode} @ {t:g}"
                 out.append(_difference(store, spec, "alignment", t, settings, f"aligned - base, {what}, {where}",
                                        seed))
+            out += [_interaction(store, spec, mode, t, settings, seed)
+                    for mode in (STATIC, DYNAMIC) for t in store.targets(mode) if t > 0]
         elif spec.question == "thresholds":
             targets = sorted(set(store.targets(DYNAMIC)) & set(store.targets(STATIC)))
             vs = f"{DYNAMIC} - {STATIC}"
