@@ -153,3 +153,20 @@ def test_every_verb_has_useful_help(cli):
         assert verb in top.stdout, verb
         res = cli(verb, "--help")
         assert res.returncode == 0 and len(res.stdout.splitlines()) > 3, (verb, res.stdout, res.stderr)
+
+
+def test_cache_defaults_to_the_user_cache_and_the_env_overrides_it(tmp_path, monkeypatch):
+    """Issue 23 item 5: the default cache is the user's (XDG), never the package or the checkout."""
+    from pathlib import Path
+
+    import sparsealign
+    from sparsealign.settings import CACHE_DIR_ENV, cache_dir
+
+    monkeypatch.delenv(CACHE_DIR_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    default = cache_dir()
+    assert default.is_relative_to(tmp_path / "xdg"), default
+    checkout = Path(sparsealign.__file__).resolve().parents[2]  # src/sparsealign/__init__.py -> checkout (or prefix)
+    assert not default.resolve().is_relative_to(checkout)
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"

@@ -71,7 +71,13 @@ def runs_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def cache_dir() -> Path:
-    """Cache for derived artifacts (pretrained micro models, reference log-probs) shared between runs."""
+    """Cache for derived artifacts (dequantized GGUF models, micro models, reference log-probs, compiled kernels)
+    shared between runs: $SPARSEALIGN_CACHE_DIR, else the user cache directory (`$XDG_CACHE_HOME/sparsealign`, by
+    default ~/.cache/sparsealign on Linux; platformdirs picks the platform's place).  Never inside the package or the
+    checkout: an installed wheel must not write into site-packages."""
     value = os.environ.get(CACHE_DIR_ENV)
-    path = Path(value).expanduser() if value else _REPO_ROOT / ".cache"
-    return path
+    if value:
+        return Path(value).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("sparsealign", appauthor=False))
