@@ -12,7 +12,6 @@ from conftest import assert_one_line_error
 from llm_server import FakeOpenAI
 from sparsealign.align.rationales import chosen_shown_first, rationale_messages
 from sparsealign.clients import ChatClient, EndpointError
-from sparsealign.clients.openai_compat import backoff_s, retry_after_s
 from sparsealign.data.preference import load_pairs
 
 HH = "hh-rlhf/helpful-base/test.jsonl.gz"
@@ -22,7 +21,7 @@ SECRET = "sk-test-7f3a9c1e5b"
 def _args(server: FakeOpenAI, out: Path, cache: Path, *extra: str) -> list[str]:
     return ["rationales", "generate", "--data", HH, "--out", str(out), "--source", "openai", "--model", "fake-judge",
             "--base-url", server.url, "--api-key-env", "SA_TEST_KEY", "--cache", str(cache), "--concurrency", "3",
-            "--retry-backoff", "0.01", "--json", *extra]
+            "--json", *extra]
 
 
 def _expected(pair) -> str:
@@ -116,7 +115,7 @@ def test_unreachable_base_url_fails_after_retries(cli, tmp_path: Path):
     url = f"http://127.0.0.1:{_closed_port()}/v1"
     res = cli("rationales", "generate", "--data", HH, "--out", str(tmp_path / "o.jsonl"), "--source", "openai",
               "--model", "m", "--base-url", url, "--api-key-env", "SA_TEST_KEY", "--limit", "2", "--max-retries", "2",
-              "--retry-backoff", "0.01", "--no-cache", env={"SA_TEST_KEY": SECRET})
+              "--no-cache", env={"SA_TEST_KEY": SECRET})
     assert_one_line_error(res, url, "after 3 attempts")
     assert SECRET not in res.stderr
 
@@ -124,7 +123,7 @@ def test_unreachable_base_url_fails_after_retries(cli, tmp_path: Path):
 def test_client_wrong_key_is_not_retried_and_not_leaked(monkeypatch, tmp_path: Path):
     monkeypatch.setenv("SA_TEST_KEY", SECRET)
     with FakeOpenAI(api_key="sk-other") as server:
-        client = ChatClient(server.url, "m", api_key_env="SA_TEST_KEY", max_retries=4, backoff_base_s=0.01)
+        client = ChatClient(server.url, "m", api_key_env="SA_TEST_KEY", max_retries=4)
         with pytest.raises(EndpointError) as err:
             client.complete([{"role": "user", "content": "hi"}])
         assert server.attempts == 1 and "HTTP 401" in str(err.value) and "SA_TEST_KEY" in str(err.value)
@@ -136,7 +135,7 @@ def test_client_many_keeps_order_and_caches(monkeypatch, tmp_path: Path, data_di
     pairs = load_pairs(HH, limit=5).pairs
     requests = [rationale_messages(p) for p in pairs]
     with FakeOpenAI(api_key=SECRET, fail_plan=[500, 500]) as server:
-        client = ChatClient(server.url, "m", api_key_env="SA_TEST_KEY", concurrency=4, backoff_base_s=0.01,
+        client = ChatClient(server.url, "m", api_key_env="SA_TEST_KEY", concurrency=4,
                             cache_path=tmp_path / "c.sqlite")
         done: list[int] = []
         got = client.complete_many(requests, on_done=lambda i, c: done.append(i), max_tokens=64)
@@ -148,12 +147,36 @@ def test_client_many_keeps_order_and_caches(monkeypatch, tmp_path: Path, data_di
         assert json.loads(json.dumps(server.bodies[0]))["max_tokens"] == 64
 
 
-def test_retry_after_and_backoff_bounds():
-    import random
+def test_no_key_sends_no_authorization_and_passes_every_parameter():
+    """`--api-key-env none` (local servers): the SDK's placeholder key never reaches the server as a header, and
+    parameters the SDK does not name (vLLM's top_k) go into the body as given."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    assert retry_after_s("2.5") == 2.5 and retry_after_s(None) is None and retry_after_s("soon") is None
-    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: retry now
-    rng = random.Random(0)
-    for attempt in range(8):
-        cap = min(8.0, 0.5 * 2**attempt)
-        assert all(cap / 2 <= backoff_s(attempt, 0.5, 8.0, rng) <= cap for _ in range(50))
+    seen: list[tuple[str | None, dict]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.headers.get("Authorization"), body))
+            raw = json.dumps({"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = ChatClient(f"http://127.0.0.1:{server.server_address[1]}/v1", "m", api_key_env="none")
+        assert client.complete([{"role": "user", "content": "x"}], max_tokens=3, top_k=5).text == "ok"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [(None, {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3,
+                            "top_k": 5})]
+    assert (client.stats.requests, client.stats.retries) == (1, 0)

@@ -74,7 +74,7 @@ def generate(data: str, out: str, source: str, model: str | None, temperature: f
 
     client = None
     if source == "openai":
-        client = make_client(model, seed=seed, **endpoint)
+        client = make_client(model, **endpoint)
         params = {"temperature": temperature, "max_tokens": max_tokens}
         if temperature > 0:
             params.update(top_p=top_p, seed=seed)

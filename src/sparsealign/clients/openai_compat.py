@@ -1,27 +1,22 @@
-"""A small client for any OpenAI-compatible `/v1/chat/completions` endpoint (OpenAI, vLLM, llama.cpp, TGI, ...).
+"""A client for any OpenAI-compatible `/v1/chat/completions` endpoint (OpenAI, vLLM, llama.cpp, TGI, ...).
 
-Stdlib only (urllib).  What it adds over a bare POST:
+HTTP, retries (408/409/429/5xx, timeouts, connection errors; exponential backoff with jitter from 0.5 s to 8 s,
+the server's `Retry-After` honoured up to 60 s) are the `openai` SDK's.  What this layer adds:
+  * the persistent SQLite cache (`cache.py`): the server's JSON is stored as received, so an interrupted job resumes
+    without paying twice;
   * bounded concurrency: `complete_many` runs requests on a thread pool of `concurrency` workers;
-  * retries on 408/409/429/5xx, timeouts and connection errors, with exponential backoff and jitter, honouring the
-    server's `Retry-After`;
-  * a persistent SQLite cache (see `cache.py`), so an interrupted job resumes without paying twice;
+  * request counts (every HTTP attempt is counted by an httpx event hook, so retries are visible);
   * one-line `UserError`s (missing key, unreachable server, 4xx) that never contain the API key.
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
 import os
-import random
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +24,6 @@ from sparsealign.clients.cache import ResponseCache, cache_key
 from sparsealign.errors import UserError
 
 Message = dict[str, str]
-RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 NO_KEY = "none"  # `--api-key-env none`: send no Authorization header (local servers without auth)
 
 
@@ -49,9 +43,13 @@ class Completion:
 @dataclass
 class ClientStats:
     requests: int = 0  # HTTP attempts sent (retries included)
-    retries: int = 0
+    sent: int = 0  # completions asked of the server (first attempts)
     cache_hits: int = 0
     completions: int = 0
+
+    @property
+    def retries(self) -> int:
+        return self.requests - self.sent
 
 
 def read_api_key(env_name: str) -> str | None:
@@ -69,27 +67,6 @@ def read_api_key(env_name: str) -> str | None:
     return key.strip()
 
 
-def retry_after_s(value: str | None) -> float | None:
-    """Parse a Retry-After header: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
-    """Exponential backoff with jitter: uniform in [0.5, 1] x min(max_s, base_s * 2**attempt)."""
-    return min(max_s, base_s * (2**attempt)) * rng.uniform(0.5, 1.0)
-
-
 class ChatClient:
     """`complete(messages, **params)` and `complete_many(list_of_messages, **params)` against one model."""
 
@@ -103,13 +80,12 @@ class ChatClient:
         max_retries: int = 5,
         timeout_s: float = 120.0,
         cache_path: str | Path | None = None,
-        backoff_base_s: float = 1.0,
-        backoff_max_s: float = 60.0,
-        seed: int | None = None,
     ):
         if not base_url.startswith(("http://", "https://")):
             raise UserError(f"--base-url {base_url!r} is not an http(s) URL",
                             hint="pass e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
+        import openai  # imported here: the CLI's start-up stays light
+
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
         self.model = model
@@ -117,12 +93,15 @@ class ChatClient:
         self.api_key_env = api_key_env
         self.concurrency = max(1, int(concurrency))
         self.max_retries = max(0, int(max_retries))
-        self.timeout_s = timeout_s
-        self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
         self.cache = ResponseCache(cache_path) if cache_path else None
         self.stats = ClientStats()
         self._stats_lock = threading.Lock()
-        self._rng = random.Random(seed)
+        http = openai.DefaultHttpxClient(event_hooks={"request": [lambda _request: self._count(requests=1)]})
+        # no key (`--api-key-env none`): the SDK insists on one, so it gets a placeholder whose header each request
+        # omits
+        self._no_auth = {} if self._key else {"extra_headers": {"Authorization": openai.Omit()}}
+        self._sdk = openai.OpenAI(base_url=self.base_url, api_key=self._key or NO_KEY, max_retries=self.max_retries,
+                                  timeout=timeout_s, http_client=http)
 
     # ---- one request -------------------------------------------------------------------------------------
     def complete(self, messages: list[Message], **params: Any) -> Completion:
@@ -131,50 +110,34 @@ class ChatClient:
             self._count(cache_hits=1, completions=1)
             return _completion(hit, cached=True)
         body = {"model": self.model, "messages": messages, **params}
-        response = self._post_with_retries(body)
+        response = self._post(messages, params)
         if self.cache is not None:
             self.cache.put(key, body, response)
         self._count(completions=1)
         return _completion(response, cached=False)
 
-    def _post_with_retries(self, body: dict[str, Any]) -> dict[str, Any]:
-        data = json.dumps(body).encode("utf-8")
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
-        last = "no attempt"
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                self._count(retries=1)
-            self._count(requests=1)
-            wait_s: float | None = None
-            try:
-                req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    raw = resp.read()
-                return self._parse(raw)
-            except urllib.error.HTTPError as exc:
-                detail = self._scrub(_error_detail(exc))
-                if exc.code not in RETRYABLE_STATUS:
-                    raise EndpointError(f"POST {self.url} returned HTTP {exc.code}: {detail}",
-                                        hint=_hint_for_status(exc.code, self.api_key_env)) from None
-                last = f"HTTP {exc.code}: {detail}"
-                wait_s = retry_after_s(exc.headers.get("Retry-After") if exc.headers else None)
-            except urllib.error.URLError as exc:
-                last = self._scrub(str(exc.reason))
-            except TimeoutError:
-                last = f"timed out after {self.timeout_s:g}s"
-            except (ConnectionError, HTTPException, OSError) as exc:
-                last = self._scrub(f"{type(exc).__name__}: {exc}")
-            if attempt < self.max_retries:
-                if wait_s is None:
-                    with self._stats_lock:
-                        wait_s = backoff_s(attempt, self.backoff_base_s, self.backoff_max_s, self._rng)
-                time.sleep(min(wait_s, 600.0))
-        raise EndpointError(
-            f"POST {self.url} failed after {self.max_retries + 1} attempts: {last}",
-            hint="check --base-url and that the server is up; raise --max-retries for a flaky endpoint",
-        )
+    def _post(self, messages: list[Message], params: dict[str, Any]) -> dict[str, Any]:
+        import openai
+
+        self._count(sent=1)
+        attempts = f"after {self.max_retries + 1} attempts"
+        try:  # every parameter goes in the body as given (vLLM & co. take fields the SDK does not name)
+            raw = self._sdk.chat.completions.with_raw_response.create(model=self.model, messages=messages,
+                                                                      extra_body=params or None, **self._no_auth)
+            return self._parse(raw.http_response.content)
+        except openai.APIStatusError as exc:
+            detail = self._scrub(_error_detail(exc))
+            if exc.status_code in (408, 409, 429) or exc.status_code >= 500:  # the SDK's retries ran out
+                raise EndpointError(f"POST {self.url} failed {attempts}: HTTP {exc.status_code}: {detail}",
+                                    hint="check that the server is up; raise --max-retries for a flaky endpoint",
+                                    ) from None
+            raise EndpointError(f"POST {self.url} returned HTTP {exc.status_code}: {detail}",
+                                hint=_hint_for_status(exc.status_code, self.api_key_env)) from None
+        except openai.APIConnectionError as exc:  # timeouts included
+            cause = exc.__cause__ or exc
+            raise EndpointError(f"POST {self.url} failed {attempts}: {self._scrub(f'{exc} ({cause})')}",
+                                hint="check --base-url and that the server is up; raise --max-retries for a "
+                                     "flaky endpoint") from None
 
     def _parse(self, raw: bytes) -> dict[str, Any]:
         try:
@@ -230,6 +193,7 @@ class ChatClient:
         return [r for r in results if r is not None]
 
     def close(self) -> None:
+        self._sdk.close()
         if self.cache is not None:
             self.cache.close()
 
@@ -243,16 +207,13 @@ def _completion(response: dict[str, Any], *, cached: bool) -> Completion:
                       top_logprobs=top)
 
 
-def _error_detail(exc: urllib.error.HTTPError) -> str:
-    try:
-        raw = exc.read()[:2000].decode("utf-8", "replace")
-    except OSError:
-        return exc.reason or ""
-    try:
-        err = json.loads(raw).get("error")
-        return str(err.get("message") if isinstance(err, dict) else err)
-    except (json.JSONDecodeError, AttributeError):
-        return raw or str(exc.reason)
+def _error_detail(exc: Any) -> str:
+    """The server's error message (`{"error": {"message": ...}}`), else its body."""
+    body = exc.body
+    err = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(err, dict):
+        err = err.get("message", err)
+    return str(err if err is not None else exc.response.text[:2000])
 
 
 def _hint_for_status(code: int, env_name: str) -> str:

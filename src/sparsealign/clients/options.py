@@ -20,9 +20,8 @@ ENDPOINT_OPTIONS = [
     click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 256),
                  help="Parallel requests."),
     click.option("--max-retries", default=5, show_default=True, type=click.IntRange(0, 100),
-                 help="Retries per request on 429/5xx/timeouts/connection errors."),
-    click.option("--retry-backoff", default=1.0, show_default=True, type=click.FloatRange(0),
-                 help="Base seconds of the exponential backoff (doubles per retry, with jitter; Retry-After wins)."),
+                 help="Retries per request on 408/409/429/5xx, timeouts and connection errors (the openai SDK's: "
+                      "backoff from 0.5 s doubling to 8 s with jitter; a Retry-After up to 60 s wins)."),
     click.option("--request-timeout", default=120.0, show_default=True, type=click.FloatRange(0.1),
                  help="Seconds per HTTP request."),
     click.option("--cache", default=None, type=click.Path(dir_okay=False),
@@ -39,9 +38,8 @@ def endpoint_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def make_client(model: str, *, base_url: str, api_key_env: str, concurrency: int, max_retries: int,
-                retry_backoff: float, request_timeout: float, cache: str | None, no_cache: bool,
-                seed: int | None = None):
+                request_timeout: float, cache: str | None, no_cache: bool):
     """A `ChatClient` from the option values (the default cache lives in the project cache dir)."""
     cache_path = None if no_cache else Path(cache) if cache else cache_dir() / "chat_responses.sqlite"
     return ChatClient(base_url, model, api_key_env=api_key_env, concurrency=concurrency, max_retries=max_retries,
-                      timeout_s=request_timeout, backoff_base_s=retry_backoff, cache_path=cache_path, seed=seed)
+                      timeout_s=request_timeout, cache_path=cache_path)

@@ -110,7 +110,7 @@ def winrate(judge: str, candidate: str | None, baseline: str | None, pairs: str 
     else:
         items = _items(candidate, baseline, pairs, limit)
     if judge == "llm":
-        client = make_client(model, seed=seed, **endpoint)
+        client = make_client(model, **endpoint)
         records = W.llm_judge(client, items, verdict=verdict_mode, max_tokens=max_tokens)
         client.close()
         extra.update(model=model, verdict=verdict_mode, requests=client.stats.requests,
