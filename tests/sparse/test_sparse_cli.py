@@ -73,3 +73,24 @@ def test_profile_and_one_line_errors(inproc, tiny_dir, tmp_path):
     assert_one_line_error(inproc("sparsify", "calibrate", str(tiny_dir), "--set", "predictor.rnak=3"), "rnak")
     assert_one_line_error(inproc("sparsify", "calibrate", str(tiny_dir), "--texts", "nope.jsonl"), "nope.jsonl")
     assert_one_line_error(inproc("sparsify", "calibrate", "./missing-model"), "missing-model", "not found")
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_calibrating_a_short_name_writes_in_sight_not_into_the_cache(cli, tmp_path):
+    """The artifacts of `--model smollm2-135m-instruct` go to runs/<name>/sparsity (printed), not into the hidden
+    cache folder of its dequantized copy; evaluate finds them there by default."""
+    from pathlib import Path
+
+    from sparsealign.models.loading import resolve_model
+
+    cached = Path(resolve_model("smollm2-135m-instruct").path)
+    before = sorted(p.name for p in cached.iterdir())
+    res = cli("sparsify", "calibrate", "--model", "smollm2-135m-instruct", "-n", "2", "--target", "0.4")
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "runs" / "smollm2-135m-instruct" / "sparsity"
+    assert f"artifacts -> {out}" in res.stdout and (out / "sparsity.json").exists()
+    assert sorted(p.name for p in cached.iterdir()) == before
+    res = cli("sparsify", "evaluate", "--model", "smollm2-135m-instruct", "-n", "1", "--json")
+    assert res.returncode == 0, res.stderr
+    assert 0.2 < res.json()["realized_sparsity"] < 0.6

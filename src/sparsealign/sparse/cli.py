@@ -14,18 +14,20 @@ from sparsealign.sparse.options import mode_option
 
 
 def _default_out(model: str, out: str | None, flag: str = "--out") -> Path:
-    """Artifacts live beside the model (MODEL/sparsity) unless a directory is given."""
+    """Artifacts live beside the model (MODEL/sparsity) unless a directory is given; a short name or a .gguf file
+    gets runs/<name>/sparsity (its dequantized copy sits in the hidden user cache, no place for a user's files)."""
     from sparsealign.errors import UserError
+    from sparsealign.models.loading import SHORT_NAMES, resolve_model
+    from sparsealign.settings import runs_dir
 
     if out:
         return Path(out)
     if Path(model).is_dir():
         return Path(model) / "sparsity"
-    from sparsealign.models.loading import resolve_model
-
-    resolved = resolve_model(model)  # a GGUF / short name: beside its dequantized copy in the cache
-    if resolved.source == "gguf":
-        return Path(resolved.path) / "sparsity"
+    name = model.strip().lower()
+    if name in SHORT_NAMES or name.endswith(".gguf"):
+        return runs_dir() / (name if name in SHORT_NAMES else Path(model).stem) / "sparsity"
+    resolve_model(model)  # a path that is no model fails here, naming it
     raise UserError(f"{model} is a hub id, so there is no default place for artifacts", hint=f"pass {flag} DIR")
 
 
@@ -56,7 +58,8 @@ def _pick_model(model_opt: str | None, model_arg: str | None) -> str:
 
 
 artifacts_opt = click.option("--sparsity", "--artifacts", "artifacts", default=None, metavar="DIR",
-                             help="Artifacts directory from `sparsify calibrate` (default MODEL/sparsity).")
+                             help="Artifacts directory from `sparsify calibrate` (default MODEL/sparsity; runs/NAME/"
+                                  "sparsity for a short name or .gguf).")
 texts_opt = click.option("--texts", "source", default="mbpp", show_default=True,
                          help="Text source: mbpp (code), hh (dialogue), hh-harmless, or a .jsonl/.txt path.")
 n_opt = click.option("-n", "--n", "n", type=click.IntRange(1), default=64, show_default=True,
@@ -122,7 +125,8 @@ def register(cli: click.Group) -> None:
     @n_opt
     @skip_opt
     @_with(config_opts)
-    @click.option("--out", default=None, help="Artifacts directory (default MODEL/sparsity).")
+    @click.option("--out", default=None, help="Artifacts directory (default MODEL/sparsity; runs/NAME/sparsity for a "
+                                              "short name or .gguf file; printed).")
     @json_opt
     def calibrate_cmd(model_opt, model_arg, source, n, skip, config, overrides, target, out, as_json):
         """Per-layer thresholds on |act(gate x)| at the target sparsity (empirical quantile), optional TEAL-style
