@@ -136,5 +136,25 @@ def _print_human(summary: dict) -> None:
         click.echo(f"records: {summary['records']}")
 
 
+@click.command("lm-eval-tasks")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (path, tasks) on stdout.")
+def lm_eval_tasks_command(as_json: bool) -> None:
+    """Print the lm-eval task directory shipped with sparsealign, for `lm_eval --include_path`.
+
+    Its `mbpp` is lm-eval's mbpp offline: MBPP from the data directory, programs run in our sandbox (no hub, no
+    HF_ALLOW_CODE_EVAL, no --confirm_run_unsafe_code); it takes the place of the built-in `mbpp`.
+
+    \b
+    Example:
+      lm_eval --model sparsealign --model_args pretrained=smollm2-135m-instruct \\
+              --include_path "$(sparsealign eval lm-eval-tasks)" --tasks mbpp
+    """
+    from sparsealign.evaluate.lm_eval_tasks import TASKS_DIR, task_names
+    from sparsealign.output import emit
+
+    emit({"path": str(TASKS_DIR), "tasks": task_names()}, as_json, [str(TASKS_DIR)])
+
+
 def register(cli: click.Group) -> None:
     cli.commands["eval"].add_command(mbpp_command)
+    cli.commands["eval"].add_command(lm_eval_tasks_command)
