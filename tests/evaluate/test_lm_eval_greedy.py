@@ -81,6 +81,26 @@ def test_generate_until_gives_eval_mbpps_completions_under_dynamic_sparsity(stor
     assert texts[1] == ours[0] and isinstance(texts[0], str)
 
 
+def test_an_adapter_folder_decodes_as_eval_mbpp_decodes_it(stories_dir, tmp_path) -> None:
+    """pretrained=ADAPTER: its base plus peft=, merged as the project's loader merges it (same programs)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from sparsealign.evaluate.lm_eval_model import SparseAlignLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(stories_dir)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
+    get_peft_model(base, lora).save_pretrained(tmp_path / "adapter")
+    n = 4
+    ours = _eval_mbpp(tmp_path / "adapter", None, n, tmp_path)
+    lm = SparseAlignLM(pretrained=str(tmp_path / "adapter"), device="cpu", dtype="float32", batch_size=2)
+    prompts = [lm_eval_query(t) for t in load_mbpp(split="test")[:n]]
+    assert lm.generate_until(_requests(prompts), disable_tqdm=True) == ours
+    assert ours != _eval_mbpp(stories_dir, None, n, tmp_path)  # the adapter is applied
+
+
 @pytest.mark.slow
 def test_a_spec_that_cannot_load_is_one_line_through_lm_evals_cli(tmp_path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

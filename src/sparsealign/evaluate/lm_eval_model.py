@@ -54,11 +54,12 @@ class SparseAlignLM(HFLM):
         super().__init__(pretrained=pretrained, **kwargs)
         self.sparsity_spec = SparsitySpec(artifacts=sparsity, mode=mode, prefill=prefill) if sparsity else None
         self.sparsity_handle = None
-        if self.sparsity_spec is None:
-            return
-        if hasattr(self._model, "merge_and_unload"):  # a PEFT adapter: sparsity patches the plain merged MLPs
+        # a PEFT adapter is merged, as the project's loader merges it: the weights `eval mbpp` decodes with, a plain
+        # model for our decode loop, and plain MLPs for the sparsity patch
+        if hasattr(self._model, "merge_and_unload"):
             self._model = self._model.merge_and_unload()
-        self.sparsity_handle = apply_spec(self._model, self.sparsity_spec)
+        if self.sparsity_spec is not None:
+            self.sparsity_handle = apply_spec(self._model, self.sparsity_spec)
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         """Greedy requests through `generate_from_ids` (what `eval mbpp` runs), one call per generation setting;
