@@ -169,9 +169,13 @@ def parse_overrides(pairs: Iterable[str], *, source: str = "--set") -> dict[str,
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
+            if node.get(part) is True:  # `lora=true` then `lora.r=16`: the switched-on section gets a field
+                node[part] = {}
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{source} {pair!r}: {part} is set both as a value and as a section")
+        if value is True and isinstance(node.get(parts[-1]), dict):
+            continue  # `lora.r=16` then `lora=true`: the section is on already, keep its fields
         node[parts[-1]] = value
     return out
 
@@ -181,6 +185,8 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
+        elif value is True and isinstance(merged.get(key), dict):
+            continue  # `lora: {r: 8}` in the file, `--set lora=true`: a section switched on keeps its fields
         else:
             merged[key] = value
     return merged

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from sparsealign.align.config import AlignConfig
-from sparsealign.align.engine import check_rationales, run_align
+from sparsealign.align.engine import run_align
+from sparsealign.align.inputs import check_rationales
 from sparsealign.align.logps import TokenizeSettings, encode_pairs, sequence_logps
 from sparsealign.align.losses import LossParams, preference_loss
 from sparsealign.data.preference import load_pairs

@@ -4,6 +4,7 @@ self-describing artifacts folder that `sparsify calibrate` writes and that is re
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -121,3 +122,23 @@ def test_winrate_sparse_answers_against_dense_answers(cli, calibrated) -> None:
     assert z["sparsity"]["identical_answers"] == 4 and (z["ties"], z["n"], z["win_rate"]) == (4, 4, 0.5)
     assert h["sparsity"]["mode"] == "dynamic" and h["sparsity"]["realized_sparsity"] > 0.3
     assert h["n"] + h["missing"] == 4 and h["items"] == 4
+
+
+def test_text_output_names_the_run_of_every_line(cli, calibrated) -> None:
+    """Issue 23 item 6: `eval mbpp --compare-dense` says which line is the sparse run; `eval preference` under
+    sparsity prints the dense baseline's metrics beside the sparse ones (it computes both)."""
+    mbpp = cli("eval", "mbpp", "--model", str(calibrated / "m0"), "--limit", "2", "--max-new-tokens", "12",
+               "--sparsity", str(calibrated / "s50"), "--mode", "dynamic", "--compare-dense")
+    assert mbpp.returncode == 0, mbpp.stderr
+    lines = mbpp.stdout.splitlines()
+    assert re.match(r"sparse \(dynamic\): passed \d/2 problems", lines[0]), lines
+    assert re.match(r"dense: passed \d/2$", lines[1]) and lines[2].startswith("sparse - dense: ")
+    assert all(ln.startswith("sparse (dynamic): ") for ln in lines if "pass@" in ln) and any("pass@" in ln for ln in lines)
+
+    pref = cli("eval", "preference", "--model", str(calibrated / "m0"), "--method", "simpo", "--data", HH, "--limit",
+               "8", "--max-length", "96", "--bootstrap", "50", "--sparsity", str(calibrated / "s50"), "--mode", "static")
+    assert pref.returncode == 0, pref.stderr
+    sparse = {ln.split()[2] for ln in pref.stdout.splitlines() if ln.startswith("[sparse (static)] ")}
+    dense = {ln.split()[2] for ln in pref.stdout.splitlines() if ln.startswith(f"[dense: {calibrated / 'm0'}] ")}
+    assert "reward_accuracy" in sparse and sparse == dense, pref.stdout
+    assert any(ln.startswith("[flip vs dense baseline] flip_rate") for ln in pref.stdout.splitlines())

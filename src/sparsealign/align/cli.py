@@ -25,8 +25,8 @@ from sparsealign.align.config import METHODS, RATIONALE_METHODS
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config field, e.g. --set beta=0.2 --set lora.r=8 (repeatable).")
 @click.option("--restart", is_flag=True, help="Discard runs/<name> before starting.")
-@click.option("--dry-run", is_flag=True, help="Validate the config and the pairs files, print the resolved config, "
-              "and exit without loading a model.")
+@click.option("--dry-run", is_flag=True, help="Validate the config and the pairs files, print the resolved config "
+              "(YAML; with --json one JSON object) and exit without loading a model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final metrics as one JSON object on stdout.")
 def align(method, model, data, eval_data, name, config_path, overrides, restart, dry_run, as_json) -> None:
     """Align --model on --data with --method; writes runs/<name>/align/<cell>/{model,metrics.json}.
@@ -43,18 +43,17 @@ def align(method, model, data, eval_data, name, config_path, overrides, restart,
     cfg = load_config(AlignConfig, config_path, overrides, base=base)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
-    from sparsealign.align.engine import check_rationales, check_report_to, load_align_pairs, run_align
-    from sparsealign.ledger import Ledger
-    from sparsealign.rundir import RunDir
-    from sparsealign.settings import runs_dir
+    from sparsealign.align.inputs import checked_pairs
 
     if dry_run:
         _dry_run(cfg, as_json)
         return
-    pairs, eval_pairs = load_align_pairs(cfg)  # bad data fails here, before torch is imported
-    check_rationales(cfg, pairs, cfg.data)
-    check_rationales(cfg, eval_pairs, cfg.eval_data or "")
-    check_report_to(cfg)
+    pairs, eval_pairs = checked_pairs(cfg)  # bad data fails here, before torch is imported
+    from sparsealign.align.engine import run_align
+    from sparsealign.ledger import Ledger
+    from sparsealign.rundir import RunDir
+    from sparsealign.settings import runs_dir
+
     with redirect:  # the Trainer prints its logs on stdout; --json keeps stdout for the result
         if main_rank:
             run = RunDir.open(name, "align", cfg, restart=restart)
@@ -82,21 +81,22 @@ def _dry_run(cfg, as_json: bool) -> None:
     """Validate the config, and the pairs when they are local files (a hub dataset is not fetched)."""
     from pathlib import Path
 
-    from sparsealign.align.engine import check_rationales, check_report_to, load_align_pairs
+    from sparsealign.align.inputs import check_report_to, checked_pairs
     from sparsealign.settings import data_dir
 
     local = all(not f or Path(f).exists() or (data_dir() / f).exists() for f in (cfg.data, cfg.eval_data))
-    pairs = None
-    if local:
-        pairs, eval_pairs = load_align_pairs(cfg)
-        check_rationales(cfg, pairs, cfg.data)
-        check_rationales(cfg, eval_pairs, cfg.eval_data or "")
+    pairs = checked_pairs(cfg)[0] if local else None
     check_report_to(cfg)
     what = f"{len(pairs)} pairs" if pairs is not None else "data not fetched (hub dataset)"
     result = {"valid": True, "pairs": len(pairs) if pairs is not None else None,
               "config": cfg.model_dump(mode="json", by_alias=True)}
-    click.echo(json.dumps(result, sort_keys=True, default=str) if as_json else
-               f"config valid: {cfg.method} on {cfg.model}, {what} (dry run: nothing trained)")
+    if as_json:
+        click.echo(json.dumps(result, sort_keys=True, default=str))
+        return
+    import yaml
+
+    click.echo(yaml.safe_dump(result["config"], sort_keys=False).rstrip())
+    click.echo(f"config valid: {cfg.method} on {cfg.model}, {what} (dry run: nothing trained)")
 
 
 def register(cli: click.Group) -> None:

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from sparsealign.align.config import AlignConfig
+from sparsealign.align.inputs import check_rationales, check_report_to, load_align_pairs
 from sparsealign.align.logps import PairCollator, TokenizeSettings, encode_pairs
 from sparsealign.align.losses import LossParams, loss_for
 from sparsealign.align.reference import attach, cached_reference_logps, reference_key
 from sparsealign.align.sidecar import write_record
 from sparsealign.align.trainer import AlignTrainer, LedgerCallback, ListDataset
 from sparsealign.config import config_hash
-from sparsealign.data.preference import load_pairs
 from sparsealign.errors import UserError
 from sparsealign.io import atomic_dir, atomic_write_json
 from sparsealign.models import loading
@@ -30,40 +30,6 @@ from sparsealign.rundir import RunDir
 
 log = logging.getLogger("sparsealign.align")
 STAGE = "align"
-
-
-def load_align_pairs(cfg: AlignConfig) -> tuple[list[Any], list[Any]]:
-    train = load_pairs(cfg.data, split=cfg.data_split).pairs[: cfg.max_pairs]
-    evals = load_pairs(cfg.eval_data, split=cfg.eval_split).pairs[: cfg.max_eval_pairs] if cfg.eval_data else []
-    return train, evals
-
-
-def check_rationales(cfg: AlignConfig, pairs: Sequence[Any], source: str) -> None:
-    """A rationale method on pairs without rationales is a one-line error that names the fix."""
-    loss = loss_for(cfg.method)
-    if not loss.uses_rationale:
-        return
-    missing = sum(1 for p in pairs if not (p.rationale or "").strip())
-    if missing and (cfg.missing_rationales == "error" or missing == len(pairs)):
-        raise UserError(
-            f"{source}: method {cfg.method} needs a rationale for every pair, but {missing} of {len(pairs)} have none",
-            hint=f"run `sparsealign rationales generate --data {source}` first and align on its output, "
-                 f"or use method {loss.base} (or --set missing_rationales=skip for partly-rationalised data)",
-        )
-
-
-REPORT_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
-
-
-def check_report_to(cfg: AlignConfig) -> None:
-    """A tracker asked for in `report_to` but not installed is a one-line error, not a Trainer traceback."""
-    import importlib.util
-
-    for name in cfg.report_to:
-        modules = REPORT_MODULES.get(name, ())
-        if modules and not any(importlib.util.find_spec(m) for m in modules):
-            raise UserError(f"report_to: {name} is not installed",
-                            hint=f"pip install {modules[0]} (tensorboard: pip install 'sparsealign[tracking]')")
 
 
 def tokenize_settings(cfg: AlignConfig):

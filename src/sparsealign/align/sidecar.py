@@ -12,8 +12,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from sparsealign.align.config import AlignConfig, Method
-from sparsealign.align.losses import loss_for
+from sparsealign.align.config import AlignConfig, Method, facts
 from sparsealign.config import StrictModel
 from sparsealign.errors import UserError
 from sparsealign.io import atomic_write_json
@@ -34,9 +33,9 @@ class AlignmentRecord(StrictModel):
 
 
 def record_of(cfg: AlignConfig) -> AlignmentRecord:
-    loss = loss_for(cfg.method)
+    loss = facts(cfg.method)  # the declared facts, not the loss object: readers of the record need no torch
     return AlignmentRecord(
-        method=cfg.method, beta=loss.resolve_beta(cfg.beta), lam=cfg.lam, gamma_beta_ratio=cfg.gamma_beta_ratio,
+        method=cfg.method, beta=loss.default_beta if cfg.beta is None else cfg.beta, lam=cfg.lam, gamma_beta_ratio=cfg.gamma_beta_ratio,
         reference=(cfg.ref_model or cfg.model) if loss.needs_reference else None,
         rationale=cfg.rationale_norm if loss.uses_rationale else "none", rationale_weight=cfg.rationale_weight,
         base_model=cfg.model, seed=cfg.seed,

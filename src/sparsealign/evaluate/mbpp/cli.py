@@ -82,7 +82,7 @@ def mbpp_command(solutions, model_path, samples_path, sparsity, mode, prefill, c
       sparsealign eval mbpp --samples lm_eval_out/samples_mbpp.jsonl --json
     """
     from sparsealign.errors import UserError
-    from sparsealign.evaluate.mbpp.run import MbppRunConfig, run_mbpp
+    from sparsealign.settings import resolve_data_path
 
     if sum(x is not None for x in (solutions, model_path, samples_path)) != 1:
         raise UserError("pass exactly one of --model PATH, --samples FILE or --solutions reference")
@@ -90,6 +90,11 @@ def mbpp_command(solutions, model_path, samples_path, sparsity, mode, prefill, c
         raise UserError("--compare-dense compares against a sparse run: add --sparsity DIR")
     if sparsity and model_path is None:
         raise UserError("--sparsity runs a model: add --model PATH (the model the artifacts were calibrated on)")
+    for path in (samples_path, data_path):  # a missing input fails here, before torch is imported or a model loads
+        if path is not None:
+            resolve_data_path(path)
+    from sparsealign.evaluate.mbpp.run import MbppRunConfig, run_mbpp
+
     try:
         cfg = MbppRunConfig.model_validate({
             "solutions": solutions, "model": model_path, "samples": samples_path,
@@ -114,19 +119,21 @@ def mbpp_command(solutions, model_path, samples_path, sparsity, mode, prefill, c
 def _print_human(summary: dict) -> None:
     total, passed = summary.get("total", 0), summary.get("passed", 0)
     how = f" (extract {summary['extract']})" if summary.get("extract") else ""
-    click.echo(f"passed {passed}/{total} problems{how}")
+    sp = summary.get("sparsity")
+    run = f"sparse ({sp['mode']}): " if sp else ""  # under sparsity every line names its run (dense is the other)
+    click.echo(f"{run}passed {passed}/{total} problems{how}")
     if summary.get("sparse_minus_dense"):
         d, diff = summary["dense"], summary["sparse_minus_dense"]
-        click.echo(f"dense: passed {d['passed']}/{d['total']}; sparse - dense {diff['estimate']:+.4f} "
-                   f"[{diff['low']:+.4f}, {diff['high']:+.4f}] ({diff['test']} p={diff['p']:.3g})")
-    sp = summary.get("sparsity")
+        click.echo(f"dense: passed {d['passed']}/{d['total']}")
+        click.echo(f"sparse - dense: {diff['estimate']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}] "
+                   f"({diff['test']} p={diff['p']:.3g})")
     if sp:
         click.echo(f"sparsity: {sp['mode']} (prefill {sp['prefill']}), realized {sp['realized_sparsity']:.3f} "
                    f"(target {sp['target_sparsity']})")
     for key, value in sorted(summary.items()):
         if key.startswith("pass@") and not key.endswith("_ci"):
             ci = summary.get(f"{key}_ci", {})
-            click.echo(f"{key} = {value:.4f}  [{ci.get('low', value):.4f}, {ci.get('high', value):.4f}] "
+            click.echo(f"{run}{key} = {value:.4f}  [{ci.get('low', value):.4f}, {ci.get('high', value):.4f}] "
                        f"({ci.get('method', '')})")
     if summary.get("failed_task_ids") is not None and len(summary["failed_task_ids"]) <= 20:
         click.echo(f"failed task ids: {summary['failed_task_ids']}")

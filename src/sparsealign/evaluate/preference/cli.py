@@ -61,8 +61,8 @@ def preference_command(model_path, ref_path, method, data, split, limit, beta, t
     """
     from sparsealign.align.config import facts
     from sparsealign.align.sidecar import read_record
+    from sparsealign.data.preference import load_pairs
     from sparsealign.errors import UserError
-    from sparsealign.evaluate.preference.run import PreferenceRunConfig, run_preference
 
     record = read_record(model_path)  # a model aligned here names its reference and β beside it
     ref_path = ref_path or (record.reference if record is not None and record.method == method else None)
@@ -70,24 +70,31 @@ def preference_command(model_path, ref_path, method, data, split, limit, beta, t
         raise UserError(f"--method {method} needs --ref-model (its reward is beta*log(pi/pi_ref))")
     if kl_samples and ref_path is None:
         raise UserError("--kl-samples needs --ref-model (KL is measured against the reference)")
+    pairs = load_pairs(data, split=split, limit=limit).pairs  # bad input fails here: before torch, before any model
+    from sparsealign.evaluate.preference.run import PreferenceRunConfig, run_preference
+
     cfg = PreferenceRunConfig(model=model_path, ref_model=ref_path, baseline_model=baseline_path,
                               sparsity=sparsity_spec(sparsity, mode, prefill), method=method,
                               data=data, split=split, limit=limit, beta=beta, tau=tau, kl_samples=kl_samples,
                               kl_max_new_tokens=kl_max_new_tokens, max_length=max_length, batch_size=batch_size,
                               n_resamples=n_resamples, seed=seed, device=device, dtype=dtype, **loader)
-    summary = run_preference(cfg, name=name, out_path=out_path)
+    summary = run_preference(cfg, name=name, out_path=out_path, pairs=pairs)
     if as_json:
         click.echo(json.dumps(summary, sort_keys=True))
         return
     sp = summary.get("sparsity")
     how = f", {sp['mode']} sparsity realized {sp['realized_sparsity']:.3f}" if sp else ", dense"
     click.echo(f"{summary['method']} on {summary['n_pairs']} pairs (beta={summary['beta']}{how})")
-    sections = [("", summary["metrics"]), ("flip ", summary.get("flip") or {})]
+    run = f"sparse ({sp['mode']})" if sp else "dense"
+    sections = [(f"[{run}] ", summary["metrics"])]
+    if summary.get("dense"):  # the dense baseline was scored too: its metrics beside the sparse ones
+        sections.append((f"[dense: {summary.get('baseline_model') or model_path}] ", summary["dense"]))
+    sections.append(("[flip vs dense baseline] ", summary.get("flip") or {}))
     if summary.get("kl"):
-        sections.append(("", {"kl": summary["kl"]}))
+        sections.append((f"[{run}] ", {"kl": summary["kl"]}))
     for prefix, block in sections:
         for key, ci in block.items():
-            if "low" in ci:
+            if isinstance(ci, dict) and "low" in ci:
                 click.echo(f"{prefix}{key:<24} {ci['estimate']:.4f}  [{ci['low']:.4f}, {ci['high']:.4f}]")
 
 

@@ -114,9 +114,10 @@ def evaluate_loaded(cfg: PreferenceRunConfig, model, tok, pairs: Sequence[Prefer
     return summary, records
 
 
-def _evaluate(cfg: PreferenceRunConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _evaluate(cfg: PreferenceRunConfig, pairs: Sequence[PreferencePair] | None = None,
+              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     cfg = with_alignment_record(cfg)
-    pairs = load_pairs(cfg.data, split=cfg.split, limit=cfg.limit).pairs
+    pairs = load_pairs(cfg.data, split=cfg.split, limit=cfg.limit).pairs if pairs is None else pairs
     opts = cfg.model_dump(include={"device", "dtype", "trust_remote_code", "device_map"})
     model, tok = load_model_and_tokenizer(cfg.model, revision=cfg.revision, **opts)
     ref = load_model_and_tokenizer(cfg.ref_model, **opts)[0] if cfg.ref_model else None
@@ -134,17 +135,18 @@ def _evaluate(cfg: PreferenceRunConfig) -> tuple[dict[str, Any], list[dict[str, 
     return summary, records
 
 
-def run_preference(cfg: PreferenceRunConfig, *, name: str | None = None,
-                   out_path: str | None = None) -> dict[str, Any]:
+def run_preference(cfg: PreferenceRunConfig, *, name: str | None = None, out_path: str | None = None,
+                   pairs: Sequence[PreferencePair] | None = None) -> dict[str, Any]:
+    """`pairs`: `cfg.data` already loaded (the CLI reads it before any model loads, so bad input fails fast)."""
     if name is None:
-        summary, records = _evaluate(cfg)
+        summary, records = _evaluate(cfg, pairs)
     else:
         run = RunDir.open(name, STAGE, cfg)
         out_dir = run.path("eval", "preference", "summary.json").parent
         records = []
 
         def cell() -> tuple[dict, dict]:
-            summary, recs = _evaluate(cfg)
+            summary, recs = _evaluate(cfg, pairs)
             records.extend(recs)
             summary["records"] = str(save_table(recs, out_dir / "records.parquet"))
             atomic_write_json(out_dir / "summary.json", summary)
