@@ -139,3 +139,36 @@ def test_dpo_loss_equals_trl_dpo_trainer(tiny, hh_pairs, tmp_path):
     assert ours == pytest.approx(trl_loss, abs=2e-6)
     trl_logps = trainer._metrics["eval"]["logps/chosen"][-1]
     assert logp.chunk(2)[0].mean().item() == pytest.approx(trl_logps, rel=1e-6)
+
+
+def test_chunked_logps_equal_full_logits_in_value_and_gradient(tiny, hh_pairs, monkeypatch):
+    """`sequence_logps` never makes the [N, T, V] logits: the output layer sees one position, the scored positions'
+    logits come a few tokens at a time (checkpointed in training).  Values and gradients (of every weight, the
+    tied output layer included) equal scoring through the model's full logits."""
+    from sparsealign.align import token_logps
+
+    model, tok = tiny
+    model = copy.deepcopy(model).double()
+    monkeypatch.setattr(token_logps, "CHUNK_ELEMENTS", 7 * model.config.vocab_size)  # 7 tokens per chunk
+    feats, _ = encode_pairs(tok, hh_pairs[:3], TokenizeSettings(max_length=64, max_prompt_length=32))
+    batch = PairCollator(tok.pad_token_id)(feats)
+    ids, attn, scored = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+    mask = scored[:, 1:].bool()
+    assert mask.sum() > 7 * 3  # several chunks
+
+    shapes = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape)))
+    logp, _ = sequence_logps(model, ids, attn, scored)
+    hook.remove()
+    assert shapes[0][1] == 1  # the model's own output layer ran on the last position only
+    (logp * torch.arange(1, len(logp) + 1)).sum().backward()  # unequal weights per row: a real gradient
+    ours = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+
+    full = model(input_ids=ids, attention_mask=attn).logits[:, :-1].log_softmax(-1)
+    token = full.gather(-1, ids[:, 1:, None]).squeeze(-1) * mask
+    want = token.sum(1)
+    (want * torch.arange(1, len(want) + 1)).sum().backward()
+    assert torch.allclose(logp.double(), want, rtol=1e-6, atol=0)  # ours: float32 log-probs, as before
+    for name, p in model.named_parameters():
+        assert torch.allclose(ours[name], p.grad, rtol=1e-5, atol=1e-6), name  # float32 logits vs float64

@@ -60,7 +60,7 @@ def align(method, model, data, eval_data, name, config_path, overrides, restart,
         else:  # other ranks never touch the run dir's config or ledger (rank 0 may be deleting it for --restart)
             run = RunDir(root=runs_dir() / name, ledger=Ledger(":memory:"))
         try:
-            metrics = run_align(cfg, run, pairs=pairs, eval_pairs=eval_pairs)
+            metrics = run_align(cfg, run, pairs=pairs, eval_pairs=eval_pairs, bar=True)
         finally:
             run.close()
     if not main_rank:

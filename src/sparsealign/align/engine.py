@@ -21,7 +21,7 @@ from sparsealign.align.logps import PairCollator, TokenizeSettings, encode_pairs
 from sparsealign.align.losses import LossParams, loss_for
 from sparsealign.align.reference import attach, cached_reference_logps, reference_key
 from sparsealign.align.sidecar import write_record
-from sparsealign.align.trainer import AlignTrainer, LedgerCallback, ListDataset
+from sparsealign.align.trainer import AlignTrainer, LedgerCallback, ListDataset, ProgressCallback
 from sparsealign.config import config_hash
 from sparsealign.errors import UserError
 from sparsealign.io import atomic_dir, atomic_write_json
@@ -93,7 +93,8 @@ def training_args(cfg: AlignConfig, output_dir: Path, has_eval: bool):
 
 
 def _train(cfg: AlignConfig, run: RunDir, pairs: list[Any] | None, eval_pairs: list[Any] | None,
-           callbacks: Sequence[Any], args: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+           callbacks: Sequence[Any], args: Any = None, bar: bool = False,
+           ) -> tuple[dict[str, Any], dict[str, Any]]:
     import torch
     from transformers import PrinterCallback, set_seed
     from transformers.trainer_utils import get_last_checkpoint
@@ -131,6 +132,7 @@ def _train(cfg: AlignConfig, run: RunDir, pairs: list[Any] | None, eval_pairs: l
         callbacks=[LedgerCallback(run.ledger, cell), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(ProgressCallback(cell, trainer.running, bar=bar))
     metrics: dict[str, Any] = {"method": cfg.method, "beta": beta, "n_train_pairs": len(pairs),
                                "n_eval_pairs": len(eval_pairs), "n_truncated": n_trunc,
                                "n_truncated_eval": n_trunc_eval, "ref_cache_hits": 0,
@@ -213,16 +215,20 @@ def _save_model(cfg: AlignConfig, trainer: Any, tok: Any, out_dir: Path) -> Path
 
 
 def run_align(cfg: AlignConfig, run: RunDir, *, pairs: list[Any] | None = None,
-              eval_pairs: list[Any] | None = None, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+              eval_pairs: list[Any] | None = None, callbacks: Sequence[Any] = (),
+              bar: bool = False) -> dict[str, Any]:
     """Align one cell and return its final metrics (a finished cell with the same config is skipped).
 
     `pairs`/`eval_pairs` override `cfg.data`/`cfg.eval_data` (already-loaded `PreferencePair`s); `callbacks` are extra
-    `TrainerCallback`s.  Under `accelerate launch` every process calls this; only rank 0 reads and writes the ledger
-    and files (other ranks may pass a RunDir with an in-memory ledger) and tells the others whether to train.
+    `TrainerCallback`s; `bar` draws a progress bar when stderr is a terminal (the `align` verb; a study's parallel
+    cells print one line per logging step instead).  Under `accelerate launch` every process calls this; only rank 0
+    reads and writes the ledger and files (other ranks may pass a RunDir with an in-memory ledger) and tells the
+    others whether to train.
     """
     chash, cell = config_hash(cfg), cfg.cell_name
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        row, _ = run.ledger.run_cell(STAGE, cell, chash, lambda: _train(cfg, run, pairs, eval_pairs, callbacks))
+        row, _ = run.ledger.run_cell(STAGE, cell, chash,
+                                     lambda: _train(cfg, run, pairs, eval_pairs, callbacks, bar=bar))
         return row.metrics
 
     from accelerate import PartialState
@@ -239,6 +245,6 @@ def run_align(cfg: AlignConfig, run: RunDir, *, pairs: list[Any] | None = None,
     if decision[0] is not None:
         return decision[0]
     if not state.is_main_process:
-        return _train(cfg, run, pairs, eval_pairs, callbacks, args)[0]
-    row, _ = run.ledger.run_cell(STAGE, cell, chash, lambda: _train(cfg, run, pairs, eval_pairs, callbacks, args))
+        return _train(cfg, run, pairs, eval_pairs, callbacks, args, bar)[0]
+    row, _ = run.ledger.run_cell(STAGE, cell, chash, lambda: _train(cfg, run, pairs, eval_pairs, callbacks, args, bar))
     return row.metrics

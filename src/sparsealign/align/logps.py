@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from sparsealign.align.packed import accepts_logits_to_keep, pack_pairs, packed_logps, packed_width
+from sparsealign.align.packed import pack_pairs, packed_logps, packed_width
+from sparsealign.align.token_logps import token_logps
 
 RATIONALE_TEMPLATE = (
     "Question:\n{question}\n\nResponse A:\n{a}\n\nResponse B:\n{b}\n\n"
@@ -184,25 +185,16 @@ def sequence_logps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-prob of the tokens where `labels_mask` is 1, and how many there are: ([N] float32, [N] long).
 
-    Only logits from the first scored position on are materialised (`logits_to_keep`), and the log-softmax is taken
-    only at scored positions, in float32.
+    Logits are made only at scored positions, a chunk at a time, in float32 (`align.token_logps`).
     """
     input_ids, attention_mask, labels_mask = (t.to(model.device) if hasattr(model, "device") else t
                                               for t in (input_ids, attention_mask, labels_mask))
     mask = labels_mask[:, 1:].bool()  # [N, T-1]: token t+1 is predicted from position t
-    targets = input_ids[:, 1:]
-    kwargs: dict[str, Any] = {}
-    if mask.any() and accepts_logits_to_keep(model):
-        first = int(mask.any(0).nonzero()[0])
-        kwargs["logits_to_keep"] = input_ids.size(1) - first  # keeps positions first..T-1
-        mask, targets = mask[:, first:], targets[:, first:]
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
-    logits = logits[:, : mask.size(1)]  # [N, T', V]: drop the last position (it predicts nothing)
-    picked = logits[mask].float()  # [M, V], M = scored tokens in the batch
-    token_logp = picked.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(picked, dim=-1)
-    rows = mask.nonzero()[:, 0]
-    total = torch.zeros(input_ids.size(0), dtype=torch.float32, device=logits.device).index_add(0, rows, token_logp)
-    return total, mask.sum(1)
+    rows, sources = mask.nonzero(as_tuple=True)
+    token_logp = token_logps(model, rows, sources, input_ids[:, 1:][mask], input_ids=input_ids,
+                             attention_mask=attention_mask)
+    total = torch.zeros(input_ids.size(0), dtype=torch.float32, device=token_logp.device)
+    return total.index_add(0, rows.to(token_logp.device), token_logp), mask.sum(1)
 
 
 @torch.no_grad()

@@ -16,12 +16,13 @@ same as in two-row scoring.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from sparsealign.align.token_logps import token_logps
 
 
 @dataclass
@@ -70,34 +71,21 @@ def pack_pairs(features: Sequence[dict[str, Any]], pad_id: int) -> PackedBatch:
                        torch.tensor(targets, **as_long), torch.tensor(rejected, dtype=torch.bool))
 
 
-def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    inner = model
-    while hasattr(inner, "module"):  # DDP / FSDP / DeepSpeed wrappers
-        inner = inner.module
-    if hasattr(inner, "get_base_model"):  # PEFT
-        inner = inner.get_base_model()
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
-
-
 def packed_logps(model: torch.nn.Module, batch: PackedBatch) -> dict[str, torch.Tensor]:
     """Summed log-probs and token counts of each row's chosen and rejected response, each [B] (float32 / long).
 
-    Only logits from the first source position on are materialised (`logits_to_keep`); the log-softmax is taken
-    at source positions only, in float32."""
+    Logits are made only at source positions, a chunk at a time, in float32 (`align.token_logps`)."""
     device = model.device if hasattr(model, "device") else batch.input_ids.device
-    B, T = batch.input_ids.shape
-    first = int(batch.sources.min()) if batch.sources.numel() and accepts_logits_to_keep(model) else 0
-    kwargs = {"logits_to_keep": T - first} if first else {}
-    logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
-                   position_ids=batch.position_ids.to(device), use_cache=False, **kwargs).logits
-    rows, sources = batch.rows.to(logits.device), batch.sources.to(logits.device)
-    picked = logits[rows, sources - first].float()  # [M, V]
-    token_logp = picked.gather(-1, batch.targets.to(logits.device).unsqueeze(-1)).squeeze(-1)
-    token_logp = token_logp - torch.logsumexp(picked, dim=-1)
+    B = batch.input_ids.shape[0]
+    token_logp = token_logps(model, batch.rows, batch.sources, batch.targets,
+                             input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
+                             position_ids=batch.position_ids.to(device))
+    dev = token_logp.device
+    rows = batch.rows.to(dev)
     out: dict[str, torch.Tensor] = {}
     for side, selected in (("chosen", ~batch.rejected), ("rejected", batch.rejected)):
-        sel = selected.to(logits.device)
-        out[f"{side}_logps"] = torch.zeros(B, dtype=torch.float32, device=logits.device).index_add(
+        sel = selected.to(dev)
+        out[f"{side}_logps"] = torch.zeros(B, dtype=torch.float32, device=dev).index_add(
             0, rows[sel], token_logp[sel])
         out[f"{side}_n"] = torch.zeros(B, dtype=torch.long).index_add(
             0, batch.rows[selected], torch.ones(int(selected.sum()), dtype=torch.long))

@@ -45,6 +45,15 @@ class AlignTrainer(Trainer):
         self._reference_pass = False
         self._tokens = 0
         self._last_log = time.perf_counter()
+        self._window_loss: list[torch.Tensor] = []  # per-batch training losses since the last logging step
+
+    def running(self) -> dict[str, str]:
+        """Loss and reward accuracy over the training batches since the last logging step (the progress bar)."""
+        acc = self._metrics["train"].get("rewards/accuracies") or []
+        out = {"loss": torch.stack(self._window_loss).float().mean().item()} if self._window_loss else {}
+        if acc:
+            out["acc"] = sum(acc) / len(acc)
+        return {k: f"{v:.4f}" for k, v in out.items()}
 
     # -- loss --------------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -60,6 +69,8 @@ class AlignTrainer(Trainer):
         )
         loss = out["loss"].mean()
         self._record(out, logp_w, logp_l, inputs)
+        if model.training:
+            self._window_loss.append(loss.detach())
         return (loss, out) if return_outputs else loss
 
     def _record(self, out: dict[str, torch.Tensor], logp_w: torch.Tensor, logp_l: torch.Tensor, inputs) -> None:
@@ -97,6 +108,8 @@ class AlignTrainer(Trainer):
         logs.update(metrics)
         super().log(logs, start_time)
         self._metrics[mode].clear()
+        if mode == "train":
+            self._window_loss.clear()
 
     # -- evaluation and the reference pass ------------------------------------------------------------------------------
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -144,7 +157,7 @@ PROGRESS_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rationale_nll
 
 
 class LedgerCallback(TrainerCallback):
-    """Every Trainer log (train steps and evaluations) becomes a ledger event of the align cell."""
+    """Every Trainer log (train steps and evaluations) becomes a ledger event of the align cell (and a run-log line)."""
 
     def __init__(self, ledger: Any, cell: str):
         self.ledger, self.cell = ledger, cell
@@ -153,8 +166,45 @@ class LedgerCallback(TrainerCallback):
         if state.is_world_process_zero and logs:
             clean = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
             self.ledger.log_event("align", self.cell, clean, step=state.global_step)
-            # progress goes to stderr and the run log (Trainer's own printer writes to stdout, which `--json` owns)
-            shown = " ".join(f"{k}={v:.4g}" for k, v in clean.items() if k in PROGRESS_KEYS)
-            if shown:
+            if shown := progress_line(clean):
                 log.info("align %s step %d: %s", self.cell, state.global_step, shown)
-                print(f"align {self.cell} step {state.global_step}: {shown}", file=sys.stderr, flush=True)
+
+
+def progress_line(logs: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in logs.items() if k in PROGRESS_KEYS and isinstance(v, (int, float)))
+
+
+class ProgressCallback(TrainerCallback):
+    """Progress on stderr (stdout belongs to `--json`), from rank 0 only.  With `bar` and a terminal: a bar with ETA
+    whose postfix is the running loss and reward accuracy (means over the pairs since the last logging step);
+    otherwise one plain line per logging step, which log files and the study's parallel cells keep."""
+
+    def __init__(self, cell: str, running: Any, *, bar: bool = False, stream: Any = None):
+        self.cell, self.running, self.want_bar, self.stream = cell, running, bar, stream or sys.stderr
+        self.bar: Any = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.want_bar and state.is_world_process_zero and self.stream.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=f"align {self.cell}",
+                            unit="step", file=self.stream, dynamic_ncols=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+            self.bar.set_postfix(self.running(), refresh=False)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not (shown := progress_line(logs or {})):
+            return
+        line = f"align {self.cell} step {state.global_step}/{state.max_steps}: {shown}"
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sparsealign.align.packed import accepts_logits_to_keep
+from sparsealign.align.token_logps import accepts_logits_to_keep
 from sparsealign.data.mbpp.prompts import PromptFormat
 from sparsealign.data.records import MbppTask
 from sparsealign.sparse.runtime.patch import find_mlps
