@@ -74,10 +74,9 @@ def main() -> None:
         "goal": ">= 3x",
     }
     if args.sparsity > 0:
-        from sparsealign.sparse.runtime.patch import apply_sparsity
-
         from sparsealign.sparse.calibration.calibrate import calibrate
         from sparsealign.sparse.config import SparsityConfig
+        from sparsealign.sparse.runtime.patch import apply_sparsity
 
         calib = [t.code for t in load_mbpp(split="train")[:32]]
         art = calibrate(model, tok, calib, SparsityConfig(target_sparsity=args.sparsity))

@@ -74,7 +74,6 @@ def main() -> None:
     import contextlib
 
     import torch
-    from sparsealign.sparse.runtime.patch import apply_sparsity
 
     from sparsealign.align.config import AlignConfig
     from sparsealign.align.engine import run_align
@@ -92,6 +91,7 @@ def main() -> None:
     from sparsealign.rundir import RunDir
     from sparsealign.sparse.calibration.calibrate import calibrate
     from sparsealign.sparse.config import SparsityConfig
+    from sparsealign.sparse.runtime.patch import apply_sparsity
 
     torch.set_num_threads(args.threads)
     rows = []

@@ -152,11 +152,11 @@ def _greedy(model, tok, n=16) -> list[int]:
 
 @pytest.mark.real_model
 def test_smollm2_gguf_same_greedy_tokens_through_transformers_our_loader_our_cache_and_sparse_thr0(smollm2):
-    from sparsealign.sparse.runtime.patch import apply_sparsity, find_mlps
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sparsealign.sparse.artifacts import SparsityArtifacts
     from sparsealign.sparse.config import SparsityConfig
+    from sparsealign.sparse.runtime.patch import apply_sparsity, find_mlps
 
     gguf = loading.packaged_gguf("smollm2-135m-instruct")
     folder = Path(resolve_model("smollm2-135m-instruct").path)
