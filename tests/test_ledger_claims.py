@@ -104,3 +104,16 @@ def test_a_ledger_written_before_claims_existed_is_migrated(tmp_path):
     with Ledger(path) as ledger:
         ledger.run_cell("s", "old", "h", lambda: {"v": 2.0})  # an unowned running row is a dead run's: re-run
         assert ledger.get("s", "old").metrics == {"v": 2.0}
+
+
+def test_a_running_cell_renews_its_heartbeat_and_stops_with_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(lifetime, "HEARTBEAT_S", 0.05)
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(path) as ledger:
+        with ledger.cell("s", "c", "h"):
+            first = ledger.get("s", "c").heartbeat
+            time.sleep(0.4)
+            assert ledger.get("s", "c").heartbeat > first  # another host would still see the claim as live
+        done = ledger.get("s", "c").heartbeat
+        time.sleep(0.2)
+        assert ledger.get("s", "c").heartbeat == done  # the beat ends with the cell

@@ -156,10 +156,6 @@ class Ledger:
             raise
         self._conn.execute("COMMIT")
 
-    def beat(self, stage: str, cell: str) -> None:
-        self._conn.execute("UPDATE cells SET heartbeat=? WHERE stage=? AND cell=? AND owner=?",
-                           (time.time(), stage, cell, self.owner))
-
     def finish(
         self, stage: str, cell: str, metrics: dict[str, Any] | None = None, artifacts: dict[str, Any] | None = None
     ) -> None:
@@ -209,11 +205,14 @@ class Ledger:
             return
         stop = threading.Event()
 
-        def beat() -> None:
-            with Ledger(self.path) as own:  # sqlite connections stay in the thread that opened them
-                own.owner = self.owner
-                while not stop.wait(lifetime.HEARTBEAT_S):
-                    own.beat(stage, cell)
+        def beat() -> None:  # touches the file only while the cell runs, and only once a beat is due
+            while not stop.wait(lifetime.HEARTBEAT_S):
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                try:
+                    conn.execute("UPDATE cells SET heartbeat=? WHERE stage=? AND cell=? AND owner=?",
+                                 (time.time(), stage, cell, self.owner))
+                finally:
+                    conn.close()
 
         def check(path: Path) -> None:
             conn = sqlite3.connect(self.path, timeout=30)
@@ -231,6 +230,7 @@ class Ledger:
                 yield
         finally:
             stop.set()
+            heart.join()  # no beat after the cell ends (its run directory may be removed right after)
 
     def run_cell(
         self,
