@@ -43,3 +43,36 @@ def test_the_printed_accelerate_align_line_runs_on_cpu(cli, tmp_path, data_dir):
     name = words[words.index("--name") + 1]
     record = json.loads(next(runs.glob(f"{name}/align/**/sparsealign_alignment.json")).read_text())
     assert record["method"] == "dpo"
+
+
+def test_the_printed_ray_lines_run_a_study_on_a_local_cluster(cli, tmp_path, data_dir):
+    """`ray start --head` then `sparsealign study ... --set executor.address=auto`, as the paper plan prints them,
+    on this machine: the paper preset swapped for the reduced study (tiny micro model) and Ray held to 2 CPUs.
+    The cluster-run study gives the reduced study's own results."""
+    import pandas as pd
+
+    from e2e.test_reduced_grid import FIXTURES, assert_columns_equal, canonical
+
+    lines = cli("study", "--preset", "paper", "plan", "--json").json()["launch"]
+    start = shlex.split(next(cmd for cmd in lines if cmd.startswith("ray start")).split("#")[0])
+    joined = shlex.split(next(cmd for cmd in lines if "executor.address=auto" in cmd).split("#")[0])
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "SPARSEALIGN_DATA_DIR": str(data_dir), "SPARSEALIGN_RUNS_DIR": str(tmp_path / "runs"),
+           "SPARSEALIGN_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    ray = str(bin_dir / "ray")
+    up = subprocess.run([ray, *start[1:], "--num-cpus", "2", "--include-dashboard", "false"], env=env,
+                        capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+    assert up.returncode == 0, up.stderr[-2000:]
+    try:
+        reduced = ["--config", str(FIXTURES / "reduced_study.yaml"), "--set", "executor.kind=ray"]
+        args = [w for w in joined[1:] if w not in ("--preset", "paper")]
+        args[args.index("study") + 1:args.index("study") + 1] = reduced
+        out = subprocess.run([str(bin_dir / "sparsealign"), *args, "--json"], env=env, capture_output=True,
+                             text=True, timeout=900, stdin=subprocess.DEVNULL, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+        summary = json.loads(out.stdout)
+        assert summary["failed"] == 0 and summary["done"] == 13
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    expected = pd.read_csv(FIXTURES / "reduced_study_results.csv")
+    assert_columns_equal(canonical(tmp_path / "runs" / "reduced" / "results.parquet"), expected, expected.columns)
