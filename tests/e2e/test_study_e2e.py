@@ -131,8 +131,10 @@ def test_end_to_end_study(reference: Path):
     assert sorted(pass1["dataset"].unique()) == ["generated", "mbpp"]
     assert (pass1.groupby("dataset").size() == 4).all()
     assert pass1["value"].between(0, 1).all()
-    sparse = table[(table["mode"] == "dynamic") & (table["metric"] == "realized_sparsity")]
+    realized = table[(table["mode"] == "dynamic") & (table["metric"] == "realized_sparsity")]
+    sparse = realized[realized["dataset"] == "all"]  # the whole sequence; one row per dataset beside it
     assert len(sparse) == 2 and (sparse["value"] > 0).all()
+    assert {"mbpp", "generated", "hh", "uf"} <= set(realized["dataset"])
     # held-out human preference pairs were scored for every cell
     assert set(table[table["metric"] == "reward_accuracy"]["dataset"]) >= {"hh", "uf"}
     html = (reference / "report.html").read_text()
