@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sparsealign.models.loading import LoadSettings, load_model
+from sparsealign.models.loading import SHORT_NAMES, LoadSettings, load_model, resolve_model
 from sparsealign.output import emit
 from sparsealign.sparse.modes import DYNAMIC, STATIC
 from sparsealign.sparse.options import mode_option
@@ -17,7 +17,6 @@ def _default_out(model: str, out: str | None, flag: str = "--out") -> Path:
     """Artifacts live beside the model (MODEL/sparsity) unless a directory is given; a short name or a .gguf file
     gets runs/<name>/sparsity (its dequantized copy sits in the hidden user cache, no place for a user's files)."""
     from sparsealign.errors import UserError
-    from sparsealign.models.loading import SHORT_NAMES, resolve_model
     from sparsealign.settings import runs_dir
 
     if out:

@@ -23,11 +23,12 @@ def reference_path(ref_model: str, tok: Any, pairs: Sequence[PreferencePair], se
 
 
 def save_reference(ref_model: str, tok: Any, pairs: Sequence[PreferencePair], settings: TokenizeSettings,
-                   dtype: str, scores: dict[str, torch.Tensor]) -> None:
-    """Keep `ref_model`'s own scores of `pairs` (its dense evaluation) as the reference its aligned models read."""
+                   dtype: str, chosen_logps: Sequence[float], rejected_logps: Sequence[float]) -> None:
+    """Keep `ref_model`'s own summed log-probs of `pairs` (its dense evaluation) as the reference its aligned
+    models read."""
     from safetensors.torch import save_file
 
-    logps = torch.stack([scores["chosen_logps"], scores["rejected_logps"]], dim=1).float().contiguous()
+    logps = torch.stack([torch.as_tensor(chosen_logps), torch.as_tensor(rejected_logps)], dim=1).float().contiguous()
     with atomic_path(reference_path(ref_model, tok, pairs, settings, dtype), suffix=".safetensors") as tmp:
         save_file({"logps": logps}, str(tmp))
 
@@ -42,5 +43,5 @@ def reference_scores(ref_model: str, tok: Any, pairs: Sequence[PreferencePair], 
         return {"chosen_logps": logps[:, 0], "rejected_logps": logps[:, 1]}
     model, _ = load_model_and_tokenizer(ref_model, device=device, dtype=dtype)
     scores = score_pairs(model, tok, pairs, settings, batch_size=batch_size)
-    save_reference(ref_model, tok, pairs, settings, dtype, scores)
+    save_reference(ref_model, tok, pairs, settings, dtype, scores["chosen_logps"], scores["rejected_logps"])
     return scores

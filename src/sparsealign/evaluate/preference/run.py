@@ -100,11 +100,8 @@ def evaluate_loaded(cfg: PreferenceRunConfig, model, tok, pairs: Sequence[Prefer
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if cfg.save_reference and handle is None:
-        import torch
-
-        save_reference(cfg.model, tok, pairs, settings, cfg.dtype,
-                       {f"{side}_logps": torch.tensor([r[f"logp_{side}"] for r in records])
-                        for side in ("chosen", "rejected")})
+        save_reference(cfg.model, tok, pairs, settings, cfg.dtype, [r["logp_chosen"] for r in records],
+                       [r["logp_rejected"] for r in records])
     summary.update(model=cfg.model, ref_model=cfg.ref_model, baseline_model=baseline_of(cfg), data=cfg.data,
                    sparsity=None)
     if handle is not None and cfg.sparsity is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from sparsealign.models.loading import LoadSettings, load_model
+from sparsealign.models.loading import LoadSettings, load_model, resolve_model
 from sparsealign.sparse.modes import DYNAMIC, MODES, STATIC
 
 DEFAULT_SPARSITIES = "0.5,0.7,0.9"
@@ -39,7 +39,6 @@ def parse_modes(value: str) -> list[str]:
 
 def check_model_dir(spec: str) -> None:
     """Fail early (before any measurement) on a --model the project's loader cannot resolve."""
-    from sparsealign.models.loading import resolve_model
 
     resolve_model(spec)
 
