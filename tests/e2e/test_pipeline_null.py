@@ -32,6 +32,7 @@ def test_a_frozen_controller_gives_every_threshold_contrast_exactly_zero(env):  
     thresholds = [f for f in summary["findings"] if f["question"] == "thresholds"]
     measured = [f for f in thresholds if f["effect"] is not None]
     assert measured, thresholds  # hh accuracy on 30 pairs is measurable; pass@1 of a 10-step model is at its floor
+    assert {f["estimand"] for f in measured} == {"nominal_target", "matched_sparsity"}  # both readings of (b)
     assert all(f["effect"] == 0 and f["ci_low"] == f["ci_high"] == 0 and f["verdict"] == "inconclusive"
                for f in measured), measured
     report = (run / "report.md").read_text()

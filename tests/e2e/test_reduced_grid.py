@@ -151,9 +151,12 @@ def test_dense_results_equal_the_pre_refactor_run(table):
                                    check_names=False)
 
 
-def test_a_non_default_beta_reaches_the_evaluator(env):
+def test_a_non_default_beta_reaches_the_evaluator_under_device_map_auto(env):
+    """β travels from the study config to the evaluator; the run loads through accelerate's placement
+    (`load.device_map=auto`, as the paper preset loads a 70B cell), on CPU."""
     summary = study(env, "--name", "beta", "--set", "alignment.settings.beta=0.2", "--set", "alignment.methods=[dpo]",
-                    "--set", "sparsity.modes=[]")
+                    "--set", "sparsity.modes=[]", "--set", "load.device_map=auto")
+    assert summary["failed"] == 0
     run = Path(summary["run"])
     record = json.loads((run / "align/micro-xs/dpo/f1.000/model/sparsealign_alignment.json").read_text())
     assert record["method"] == "dpo" and record["beta"] == 0.2
@@ -161,8 +164,28 @@ def test_a_non_default_beta_reaches_the_evaluator(env):
     # every model is compared on one shared reward; the method's own implicit reward uses the β it trained with
     shared = {"method": "simpo", "beta": 1.0, "shared_reward": "mean token log-prob"}
     assert aligned["scoring"] == shared and aligned["implicit_beta"] == 0.2
+    assert 0.0 <= aligned["hh_reward_accuracy"] <= 1.0
     base = json.loads((run / "eval/micro-xs/base/f1.000/dense/0.00/metrics.json").read_text())
     assert base["scoring"] == shared and "implicit_beta" not in base
+
+
+def test_a_code_only_family_is_aligned_and_asked_on_code(env):
+    """The micro family never saw English (family.english unset: by kind): its training pairs are code only, no
+    cell scores a dialogue set, and the dialogue sets appear only as their longer-response-wins baseline."""
+    summary = study(env, "--name", "codeonly", "--set", "family.english=null", "--set", "alignment.methods=[dpo]",
+                    "--set", "sparsity.modes=[]")
+    assert summary["failed"] == 0
+    run = Path(summary["run"])
+    train = [json.loads(line) for line in (run / "pairs/micro-xs/train.jsonl").read_text().splitlines()]
+    assert train and all(row["id"].startswith("code:") for row in train)
+    for cell in ("base", "dpo"):
+        metrics = json.loads((run / f"eval/micro-xs/{cell}/f1.000/dense/0.00/metrics.json").read_text())
+        assert not [k for k in metrics if k.startswith(("hh_", "uf_"))], metrics
+    table = pd.read_parquet(summary["results"])
+    dialogue = table[table["dataset"].isin(["hh", "uf"])]
+    assert set(dialogue["metric"]) == {"length_baseline_accuracy"} and set(dialogue["dataset"]) == {"hh", "uf"}
+    assert (dialogue["n"] == 8).all() and dialogue["value"].between(0, 1).all()
+    assert "hh: no English (the micro family is pretrained on code only)" in Path(summary["markdown"]).read_text()
 
 
 def test_every_sparse_cell_reports_realized_sparsity_per_dataset(table):
@@ -193,15 +216,6 @@ def test_the_study_runs_in_bfloat16_on_cpu(env, table):
     assert len(both) == len(table)
     sparsity = both[both["metric"] == "realized_sparsity"]
     assert ((sparsity["value_bf16"] - sparsity["value"]).abs() < 0.01).all()
-
-
-def test_an_eval_cell_runs_with_device_map_auto(env):
-    """accelerate's placement (`load.device_map=auto`, as the paper preset loads a 70B cell) on CPU."""
-    summary = study(env, "--name", "dmap", "--set", "load.device_map=auto", "--set", "alignment.methods=[dpo]",
-                    "--set", "sparsity.modes=[]")
-    assert summary["failed"] == 0
-    metrics = json.loads((Path(summary["run"]) / "eval/micro-xs/dpo/f1.000/dense/0.00/metrics.json").read_text())
-    assert 0.0 <= metrics["hh_reward_accuracy"] <= 1.0 and metrics["implicit_beta"] > 0
 
 
 if __name__ == "__main__":  # regenerate the fixture from a finished run of reduced_study.yaml

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 TINY = """\
 name: tiny
 seed: 0
-family: {kind: micro, preset: micro, sizes: [micro-xs], pretrain_steps: 10}
+family: {kind: micro, preset: micro, sizes: [micro-xs], pretrain_steps: 10, english: true}
 alignment: {methods: [dpo], max_pairs: 16, heldout_pairs: 8, code_pair_tasks: 4, code_pair_samples: 2,
             subsets: [1.0], subset_methods: [dpo], seeds: 1}
 sparsity: {targets: [0.5], modes: [dynamic], calibration_texts: 4}

@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 
 from sparsealign.report import render, scaling
-from sparsealign.report.findings import compute_findings
-from sparsealign.report.items import ItemStore, parse_cell_key
+from sparsealign.report.findings import compute_findings, sentence
+from sparsealign.report.items import CellKey, ItemStore, parse_cell_key
+from sparsealign.report.matched import interpolate_at
 from sparsealign.study.config import ReportConfig
 
 SIZES = {"micro-a": 1e5, "micro-b": 3e5, "micro-c": 1e6, "micro-d": 3e6}
@@ -73,19 +74,34 @@ SETTINGS = ReportConfig(primary_contrasts=[
 ], bootstrap=1000)
 
 
+def synthetic_realized(items) -> dict:
+    """Every sparse cell realizes its target on every dataset (the null: dynamic and static alike)."""
+    out = {}
+    for key, arrays in items.items():
+        c = parse_cell_key(key)
+        if c["mode"] != "dense":
+            for name in arrays:
+                out[(CellKey(c["size"], c["method"], c["subset_fraction"], c["mode"], c["target_sparsity"]),
+                     name.split("_")[0])] = c["target_sparsity"]
+    return out
+
+
 @pytest.fixture(scope="module")
 def findings():
-    return compute_findings(ItemStore(synthetic_items()), SIZES, SETTINGS)
+    items = synthetic_items()
+    return compute_findings(ItemStore(items), SIZES, SETTINGS, realized=synthetic_realized(items))
 
 
-def test_planted_effect_is_called_an_effect_after_holm(findings):
-    align = [f for f in findings if f.question == "alignment" and f.dataset == "hh" and f.estimand == "difference"]
-    assert [f.target for f in align] == [0.0, 0.7, 0.9]
-    for f in align:
-        assert f.verdict == "effect", f
-        assert f.ci_low > 0 and f.p_holm < 0.05 and f.p_holm >= f.p
-        assert f.effect == pytest.approx(LIFT + 0.025, abs=0.04)  # mean planted lift over methods and seeds
-        assert f.n == 4 * N_HH and f.seeds == 3 and f.test == "sign-flip"
+def test_the_per_size_table_shows_aligned_minus_base_at_both_settings(findings):
+    """The planted lift is read size by size beside each interaction: aligned - base at dense and sparse."""
+    inter = [f for f in findings if f.estimand == "interaction" and f.dataset == "hh"]
+    for f in inter:
+        assert [row["size"] for row in f.per_size] == list(SIZES)
+        for row in f.per_size:
+            assert row["aligned - base, dense"] == pytest.approx(LIFT + 0.025, abs=0.05), row
+            assert row["aligned - base, sparse"] == pytest.approx(LIFT + 0.025, abs=0.05), row
+            assert row["effect"] == pytest.approx(row["aligned - base, sparse"] - row["aligned - base, dense"],
+                                                  abs=1e-3) and row["items"] == N_HH
 
 
 def test_the_interaction_is_null_when_alignment_lifts_sparse_and_dense_alike(findings):
@@ -95,7 +111,7 @@ def test_the_interaction_is_null_when_alignment_lifts_sparse_and_dense_alike(fin
         (m, t) for m in ("dynamic", "static") for t in TARGETS]
     for f in inter:
         assert f.verdict == "inconclusive" and f.ci_low <= 0 <= f.ci_high and abs(f.effect) < 0.03, f
-        assert f.n == 4 * N_HH and f.seeds == 3 and "300 items x 4 size(s) x 3 seed(s)" in f.note
+        assert f.n == 4 * N_HH and f.seeds == 3 and "300 items x 4 size(s)" in f.note and "x 3 seed(s)" in f.note
     gen = [f for f in findings if f.estimand == "interaction" and f.dataset == "mbpp"]
     assert gen and all(f.verdict == "not measurable" and "floor" in f.note for f in gen)
 
@@ -116,15 +132,60 @@ def test_a_planted_interaction_is_found_and_floor_sizes_are_left_out():
     assert len(at_09) == 2
     for f in at_09:
         assert f.verdict == "effect" and f.ci_high < 0 and f.effect == pytest.approx(-(LIFT + 0.025), abs=0.03), f
-        assert "left out at floor/ceiling: micro-a" in f.note and f.n == 3 * N_HH
+        assert "left out: micro-a (reward_accuracy at its floor)" in f.note and f.n == 3 * N_HH
+        assert {"size": "micro-a", "left out": "reward_accuracy at its floor"} in f.per_size
 
 
 def test_known_null_is_inconclusive(findings):
     null = [f for f in findings if f.question == "thresholds"]
-    assert [f.target for f in null] == list(TARGETS)
+    assert [(f.estimand, f.target) for f in null] == [(e, t) for t in TARGETS
+                                                      for e in ("nominal_target", "matched_sparsity")]
     for f in null:
         assert f.verdict == "inconclusive" and f.ci_low <= 0 <= f.ci_high, f
         assert abs(f.effect) < 0.02 and f.n == 4 * N_HH
+    nominal, matched = null[0], null[1]  # equal realized sparsity: the two readings are the same contrast
+    assert matched.effect == nominal.effect and "Realized sparsity on hh: micro-a dynamic 0.700 / static 0.700" in \
+        sentence(nominal)
+
+
+def test_matched_sparsity_removes_a_sparsity_gap_that_nominal_reads_as_an_effect():
+    """Dynamic realizes less sparsity than static at each target and its quality is exactly the static curve's at
+    that realized sparsity (no controller effect): dynamic - static at the nominal target is an effect, at equal
+    realized sparsity it is 0 -- and a dynamic cell outside static's measured range is left out, named."""
+    rng = np.random.default_rng(3)
+    u = rng.random(N_HH)
+    items, realized = {}, {}
+    rate = {0.7: 0.70, 0.8: 0.62, 0.9: 0.50}  # static quality falls with sparsity
+    for size in SIZES:
+        for t, r in rate.items():
+            items[f"{size}/base/f1.000/static/{t:.2f}"] = {"hh_correct": (u < r).astype(float).tolist()}
+            realized[(CellKey(size, "base", 1.0, "static", t), "hh")] = t
+        for t, r_dyn in ((0.8, 0.75), (0.9, 0.85), (0.7, 0.65)):  # 0.65: below static's measured 0.70-0.90
+            lo, hi = (0.7, 0.8) if r_dyn < 0.8 else (0.8, 0.9)
+            w = (r_dyn - lo) / (hi - lo)
+            outcome = (1 - w) * (u < rate[lo]) + w * (u < rate[hi]) if r_dyn >= 0.7 else (u < 0.75).astype(float)
+            items[f"{size}/base/f1.000/dynamic/{t:.2f}"] = {"hh_correct": outcome.tolist()}
+            realized[(CellKey(size, "base", 1.0, "dynamic", t), "hh")] = r_dyn
+    settings = ReportConfig(primary_contrasts=[{"question": "thresholds", "dataset": "hh",
+                                                "metric": "reward_accuracy"}], bootstrap=500)
+    found = {(f.estimand, f.target): f for f in compute_findings(ItemStore(items), SIZES, settings,
+                                                                 realized=realized)}
+    for t in (0.8, 0.9):
+        assert found[("nominal_target", t)].verdict == "effect" and found[("nominal_target", t)].effect > 0.05
+        m = found[("matched_sparsity", t)]
+        assert m.effect == pytest.approx(0.0, abs=1e-12) and m.verdict == "inconclusive", m
+        assert "static" in m.per_size[0]["static read at"] and m.per_size[0]["dynamic realized"] == pytest.approx(
+            t - 0.05)
+    out = found[("matched_sparsity", 0.7)]
+    assert out.verdict == "not measurable" and "outside static's measured 0.700-0.900" in out.note
+
+
+def test_interpolation_is_the_straight_line_between_bracketing_points():
+    y0, y1 = np.array([[0.0, 1.0]]), np.array([[1.0, 1.0]])
+    y, lo, hi, w = interpolate_at(0.825, [(0.9, y1), (0.8, y0)])
+    assert (lo, hi) == (1, 0) and w == pytest.approx(0.25) and y == pytest.approx(np.array([[0.25, 1.0]]))
+    assert interpolate_at(0.8, [(0.8, y0), (0.9, y1)])[0] is y0  # an exact point is that point
+    assert interpolate_at(0.95, [(0.8, y0), (0.9, y1)]) is None  # no extrapolation
 
 
 def test_floor_metric_is_not_measurable_and_untested(findings):
@@ -149,7 +210,17 @@ def test_size_slope_and_annotation(findings):
 def test_too_few_sizes_gives_no_slope():
     items = {k: v for k, v in synthetic_items().items() if not k.startswith("micro-d")}
     (size,) = [f for f in compute_findings(ItemStore(items), SIZES, SETTINGS) if f.question == "size"]
-    assert size.verdict == "not measurable" and size.effect is None and "3 size(s)" in size.note
+    assert size.verdict == "not measurable" and size.effect is None and "3 non-floor size(s)" in size.note
+
+
+def test_a_size_at_the_floor_does_not_count_towards_a_slope():
+    """4 sizes, one at the floor: its effect is 0 by construction, so only 3 sizes could carry a slope."""
+    items = synthetic_items()
+    for key, arrays in items.items():
+        if key.startswith("micro-a/"):
+            arrays["hh_correct"] = [0.0] * len(arrays["hh_correct"])
+    (size,) = [f for f in compute_findings(ItemStore(items), SIZES, SETTINGS) if f.question == "size"]
+    assert size.verdict == "not measurable" and "3 non-floor size(s)" in size.note and "micro-a" in size.note
 
 
 def test_all_zero_metric_gets_no_fit_and_a_floor_note():

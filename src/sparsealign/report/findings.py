@@ -1,30 +1,35 @@
 """The report's Findings: each primary contrast of the study config, tested on paired per-item data.
 
-Research questions: (a) does alignment survive sparsity -- estimand `interaction`: (aligned - base)_sparse -
-(aligned - base)_dense, the same aligned methods and seeds on both sides, per mode and target, paired over items and
-seeds, sizes at the metric's floor or ceiling left out and named; beside it aligned - base at each setting
-(`difference`); (b) dynamic minus static thresholds at every target, pooled over all models;
-(c) how (a) and (b) change with model size -- OLS slope over log10(params) of the per-size effect at the highest
-target, t(n-2) interval, none from fewer than 4 sizes; (d) annotation efficiency -- each rationale method's saving of
-preference pairs against DPO (1 = none).
+Research questions and their estimands (each Finding carries its `estimand`):
+(a) does alignment survive sparsity -- `interaction`: (aligned - base)_sparse - (aligned - base)_dense, the same
+    aligned methods and seeds on both sides, per mode and target, paired over items and seeds;
+(b) dynamic vs static thresholds -- `nominal_target`: dynamic - static at the same target (the deployment reading),
+    and `matched_sparsity`: dynamic - the static curve read at the dynamic cell's realized sparsity on the same
+    domain (the mechanism reading, `report.matched`);
+(c) how (a) and (b) change with model size -- `slope`: OLS over log10(params) of the per-size effect at the highest
+    target, t(n-2) interval, only from >= 4 sizes off the metric's floor/ceiling;
+(d) annotation efficiency -- `saving`: each rationale method's saving of preference pairs against DPO (1 = none).
 
-Every contrast reports effect, 95% CI (crossed bootstrap over items and seeds, `stats.paired`), n paired items, and
-a p-value Holm-adjusted across all primary contrasts that could be tested.  Verdict: "effect" when the CI excludes
-the null (0; 1 for a saving) and the Holm p is below alpha; "inconclusive" otherwise; "not measurable" when the metric
-sits at its floor or ceiling in every cell involved, there are fewer than `min_items` paired items, or the data
-for it was not produced -- and then no effect is derived at all.
+A pooled contrast leaves out the sizes whose cells sit at the metric's floor or ceiling and names them; each Finding
+has a per-size table (effect, items, realized sparsity on its domain).  Every contrast reports effect, 95% CI
+(crossed bootstrap over items and seeds, `stats.paired`), n paired items (stated as items x sizes x seeds), and a
+p-value Holm-adjusted across all primary contrasts that could be tested.  Verdict: "effect" when the CI excludes
+the null (0; 1 for a saving) and the Holm p is below alpha; "inconclusive" otherwise; "not measurable" when no size
+is off its floor/ceiling, there are fewer than `min_items` paired items, or the data for it was not produced -- and
+then no effect is derived at all.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from sparsealign.align.config import BASELINE_METHOD
 from sparsealign.report.items import BOUNDED, CellKey, ItemStore, broadcast_pool, concat_items, item_kind
+from sparsealign.report.matched import Match, Realized, matched_static
 from sparsealign.sparse.modes import DYNAMIC, STATIC
 from sparsealign.stats.annotation import annotation_savings
 from sparsealign.stats.multiple import holm
@@ -59,14 +64,15 @@ class Finding:
     p_holm: float | None = None
     verdict: str = "not measurable"
     note: str = ""
-    estimand: str = ""  # difference | interaction | nominal_target | slope | saving
+    estimand: str = ""  # interaction | nominal_target | matched_sparsity | slope | saving
+    per_size: list[dict] = field(default_factory=list)  # each size's effect (or why it was left out)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
-ESTIMANDS = {"alignment": "difference", "thresholds": "nominal_target", "size": "slope", "annotation": "saving"}
+ESTIMANDS = {"alignment": "interaction", "thresholds": "nominal_target", "size": "slope", "annotation": "saving"}
 
 
 def _unmeasurable(spec: ContrastConfig, contrast: str, note: str, target: float | None = None, n: int = 0,
@@ -75,26 +81,22 @@ def _unmeasurable(spec: ContrastConfig, contrast: str, note: str, target: float 
                    note=note, estimand=estimand or ESTIMANDS[spec.question])
 
 
-def _bound_note(arrays: list[np.ndarray], metric: str) -> str | None:
+def _bound_where(arrays: list[np.ndarray], metric: str) -> str | None:
+    """"floor" / "ceiling" when a 0/1 metric sits at that bound in every one of `arrays`, else None."""
     if item_kind(metric) not in BOUNDED:
         return None
-    where = bound_of(np.concatenate([a.ravel() for a in arrays]))
+    return bound_of(np.concatenate([a.ravel() for a in arrays]))
+
+
+def _bound_note(arrays: list[np.ndarray], metric: str) -> str | None:
+    where = _bound_where(arrays, metric)
     return None if where is None else f"{metric} is at its {where} in every cell compared"
 
 
-def _pair_cells(store: ItemStore, question: str, dataset: str, metric: str, mode: str, target: float,
+def _pair_cells(store: ItemStore, dataset: str, metric: str, target: float,
                 size: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """One size's (A, B) for question `alignment` (aligned methods pooled vs base) or `thresholds` (dynamic vs
-    static, every model pooled) at `target`; None when the cells are missing."""
-    cells = [c for c in store.cells(dataset, metric) if c.size == size and c.subset == 1.0]
-    if question == "alignment":
-        m = "dense" if target == 0 else mode
-        base = store.get(CellKey(size, BASE, 1.0, m, target), dataset, metric)
-        aligned = [store.get(c, dataset, metric) for c in cells
-                   if c.method != BASE and c.mode == m and c.target == target]
-        a = broadcast_pool(aligned)
-        return None if base is None or a is None else (a, base)
-    methods = sorted({c.method for c in cells})
+    """One size's (dynamic, static) at `target`, the models evaluated in both modes pooled; None when missing."""
+    methods = sorted({c.method for c in store.cells(dataset, metric) if c.size == size and c.subset == 1.0})
     dyn = [store.get(CellKey(size, x, 1.0, DYNAMIC, target), dataset, metric) for x in methods]
     sta = [store.get(CellKey(size, x, 1.0, STATIC, target), dataset, metric) for x in methods]
     keep = [(d, s) for d, s in zip(dyn, sta, strict=True) if d is not None and s is not None]
@@ -102,21 +104,98 @@ def _pair_cells(store: ItemStore, question: str, dataset: str, metric: str, mode
     return None if a is None or b is None else (a, b)
 
 
-def _difference(store: ItemStore, spec: ContrastConfig, question: str, target: float, settings: ReportConfig,
-                label: str, seed: int) -> Finding:
-    pairs = [p for s in store.sizes() if (p := _pair_cells(store, question, spec.dataset, spec.metric, spec.mode,
-                                                           target, s)) is not None]
-    a, b = concat_items([p[0] for p in pairs]), concat_items([p[1] for p in pairs])
+@dataclass
+class _Arm:
+    """One size's paired (A, B) of a contrast, the raw cells behind them (for the floor check) and what the
+    per-size table shows beside its effect."""
+    size: str
+    a: np.ndarray
+    b: np.ndarray
+    raw: list[np.ndarray]
+    info: dict = field(default_factory=dict)
+
+
+def _pooled(spec: ContrastConfig, question: str, estimand: str, label: str, target: float | None, arms: list[_Arm],
+            skipped: dict[str, str], settings: ReportConfig, seed: int) -> Finding:
+    """Pool the sizes' arms into one paired contrast: sizes whose cells sit at the metric's floor or ceiling are
+    left out and named (they would add structural zeros), and so are sizes that could not be paired."""
+    floored = {arm.size: f"{spec.metric} at its {where}" for arm in arms
+               if (where := _bound_where(arm.raw, spec.metric))}
+    kept = [arm for arm in arms if arm.size not in floored]
+    left = {**floored, **skipped}
+    left_out = "; left out: " + ", ".join(f"{k} ({v})" for k, v in left.items()) if left else ""
+    table = [{"size": arm.size, "effect": float(np.mean(arm.a) - np.mean(arm.b)), "items": arm.a.shape[1],
+              **arm.info} for arm in kept] + [{"size": k, "left out": v} for k, v in left.items()]
+    a, b = concat_items([arm.a for arm in kept]), concat_items([arm.b for arm in kept])
     if a is None or b is None:
-        return _unmeasurable(spec, label, "no paired cells in this study", target)
-    note = _bound_note([a, b], spec.metric)
-    if note or a.shape[1] < settings.min_items:
-        return _unmeasurable(spec, label, note or f"only {a.shape[1]} paired items (< {settings.min_items})",
-                             target, a.shape[1])
+        note = "no size is measurable" if left else "no paired cells in this study"
+        return replace(_unmeasurable(spec, label, note + left_out, target, estimand=estimand),
+                       per_size=table)
+    if a.shape[1] < settings.min_items:
+        return replace(_unmeasurable(spec, label, f"only {a.shape[1]} paired items (< {settings.min_items})"
+                                     f"{left_out}", target, a.shape[1], estimand=estimand),
+                       per_size=table)
     d = paired_difference(a, b, n_resamples=settings.bootstrap, seed=seed)
+    items = sorted({arm.a.shape[1] for arm in kept})
+    per = f"{items[0]}" if len(items) == 1 else "/".join(str(arm.a.shape[1]) for arm in kept)
+    note = (f"{per} items x {len(kept)} size(s) ({', '.join(arm.size for arm in kept)}) x {d.seeds} seed(s)"
+            f"{left_out}")
     return Finding(question, label, spec.dataset, spec.metric, target, d.estimate, d.low, d.high, d.n, d.seeds,
-                   d.p, d.test, note=f"{len(pairs)} size(s)",
-                   estimand=ESTIMANDS[question])
+                   d.p, d.test, note=note, estimand=estimand, per_size=table)
+
+
+def _realized_info(realized: Realized, size: str, dataset: str, target: float, modes: tuple[str, ...],
+                   methods: list[str]) -> dict:
+    """Realized sparsity on `dataset` of each mode's cells at `target` (mean over the methods pooled)."""
+    out = {}
+    for mode in modes:
+        vals = [v for m in methods if (v := realized.get((CellKey(size, m, 1.0, mode, target), dataset))) is not None]
+        if vals:
+            out[f"{mode} realized"] = round(float(np.mean(vals)), 4)
+    return out
+
+
+def _nominal(store: ItemStore, spec: ContrastConfig, target: float, realized: Realized, settings: ReportConfig,
+             seed: int) -> Finding:
+    """Dynamic - static at the same nominal target (the deployment reading), every model of a size pooled; the
+    realized sparsity of both on this domain is shown per size, since it need not be equal."""
+    label = f"{DYNAMIC} - {STATIC} at target {target:g}, {spec.dataset} {spec.metric}"
+    arms, skipped = [], {}
+    for size in store.sizes():
+        pair = _pair_cells(store, spec.dataset, spec.metric, target, size)
+        if pair is None:
+            continue
+        methods = sorted({c.method for c in store.cells(spec.dataset, spec.metric) if c.size == size})
+        arms.append(_Arm(size, *pair, raw=list(pair),
+                         info=_realized_info(realized, size, spec.dataset, target, (DYNAMIC, STATIC), methods)))
+    return _pooled(spec, "thresholds", "nominal_target", label, target, arms, skipped, settings, seed)
+
+
+def _matched(store: ItemStore, spec: ContrastConfig, target: float, realized: Realized, settings: ReportConfig,
+             seed: int) -> Finding:
+    """Dynamic at `target` - static read at the dynamic cell's realized sparsity on the same domain
+    (`report.matched`), every model of a size pooled: the controller's own effect, the sparsity gap removed."""
+    label = f"{DYNAMIC} - {STATIC} at equal realized sparsity (dynamic target {target:g}), {spec.dataset} {spec.metric}"
+    arms, skipped = [], {}
+    for size in store.sizes():
+        methods = sorted({c.method for c in store.cells(spec.dataset, spec.metric)
+                          if c.size == size and c.subset == 1.0 and c.mode == DYNAMIC and c.target == target})
+        if not methods:
+            continue
+        matches = {m: matched_static(store, realized, size, m, spec.dataset, spec.metric, target) for m in methods}
+        ok = {m: x for m, x in matches.items() if isinstance(x, Match)}
+        if len(ok) < len(methods):
+            skipped[size] = "; ".join(f"{m}: {x}" for m, x in matches.items() if not isinstance(x, Match))
+            continue
+        a = broadcast_pool([x.dynamic for x in ok.values()])
+        b = broadcast_pool([x.static for x in ok.values()])
+        if a is None or b is None:
+            skipped[size] = "seed counts differ between models"
+            continue
+        info = {"dynamic realized": round(float(np.mean([x.realized for x in ok.values()])), 4),
+                "static read at": "; ".join(f"{m}: {x.between}" for m, x in ok.items())}
+        arms.append(_Arm(size, a, b, raw=[a, b], info=info))
+    return _pooled(spec, "thresholds", "matched_sparsity", label, target, arms, skipped, settings, seed)
 
 
 def _interaction_cells(store: ItemStore, dataset: str, metric: str, mode: str, target: float,
@@ -136,36 +215,23 @@ def _interaction_cells(store: ItemStore, dataset: str, metric: str, mode: str, t
     return None if not pairs or any(a is None for a in out) else out
 
 
-def _interaction(store: ItemStore, spec: ContrastConfig, mode: str, target: float, settings: ReportConfig,
-                 seed: int) -> Finding:
+def _interaction(store: ItemStore, spec: ContrastConfig, mode: str, target: float, realized: Realized,
+                 settings: ReportConfig, seed: int) -> Finding:
     """(aligned - base)_sparse - (aligned - base)_dense = (aligned_sparse - aligned_dense) - (base_sparse -
     base_dense): each side a per-item, per-seed difference of the same model, so the crossed bootstrap and the
-    sign-flip test apply unchanged."""
+    sign-flip test apply unchanged.  The per-size table shows aligned - base at dense and at the sparse setting."""
     label = f"(aligned - base) at {mode} {target:g} minus at dense, {spec.dataset} {spec.metric}"
-    kept, floored, arrays = [], [], []
+    arms = []
     for size in store.sizes():
         cells = _interaction_cells(store, spec.dataset, spec.metric, mode, target, size)
         if cells is None:
             continue
-        if _bound_note(cells, spec.metric):
-            floored.append(size)
-            continue
-        kept.append(size)
-        arrays.append(cells)
-    left_out = f"; left out at floor/ceiling: {', '.join(floored)}" if floored else ""
-    if not arrays:
-        note = f"{spec.metric} is at its floor or ceiling at every size" if floored else "no paired cells"
-        return _unmeasurable(spec, label, note, target, estimand="interaction")
-    a = concat_items([c[0] - c[1] for c in arrays])
-    b = concat_items([c[2] - c[3] for c in arrays])
-    if a is None or b is None or a.shape[1] < settings.min_items:
-        n = 0 if a is None else a.shape[1]
-        return _unmeasurable(spec, label, f"only {n} paired items (< {settings.min_items}){left_out}", target,
-                             n, estimand="interaction")
-    d = paired_difference(a, b, n_resamples=settings.bootstrap, seed=seed)
-    note = (f"{d.n // len(kept)} items x {len(kept)} size(s) x {d.seeds} seed(s) ({', '.join(kept)}){left_out}")
-    return Finding("alignment", label, spec.dataset, spec.metric, target, d.estimate, d.low, d.high, d.n, d.seeds,
-                   d.p, d.test, note=note, estimand="interaction")
+        a_s, a_d, b_s, b_d = (float(np.mean(c)) for c in cells)
+        methods = sorted({c.method for c in store.cells(spec.dataset, spec.metric) if c.size == size})
+        info = {"aligned - base, dense": round(a_d - b_d, 4), "aligned - base, sparse": round(a_s - b_s, 4),
+                **_realized_info(realized, size, spec.dataset, target, (mode,), methods)}
+        arms.append(_Arm(size, cells[0] - cells[1], cells[2] - cells[3], raw=cells, info=info))
+    return _pooled(spec, "alignment", "interaction", label, target, arms, {}, settings, seed)
 
 
 def _size_effect(store: ItemStore, spec: ContrastConfig, params: Mapping[str, float], settings: ReportConfig,
@@ -175,28 +241,43 @@ def _size_effect(store: ItemStore, spec: ContrastConfig, params: Mapping[str, fl
     if of == "thresholds":
         targets = set(store.targets(DYNAMIC)) & set(store.targets(STATIC))
     target = max(targets, default=None)
-    effect = "aligned - base" if of == "alignment" else f"{DYNAMIC} - {STATIC}"
+    effect = "(aligned - base) sparse - dense" if of == "alignment" else f"{DYNAMIC} - {STATIC}"
     at = "the highest target" if target is None else f"{target:g}"
     label = f"slope of ({effect}, {spec.dataset} {spec.metric} @ {at}) per decade of parameters"
     if target is None:
         return _unmeasurable(spec, label, "no sparse cells", target)
-    xs, ys, n, arrays = [], [], 0, []
+    xs, ys, n, table, floored = [], [], 0, [], []
     for size in store.sizes():
-        p = _pair_cells(store, of, spec.dataset, spec.metric, spec.mode, target, size)
-        if p is None or not math.isfinite(params.get(size, math.nan)):
+        if not math.isfinite(params.get(size, math.nan)):
+            continue
+        if of == "alignment":
+            cells = _interaction_cells(store, spec.dataset, spec.metric, spec.mode, target, size)
+            pair = None if cells is None else (cells[0] - cells[1], cells[2] - cells[3])
+        else:
+            cells = _pair_cells(store, spec.dataset, spec.metric, target, size)
+            pair = cells
+        if pair is None:
+            continue
+        if _bound_where(list(cells), spec.metric):  # a floor size's effect is 0 by construction: it makes slopes
+            floored.append(size)
             continue
         xs.append(params[size])
-        ys.append(float(np.mean(p[0]) - np.mean(p[1])))
-        n += p[0].shape[1]
-        arrays += list(p)
-    note = _bound_note(arrays, spec.metric) if arrays else "no paired cells in this study"
-    if note:
-        return _unmeasurable(spec, label, note, target, n)
+        ys.append(float(np.mean(pair[0]) - np.mean(pair[1])))
+        n += pair[0].shape[1]
+        table.append({"size": size, "params": params[size], "effect": ys[-1], "items": pair[0].shape[1]})
+    table += [{"size": size, "left out": f"{spec.metric} at its floor/ceiling"} for size in floored]
+    left = f"; left out at floor/ceiling: {', '.join(floored)}" if floored else ""
+    if not xs:
+        return replace(_unmeasurable(spec, label, ("every size is at floor/ceiling" if floored else
+                                                   "no paired cells in this study") + left, target, n),
+                       per_size=table)
     fit = slope_interval(xs, ys)
     if fit is None:
-        return _unmeasurable(spec, label, f"{len(xs)} size(s): a slope needs at least {MIN_SIZES}", target, n)
+        return replace(_unmeasurable(spec, label, f"{len(xs)} non-floor size(s): a slope needs at least {MIN_SIZES}"
+                                     f"{left}", target, n), per_size=table)
     return Finding("size", label, spec.dataset, spec.metric, target, fit.slope, fit.low, fit.high, n, 1, fit.p,
-                   "ols-t", note=f"{len(xs)} sizes, t({len(xs) - 2}) interval", estimand="slope")
+                   "ols-t", note=f"{len(xs)} sizes, t({len(xs) - 2}) interval{left}", estimand="slope",
+                   per_size=table)
 
 
 def annotation_curves(store: ItemStore, dataset: str, metric: str,
@@ -244,24 +325,23 @@ def _annotation(store: ItemStore, spec: ContrastConfig, settings: ReportConfig, 
 
 
 def compute_findings(store: ItemStore, params: Mapping[str, float], settings: ReportConfig | None = None,
-                     *, seed: int = 0) -> list[Finding]:
-    """Every primary contrast of `settings`, expanded over targets / methods, with Holm-adjusted p and verdicts."""
-    settings = settings or ReportConfig()
+                     *, seed: int = 0, realized: Realized | None = None) -> list[Finding]:
+    """Every primary contrast of `settings`, expanded over modes and targets, with Holm-adjusted p and verdicts.
+    `realized`: realized sparsity per (cell, dataset) (`report.matched.realized_by_cell`) -- without it the
+    matched-sparsity contrasts are not measurable."""
+    settings, realized = settings or ReportConfig(), realized or {}
     out: list[Finding] = []
     for spec in settings.primary_contrasts:
-        what = f"{spec.dataset} {spec.metric}"
         if spec.question == "alignment":
-            for t in [0.0, *(x for x in store.targets(spec.mode) if x > 0)]:
-                where = "dense" if t == 0 else f"{spec.mode} @ {t:g}"
-                out.append(_difference(store, spec, "alignment", t, settings, f"aligned - base, {what}, {where}",
-                                       seed))
-            out += [_interaction(store, spec, mode, t, settings, seed)
-                    for mode in (STATIC, DYNAMIC) for t in store.targets(mode) if t > 0]
+            out += [_interaction(store, spec, mode, t, realized, settings, seed)
+                    for mode in (STATIC, DYNAMIC) for t in store.targets(mode) if t > 0] or [
+                _unmeasurable(spec, f"(aligned - base) sparse minus dense, {spec.dataset} {spec.metric}",
+                              "no sparse cells")]
         elif spec.question == "thresholds":
             targets = sorted(set(store.targets(DYNAMIC)) & set(store.targets(STATIC)))
-            vs = f"{DYNAMIC} - {STATIC}"
-            out += [_difference(store, spec, "thresholds", t, settings, f"{vs}, {what}, @ {t:g}", seed)
-                    for t in targets] or [_unmeasurable(spec, f"{vs}, {what}", "needs both modes")]
+            out += [f for t in targets for f in (_nominal(store, spec, t, realized, settings, seed),
+                                                 _matched(store, spec, t, realized, settings, seed))] or [
+                _unmeasurable(spec, f"{DYNAMIC} - {STATIC}, {spec.dataset} {spec.metric}", "needs both modes")]
         elif spec.question == "size":
             out.append(_size_effect(store, spec, params, settings, seed))
         else:
@@ -284,7 +364,16 @@ def sentence(f: Finding) -> str:
     null = "" if f.null == 0 else f" (null {f.null:g})"
     bound = " (a lower bound: reached at the smallest subset)" if "reached_at_smallest" in f.note else ""
     return (f"{f.contrast}: {f.effect:+.3f}{null}{bound}, 95% CI [{f.ci_low:+.3f}, {f.ci_high:+.3f}], n = {f.n} "
-            f"paired items{seeds}, Holm p = {f.p_holm:.2g} ({f.test}) -- {f.verdict}.")
+            f"paired items{seeds} ({f.note}), Holm p = {f.p_holm:.2g} ({f.test}) -- {f.verdict}.{_realized_said(f)}")
+
+
+def _realized_said(f: Finding) -> str:
+    """(b) Findings say the realized sparsity behind them on their own domain, size by size."""
+    if f.question != "thresholds":
+        return ""
+    parts = [f"{row['size']} " + " / ".join(f"{k.split()[0]} {v:.3f}" for k, v in row.items() if k.endswith("realized"))
+             for row in f.per_size if any(k.endswith("realized") for k in row)]
+    return f" Realized sparsity on {f.dataset}: {'; '.join(parts)}." if parts else ""
 
 
 def _unmeasured_sentence(rows: list[Finding]) -> str:

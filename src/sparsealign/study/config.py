@@ -85,6 +85,10 @@ class FamilyConfig(StrictModel):
     label: str | None = Field(None, description="the family's name in results.parquet and the report (default: "
                               "the kind; micro: the preset)")
     pretrain_steps: int | None = Field(None, ge=1, description="override the preset's pretraining steps")
+    english: bool | None = Field(None, description=(
+        "the family reads English, so dialogue preference sets (HH, UltraFeedback) can be asked of it; None: by "
+        "kind -- the micro family is pretrained on code only, so its alignment data and its preference question are "
+        "code, and the dialogue sets are shown only as their longer-response-wins baseline"))
 
     @model_validator(mode="after")
     def _named_models(self) -> FamilyConfig:
@@ -100,6 +104,10 @@ class FamilyConfig(StrictModel):
                 raise ValueError(f"unknown size(s) {', '.join(unknown)} in family.sizes for preset "
                                  f"{self.preset!r}; choose from: {', '.join(known)}")
         return self
+
+    @property
+    def reads_english(self) -> bool:
+        return self.kind != "micro" if self.english is None else self.english
 
     @property
     def name(self) -> str:

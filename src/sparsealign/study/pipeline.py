@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
@@ -30,6 +31,7 @@ from sparsealign.data.mbpp.tasks import load_mbpp
 from sparsealign.data.preference import load_pairs, write_pairs_jsonl
 from sparsealign.data.records import PreferencePair
 from sparsealign.data.splits import nested_subsets, split_pairs
+from sparsealign.evaluate.preference.metrics import length_metrics
 from sparsealign.io import atomic_write_json
 from sparsealign.ledger import Ledger
 from sparsealign.models.loading import load_model
@@ -86,6 +88,11 @@ def pairs_cell(study: Study, cell: PairsCell) -> CellResult:
     hh_train, hh_held = hh_train[: a.max_pairs], hh_held[: a.heldout_pairs]
     uf_sets = [s for s in ev.preference_sets if s != a.preference_data]
     uf = load_pairs(uf_sets[0], warn=False).pairs[: ev.uf_pairs] if uf_sets else []
+    dialogue: dict[str, Any] = {}
+    if not cfg.family.reads_english:  # a code-only family: align on code, keep only the dialogue sets' baselines
+        tok = load_model(study.base_model_path(cell.size), cfg.load)[1]
+        dialogue = {**dialogue_length_baselines(tok, "hh", hh_held), **dialogue_length_baselines(tok, "uf", uf)}
+        hh_train, hh_held, uf = [], [], []
 
     rationale_stats = self_rationales(study.base_model_path(cell.size), hh_train, cfg) \
         if a.hh_rationales == "self" else {}
@@ -104,8 +111,21 @@ def pairs_cell(study: Study, cell: PairsCell) -> CellResult:
     if uf:
         files["heldout_uf"] = write_pairs_jsonl(uf, out / "heldout_uf.jsonl")
     metrics = {"hh_train": len(hh_train), "hh_heldout": len(hh_held), "uf_heldout": len(uf),
-               "code_train": len(code_train), "code_heldout": len(code_held), **code_stats, **rationale_stats}
+               "code_train": len(code_train), "code_heldout": len(code_held), **code_stats, **rationale_stats,
+               **dialogue}
     return metrics, files
+
+
+def dialogue_length_baselines(tok, name: str, pairs: list[PreferencePair]) -> dict[str, float]:
+    """`<name>_length_baseline_accuracy` (+ CI): how often "the longer response wins" (token counts) agrees with the
+    labels -- all a model that never saw English can get from a dialogue set (the report says so)."""
+    if not pairs:
+        return {}
+    n_w = np.array([len(tok(p.chosen)["input_ids"]) for p in pairs], dtype=float)
+    n_l = np.array([len(tok(p.rejected)["input_ids"]) for p in pairs], dtype=float)
+    m = length_metrics(np.zeros(len(pairs)), n_w, n_l)["length_baseline_accuracy"]
+    key = f"{name}_length_baseline_accuracy"
+    return {key: m["estimate"], f"{key}_ci_low": m["low"], f"{key}_ci_high": m["high"], f"{name}_pairs": len(pairs)}
 
 
 MUTANT_TIMEOUT_S = 10.0  # generous: a reference that times out on a busy machine would drop its task

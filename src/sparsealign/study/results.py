@@ -66,6 +66,17 @@ def results_table(study: Study) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     with Ledger(study.root / "ledger.sqlite") as ledger:
         eval_rows = ledger.rows(stage=ledger_stage("eval"), status="done")
+        pairs_rows = ledger.rows(stage=ledger_stage("pairs"), status="done")
+    for row in pairs_rows:  # a code-only family's dialogue sets: only their longer-response-wins baseline
+        for dataset in ("hh", "uf"):
+            name = f"{dataset}_length_baseline_accuracy"
+            if name in row.metrics:
+                rows.append({"cell": f"pairs/{row.cell}", "family": family_name, "size": row.cell,
+                             "params": params.get(row.cell), "method": "base", "subset_fraction": 1.0,
+                             "mode": "dense", "target_sparsity": 0.0, "dataset": dataset,
+                             "metric": "length_baseline_accuracy", "value": float(row.metrics[name]),
+                             "ci_low": row.metrics.get(f"{name}_ci_low"), "ci_high": row.metrics.get(f"{name}_ci_high"),
+                             "n": row.metrics.get(f"{dataset}_pairs"), "seed": None})
     for row in eval_rows:
         m = row.metrics
         items = _load_items(Path(row.artifacts.get("items", "")))
