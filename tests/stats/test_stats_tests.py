@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sparsealign.stats.critical import critical_sparsity
 from sparsealign.stats.intervals import wilson_interval
 from sparsealign.stats.multiple import holm
 from sparsealign.stats.paired import mcnemar_exact, paired_difference, sign_flip_p
@@ -112,14 +111,3 @@ def test_slope_needs_four_sizes_and_uses_t_n_minus_2():
     assert fit.slope == pytest.approx(ref.slope) and fit.sizes == 5
     assert (fit.low, fit.high) == pytest.approx((ref.slope - half, ref.slope + half))
     assert fit.p == pytest.approx(ref.pvalue) and fit.low < 0.05 < fit.high
-
-
-@pytest.mark.parametrize(("lows", "expected"), [
-    ([-0.005, -0.008, -0.02], 0.7),  # 0.9's CI reaches below -0.01
-    ([-0.02, 0.0, 0.0], None),  # the lowest target already fails
-    ([-0.005, -0.03, 0.0], 0.5),  # a later recovery does not count
-    ([0.01, 0.0, -0.01], 0.9),  # tolerance is inclusive
-    ([-0.005, math.nan, 0.0], 0.5),  # no CI: not shown to be within tolerance
-])
-def test_critical_sparsity_from_paired_ci_lows(lows, expected):
-    assert critical_sparsity(zip([0.5, 0.7, 0.9], lows, strict=True), tolerance=0.01) == expected

@@ -141,8 +141,10 @@ def _figures(df: pd.DataFrame, traces: pd.DataFrame | None, fig_dir: Path) -> li
     for (metric, dataset), _ in df.groupby(["metric", "dataset"], sort=True):
         floor = " -- at its floor/ceiling in every cell" if (dataset, metric) in bounded else ""
         if metric in SPARSITY_FIGURE_METRICS:
-            specs.append((f"acc_vs_sparsity_{metric}_{dataset}", f"{metric} vs target sparsity per size ({dataset}); "
-                          f"bands: 95% CI{floor}", lambda m=metric, d=dataset: figures.accuracy_vs_sparsity(
+            specs.append((f"acc_vs_sparsity_{metric}_{dataset}", f"{metric} vs realized sparsity on {dataset}, a "
+                          "panel per method, a colour per size (static dashed, dynamic solid; a star: dense at its "
+                          "natural sparsity, not joined to the sparse points; a line breaks where a target was not "
+                          f"measured); bars: 95% CI{floor}", lambda m=metric, d=dataset: figures.accuracy_vs_sparsity(
                               df, metric=m, dataset=d)))
         if metric in SIZE_FIGURE_METRICS:
             dense = scaling.full_data(df[(df["metric"] == metric) & (df["dataset"] == dataset)
@@ -153,9 +155,11 @@ def _figures(df: pd.DataFrame, traces: pd.DataFrame | None, fig_dir: Path) -> li
             specs.append((f"{metric}_vs_size_{dataset}", f"{metric} vs model size ({dataset}, dense; bars: 95% CI; "
                           f"dotted: OLS fit on log10 params where >= 4 sizes){floor}",
                           lambda m=metric, d=dataset, f=fits: figures.metric_vs_size(df, metric=m, dataset=d, fits=f)))
-    specs.append(("realized_sparsity_traces", "realized sparsity over decoding steps: static (dashed) vs dynamic "
-                  "(solid) thresholds; horizontal lines are the targets", lambda: figures.sparsity_traces(traces)))
-    specs.append(("speed_vs_sparsity", "decode speed vs target sparsity", lambda: figures.speed_vs_sparsity(df)))
+    specs.append(("realized_sparsity_traces", "realized sparsity over decoding steps (sparse positions): a colour "
+                  "per threshold mode, a line style per target (grey lines: the targets); dotted verticals mark where "
+                  "the evaluation domain changes", lambda: figures.sparsity_traces(traces)))
+    specs.append(("speed_vs_sparsity", "decode speed vs realized sparsity (whole sequence, mean over methods; a "
+                  "star: dense at its natural sparsity)", lambda: figures.speed_vs_sparsity(df)))
     acc = "preference_accuracy" if (df["metric"] == "preference_accuracy").any() else "reward_accuracy"
     for dataset in sorted(df.loc[df["metric"] == acc, "dataset"].unique()):
         specs.append((f"annotation_efficiency_{dataset}", f"annotation efficiency ({dataset}): held-out {acc} vs "

@@ -7,6 +7,7 @@ output is a pure function of the inputs (no timestamps), so the same study gives
 
 from __future__ import annotations
 
+import bisect
 import json
 from pathlib import Path
 
@@ -39,7 +40,7 @@ RESULT_COLUMNS = {
 }
 OPTIONAL_COLUMNS = {"ci_low": float, "ci_high": float, "n": "Int64", "subset_fraction": float, "n_pairs": "Int64",
                     "note": "string", "seed": "Int64", "family": "string"}
-TRACE_COLUMNS = ["size", "method", "mode", "target_sparsity", "step", "realized_sparsity"]
+TRACE_COLUMNS = ["size", "method", "mode", "target_sparsity", "step", "realized_sparsity"]  # optional: domain
 
 
 def validate_results(df: pd.DataFrame) -> pd.DataFrame:
@@ -61,8 +62,9 @@ def validate_results(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def traces_from_cells(traces: dict[str, dict]) -> pd.DataFrame:
-    """Cell-keyed sparsity traces (`{"realized_sparsity": [[per position] per layer], "step": k, ...}`) ->
-    the tidy trace table, averaged over layers; positions are multiplied back by the thinning step."""
+    """Cell-keyed sparsity traces (`{"realized_sparsity": [[per position] per layer], "step": k, "domains":
+    [[dataset, first position]], ...}`) -> the tidy trace table, averaged over layers; positions are multiplied back
+    by the thinning step, and each gets the domain (dataset) whose pass it belongs to (None without `domains`)."""
     rows = []
     for key, trace in traces.items():
         cell = parse_cell_key(key)
@@ -72,10 +74,15 @@ def traces_from_cells(traces: dict[str, dict]) -> pd.DataFrame:
         n = min(len(s) for s in series)
         mean = np.mean([s[:n] for s in series], axis=0)
         fields = {k: cell[k] for k in ("size", "method", "subset_fraction", "mode", "target_sparsity")}
-        rows += [{**fields, "step": i * int(trace.get("step", 1)), "realized_sparsity": float(v)}
-                 for i, v in enumerate(mean)]
+        starts = sorted((int(first), name) for name, first in trace.get("domains", []))
+        firsts = [first for first, _ in starts]
+        for i, v in enumerate(mean):
+            step = i * int(trace.get("step", 1))
+            at = bisect.bisect_right(firsts, step)
+            rows.append({**fields, "step": step, "realized_sparsity": float(v),
+                         "domain": starts[at - 1][1] if at else None})
     return pd.DataFrame(rows, columns=["size", "method", "subset_fraction", "mode", "target_sparsity", "step",
-                                       "realized_sparsity"])
+                                       "realized_sparsity", "domain"])
 
 
 def report_settings(config: dict | None) -> ReportConfig:

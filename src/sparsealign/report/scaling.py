@@ -17,7 +17,7 @@ from sparsealign.report.findings import BASE, REFERENCE, annotation_curves
 from sparsealign.report.items import BOUNDED, CellKey, ItemStore, item_kind
 from sparsealign.sparse.modes import DYNAMIC, STATIC
 from sparsealign.stats.annotation import AnnotationSaving, annotation_savings
-from sparsealign.stats.critical import critical_sparsity
+from sparsealign.stats.critical import critical_sparsity_interval
 from sparsealign.stats.paired import bound_of, paired_difference
 from sparsealign.stats.slopes import MIN_SIZES, slope_interval
 
@@ -106,33 +106,64 @@ def static_vs_dynamic_table(store: ItemStore, *, dataset: str, metric: str, n_bo
     return pd.DataFrame(rows, columns=["size", "method", "target_sparsity", *DIFF_COLUMNS])
 
 
-def critical_sparsity_table(store: ItemStore, *, dataset: str, metric: str, tolerance: float, n_boot: int = 2000,
-                            seed: int = 0) -> pd.DataFrame:
-    """Per (size, method, mode): the highest target whose paired CI of (sparse - dense) stays above -tolerance."""
+REALIZED = "realized_sparsity"
+
+
+def realized_sparsity(df: pd.DataFrame, dataset: str) -> dict[CellKey, float]:
+    """Per cell (mean over its seeds), the realized sparsity on `dataset`: the cell's `<dataset>` realized_sparsity
+    row, else its whole-sequence (`all`) one -- for a dense cell, its natural (ReLU) sparsity, where measured."""
+    rows = df[df["metric"] == REALIZED]
+    rows = rows.assign(subset_fraction=rows["subset_fraction"].fillna(1.0) if "subset_fraction" in rows else 1.0)
+    out: dict[CellKey, float] = {}
+    for ds in ("all", dataset):  # the dataset's own row wins
+        means = rows[rows["dataset"] == ds].groupby(
+            ["size", "method", "subset_fraction", "mode", "target_sparsity"])["value"].mean()
+        out.update({CellKey(size, method, round(float(f), 3), mode, round(float(t), 2)): float(v)
+                    for (size, method, f, mode, t), v in means.items() if np.isfinite(v)})
+    return out
+
+
+def critical_sparsity_table(store: ItemStore, *, dataset: str, metric: str, tolerance: float,
+                            realized: pd.DataFrame | None = None, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per (size, method, mode): the critical sparsity read along the realized-sparsity curve on `dataset` (the
+    highest realized sparsity whose paired drop from dense stays within `tolerance`, interpolated linearly between
+    measured targets, from the dense model at its natural sparsity where measured), with its crossed-bootstrap CI
+    over items and seeds.  `realized`: the results rows holding realized_sparsity; without them the curve's x is
+    the target sparsity and it has no start."""
+    x_of = realized_sparsity(realized, dataset) if realized is not None else None
     rows = []
     models = sorted({(c.size, c.method, c.mode) for c in store.cells(dataset, metric)
                      if c.mode != "dense" and c.subset == 1.0})
     for size, method, mode in models:
-        dense = store.get(CellKey(size, method, 1.0, "dense", 0.0), dataset, metric)
+        dense_key = CellKey(size, method, 1.0, "dense", 0.0)
+        dense = store.get(dense_key, dataset, metric)
         if dense is None:
             continue
         sparse = {c.target: store.get(c, dataset, metric) for c in store.cells(dataset, metric)
                   if (c.size, c.method, c.mode, c.subset) == (size, method, mode, 1.0)}
+        targets = sorted(sparse)
+        xs = targets if x_of is None else [x_of.get(CellKey(size, method, 1.0, mode, t), math.nan) for t in targets]
+        start = None if x_of is None else x_of.get(dense_key)
         row = {"size": size, "method": method, "mode": mode, "dense": float(dense.mean()), "critical_sparsity": "",
-               "note": ""}
+               "ci_low": math.nan, "ci_high": math.nan, "note": ""}
         where = bound_of(np.concatenate([dense.ravel(), *(a.ravel() for a in sparse.values())])) \
             if item_kind(metric) in BOUNDED else None
         if where:
             row["critical_sparsity"], row["note"] = "not measurable", f"at {where} at every sparsity"
         else:
-            drops = {t: paired_difference(a, dense, n_resamples=n_boot, seed=seed, test=False)
-                     for t, a in sparse.items()}
-            crit = critical_sparsity([(t, d.low) for t, d in drops.items()], tolerance=tolerance)
-            row["critical_sparsity"] = "none" if crit is None else crit
-            row["note"] = "; ".join(f"{t:g}: {d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
-                                    for t, d in sorted(drops.items()))
+            crit = critical_sparsity_interval(xs, [sparse[t] for t in targets], dense, tolerance=tolerance,
+                                              start=start, n_resamples=n_boot, seed=seed)
+            drops = {t: paired_difference(sparse[t], dense, n_resamples=n_boot, seed=seed, test=False)
+                     for t in targets}
+            row.update(critical_sparsity="none" if crit.estimate is None else crit.estimate,
+                       ci_low="none" if crit.low is None else crit.low,
+                       ci_high="none" if crit.high is None else crit.high)
+            row["note"] = ("every target within tolerance (a lower bound); " if crit.within else "") + "; ".join(
+                f"{t:g} (realized {x:.3f}): {d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+                for (t, d), x in zip(drops.items(), xs, strict=True))
         rows.append(row)
-    return pd.DataFrame(rows, columns=["size", "method", "mode", "dense", "critical_sparsity", "note"])
+    return pd.DataFrame(rows, columns=["size", "method", "mode", "dense", "critical_sparsity", "ci_low", "ci_high",
+                                       "note"])
 
 
 def annotation_rows(savings: list[AnnotationSaving], *, size: str, params: float, dataset: str,

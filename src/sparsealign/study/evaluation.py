@@ -25,9 +25,10 @@ KL(aligned || base) in dense cells, and KL(dense || sparse) in sparse cells.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ class EvalContext:
     handle: SparsityHandle | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     items: dict[str, list[float]] = field(default_factory=dict)
+    domains: list[tuple[str, int]] = field(default_factory=list)  # (dataset, trace position where its pass starts)
 
     @property
     def out_dir(self) -> Path:
@@ -98,6 +100,7 @@ def domain(ctx: EvalContext, name: str) -> Iterator[None]:
     if ctx.handle is None:
         yield
         return
+    ctx.domains.append((name, len(ctx.handle.trace()["prefill"])))  # the trace figure's domain boundaries
     with ctx.handle.window() as realized:
         yield
     if "realized_sparsity" in realized:
@@ -241,8 +244,9 @@ def sparsity_step(ctx: EvalContext) -> None:
     ctx.metrics["flops_skipped"] = float(stats.get("flops_skipped", 0.0))
     if "predictor_recall" in stats:
         ctx.metrics["predictor_recall"] = float(stats["predictor_recall"])
-    atomic_write_json(ctx.out_dir / "trace.json", _thin_trace(ctx.handle.trace()))
+    atomic_write_json(ctx.out_dir / "trace.json", _thin_trace(ctx.handle.trace(), ctx.domains))
     ctx.handle.reset()
+    ctx.domains.clear()
 
 
 def speed_step(ctx: EvalContext) -> None:
@@ -296,9 +300,12 @@ def run_eval_cell(study: Study, cell: EvalCell) -> tuple[dict[str, Any], dict[st
     return ctx.metrics, {"items": ctx.out_dir / "items.json", "metrics": ctx.out_dir / "metrics.json"}
 
 
-def _thin_trace(trace: dict[str, Any], max_points: int = 2000) -> dict[str, Any]:
+def _thin_trace(trace: dict[str, Any], domains: Sequence[tuple[str, int]] = (), max_points: int = 2000
+                ) -> dict[str, Any]:
     """Sparse positions only (dense-prefill positions carry no threshold decision), at most `max_points` evenly
-    spaced positions per layer so the trace stays plottable."""
+    spaced positions per layer so the trace stays plottable.  `domains`: (dataset, trace position where its pass
+    starts), stored as `domains` = [[dataset, its first sparse position]] (the x of `realized_sparsity[l][i]` is
+    `i * step`)."""
     prefill = trace.get("prefill", [])
     keep = [i for i, dense in enumerate(prefill) if not dense]
 
@@ -311,4 +318,5 @@ def _thin_trace(trace: dict[str, Any], max_points: int = 2000) -> dict[str, Any]
     return {"layers": trace.get("layers", []),
             "realized_sparsity": [s[::step] for s in series],
             "threshold": [pick(s)[::step] for s in trace.get("threshold", [])],
-            "step": step, "positions": "sparse positions only (dense prefill excluded)"}
+            "step": step, "positions": "sparse positions only (dense prefill excluded)",
+            "domains": [[name, bisect.bisect_left(keep, start) if prefill else start] for name, start in domains]}
