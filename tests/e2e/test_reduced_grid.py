@@ -138,15 +138,16 @@ def test_dense_results_equal_the_pre_refactor_run(table):
     """Dense metrics whose definition did not change since de9da54 are still equal.  Changed on purpose (issue 9):
     a dense cell's realized sparsity is now the model's natural ReLU sparsity (was 0), and aligned models are
     compared on the shared reward (their own implicit reward moved to `implicit_*`), so only the base model's
-    preference metrics, pass@1 and the reward-free ranking accuracy keep their old definition."""
+    preference metrics, pass@1 and the reward-free ranking accuracy keep their old definition; preference divergence
+    is read at a fitted margin scale since issue 20 (its raw-scale value could not move)."""
     before = pd.read_csv(FIXTURES / "reduced_study_results_de9da54.csv")
     before = before[before["mode"] == "dense"]
     key = [c for c in ORDER if c != "subset_fraction"]
     both = table[table["mode"] == "dense"].merge(before, on=key, suffixes=("", "_before"))
-    same = (both["metric"] != "realized_sparsity") & (
+    same = ~both["metric"].isin(["realized_sparsity", "preference_divergence"]) & (
         (both["method"] == "base") | both["metric"].isin(["pass@1", "ranking_accuracy"]))
     kept = both[same]
-    assert len(kept) >= 20 and set(kept["method"]) == {"base", "dpo", "orpo"}
+    assert len(kept) >= 18 and set(kept["method"]) == {"base", "dpo", "orpo"}
     pd.testing.assert_series_equal(kept["value"].astype(float), kept["value_before"].astype(float), rtol=0, atol=1e-7,
                                    check_names=False)
 

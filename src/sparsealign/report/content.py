@@ -12,7 +12,7 @@ import pandas as pd
 from sparsealign.align.config import facts
 from sparsealign.report import figures, scaling
 from sparsealign.report.blocks import Block
-from sparsealign.report.findings import REFERENCE, Finding, paragraphs
+from sparsealign.report.findings import QUESTIONS, REFERENCE, Finding, paragraphs
 from sparsealign.report.items import CellKey, ItemStore
 from sparsealign.stats.paired import percentile_interval, replicate_means
 from sparsealign.stats.slopes import slope_interval
@@ -32,7 +32,8 @@ GENERATED_CAVEAT = ("'generated' tasks are instances of task templates the micro
                     "solving, and is reported apart from MBPP.")
 
 
-def findings_blocks(found: list[Finding], settings: ReportConfig, have_items: bool) -> list[Block]:
+def findings_blocks(found: list[Finding], settings: ReportConfig, have_items: bool,
+                    df: pd.DataFrame | None = None) -> list[Block]:
     blocks = [Block("h2", "Findings")]
     if not have_items:
         return [*blocks, Block("p", "No per-item results were given, so no paired statistic can be computed: every "
@@ -42,10 +43,39 @@ def findings_blocks(found: list[Finding], settings: ReportConfig, have_items: bo
                         f"over items and seeds ({settings.bootstrap} replicates), p-values Holm-adjusted across the "
                         f"{sum(f.p_holm is not None for f in found)} contrasts that could be tested (alpha "
                         f"{settings.alpha:g}). 'inconclusive' = the CI covers the null or the adjusted p is not below "
-                        "alpha; 'not measurable' = floor/ceiling, too few items or missing cells."))
+                        "alpha; 'not measurable' = floor/ceiling, too few items or missing cells. (a) is the "
+                        "interaction: how much aligned - base changes from dense to sparse. (b) is read twice: at the "
+                        "same target (what a deployment gets) and at equal realized sparsity on the same domain (the "
+                        "controller's own effect)."))
     for heading, text in paragraphs(found):
         blocks += [Block("h3", heading), Block("p", text)]
+        table = per_size_table([f for f in found if QUESTIONS[f.question] == heading])
+        if not table.empty:
+            blocks.append(Block("table", table=table))
+    unasked = unasked_sets(df) if df is not None else []
+    if unasked:
+        blocks += [Block("h3", "Preferences this family cannot express"), Block("p", " ".join(unasked))]
     return blocks
+
+
+def per_size_table(found: list[Finding]) -> pd.DataFrame:
+    """Each Finding's per-size effects (and the sizes it left out, with why) as one table."""
+    rows = [{"contrast": f.contrast, **row} for f in found for row in f.per_size]
+    return pd.DataFrame(rows)
+
+
+def unasked_sets(df: pd.DataFrame) -> list[str]:
+    """Dialogue sets a code-only family was not asked (only their length baseline is in the results)."""
+    out = []
+    for dataset, grp in df[df["dataset"].isin(["hh", "uf"])].groupby("dataset", sort=True):
+        if set(grp["metric"]) != {"length_baseline_accuracy"}:
+            continue
+        row = grp.iloc[0]
+        out.append(f"{dataset}: no English (the {row.get('family', 'model')} family is pretrained on code only), so "
+                   f"its preference question is asked on code; on these {int(row['n'] or 0)} held-out pairs the "
+                   f"longer response wins {row['value']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] -- all a "
+                   "model that cannot read them could score.")
+    return out
 
 
 def caveats(df: pd.DataFrame, store: ItemStore, found: list[Finding]) -> list[str]:
@@ -214,10 +244,13 @@ def _paired_tables(df: pd.DataFrame, store: ItemStore, settings: ReportConfig) -
         return []
     boot = {"n_boot": min(settings.bootstrap, SECONDARY_RESAMPLES)}
     blocks = [Block("h2", "Critical sparsity"),
-              Block("p", f"Highest target whose paired 95% CI of (sparse - dense) stays above -{settings.tolerance:g} "
-                    "at it and every lower target ('none': the lowest target already fails). The note lists each "
-                    "target's drop and CI.")]
-    crit = [scaling.critical_sparsity_table(store, dataset=d, metric=m, tolerance=settings.tolerance, **boot)
+              Block("p", f"Highest realized sparsity on the dataset whose paired drop (sparse - dense) stays within "
+                    f"-{settings.tolerance:g}, interpolated linearly between measured targets from dense at its "
+                    "natural sparsity; 95% bootstrap CI over items and seeds ('none': the lowest target already "
+                    "fails and dense's natural sparsity is unknown). The note lists each target's realized sparsity, "
+                    "drop and CI.")]
+    crit = [scaling.critical_sparsity_table(store, dataset=d, metric=m, tolerance=settings.tolerance, realized=df,
+                                            **boot)
             .assign(dataset=d, metric=m) for d, m in keys if (d, m) not in bounded]
     crit = [c for c in crit if not c.empty]
     blocks.append(Block("table", table=pd.concat(crit, ignore_index=True) if crit else pd.DataFrame()))
@@ -249,7 +282,7 @@ def build_blocks(df: pd.DataFrame, traces: pd.DataFrame | None, fig_dir: Path, t
                  *, store: ItemStore, found: list[Finding], settings: ReportConfig,
                  beside: pd.DataFrame | None = None) -> list[Block]:
     blocks = [Block("h1", title), *[Block("p", n) for n in notes],
-              *findings_blocks(found, settings, bool(store)), Block("h2", "Caveats"),
+              *findings_blocks(found, settings, bool(store), df), Block("h2", "Caveats"),
               *[Block("p", c) for c in [*caveats(df, store, found), *family_caveats(df, beside)]],
               *(alignment_cost_blocks(store, settings) if store else [])]
     figs = _figures(seed_pooled(df, store), traces, fig_dir)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 # results-table metric -> the per-item array behind it (other metrics: the array named after the metric itself)
-ITEM_KIND = {"pass@1": "passed", "reward_accuracy": "correct", "mean_margin": "margin"}
+ITEM_KIND = {"pass@1": "passed", "reward_accuracy": "correct", "mean_margin": "margin",
+             "preference_divergence": "divergence"}
 BOUNDED = {"passed", "correct"}  # 0/1 items: a mean at 0 or 1 in every cell is a floor / ceiling
 _SEED = re.compile(r"^s(?:eed)?(\d+)$")
 

@@ -23,15 +23,15 @@ Realized = Mapping[tuple[CellKey, str], float]  # (cell with seeds pooled, datas
 EXACT = 1e-9  # a realized sparsity this close to a static point is that point (the frozen-controller null)
 
 
-def realized_by_cell(df: pd.DataFrame) -> dict[tuple[CellKey, str], float]:
-    """Realized sparsity per (cell, dataset) from results rows (`<dataset>_realized_sparsity`), mean over seeds."""
-    rows = df[(df["metric"] == "realized_sparsity") & (df["mode"] != "dense")]
-    out = {}
-    cols = ["size", "method", "subset_fraction", "mode", "target_sparsity", "dataset"]
-    for (size, method, subset, mode, target, dataset), grp in rows.groupby(cols, sort=True):
-        key = CellKey(size, method, round(float(subset), 3), mode, round(float(target), 2))
-        out[(key, dataset)] = float(grp["value"].mean())
-    return out
+def realized_by_cell(df: pd.DataFrame, *, dense: bool = False) -> dict[tuple[CellKey, str], float]:
+    """Realized sparsity per (cell, dataset) from results rows (`<dataset>_realized_sparsity`; dataset `all` is the
+    whole sequence), mean over seeds; sparse cells only unless `dense` (a dense cell's: its natural sparsity)."""
+    rows = df[(df["metric"] == "realized_sparsity") & (dense | (df["mode"] != "dense"))]
+    subset = rows["subset_fraction"].fillna(1.0) if "subset_fraction" in rows else pd.Series(1.0, index=rows.index)
+    means = rows.assign(subset_fraction=subset).groupby(
+        ["size", "method", "subset_fraction", "mode", "target_sparsity", "dataset"])["value"].mean()
+    return {(CellKey(size, method, round(float(f), 3), mode, round(float(t), 2)), ds): float(v)
+            for (size, method, f, mode, t, ds), v in means.items() if np.isfinite(v)}
 
 
 def interpolate_at(x: float, points: Sequence[tuple[float, np.ndarray]]) -> tuple[np.ndarray, int, int, float] | None:

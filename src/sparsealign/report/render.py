@@ -22,6 +22,7 @@ from sparsealign.report import content, scaling
 from sparsealign.report.blocks import Block, render_html, render_markdown
 from sparsealign.report.findings import compute_findings
 from sparsealign.report.items import ItemStore, parse_cell_key
+from sparsealign.report.matched import realized_by_cell
 from sparsealign.sparse.modes import MODES
 from sparsealign.study.config import ReportConfig
 
@@ -122,7 +123,7 @@ def write_report(results: pd.DataFrame, out_dir: str | Path, *, traces: pd.DataF
             raise ValueError(f"traces table lacks column(s) {missing}; required: {TRACE_COLUMNS}")
         if "params" not in traces:
             traces = traces.merge(content.family_table(df), on="size", how="left")
-    found = compute_findings(store, params, settings, seed=seed) if store else []
+    found = compute_findings(store, params, settings, seed=seed, realized=realized_by_cell(df)) if store else []
     paths = {"results": out_dir / "results.parquet", "findings": out_dir / "findings.json",
              "markdown": out_dir / "report.md", "html": out_dir / "report.html", "figures": out_dir / "figures"}
     with atomic_path(paths["results"], suffix=".parquet") as tmp:

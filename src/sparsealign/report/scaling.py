@@ -15,6 +15,7 @@ import pandas as pd
 
 from sparsealign.report.findings import BASE, REFERENCE, annotation_curves
 from sparsealign.report.items import BOUNDED, CellKey, ItemStore, item_kind
+from sparsealign.report.matched import realized_by_cell
 from sparsealign.sparse.modes import DYNAMIC, STATIC
 from sparsealign.stats.annotation import AnnotationSaving, annotation_savings
 from sparsealign.stats.critical import critical_sparsity_interval
@@ -112,14 +113,9 @@ REALIZED = "realized_sparsity"
 def realized_sparsity(df: pd.DataFrame, dataset: str) -> dict[CellKey, float]:
     """Per cell (mean over its seeds), the realized sparsity on `dataset`: the cell's `<dataset>` realized_sparsity
     row, else its whole-sequence (`all`) one -- for a dense cell, its natural (ReLU) sparsity, where measured."""
-    rows = df[df["metric"] == REALIZED]
-    rows = rows.assign(subset_fraction=rows["subset_fraction"].fillna(1.0) if "subset_fraction" in rows else 1.0)
-    out: dict[CellKey, float] = {}
-    for ds in ("all", dataset):  # the dataset's own row wins
-        means = rows[rows["dataset"] == ds].groupby(
-            ["size", "method", "subset_fraction", "mode", "target_sparsity"])["value"].mean()
-        out.update({CellKey(size, method, round(float(f), 3), mode, round(float(t), 2)): float(v)
-                    for (size, method, f, mode, t), v in means.items() if np.isfinite(v)})
+    by_cell = realized_by_cell(df, dense=True)
+    out = {key: v for (key, ds), v in by_cell.items() if ds == "all"}
+    out.update({key: v for (key, ds), v in by_cell.items() if ds == dataset})  # the dataset's own row wins
     return out
 
 

@@ -271,7 +271,7 @@ def _default_contrasts() -> list[ContrastConfig]:
 class ReportConfig(StrictModel):
     primary_contrasts: list[ContrastConfig] = Field(default_factory=_default_contrasts)
     alpha: float = Field(0.05, gt=0, lt=1, description="family-wise error rate of the primary contrasts (Holm)")
-    tolerance: float = Field(0.01, ge=0, description="critical sparsity: allowed drop from dense (CI low >= -tol)")
+    tolerance: float = Field(0.01, ge=0, description="critical sparsity: allowed drop from dense along the realized-sparsity curve")
     bootstrap: int = Field(2000, ge=200, description="crossed bootstrap replicates (items x seeds) per CI")
     min_items: int = Field(10, ge=2, description="fewer paired items than this: 'not measurable'")
     retention_points: float = Field(0.05, gt=0, lt=1, description=(

@@ -46,9 +46,11 @@ from sparsealign.evaluate.mbpp.evaluator import MbppEvalConfig, save_records
 from sparsealign.evaluate.mbpp.likelihood import CachedModel, code_likelihood
 from sparsealign.evaluate.mbpp.run import MbppRunConfig
 from sparsealign.evaluate.mbpp.run import evaluate_loaded as mbpp_on_model
+from sparsealign.evaluate.preference.metrics import calibrated_divergence
 from sparsealign.evaluate.preference.reward import SHARED_REWARD, Reward
 from sparsealign.evaluate.preference.run import PreferenceRunConfig
 from sparsealign.evaluate.preference.run import evaluate_loaded as preference_on_model
+from sparsealign.evaluate.preference.score import human_probs
 from sparsealign.io import atomic_path, atomic_write_json
 from sparsealign.models.loading import load_model
 from sparsealign.sparse.apply import apply_spec
@@ -60,7 +62,8 @@ from sparsealign.study.cells import BASE, EvalCell, model_seed
 from sparsealign.study.layout import Study
 
 PREFERENCE_SETS = ("hh", "uf", "code")
-SUMMARY_METRICS = ("reward_accuracy", "ranking_accuracy", "preference_divergence", "bt_cross_entropy", "mean_margin")
+# preference divergence is not read at the reward's raw scale (a near-constant there): `_divergence` below
+SUMMARY_METRICS = ("reward_accuracy", "ranking_accuracy", "bt_cross_entropy", "mean_margin")
 LENGTH_METRICS = ("length_baseline_accuracy", "length_controlled_accuracy", "length_agreement")
 
 
@@ -225,12 +228,27 @@ def preference_step(ctx: EvalContext) -> None:
                                   "shared_reward": "mean token log-prob"}
         ctx.items[f"{name}_margin"] = [r["margin"] for r in records]
         ctx.items[f"{name}_correct"] = [r["correct"] for r in records]
+        _divergence(ctx, name, pairs, summary["tau"])
         if "also" in summary:
             ctx.metrics.update(_flat(f"{name}_implicit_", summary["also"]["metrics"], SUMMARY_METRICS))
             ctx.metrics["implicit_beta"] = summary["also"]["beta"]
             ctx.items[f"{name}_implicit_margin"] = [r["also_margin"] for r in records]
         if "flip" in summary:
             ctx.metrics.update(_flat(f"{name}_", summary["flip"], ("flip_rate", "flip_divergence", "margin_shift")))
+
+
+def _divergence(ctx: EvalContext, name: str, pairs: list, tau: float) -> None:
+    """Preference divergence at a margin scale fitted on a separate split (`calibrated_divergence`): a dense cell
+    fits its own scale, a sparse cell reads its dense self's, so what sparsity does to the margins shows."""
+    scale = None
+    if ctx.cell.dense is not None:
+        dense = json.loads((ctx.study.eval_dir(ctx.cell.dense) / "metrics.json").read_text())
+        scale = dense.get(f"{name}_margin_scale")
+    m, js, scale = calibrated_divergence(ctx.items[f"{name}_margin"], human_probs(pairs, tau), scale,
+                                         n_resamples=ctx.cell.evaluation.bootstrap, seed=ctx.study.cfg.seed)
+    ctx.metrics.update(_flat(f"{name}_", {"preference_divergence": m}, ("preference_divergence",)))
+    ctx.metrics[f"{name}_margin_scale"] = scale
+    ctx.items[f"{name}_divergence"] = js.tolist()
 
 
 def sparsity_step(ctx: EvalContext) -> None:

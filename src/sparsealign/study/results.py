@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 DATASETS = ("mbpp", "mbppfull", "generated", "hh", "uf", "code")
 CELL_FIELDS = ("size", "method", "subset", "mode", "target_sparsity", "seed")
 PROPORTION_ITEMS = {"pass@1": "passed", "reward_accuracy": "correct"}  # metric -> its 0/1 per-item array
+ITEMS_OF = {"preference_divergence": "divergence"}  # metrics over a part of the dataset's items: their own array
 
 
 def proportion_items(metric: str, dataset: str, items: dict, dense: dict) -> list[float] | None:
@@ -87,7 +88,8 @@ def results_table(study: Study) -> pd.DataFrame:
                 continue
             dataset, metric = _split_metric(name)
             n = None  # the metric's own per-item array where it has one (the likelihood metrics cover more tasks
-            for key in (f"{dataset}_passed", f"{dataset}_margin", name):  # than pass@1), else the dataset's
+            for key in (f"{dataset}_passed", f"{dataset}_margin", f"{dataset}_{ITEMS_OF.get(metric, metric)}",
+                        name):  # than pass@1), else the dataset's
                 if key in items:
                     n = len(items[key])
             low, high = proportion_ci(proportion_items(metric, dataset, items, dense), float(value)) or (
