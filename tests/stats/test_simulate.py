@@ -1,9 +1,10 @@
 """Validation of the whole Findings pipeline on simulated studies (issue 20, item 5): a planted 3-point effect is
 found, a null is not, and the generative model (`stats.simulate`) reproduces the item correlations it was given.
 
-The design is the default study preset's (`design_of`: 3 alignment seeds, DPO and RDPO, static and dynamic at
-0.8 / 0.9 / 0.95, sizes micro-xxs / -xs at the floor, micro-s at 0.13, micro-m at 0.635, the Holm family's 22 other
-primary contrasts as nulls) with the number of generated tasks as the one change where stated.
+The design is the default study preset's (`design_of`: DPO and RDPO, static and dynamic thresholds, sizes micro-xxs
+/ -xs at the floor, micro-s at 0.13, micro-m at 0.635, the Holm family's 22 other primary contrasts as nulls) with
+more generated tasks and seeds (POWERED): the default's 200 tasks x 3 seeds find a 3-point interaction ~6% of the
+time.
 """
 
 from __future__ import annotations
@@ -27,12 +28,19 @@ from sparsealign.study.config import ReportConfig, load_study_config
 
 pytestmark = pytest.mark.slow
 
-# The design at which a 3-point interaction reaches 80% power: 3200 generated tasks (measured: 93/100 effects,
-# Wilson [0.863, 0.966]; 2400 tasks: 84/100; 1600: 154/200 = 0.77; the default's 200: 3/50).  Only the 0.9 target is
-# simulated, to keep the test fast: the default's 6 other generated-pass@1 tests (interactions and dynamic - static
-# at 0.8 / 0.95) join the Holm family as nulls, so its size (31 tests) is the default's -- and conservative, since
-# the planted interactions at 0.8 and 0.95 would in fact be rejected first.
-POWERED_TASKS = 3200
+# The design at which a 3-point interaction is found in >= 80% of draws AND a null stays under 5%: 2000 generated
+# tasks x 6 alignment seeds (measured: 95/100 effects, Wilson [0.888, 0.978]; 1600 x 6: 87/100, null 0/200).  More
+# tasks alone do not do it: 3200 x 3 seeds finds 93/100 but calls 10/200 nulls an effect (Wilson [0.027, 0.090]) --
+# with 3 seeds the seed-to-seed spread of the interaction is barely in the CI (a bootstrap over 3 seeds) and not in
+# the sign-flip p at all, and at many tasks that spread is most of the error.  The default's 200 x 3: 3/50.
+# Only the 0.9 target is simulated, to keep the test fast: the default's 6 other generated-pass@1 tests
+# (interactions and dynamic - static at 0.8 / 0.95) join the Holm family as nulls, so its size (31 tests) is the
+# default's -- conservatively, since planted interactions at 0.8 and 0.95 would in fact be rejected first.
+POWERED = {"tasks": 2000, "seeds": 6, "targets": (0.9,)}
+
+
+def powered(design: Design) -> Design:
+    return design.with_(**POWERED, other_tests=design.other_tests + 6)
 
 
 def pipeline(items, params, contrasts, bootstrap, seed):
@@ -46,25 +54,27 @@ def default_design() -> Design:
 
 
 def test_planted_interaction_is_found_at_the_powered_design(default_design: Design) -> None:
-    """Aligned models lose 3 points of generated pass@1 more than the base under dynamic thresholds (every target,
-    micro-s and micro-m): the interaction at dynamic 0.9 is an "effect" in >= 80% of 50 draws -- with
-    POWERED_TASKS (3200) generated tasks, not the default's 200 (there: ~6%, 3/50: the estimate's sd is 2.4 points
-    against 0.9 here, and the Holm family of 31 tests asks p < 0.05 / 31).  Otherwise the default preset (3 seeds,
-    its sizes), at the one target 0.9 (see POWERED_TASKS)."""
-    design = default_design.with_(tasks=POWERED_TASKS, targets=(0.9,), other_tests=default_design.other_tests + 6)
+    """Aligned models lose 3 points of generated pass@1 more than the base under dynamic thresholds (micro-s and
+    micro-m): the interaction at dynamic 0.9 is an "effect" in >= 80% of 50 draws -- at the POWERED design, 2000
+    generated tasks x 6 seeds, not the default's 200 x 3 (there ~6%: the estimate's sd is 2.3 points against 0.8
+    here, and the Holm family of 31 tests asks p < 0.05 / 31).  Otherwise the default preset (its sizes, methods,
+    modes; the Holm family's other tests as nulls)."""
+    design = powered(default_design)
     r = detection_rate(design, 0.03, 50, seed=1, findings=pipeline, contrast="interaction")
-    print(f"planted 3 points, {design.tasks} tasks: effect in {r.hits}/{r.draws} = {r.rate:.2f}, "
-          f"Wilson 95% [{r.interval.low:.3f}, {r.interval.high:.3f}]; mean estimate {np.mean(r.effects):+.4f}")
+    print(f"planted 3 points, {design.tasks} tasks x {design.seeds} seeds: effect in {r.hits}/{r.draws} = "
+          f"{r.rate:.2f}, Wilson 95% [{r.interval.low:.3f}, {r.interval.high:.3f}]; mean estimate "
+          f"{np.mean(r.effects):+.4f}")
     assert r.draws >= 50
     assert r.rate >= 0.8
     assert abs(np.mean(r.effects) + 0.03) < 0.005  # the estimate is unbiased for the planted -3 points
 
 
 def test_null_interaction_is_rarely_an_effect(default_design: Design) -> None:
-    """No interaction planted (the default design, 200 tasks; the sparsity drops and the dynamic - static gap are
-    the real ones): the interaction at dynamic 0.9 is an "effect" in <= 5% of 200 draws."""
-    r = detection_rate(default_design, 0.0, 200, seed=2, findings=pipeline, contrast="interaction")
-    print(f"null, {default_design.tasks} tasks: effect in {r.hits}/{r.draws} = {r.rate:.3f}, "
+    """No interaction planted, at the same POWERED design (the sparsity drops and the dynamic - static gap are the
+    real ones): the interaction at dynamic 0.9 is an "effect" in <= 5% of 200 draws."""
+    design = powered(default_design)
+    r = detection_rate(design, 0.0, 200, seed=2, findings=pipeline, contrast="interaction")
+    print(f"null, {design.tasks} tasks x {design.seeds} seeds: effect in {r.hits}/{r.draws} = {r.rate:.3f}, "
           f"Wilson 95% [{r.interval.low:.3f}, {r.interval.high:.3f}]")
     assert r.draws >= 200
     assert r.rate <= 0.05
