@@ -17,9 +17,10 @@ import pandas as pd
 import pytest
 
 from sparsealign.report import render, scaling
-from sparsealign.report.findings import compute_findings, sentence
+from sparsealign.report.findings import compute_findings
 from sparsealign.report.items import CellKey, ItemStore, parse_cell_key
 from sparsealign.report.matched import interpolate_at
+from sparsealign.report.wording import sentence
 from sparsealign.study.config import ReportConfig
 
 SIZES = {"micro-a": 1e5, "micro-b": 3e5, "micro-c": 1e6, "micro-d": 3e6}
@@ -284,3 +285,19 @@ def test_figures_get_one_row_per_cell_with_seed_spread():
                & (df["subset_fraction"] == 1.0)]
     assert len(seeds) == 3 and row["value"] == pytest.approx(seeds["value"].mean())
     assert row["ci_low"] < row["value"] < row["ci_high"]
+
+
+def test_the_lead_answers_each_question_in_a_sentence(findings):
+    """The report's first lines: how many interactions are effects, and dynamic vs static at equal realized
+    sparsity and at the same target, with a lower-is-better metric's sign read the right way."""
+    from dataclasses import replace
+
+    from sparsealign.report.wording import lead
+
+    lines = lead(findings)
+    assert lines[0].startswith("(a) Alignment's effect changes under sparsity in 0 of 4 measurable interaction")
+    assert any(line.startswith("(b) dynamic vs static thresholds at equal realized sparsity") for line in lines)
+    nll = replace(next(f for f in findings if f.estimand == "matched_sparsity"), metric="reference_nll",
+                  effect=-0.2, ci_low=-0.3, ci_high=-0.1, verdict="effect")
+    (said,) = [line for line in lead([nll]) if "equal realized" in line]
+    assert "dynamic is better in 1 and worse in 0 of 1" in said and "(lower is better)" in said

@@ -12,8 +12,9 @@ import pandas as pd
 from sparsealign.align.config import facts
 from sparsealign.report import figures, scaling
 from sparsealign.report.blocks import Block
-from sparsealign.report.findings import QUESTIONS, REFERENCE, Finding, paragraphs
+from sparsealign.report.findings import REFERENCE, Finding
 from sparsealign.report.items import CellKey, ItemStore
+from sparsealign.report.wording import QUESTIONS, lead, paragraphs
 from sparsealign.stats.paired import percentile_interval, replicate_means
 from sparsealign.stats.slopes import slope_interval
 from sparsealign.study.config import ReportConfig
@@ -47,6 +48,9 @@ def findings_blocks(found: list[Finding], settings: ReportConfig, have_items: bo
                         "interaction: how much aligned - base changes from dense to sparse. (b) is read twice: at the "
                         "same target (what a deployment gets) and at equal realized sparsity on the same domain (the "
                         "controller's own effect)."))
+    summary = lead(found)
+    if summary:
+        blocks += [Block("h3", "In short"), *[Block("p", line) for line in summary]]
     for heading, text in paragraphs(found):
         blocks += [Block("h3", heading), Block("p", text)]
         table = per_size_table([f for f in found if QUESTIONS[f.question] == heading])

@@ -38,12 +38,6 @@ from sparsealign.stats.slopes import MIN_SIZES, slope_interval
 from sparsealign.study.config import ContrastConfig, ReportConfig
 
 BASE, REFERENCE = "base", BASELINE_METHOD
-QUESTIONS = {
-    "alignment": "(a) Does alignment survive sparsity?",
-    "thresholds": f"(b) {DYNAMIC.capitalize()} vs {STATIC} thresholds",
-    "size": "(c) How do (a) and (b) change with model size?",
-    "annotation": "(d) Annotation efficiency of rationale methods",
-}
 
 
 @dataclass
@@ -354,45 +348,4 @@ def compute_findings(store: ItemStore, params: Mapping[str, float], settings: Re
         f.p_holm = p
         covers = f.ci_low is None or f.ci_high is None or f.ci_low <= f.null <= f.ci_high
         f.verdict = "effect" if not covers and p < settings.alpha else "inconclusive"
-    return out
-
-
-def sentence(f: Finding) -> str:
-    if f.verdict == "not measurable":
-        return f"{f.contrast}: not measurable ({f.note})."
-    seeds = f", {f.seeds} seeds" if f.seeds > 1 else ""
-    null = "" if f.null == 0 else f" (null {f.null:g})"
-    bound = " (a lower bound: reached at the smallest subset)" if "reached_at_smallest" in f.note else ""
-    return (f"{f.contrast}: {f.effect:+.3f}{null}{bound}, 95% CI [{f.ci_low:+.3f}, {f.ci_high:+.3f}], n = {f.n} "
-            f"paired items{seeds} ({f.note}), Holm p = {f.p_holm:.2g} ({f.test}) -- {f.verdict}.{_realized_said(f)}")
-
-
-def _realized_said(f: Finding) -> str:
-    """(b) Findings say the realized sparsity behind them on their own domain, size by size."""
-    if f.question != "thresholds":
-        return ""
-    parts = [f"{row['size']} " + " / ".join(f"{k.split()[0]} {v:.3f}" for k, v in row.items() if k.endswith("realized"))
-             for row in f.per_size if any(k.endswith("realized") for k in row)]
-    return f" Realized sparsity on {f.dataset}: {'; '.join(parts)}." if parts else ""
-
-
-def _unmeasured_sentence(rows: list[Finding]) -> str:
-    where = ", ".join("dense" if f.target == 0 else f"{f.target:g}" for f in rows if f.target is not None)
-    return f"{rows[0].dataset} {rows[0].metric}{f' ({where})' if where else ''}: not measurable -- {rows[0].note}."
-
-
-def paragraphs(findings: list[Finding]) -> list[tuple[str, str]]:
-    """(question heading, one paragraph) per research question, in (a)-(d) order; the not-measurable contrasts of
-    one (dataset, metric, reason) are said once, with their targets, after the measured ones."""
-    out = []
-    for q, heading in QUESTIONS.items():
-        rows = [f for f in findings if f.question == q]
-        groups: dict[tuple[str, str, str], list[Finding]] = {}
-        for f in rows:
-            if f.verdict == "not measurable" and q in ("alignment", "thresholds"):
-                groups.setdefault((f.dataset, f.metric, f.note), []).append(f)
-        text = [sentence(f) for f in rows if not (f.verdict == "not measurable" and q in ("alignment", "thresholds"))]
-        text += [_unmeasured_sentence(g) for g in groups.values()]
-        if text:
-            out.append((heading, " ".join(text)))
     return out
