@@ -19,7 +19,7 @@ from sparsealign.io import atomic_path
 from sparsealign.report import scaling
 from sparsealign.report.findings import BASE
 from sparsealign.report.items import CellKey
-from sparsealign.sparse.modes import MODE_FACTS
+from sparsealign.sparse.modes import MODE_FACTS, MODES
 
 DENSE = "dense"
 DENSE_MARKER = "*"
@@ -164,7 +164,7 @@ def metric_vs_size(df, *, metric: str, dataset: str, fits: dict | None = None):
     return fig
 
 
-MODE_COLOR = {"static": "tab:blue", "dynamic": "tab:red", "predictor": "tab:green"}
+MODE_COLOR = dict(zip(MODES, ("tab:blue", "tab:red", "tab:green"), strict=False))  # static, dynamic, predictor
 TARGET_STYLE = ("-", "--", ":", "-.")
 
 

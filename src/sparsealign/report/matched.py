@@ -75,8 +75,8 @@ def matched_static(store: ItemStore, realized: Realized, size: str, method: str,
     hit = interpolate_at(r, points)
     if hit is None:
         span = (f"{min(p[0] for p in points):.3f}-{max(p[0] for p in points):.3f}" if points else "none")
-        return f"dynamic realized {r:.3f} outside static's measured {span}"
+        return f"{DYNAMIC} realized {r:.3f} outside {STATIC}'s measured {span}"
     arr, lo, hi, w = hit
-    between = (f"static {targets[lo]:g} ({points[lo][0]:.3f})" if lo == hi else
-               f"static {targets[lo]:g}-{targets[hi]:g} ({points[lo][0]:.3f}-{points[hi][0]:.3f}, w {w:.2f})")
+    between = (f"{STATIC} {targets[lo]:g} ({points[lo][0]:.3f})" if lo == hi else
+               f"{STATIC} {targets[lo]:g}-{targets[hi]:g} ({points[lo][0]:.3f}-{points[hi][0]:.3f}, w {w:.2f})")
     return Match(dyn, arr, r, between)

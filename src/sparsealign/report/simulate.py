@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
+from sparsealign.sparse.modes import DYNAMIC, STATIC
 from sparsealign.stats.intervals import Interval, wilson_interval
 
 CONTRASTS = ("interaction", "difference", "thresholds")
@@ -68,11 +69,11 @@ class ItemModel:
     # static 0.90 / 0.95 / 0.92 -> 0.83; dynamic 0.59 / 0.83 / 0.80 -> 0.25 (the rest is cell noise: the dynamic
     # controller's outputs vary more between models).  The damage is one component for both modes (corr 1; the data's
     # static-dynamic tetrachoric 0.79 would ask for more than 1).
-    keep: dict[str, float] = field(default_factory=lambda: {"static": 0.096, "dynamic": 0.53})
-    damage: dict[str, float] = field(default_factory=lambda: {"static": 0.83, "dynamic": 0.25})
+    keep: dict[str, float] = field(default_factory=lambda: {STATIC: 0.096, DYNAMIC: 0.53})
+    damage: dict[str, float] = field(default_factory=lambda: {STATIC: 0.83, DYNAMIC: 0.25})
     # sparse pass rate / dense pass rate of the same model at target 0.9: base micro-m 0.355 / 0.635 (static),
     # 0.505 / 0.635 (dynamic); applied to every size and target
-    relative_rate: dict[str, float] = field(default_factory=lambda: {"static": 0.559, "dynamic": 0.795})
+    relative_rate: dict[str, float] = field(default_factory=lambda: {STATIC: 0.559, DYNAMIC: 0.795})
     # aligned - base dense pass rate in the background (points): 0 here; the real default has +4.8 (DPO 0.72 / 0.665 /
     # 0.665 against 0.635) -- a planted `difference` replaces it
     align_lift: float = 0.0
@@ -90,7 +91,7 @@ class ItemModel:
     size_corr_change: float = 0.5
 
 
-def latent_correlations(model: ItemModel, mode: str = "dynamic") -> dict[str, float]:
+def latent_correlations(model: ItemModel, mode: str = DYNAMIC) -> dict[str, float]:
     """The latent (tetrachoric) correlations the model implies between cells of one size: what a large draw
     should reproduce."""
     m, keep, dmg = model, model.keep[mode], model.damage[mode]
@@ -111,11 +112,11 @@ class Design:
     seeds: int = 3
     methods: tuple[str, ...] = ("dpo", "rdpo")
     sparse_methods: tuple[str, ...] = ("dpo",)
-    modes: tuple[str, ...] = ("static", "dynamic")
+    modes: tuple[str, ...] = (STATIC, DYNAMIC)
     targets: tuple[float, ...] = (0.9,)
     bootstrap: int = 200
     other_tests: int = 6
-    mode: str = "dynamic"  # the threshold mode of the alignment contrasts (the study's primary one)
+    mode: str = DYNAMIC  # the threshold mode of the alignment contrasts (the study's primary one)
 
     def with_(self, **changes: Any) -> Design:
         return replace(self, **changes)
@@ -202,8 +203,8 @@ def draw_items(design: Design, rng: np.random.Generator, *, contrast: str = "int
                     latent = (np.sqrt(keep) * dense + np.sqrt(dmg) * d
                               + np.sqrt(1 - keep - dmg) * rng.standard_normal(n))
                     base_cell = base_rate * m.relative_rate[mode]
-                    if contrast == "thresholds" and mode == "dynamic":  # dynamic = static + effect
-                        base_cell = base_rate * m.relative_rate["static"] + effect
+                    if contrast == "thresholds" and mode == DYNAMIC:  # dynamic = static + effect
+                        base_cell = base_rate * m.relative_rate[STATIC] + effect
                 rate = base_cell
                 if aligned:
                     rate = base_cell + lift  # aligned - base is the same at dense and sparse ...
@@ -222,7 +223,7 @@ def pad_items(design: Design, rng: np.random.Generator, items: int = 12) -> dict
     never rejected (the conservative reading: every other contrast is null)."""
     size, target = design.sizes[-1][0], max(design.targets)
     out: dict[str, dict[str, list[float]]] = {}
-    for mode in ("static", "dynamic"):
+    for mode in (STATIC, DYNAMIC):
         arrays = {}
         for j in range(design.other_tests):
             x = (rng.random(items) < 0.5).astype(np.float64)
