@@ -14,8 +14,6 @@ import pytest
 from scipy.optimize import brentq
 from scipy.stats import multivariate_normal, norm
 
-from sparsealign.report.findings import compute_findings
-from sparsealign.report.items import ItemStore
 from sparsealign.report.simulate import (
     Design,
     ItemModel,
@@ -24,7 +22,7 @@ from sparsealign.report.simulate import (
     draw_items,
     latent_correlations,
 )
-from sparsealign.study.config import ReportConfig, load_study_config
+from sparsealign.study.config import load_study_config
 
 pytestmark = pytest.mark.slow
 
@@ -43,11 +41,6 @@ def powered(design: Design) -> Design:
     return design.with_(**POWERED, other_tests=design.other_tests + 6)
 
 
-def pipeline(items, params, contrasts, bootstrap, seed):
-    settings = ReportConfig(primary_contrasts=contrasts, bootstrap=bootstrap)
-    return compute_findings(ItemStore(items), params, settings, seed=seed)
-
-
 @pytest.fixture(scope="module")
 def default_design() -> Design:
     return design_of(load_study_config(None, "default"))
@@ -60,7 +53,7 @@ def test_planted_interaction_is_found_at_the_powered_design(default_design: Desi
     here, and the Holm family of 31 tests asks p < 0.05 / 31).  Otherwise the default preset (its sizes, methods,
     modes; the Holm family's other tests as nulls)."""
     design = powered(default_design)
-    r = detection_rate(design, 0.03, 50, seed=1, findings=pipeline, contrast="interaction")
+    r = detection_rate(design, 0.03, 50, seed=1, contrast="interaction")
     print(f"planted 3 points, {design.tasks} tasks x {design.seeds} seeds: effect in {r.hits}/{r.draws} = "
           f"{r.rate:.2f}, Wilson 95% [{r.interval.low:.3f}, {r.interval.high:.3f}]; mean estimate "
           f"{np.mean(r.effects):+.4f}")
@@ -73,7 +66,7 @@ def test_null_interaction_is_rarely_an_effect(default_design: Design) -> None:
     """No interaction planted, at the same POWERED design (the sparsity drops and the dynamic - static gap are the
     real ones): the interaction at dynamic 0.9 is an "effect" in <= 5% of 200 draws."""
     design = powered(default_design)
-    r = detection_rate(design, 0.0, 200, seed=2, findings=pipeline, contrast="interaction")
+    r = detection_rate(design, 0.0, 200, seed=2, contrast="interaction")
     print(f"null, {design.tasks} tasks x {design.seeds} seeds: effect in {r.hits}/{r.draws} = {r.rate:.3f}, "
           f"Wilson 95% [{r.interval.low:.3f}, {r.interval.high:.3f}]")
     assert r.draws >= 200

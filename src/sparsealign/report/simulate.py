@@ -21,9 +21,9 @@ its own in every cell).  Sizes at rate 0 (the metric's floor) give all-zero item
 
 A planted `effect` (pass-rate points, on every size off the floor): `interaction` -- aligned models lose `effect`
 more under sparsity (`mode`, every target) than the base does; `difference` -- aligned - base at dense; `thresholds`
--- dynamic - static of every model grows by `effect`.  `detection_rate` draws studies, runs the Findings on each (a
-callable: the statistics layer may not import the report, `tests/test_import_rules.py`) and counts the verdict
-"effect" on the contrast in question, with its Wilson interval.
+-- dynamic - static of every model grows by `effect`.  `detection_rate` draws studies, runs the report's Findings on
+each (`report.findings.compute_findings`, or another callable) and counts the verdict "effect" on the contrast in
+question, with its Wilson interval.
 """
 
 from __future__ import annotations
@@ -35,8 +35,11 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
+from sparsealign.report.findings import compute_findings
+from sparsealign.report.items import ItemStore
 from sparsealign.sparse.modes import DYNAMIC, STATIC
 from sparsealign.stats.intervals import Interval, wilson_interval
+from sparsealign.study.config import ReportConfig
 
 CONTRASTS = ("interaction", "difference", "thresholds")
 DATASET, METRIC = "generated", "pass@1"
@@ -281,7 +284,13 @@ class Detection:
         return self.hits / self.draws
 
 
-def detection_rate(design: Design, effect: float, draws: int, seed: int, *, findings: FindingsFn,
+def run_findings(items: dict, params: dict, contrasts: list[dict], bootstrap: int, seed: int) -> list:
+    """The report's own Findings on one simulated study (what `detection_rate` calls by default)."""
+    settings = ReportConfig(primary_contrasts=contrasts, bootstrap=bootstrap)
+    return compute_findings(ItemStore(items), params, settings, seed=seed)
+
+
+def detection_rate(design: Design, effect: float, draws: int, seed: int, *, findings: FindingsFn = run_findings,
                    contrast: str = "interaction", model: ItemModel | None = None) -> Detection:
     """How often `findings` calls `contrast` an "effect" over `draws` simulated studies with `effect` planted
     (0: the null), and the Wilson interval of that rate.  Each draw: one `draw_items` + `pad_items` and one call."""
