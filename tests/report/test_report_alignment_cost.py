@@ -41,3 +41,18 @@ def test_retention_verdicts_and_kl() -> None:
 def test_nothing_aligned_no_section() -> None:
     items = {"micro-m/base/f1.000/dense/0.00": {"generated_passed": [1.0, 0.0] * 10}}
     assert alignment_cost_blocks(ItemStore(items), ReportConfig()) == []
+
+
+def test_the_held_out_implicit_reward_accuracy_is_the_manipulation_check_beside_kl() -> None:
+    """Each aligned model's own implicit reward on held-out code pairs: its share of positive margins over items and
+    seeds, with a CI -- a model whose reward prefers the rejected side scores below 0.5, said as such."""
+    items = _items({"dpo": 0.0, "orpo": 0.0})
+    rng = np.random.default_rng(0)
+    for key, arrays in items.items():
+        if "/base/" not in key:
+            shift = 0.5 if "/dpo/" in key else -0.5  # dpo learned the held-out preference, orpo the opposite
+            arrays["code_implicit_margin"] = (shift + rng.standard_normal(300)).tolist()
+    _, _, table = alignment_cost_blocks(ItemStore(items), ReportConfig(), n_boot=300)
+    rows = table.table.set_index("method")
+    assert 0.66 < rows.loc["dpo", "implicit_acc"] < 0.73 and rows.loc["dpo", "acc_ci_low"] > 0.5
+    assert 0.27 < rows.loc["orpo", "implicit_acc"] < 0.34 and rows.loc["orpo", "acc_ci_high"] < 0.5

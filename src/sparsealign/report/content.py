@@ -23,7 +23,8 @@ HEADLINE_ACCURACY = ("pass@1", "preference_accuracy", "reward_accuracy")
 REFERENCE_LABEL = facts(REFERENCE).label  # DPO
 SPARSITY_FIGURE_METRICS = (*HEADLINE_ACCURACY, "divergence", "preference_divergence", "flip_rate")
 SIZE_FIGURE_METRICS = (*HEADLINE_ACCURACY, "divergence", "preference_divergence")
-SECONDARY_RESAMPLES = 1000  # the per-row tables have hundreds of rows; the primary contrasts use report.bootstrap
+SECONDARY_RESAMPLES = 1000
+HELD_OUT_CHECK = "code"  # the held-out pairs of the alignment manipulation check (every family has them)  # the per-row tables have hundreds of rows; the primary contrasts use report.bootstrap
 MICRO_CAVEAT = ("The micro family (ReLU LLaMA-architecture models of 10^4-10^6 parameters, pretrained here) can stand "
                 "in for the mechanics -- how activation sparsity, threshold control and the alignment losses interact, "
                 "and the direction of effects -- but not for absolute capability: MBPP pass@1, alignment quality or "
@@ -123,9 +124,15 @@ def alignment_cost_blocks(store: ItemStore, settings: ReportConfig, *, n_boot: i
         if kl is not None:
             lo, hi = percentile_interval(replicate_means({"x": kl}, n_resamples=n_boot)["x"])
             row.update(kl_to_base=float(kl.mean()), kl_ci_low=lo, kl_ci_high=hi)
+        margin = store.get(CellKey(size, method, 1.0, "dense", 0.0), HELD_OUT_CHECK, "implicit_margin")
+        if margin is not None:  # the model's own reward on pairs it never trained on: did the alignment generalise?
+            right = (margin > 0).astype(float)
+            lo, hi = percentile_interval(replicate_means({"x": right}, n_resamples=n_boot)["x"])
+            row.update(implicit_acc=float(right.mean()), acc_ci_low=lo, acc_ci_high=hi)
         rows.append(row)
     table = pd.DataFrame(rows, columns=["size", "method", "pass1_diff", "ci_low", "ci_high", "n", "seeds", "verdict",
-                                        "kl_to_base", "kl_ci_low", "kl_ci_high"])
+                                        "kl_to_base", "kl_ci_low", "kl_ci_high", "implicit_acc", "acc_ci_low",
+                                        "acc_ci_high"])
     inside = int(table["verdict"].isin(["within", "unclear"]).sum())
     judged = int(table["verdict"].isin(["within", "outside", "unclear"]).sum())
     text = (f"{settings.alignment_tuning + ' ' if settings.alignment_tuning else ''}Criterion: dense generated-task "
@@ -134,7 +141,9 @@ def alignment_cost_blocks(store: ItemStore, settings: ReportConfig, *, n_boot: i
             f"estimate, {int((table['verdict'] == 'within').sum())} of them with the whole CI inside ('unclear': "
             "estimate inside, CI reaching past the limit; 'not measurable': both at the floor, where no drop can "
             "show). The cost is KL(aligned || base) per token on the MBPP reference solutions, code neither model "
-            "trained on.")
+            f"trained on (> 0: the alignment moved the model). implicit_acc: the aligned model's own implicit reward "
+            f"(beta log pi/pi_ref) ranking the held-out {HELD_OUT_CHECK} pairs, against 0.5 -- whether what it learned "
+            "carries to pairs it never trained on.")
     return [Block("h2", "Cost of alignment"), Block("p", text), Block("table", table=table)]
 
 
