@@ -16,7 +16,7 @@ from sparsealign.report.scaling import scaling_fit_table
 
 FAMILY = "smollm2 (pretrained)"
 TINY = [  # the preset, cut to a CI-sized grid: every stage and every dataset of the real preset still runs
-    "threads=1", "executor.workers=2",  # two one-thread cells at once: the base model's cells beside alignment "alignment.methods=[dpo]", "alignment.max_pairs=8", "alignment.heldout_pairs=8",
+    "threads=1", "alignment.methods=[dpo]", "alignment.max_pairs=8", "alignment.heldout_pairs=8",
     "alignment.code_pair_tasks=4", "alignment.code_pair_samples=2", "alignment.rationale_max_new_tokens=8",
     "alignment.settings.batch_size=4", "alignment.settings.grad_accum=1", "sparsity.modes=[static]", "sparsity.calibration_texts=4", "evaluation.mbpp_limit=2",
     "evaluation.mbpp_base_tasks=3", "evaluation.max_new_tokens=24", "evaluation.max_length=96",
