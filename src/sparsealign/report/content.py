@@ -17,7 +17,7 @@ from sparsealign.report.items import CellKey, ItemStore
 from sparsealign.report.wording import QUESTIONS, lead, paragraphs
 from sparsealign.stats.paired import percentile_interval, replicate_means
 from sparsealign.stats.slopes import slope_interval
-from sparsealign.study.config import ReportConfig
+from sparsealign.study.config import DIALOGUE_SETS, ReportConfig
 
 HEADLINE_ACCURACY = ("pass@1", "preference_accuracy", "reward_accuracy")
 REFERENCE_LABEL = facts(REFERENCE).label  # DPO
@@ -72,7 +72,7 @@ def per_size_table(found: list[Finding]) -> pd.DataFrame:
 def unasked_sets(df: pd.DataFrame) -> list[str]:
     """Dialogue sets a code-only family was not asked (only their length baseline is in the results)."""
     out = []
-    for dataset, grp in df[df["dataset"].isin(["hh", "uf"])].groupby("dataset", sort=True):
+    for dataset, grp in df[df["dataset"].isin(DIALOGUE_SETS)].groupby("dataset", sort=True):
         if set(grp["metric"]) != {"length_baseline_accuracy"}:
             continue
         row = grp.iloc[0]

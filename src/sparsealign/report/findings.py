@@ -87,10 +87,17 @@ def _bound_note(arrays: list[np.ndarray], metric: str) -> str | None:
     return None if where is None else f"{metric} is at its {where} in every cell compared"
 
 
+def _methods(store: ItemStore, dataset: str, metric: str, size: str,
+             at: tuple[str, float] | None = None) -> list[str]:
+    """The models (base and aligned methods, all pairs) one size has cells of, optionally only at (mode, target)."""
+    return sorted({c.method for c in store.cells(dataset, metric) if c.size == size and c.subset == 1.0
+                   and (at is None or (c.mode, c.target) == at)})
+
+
 def _pair_cells(store: ItemStore, dataset: str, metric: str, target: float,
                 size: str) -> tuple[np.ndarray, np.ndarray] | None:
     """One size's (dynamic, static) at `target`, the models evaluated in both modes pooled; None when missing."""
-    methods = sorted({c.method for c in store.cells(dataset, metric) if c.size == size and c.subset == 1.0})
+    methods = _methods(store, dataset, metric, size)
     dyn = [store.get(CellKey(size, x, 1.0, DYNAMIC, target), dataset, metric) for x in methods]
     sta = [store.get(CellKey(size, x, 1.0, STATIC, target), dataset, metric) for x in methods]
     keep = [(d, s) for d, s in zip(dyn, sta, strict=True) if d is not None and s is not None]
@@ -159,7 +166,7 @@ def _nominal(store: ItemStore, spec: ContrastConfig, target: float, realized: Re
         pair = _pair_cells(store, spec.dataset, spec.metric, target, size)
         if pair is None:
             continue
-        methods = sorted({c.method for c in store.cells(spec.dataset, spec.metric) if c.size == size})
+        methods = _methods(store, spec.dataset, spec.metric, size)
         arms.append(_Arm(size, *pair, raw=list(pair),
                          info=_realized_info(realized, size, spec.dataset, target, (DYNAMIC, STATIC), methods)))
     return _pooled(spec, "thresholds", "nominal_target", label, target, arms, skipped, settings, seed)
@@ -172,8 +179,7 @@ def _matched(store: ItemStore, spec: ContrastConfig, target: float, realized: Re
     label = f"{DYNAMIC} - {STATIC} at equal realized sparsity (dynamic target {target:g}), {spec.dataset} {spec.metric}"
     arms, skipped = [], {}
     for size in store.sizes():
-        methods = sorted({c.method for c in store.cells(spec.dataset, spec.metric)
-                          if c.size == size and c.subset == 1.0 and c.mode == DYNAMIC and c.target == target})
+        methods = _methods(store, spec.dataset, spec.metric, size, at=(DYNAMIC, target))
         if not methods:
             continue
         matches = {m: matched_static(store, realized, size, m, spec.dataset, spec.metric, target) for m in methods}
@@ -200,8 +206,7 @@ def _interaction_cells(store: ItemStore, dataset: str, metric: str, mode: str, t
         return store.get(CellKey(size, method, 1.0, mode if sparse else "dense", target if sparse else 0.0),
                          dataset, metric)
 
-    methods = sorted({c.method for c in store.cells(dataset, metric) if c.size == size and c.subset == 1.0
-                      and c.method != BASE and c.mode == mode and c.target == target})
+    methods = [m for m in _methods(store, dataset, metric, size, at=(mode, target)) if m != BASE]
     pairs = [(s, d) for m in methods if (s := cell(m, True)) is not None and (d := cell(m, False)) is not None
              and s.shape == d.shape]
     out = [broadcast_pool([s for s, _ in pairs]), broadcast_pool([d for _, d in pairs]), cell(BASE, True),
@@ -221,7 +226,7 @@ def _interaction(store: ItemStore, spec: ContrastConfig, mode: str, target: floa
         if cells is None:
             continue
         a_s, a_d, b_s, b_d = (float(np.mean(c)) for c in cells)
-        methods = sorted({c.method for c in store.cells(spec.dataset, spec.metric) if c.size == size})
+        methods = _methods(store, spec.dataset, spec.metric, size)
         info = {"aligned - base, dense": round(a_d - b_d, 4), "aligned - base, sparse": round(a_s - b_s, 4),
                 **_realized_info(realized, size, spec.dataset, target, (mode,), methods)}
         arms.append(_Arm(size, cells[0] - cells[1], cells[2] - cells[3], raw=cells, info=info))

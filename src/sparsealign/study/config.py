@@ -32,6 +32,8 @@ from sparsealign.sparse.config import ControllerConfig
 from sparsealign.sparse.modes import DYNAMIC, STATIC, Mode, mode_help
 
 PRESETS = ("default", "small", "real", "paper")
+# the held-out dialogue preference sets (HH, UltraFeedback): what a family that cannot read English is not asked
+DIALOGUE_SETS = ("hh", "uf")
 # the baseline method and its rationale variant (dpo, rdpo): what the annotation question compares
 BASELINE_FAMILY = tuple(m for m, f in METHOD_FACTS.items() if f.base == facts(BASELINE_METHOD).base)
 # AlignConfig fields the study sets per cell itself (which model, which pairs, the seed, the cell's name)

@@ -59,9 +59,10 @@ from sparsealign.sparse.bench.quality import decode_tokens_per_s
 from sparsealign.sparse.runtime.patch import SparsityHandle
 from sparsealign.sparse.spec import SparsitySpec
 from sparsealign.study.cells import BASE, EvalCell, model_seed
+from sparsealign.study.config import DIALOGUE_SETS
 from sparsealign.study.layout import Study
 
-PREFERENCE_SETS = ("hh", "uf", "code")
+PREFERENCE_SETS = (*DIALOGUE_SETS, "code")
 # preference divergence is not read at the reward's raw scale (a near-constant there): `_divergence` below
 SUMMARY_METRICS = ("reward_accuracy", "ranking_accuracy", "bt_cross_entropy", "mean_margin")
 LENGTH_METRICS = ("length_baseline_accuracy", "length_controlled_accuracy", "length_agreement")
@@ -208,9 +209,10 @@ def preference_step(ctx: EvalContext) -> None:
     """Held-out pairs (dialogue, then code) through the preference runner: the shared reward, the model's own
     implicit reward beside it (dense aligned cells), and flips against the dense cell's margins (sparse cells)."""
     study, cell, ev = ctx.study, ctx.cell, ctx.cell.evaluation
-    dense_items = None
+    dense_items, dense_metrics = None, {}
     if cell.dense is not None:
         dense_items = json.loads((study.eval_dir(cell.dense) / "items.json").read_text())
+        dense_metrics = json.loads((study.eval_dir(cell.dense) / "metrics.json").read_text())
     full = cell.calibrate is None and cell.subset == 1.0  # sparse and annotation-subset cells: ev.sparse_sets only
     sets = PREFERENCE_SETS if full else [n for n in PREFERENCE_SETS if n in ev.sparse_sets]
     for name in sets:
@@ -228,7 +230,7 @@ def preference_step(ctx: EvalContext) -> None:
                                   "shared_reward": "mean token log-prob"}
         ctx.items[f"{name}_margin"] = [r["margin"] for r in records]
         ctx.items[f"{name}_correct"] = [r["correct"] for r in records]
-        _divergence(ctx, name, pairs, summary["tau"])
+        _divergence(ctx, name, pairs, summary["tau"], dense_metrics.get(f"{name}_margin_scale"))
         if "also" in summary:
             ctx.metrics.update(_flat(f"{name}_implicit_", summary["also"]["metrics"], SUMMARY_METRICS))
             ctx.metrics["implicit_beta"] = summary["also"]["beta"]
@@ -237,13 +239,10 @@ def preference_step(ctx: EvalContext) -> None:
             ctx.metrics.update(_flat(f"{name}_", summary["flip"], ("flip_rate", "flip_divergence", "margin_shift")))
 
 
-def _divergence(ctx: EvalContext, name: str, pairs: list, tau: float) -> None:
+def _divergence(ctx: EvalContext, name: str, pairs: list, tau: float, scale: float | None) -> None:
     """Preference divergence at a margin scale fitted on a separate split (`calibrated_divergence`): a dense cell
-    fits its own scale, a sparse cell reads its dense self's, so what sparsity does to the margins shows."""
-    scale = None
-    if ctx.cell.dense is not None:
-        dense = json.loads((ctx.study.eval_dir(ctx.cell.dense) / "metrics.json").read_text())
-        scale = dense.get(f"{name}_margin_scale")
+    fits its own scale (`scale` None), a sparse cell passes its dense self's, so what sparsity does to the margins
+    shows."""
     m, js, scale = calibrated_divergence(ctx.items[f"{name}_margin"], human_probs(pairs, tau), scale,
                                          n_resamples=ctx.cell.evaluation.bootstrap, seed=ctx.study.cfg.seed)
     ctx.metrics.update(_flat(f"{name}_", {"preference_divergence": m}, ("preference_divergence",)))

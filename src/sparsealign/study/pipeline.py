@@ -53,7 +53,7 @@ from sparsealign.study.cells import (
     sizes_of,
 )
 from sparsealign.study.code_pairs import build_code_pairs
-from sparsealign.study.config import StudyConfig, cell_align_config
+from sparsealign.study.config import DIALOGUE_SETS, StudyConfig, cell_align_config
 from sparsealign.study.evaluation import run_eval_cell
 from sparsealign.study.layout import Study
 
@@ -91,7 +91,8 @@ def pairs_cell(study: Study, cell: PairsCell) -> CellResult:
     dialogue: dict[str, Any] = {}
     if not cfg.family.reads_english:  # a code-only family: align on code, keep only the dialogue sets' baselines
         tok = load_model(study.base_model_path(cell.size), cfg.load)[1]
-        dialogue = {**dialogue_length_baselines(tok, "hh", hh_held), **dialogue_length_baselines(tok, "uf", uf)}
+        dialogue = {k: v for name, pairs in zip(DIALOGUE_SETS, (hh_held, uf), strict=True)
+                    for k, v in dialogue_length_baselines(tok, name, pairs).items()}
         hh_train, hh_held, uf = [], [], []
 
     rationale_stats = self_rationales(study.base_model_path(cell.size), hh_train, cfg) \

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from sparsealign.ledger import Ledger
 from sparsealign.stats.intervals import wilson_interval
+from sparsealign.study.cells import BASE
+from sparsealign.study.config import DIALOGUE_SETS
 from sparsealign.study.executor import ledger_stage
 
 if TYPE_CHECKING:
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 DATASETS = ("mbpp", "mbppfull", "generated", "hh", "uf", "code")
 CELL_FIELDS = ("size", "method", "subset", "mode", "target_sparsity", "seed")
 PROPORTION_ITEMS = {"pass@1": "passed", "reward_accuracy": "correct"}  # metric -> its 0/1 per-item array
+COLUMNS = ["cell", "family", "size", "params", "method", "subset_fraction", "mode", "target_sparsity", "dataset",
+           "metric", "value", "ci_low", "ci_high", "n", "seed"]
 ITEMS_OF = {"preference_divergence": "divergence"}  # metrics over a part of the dataset's items: their own array
 
 
@@ -65,19 +69,25 @@ def results_table(study: Study) -> pd.DataFrame:
     family = json.loads(family_path.read_text()) if family_path.exists() else {}
     params, family_name = family.get("params", {}), family.get("family", study.cfg.family.name)
     rows: list[dict[str, Any]] = []
+
+    def add(cell: str, m: dict, dataset: str, metric: str, value: float, low: Any, high: Any, n: Any) -> None:
+        rows.append({"cell": cell, "family": family_name, "size": m["size"], "params": params.get(m["size"]),
+                     "method": m["method"], "subset_fraction": float(m["subset"]), "mode": m["mode"],
+                     "target_sparsity": float(m["target_sparsity"]), "dataset": dataset, "metric": metric,
+                     "value": float(value), "ci_low": low, "ci_high": high, "n": n,
+                     "seed": m.get("seed")})  # the alignment seed, once cells carry one
+
     with Ledger(study.root / "ledger.sqlite") as ledger:
         eval_rows = ledger.rows(stage=ledger_stage("eval"), status="done")
         pairs_rows = ledger.rows(stage=ledger_stage("pairs"), status="done")
     for row in pairs_rows:  # a code-only family's dialogue sets: only their longer-response-wins baseline
-        for dataset in ("hh", "uf"):
+        base_dense = {"size": row.cell, "method": BASE, "subset": 1.0, "mode": "dense", "target_sparsity": 0.0}
+        for dataset in DIALOGUE_SETS:
             name = f"{dataset}_length_baseline_accuracy"
             if name in row.metrics:
-                rows.append({"cell": f"pairs/{row.cell}", "family": family_name, "size": row.cell,
-                             "params": params.get(row.cell), "method": "base", "subset_fraction": 1.0,
-                             "mode": "dense", "target_sparsity": 0.0, "dataset": dataset,
-                             "metric": "length_baseline_accuracy", "value": float(row.metrics[name]),
-                             "ci_low": row.metrics.get(f"{name}_ci_low"), "ci_high": row.metrics.get(f"{name}_ci_high"),
-                             "n": row.metrics.get(f"{dataset}_pairs"), "seed": None})
+                add(f"pairs/{row.cell}", base_dense, dataset, "length_baseline_accuracy", row.metrics[name],
+                    row.metrics.get(f"{name}_ci_low"), row.metrics.get(f"{name}_ci_high"),
+                    row.metrics.get(f"{dataset}_pairs"))
     for row in eval_rows:
         m = row.metrics
         items = _load_items(Path(row.artifacts.get("items", "")))
@@ -94,16 +104,8 @@ def results_table(study: Study) -> pd.DataFrame:
                     n = len(items[key])
             low, high = proportion_ci(proportion_items(metric, dataset, items, dense), float(value)) or (
                 m.get(f"{name}_ci_low"), m.get(f"{name}_ci_high"))
-            rows.append({
-                "cell": row.cell, "family": family_name, "size": m["size"], "params": params.get(m["size"]),
-                "method": m["method"],
-                "subset_fraction": float(m["subset"]), "mode": m["mode"], "target_sparsity": float(m["target_sparsity"]),
-                "dataset": dataset, "metric": metric, "value": float(value), "ci_low": low, "ci_high": high, "n": n,
-                "seed": m.get("seed"),  # the alignment seed, once cells carry one
-            })
-    columns = ["cell", "family", "size", "params", "method", "subset_fraction", "mode", "target_sparsity", "dataset", "metric",
-               "value", "ci_low", "ci_high", "n", "seed"]
-    return pd.DataFrame(rows, columns=columns)
+            add(row.cell, m, dataset, metric, value, low, high, n)
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def item_arrays(study: Study) -> dict[str, dict[str, list[float]]]:
