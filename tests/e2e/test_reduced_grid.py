@@ -14,6 +14,9 @@ printed with 17 significant digits:
   float64, was float32).  The n of the likelihood metrics is their own task count (4), no longer pass@1's (2).
   Packed pair scoring (one row per pair, the prompt once) moved preference values by float rounding only (< 1e-5)
   and the dynamic cells' realized sparsity / FLOPs skipped by ~0.001 (each prompt position is now counted once).
+  Issue 21 added rows: the reference methods' implicit reward at every setting (`study.results.relative_to_base`)
+  and sparse cells' margin correlation with their dense self; DPO's dense implicit reward accuracy now carries the
+  Wilson CI of its 0/1 items (was a bootstrap); every earlier value is unchanged.
 - `reduced_study_results.csv`: the table as it is now; every column of every row must equal it.  A change meant to
   move these numbers regenerates it: `python tests/e2e/test_reduced_grid.py RUN_DIR` on a finished run.
 """

@@ -28,7 +28,15 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from sparsealign.align.config import BASELINE_METHOD
-from sparsealign.report.items import BOUNDED, CellKey, ItemStore, broadcast_pool, concat_items, item_kind
+from sparsealign.report.items import (
+    BOUNDED,
+    RELATIVE_TO_BASE,
+    CellKey,
+    ItemStore,
+    broadcast_pool,
+    concat_items,
+    item_kind,
+)
 from sparsealign.report.matched import Match, Realized, matched_static
 from sparsealign.sparse.modes import DYNAMIC, STATIC
 from sparsealign.stats.annotation import annotation_savings
@@ -209,9 +217,14 @@ def _interaction_cells(store: ItemStore, dataset: str, metric: str, mode: str, t
     methods = [m for m in _methods(store, dataset, metric, size, at=(mode, target)) if m != BASE]
     pairs = [(s, d) for m in methods if (s := cell(m, True)) is not None and (d := cell(m, False)) is not None
              and s.shape == d.shape]
+    if not pairs:
+        return None
+    if item_kind(metric) in RELATIVE_TO_BASE:  # the base model's reward relative to itself: 0 on every item
+        base = np.zeros((1, pairs[0][0].shape[1]))
+        return [broadcast_pool([s for s, _ in pairs]), broadcast_pool([d for _, d in pairs]), base, base]
     out = [broadcast_pool([s for s, _ in pairs]), broadcast_pool([d for _, d in pairs]), cell(BASE, True),
            cell(BASE, False)]
-    return None if not pairs or any(a is None for a in out) else out
+    return None if any(a is None for a in out) else out
 
 
 def _interaction(store: ItemStore, spec: ContrastConfig, mode: str, target: float, realized: Realized,
@@ -229,7 +242,8 @@ def _interaction(store: ItemStore, spec: ContrastConfig, mode: str, target: floa
         methods = _methods(store, spec.dataset, spec.metric, size)
         info = {"aligned - base, dense": round(a_d - b_d, 4), "aligned - base, sparse": round(a_s - b_s, 4),
                 **_realized_info(realized, size, spec.dataset, target, (mode,), methods)}
-        arms.append(_Arm(size, cells[0] - cells[1], cells[2] - cells[3], raw=cells, info=info))
+        raw = cells[:2] if item_kind(spec.metric) in RELATIVE_TO_BASE else cells  # the floor check: measured cells
+        arms.append(_Arm(size, cells[0] - cells[1], cells[2] - cells[3], raw=raw, info=info))
     return _pooled(spec, "alignment", "interaction", label, target, arms, {}, settings, seed)
 
 

@@ -17,8 +17,12 @@ import numpy as np
 
 # results-table metric -> the per-item array behind it (other metrics: the array named after the metric itself)
 ITEM_KIND = {"pass@1": "passed", "reward_accuracy": "correct", "mean_margin": "margin",
-             "preference_divergence": "divergence"}
-BOUNDED = {"passed", "correct"}  # 0/1 items: a mean at 0 or 1 in every cell is a floor / ceiling
+             "preference_divergence": "divergence", "implicit_reward_accuracy": "implicit_correct",
+             "implicit_mean_margin": "implicit_margin"}
+BOUNDED = {"passed", "correct", "implicit_correct"}  # 0/1 items: a mean at 0 or 1 in every cell is a floor / ceiling
+# rewards relative to the base model (beta log pi/pi_base): the base model's own is 0 on every item, so it has no
+# cells of them and a contrast against it reads 0 (`study.results.relative_to_base`)
+RELATIVE_TO_BASE = {"implicit_correct", "implicit_margin"}
 _SEED = re.compile(r"^s(?:eed)?(\d+)$")
 
 

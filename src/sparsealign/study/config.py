@@ -220,6 +220,12 @@ class EvaluationConfig(StrictModel):
         default_factory=lambda: ["hh", "uf", "code"],
         description="held-out preference sets scored in sparse cells and in the dense cells of annotation "
         "subset models (dense full-data cells score them all)")
+    base_only_sets: list[Literal["hh", "uf", "code"]] = Field(
+        default_factory=list, description="held-out preference sets only the base model's cells score (e.g. "
+        "UltraFeedback on an instruct model: whether sparsity keeps the preferences its makers tuned in)")
+    sparse_mbpp: Literal["all", "base"] = Field(
+        "all", description="which models' sparse cells generate MBPP programs (pass@1): all, or the base model only "
+        "(aligned models then read the sparse code arm through the continuous metric)")
     bootstrap: int = Field(1000, ge=100)
     speed_tokens: int = Field(32, ge=4, description="decode tokens timed for tokens/s")
     sandbox_workers: int = Field(2, ge=1)
@@ -278,6 +284,16 @@ class ReportConfig(StrictModel):
     min_items: int = Field(10, ge=2, description="fewer paired items than this: 'not measurable'")
     retention_points: float = Field(0.05, gt=0, lt=1, description=(
         "cost of alignment: dense generated-task pass@1 of an aligned model should stay within this of its base"))
+    retention_dataset: str = Field("generated", description=(
+        "cost of alignment: the dataset whose dense pass@1 an aligned model must keep (within retention_points)"))
+    check_set: str = Field("code", description=(
+        "manipulation check: the held-out preference set the aligned models' own implicit reward must rank above "
+        "0.5 and above the longer-response-wins baseline"))
+    min_kl: float = Field(0.0, ge=0, description=(
+        "manipulation check: the least KL(aligned || base) per token on the MBPP references that counts as moved"))
+    set_notes: dict[str, str] = Field(default_factory=dict, description=(
+        "a sentence per held-out set the report prints beside its results (e.g. that an instruct model was tuned on "
+        "the set's source split, so its accuracy there is retention, not generalisation)"))
     alignment_tuning: str = Field("", description=(
         "how the alignment hyper-parameters were chosen, in a sentence (the report's Cost of alignment section)"))
     beside: list[str] = Field(default_factory=list, description=(

@@ -28,11 +28,13 @@ from __future__ import annotations
 import bisect
 import contextlib
 import json
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from sparsealign.align.config import facts
@@ -40,13 +42,13 @@ from sparsealign.align.sidecar import read_record
 from sparsealign.data.mbpp.generated import generated_split
 from sparsealign.data.mbpp.tasks import load_mbpp
 from sparsealign.data.preference import load_pairs
-from sparsealign.data.records import MbppTask
+from sparsealign.data.records import MbppTask, PreferencePair
 from sparsealign.evaluate.generation import SamplingConfig
 from sparsealign.evaluate.mbpp.evaluator import MbppEvalConfig, save_records
 from sparsealign.evaluate.mbpp.likelihood import CachedModel, code_likelihood
 from sparsealign.evaluate.mbpp.run import MbppRunConfig
 from sparsealign.evaluate.mbpp.run import evaluate_loaded as mbpp_on_model
-from sparsealign.evaluate.preference.metrics import calibrated_divergence
+from sparsealign.evaluate.preference.metrics import calibrated_divergence, margin_correlation
 from sparsealign.evaluate.preference.reward import SHARED_REWARD, Reward
 from sparsealign.evaluate.preference.run import PreferenceRunConfig
 from sparsealign.evaluate.preference.run import evaluate_loaded as preference_on_model
@@ -141,7 +143,8 @@ def code_step(ctx: EvalContext) -> None:
     generated tasks (reported apart, as "generated"); full-data models only -- subset models answer the
     annotation-efficiency question (preferences)."""
     ev = ctx.cell.evaluation
-    if ctx.cell.subset != 1.0:
+    if ctx.cell.subset != 1.0 or (ev.sparse_mbpp == BASE and ctx.cell.calibrate is not None
+                                  and ctx.cell.method != BASE):
         return
     split = load_mbpp(split=ev.mbpp_split)
     if ev.mbpp_base_tasks and ctx.cell.method == BASE:
@@ -214,7 +217,8 @@ def preference_step(ctx: EvalContext) -> None:
         dense_items = json.loads((study.eval_dir(cell.dense) / "items.json").read_text())
         dense_metrics = json.loads((study.eval_dir(cell.dense) / "metrics.json").read_text())
     full = cell.calibrate is None and cell.subset == 1.0  # sparse and annotation-subset cells: ev.sparse_sets only
-    sets = PREFERENCE_SETS if full else [n for n in PREFERENCE_SETS if n in ev.sparse_sets]
+    sets = [n for n in PREFERENCE_SETS if (full or n in ev.sparse_sets)
+            and (cell.method == BASE or n not in ev.base_only_sets)]
     for name in sets:
         path = study.pairs_dir(cell.size) / f"heldout_{name}.jsonl"
         if not path.exists() or path.stat().st_size == 0:
@@ -230,6 +234,10 @@ def preference_step(ctx: EvalContext) -> None:
                                   "shared_reward": "mean token log-prob"}
         ctx.items[f"{name}_margin"] = [r["margin"] for r in records]
         ctx.items[f"{name}_correct"] = [r["correct"] for r in records]
+        # summed log-prob of chosen minus rejected: with the base model's at the same setting, any reference
+        # method's implicit reward under this setting (`study.results.relative_to_base`)
+        ctx.items[f"{name}_logratio"] = [r["logp_chosen"] - r["logp_rejected"] for r in records]
+        ctx.items[f"{name}_longer_wins"] = longer_wins(ctx.tok, pairs).tolist()
         _divergence(ctx, name, pairs, summary["tau"], dense_metrics.get(f"{name}_margin_scale"))
         if "also" in summary:
             ctx.metrics.update(_flat(f"{name}_implicit_", summary["also"]["metrics"], SUMMARY_METRICS))
@@ -237,6 +245,22 @@ def preference_step(ctx: EvalContext) -> None:
             ctx.items[f"{name}_implicit_margin"] = [r["also_margin"] for r in records]
         if "flip" in summary:
             ctx.metrics.update(_flat(f"{name}_", summary["flip"], ("flip_rate", "flip_divergence", "margin_shift")))
+            corr = margin_correlation(baseline, ctx.items[f"{name}_margin"])
+            if math.isfinite(corr["estimate"]):  # constant margins have no correlation to report
+                ctx.metrics.update(_flat(f"{name}_", {"margin_correlation": corr}, ("margin_correlation",)))
+
+
+def response_tokens(tok: Any, pairs: Sequence[PreferencePair]) -> tuple[np.ndarray, np.ndarray]:
+    """Token counts of each pair's whole chosen and rejected responses (not truncated to the scoring budget)."""
+    return (np.array([len(tok(p.chosen)["input_ids"]) for p in pairs], dtype=float),
+            np.array([len(tok(p.rejected)["input_ids"]) for p in pairs], dtype=float))
+
+
+def longer_wins(tok: Any, pairs: Sequence[PreferencePair]) -> np.ndarray:
+    """Per pair, "the longer response wins" against the label (1, 0; ties 1/2), on the whole responses: the
+    trivial baseline an accuracy is read against, with all the length information a rule could use."""
+    n_w, n_l = response_tokens(tok, pairs)
+    return (np.sign(n_w - n_l) + 1) / 2
 
 
 def _divergence(ctx: EvalContext, name: str, pairs: list, tau: float, scale: float | None) -> None:
@@ -308,6 +332,8 @@ def run_eval_cell(study: Study, cell: EvalCell) -> tuple[dict[str, Any], dict[st
     ctx.metrics.update({"size": cell.size, "method": cell.method, "subset": cell.subset, "mode": cell.mode,
                         "target_sparsity": cell.sparsity,
                         "seed": None if cell.method == BASE else model_seed(cell.model)})
+    if cell.method != BASE and facts(cell.method).needs_reference:  # every setting: its implicit reward's beta
+        ctx.metrics["implicit_beta"] = read_record(model_path).beta
     for step in EVAL_STEPS:
         step(ctx)
     if ctx.handle is not None:

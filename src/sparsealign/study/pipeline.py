@@ -54,7 +54,7 @@ from sparsealign.study.cells import (
 )
 from sparsealign.study.code_pairs import build_code_pairs
 from sparsealign.study.config import DIALOGUE_SETS, StudyConfig, cell_align_config
-from sparsealign.study.evaluation import run_eval_cell
+from sparsealign.study.evaluation import response_tokens, run_eval_cell
 from sparsealign.study.layout import Study
 
 __all__ = ["RUNNERS", "Study", "run_cell"]
@@ -122,8 +122,7 @@ def dialogue_length_baselines(tok, name: str, pairs: list[PreferencePair]) -> di
     labels -- all a model that never saw English can get from a dialogue set (the report says so)."""
     if not pairs:
         return {}
-    n_w = np.array([len(tok(p.chosen)["input_ids"]) for p in pairs], dtype=float)
-    n_l = np.array([len(tok(p.rejected)["input_ids"]) for p in pairs], dtype=float)
+    n_w, n_l = response_tokens(tok, pairs)
     m = length_metrics(np.zeros(len(pairs)), n_w, n_l)["length_baseline_accuracy"]
     key = f"{name}_length_baseline_accuracy"
     return {key: m["estimate"], f"{key}_ci_low": m["low"], f"{key}_ci_high": m["high"], f"{name}_pairs": len(pairs)}

@@ -11,12 +11,14 @@ results keep their own dataset name and never enter MBPP figures.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sparsealign.align.config import facts
 from sparsealign.ledger import Ledger
-from sparsealign.stats.intervals import wilson_interval
-from sparsealign.study.cells import BASE
+from sparsealign.stats.intervals import bootstrap_ci, wilson_interval
+from sparsealign.study.cells import BASE, frac_tag
 from sparsealign.study.config import DIALOGUE_SETS
 from sparsealign.study.executor import ledger_stage
 
@@ -27,7 +29,8 @@ if TYPE_CHECKING:
 
 DATASETS = ("mbpp", "mbppfull", "generated", "hh", "uf", "code")
 CELL_FIELDS = ("size", "method", "subset", "mode", "target_sparsity", "seed")
-PROPORTION_ITEMS = {"pass@1": "passed", "reward_accuracy": "correct"}  # metric -> its 0/1 per-item array
+# metric -> its 0/1 per-item array
+PROPORTION_ITEMS = {"pass@1": "passed", "reward_accuracy": "correct", "implicit_reward_accuracy": "implicit_correct"}
 COLUMNS = ["cell", "family", "size", "params", "method", "subset_fraction", "mode", "target_sparsity", "dataset",
            "metric", "value", "ci_low", "ci_high", "n", "seed"]
 ITEMS_OF = {"preference_divergence": "divergence"}  # metrics over a part of the dataset's items: their own array
@@ -53,6 +56,43 @@ def proportion_ci(values: list[float] | None, value: float) -> tuple[float, floa
 
 def _load_items(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def relative_to_base(items: Mapping[str, Mapping[str, list]], betas: Mapping[str, float]) -> dict[str, dict]:
+    """Each reference method's implicit reward beta * log(pi / pi_base) under every setting it was evaluated at.
+
+    `items`: eval cell key -> its per-item arrays; `betas`: the keys of reference-method cells -> their beta.  For
+    every held-out set where such a cell and the base model's cell at the same mode and target both recorded
+    `<set>_logratio` (summed log-prob of chosen minus rejected), the cell gains `<set>_implicit_margin` =
+    beta * (logratio - logratio_base) and `<set>_implicit_correct` = margin > 0: policy and reference both under
+    the cell's own sparsity, so sparse - dense of it is the interaction on that scale.  The base model relative to
+    itself is 0 on every pair, so it gets no such arrays."""
+    out = {key: dict(arrays) for key, arrays in items.items()}
+    for key, beta in betas.items():
+        parts = key.split("/")
+        base = items.get("/".join([parts[0], BASE, frac_tag(1.0), *parts[-2:]]), {})
+        for name, values in items.get(key, {}).items():
+            ref = base.get(name)
+            if not name.endswith("_logratio") or ref is None or len(ref) != len(values):
+                continue
+            margin = [beta * (a - b) for a, b in zip(values, ref, strict=True)]
+            dataset = name.removesuffix("_logratio")
+            out[key][f"{dataset}_implicit_margin"] = margin
+            out[key][f"{dataset}_implicit_correct"] = [float(x > 0) for x in margin]
+    return out
+
+
+def _implicit_metrics(items: Mapping[str, list], n_resamples: int, seed: int) -> dict[str, float]:
+    """`<set>_implicit_reward_accuracy` and `<set>_implicit_mean_margin` (bootstrap CI) from the derived arrays."""
+    out: dict[str, float] = {}
+    for name, values in items.items():
+        if name.endswith("_implicit_correct"):
+            dataset = name.removesuffix("_implicit_correct")
+            for metric, arr in (("reward_accuracy", values), ("mean_margin", items[f"{dataset}_implicit_margin"])):
+                ci = bootstrap_ci(arr, n_resamples=n_resamples, seed=seed)
+                key = f"{dataset}_implicit_{metric}"
+                out[key], out[f"{key}_ci_low"], out[f"{key}_ci_high"] = ci.estimate, ci.low, ci.high
+    return out
 
 
 def _split_metric(name: str) -> tuple[str, str]:
@@ -88,11 +128,12 @@ def results_table(study: Study) -> pd.DataFrame:
                 add(f"pairs/{row.cell}", base_dense, dataset, "length_baseline_accuracy", row.metrics[name],
                     row.metrics.get(f"{name}_ci_low"), row.metrics.get(f"{name}_ci_high"),
                     row.metrics.get(f"{dataset}_pairs"))
+    derived = item_arrays(study)
     for row in eval_rows:
-        m = row.metrics
-        items = _load_items(Path(row.artifacts.get("items", "")))
+        items = derived.get(row.cell, {})
+        m = {**_implicit_metrics(items, study.cfg.evaluation.bootstrap, study.cfg.seed), **row.metrics}
         dense_key = "/".join([*row.cell.split("/")[:-2], "dense", "0.00"])  # the same model's dense cell
-        dense = _load_items(study.root / "eval" / dense_key / "items.json") if m["mode"] != "dense" else {}
+        dense = derived.get(dense_key, {}) if m["mode"] != "dense" else {}
         for name, value in m.items():
             if name in CELL_FIELDS or name.endswith(("_ci_low", "_ci_high")) or not isinstance(value, (int, float)):
                 continue
@@ -109,12 +150,17 @@ def results_table(study: Study) -> pd.DataFrame:
 
 
 def item_arrays(study: Study) -> dict[str, dict[str, list[float]]]:
-    """Per eval cell, the per-item arrays (task passed, pair correct, margins) for paired bootstraps."""
+    """Per eval cell, the per-item arrays (task passed, pair correct, margins) for paired bootstraps, with the
+    reference methods' implicit rewards at every setting (`relative_to_base`)."""
     out: dict[str, dict[str, list[float]]] = {}
+    betas: dict[str, float] = {}
     for path in sorted((study.root / "eval").rglob("items.json")):
         key = str(path.parent.relative_to(study.root / "eval"))
         out[key] = json.loads(path.read_text())
-    return out
+        beta = _load_items(path.with_name("metrics.json")).get("implicit_beta")
+        if beta is not None and facts(key.split("/")[1]).needs_reference:  # ORPO's / SimPO's reward is their own
+            betas[key] = float(beta)
+    return relative_to_base(out, betas)
 
 
 def traces(study: Study) -> dict[str, dict[str, Any]]:
