@@ -35,7 +35,9 @@ def test_retention_verdicts_and_kl() -> None:
     assert rows.loc["orpo", "seeds"] == 3 and rows.loc["orpo", "n"] == N
     assert rows.loc["dpo", "kl_ci_low"] <= rows.loc["dpo", "kl_to_base"] <= rows.loc["dpo", "kl_ci_high"]
     assert rows.loc["orpo", "kl_to_base"] > rows.loc["dpo", "kl_to_base"]
-    assert "1 of 2 measurable aligned models meet it on the estimate" in text.text
+    assert rows.loc["orpo", "check"].startswith("failed") and "pass@1 outside" in rows.loc["orpo", "check"]
+    assert rows.loc["dpo", "check"] == "failed: no implicit reward on code, accuracy vs length baseline"
+    assert "0 of 2 aligned models pass it" in text.text
 
 
 def test_nothing_aligned_no_section() -> None:
@@ -44,15 +46,32 @@ def test_nothing_aligned_no_section() -> None:
 
 
 def test_the_held_out_implicit_reward_accuracy_is_the_manipulation_check_beside_kl() -> None:
-    """Each aligned model's own implicit reward on held-out code pairs: its share of positive margins over items and
-    seeds, with a CI -- a model whose reward prefers the rejected side scores below 0.5, said as such."""
-    items = _items({"dpo": 0.0, "orpo": 0.0})
+    """Each aligned model's own implicit reward on held-out pairs: its share of positive margins over items and
+    seeds, with a CI, read against 0.5 and against the longer-response-wins baseline on the same pairs (paired) --
+    a model whose reward prefers the rejected side scores below 0.5, said as such; one that only matches the length
+    baseline does not pass."""
+    items = _items({"dpo": 0.0, "orpo": 0.0, "rdpo": 0.0})
     rng = np.random.default_rng(0)
+    longer = (rng.random(300) < 0.6).astype(float)  # the longer response wins 60% of the pairs
+    items["micro-m/base/f1.000/dense/0.00"]["hh_longer_wins"] = longer.tolist()
     for key, arrays in items.items():
         if "/base/" not in key:
-            shift = 0.5 if "/dpo/" in key else -0.5  # dpo learned the held-out preference, orpo the opposite
-            arrays["code_implicit_margin"] = (shift + rng.standard_normal(300)).tolist()
-    _, _, table = alignment_cost_blocks(ItemStore(items), ReportConfig(), n_boot=300)
+            shift = {"/dpo/": 1.2, "/orpo/": -0.5, "/rdpo/": 0.25}[next(m for m in ("/dpo/", "/orpo/", "/rdpo/")
+                                                                        if m in key)]
+            arrays["hh_implicit_correct"] = (shift + rng.standard_normal(300) > 0).astype(float).tolist()
+    _, text, table = alignment_cost_blocks(ItemStore(items), ReportConfig(check_set="hh", min_kl=0.015), n_boot=300)
     rows = table.table.set_index("method")
-    assert 0.66 < rows.loc["dpo", "implicit_acc"] < 0.73 and rows.loc["dpo", "acc_ci_low"] > 0.5
+    assert 0.85 < rows.loc["dpo", "implicit_acc"] < 0.92 and rows.loc["dpo", "acc_ci_low"] > 0.5
     assert 0.27 < rows.loc["orpo", "implicit_acc"] < 0.34 and rows.loc["orpo", "acc_ci_high"] < 0.5
+    assert abs(rows.loc["dpo", "length_baseline"] - longer.mean()) < 1e-12
+    assert rows.loc["dpo", "over_ci_low"] > 0 and rows.loc["dpo", "check"] == "passed"
+    # rdpo: ~0.6, above 0.5 but not above the length baseline
+    assert rows.loc["rdpo", "acc_ci_low"] > 0.5 and rows.loc["rdpo", "check"] == "failed: accuracy vs length baseline"
+    assert rows.loc["orpo", "check"] == "failed: accuracy vs 0.5, accuracy vs length baseline"
+    assert "1 of 3 aligned models pass it" in text.text and "held-out hh pairs" in text.text
+
+
+def test_too_little_kl_fails_the_check() -> None:
+    items = _items({"dpo": 0.0})
+    _, _, table = alignment_cost_blocks(ItemStore(items), ReportConfig(min_kl=0.5), n_boot=300)
+    assert table.table.set_index("method").loc["dpo", "check"].startswith("failed: KL,")

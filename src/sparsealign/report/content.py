@@ -12,10 +12,10 @@ import pandas as pd
 from sparsealign.align.config import facts
 from sparsealign.report import figures, scaling
 from sparsealign.report.blocks import Block
-from sparsealign.report.findings import REFERENCE, Finding
+from sparsealign.report.findings import BASE, REFERENCE, Finding
 from sparsealign.report.items import CellKey, ItemStore
 from sparsealign.report.wording import QUESTIONS, lead, paragraphs
-from sparsealign.stats.paired import percentile_interval, replicate_means
+from sparsealign.stats.paired import paired_difference, percentile_interval, replicate_means
 from sparsealign.stats.slopes import slope_interval
 from sparsealign.study.config import DIALOGUE_SETS, ReportConfig
 
@@ -23,8 +23,7 @@ HEADLINE_ACCURACY = ("pass@1", "preference_accuracy", "reward_accuracy")
 REFERENCE_LABEL = facts(REFERENCE).label  # DPO
 SPARSITY_FIGURE_METRICS = (*HEADLINE_ACCURACY, "divergence", "preference_divergence", "flip_rate")
 SIZE_FIGURE_METRICS = (*HEADLINE_ACCURACY, "divergence", "preference_divergence")
-SECONDARY_RESAMPLES = 1000
-HELD_OUT_CHECK = "code"  # the held-out pairs of the alignment manipulation check (every family has them)  # the per-row tables have hundreds of rows; the primary contrasts use report.bootstrap
+SECONDARY_RESAMPLES = 1000  # the per-row tables have hundreds of rows; the primary contrasts use report.bootstrap
 MICRO_CAVEAT = ("The micro family (ReLU LLaMA-architecture models of 10^4-10^6 parameters, pretrained here) can stand "
                 "in for the mechanics -- how activation sparsity, threshold control and the alignment losses interact, "
                 "and the direction of effects -- but not for absolute capability: MBPP pass@1, alignment quality or "
@@ -104,9 +103,12 @@ def caveats(df: pd.DataFrame, store: ItemStore, found: list[Finding]) -> list[st
 
 def alignment_cost_blocks(store: ItemStore, settings: ReportConfig, *, n_boot: int = SECONDARY_RESAMPLES
                           ) -> list[Block]:
-    """Per size and aligned method (dense, all pairs): generated-task pass@1 aligned - base (paired over items and
-    seeds) against the retention criterion, and KL(aligned || base) on the MBPP references as the cost."""
-    gain = scaling.alignment_gain_table(store, dataset="generated", metric="pass@1", n_boot=n_boot)
+    """The manipulation check, per size and aligned method (dense, all pairs): did the alignment move the model
+    (KL(aligned || base) on the MBPP references), does its own implicit reward rank the held-out `check_set` pairs
+    above 0.5 and above "the longer response wins" (paired on the same pairs), and did it keep dense pass@1 on
+    `retention_dataset` (aligned - base, paired over items and seeds, within `retention_points`)."""
+    data, check = settings.retention_dataset, settings.check_set
+    gain = scaling.alignment_gain_table(store, dataset=data, metric="pass@1", n_boot=n_boot)
     gain = gain[gain["mode"] == "dense"] if not gain.empty else gain
     kl_cells = [c for c in store.cells("mbpp", "alignment_kl") if c.mode == "dense" and c.subset == 1.0]
     if gain.empty and not kl_cells:
@@ -115,36 +117,92 @@ def alignment_cost_blocks(store: ItemStore, settings: ReportConfig, *, n_boot: i
     rows = []
     for size, method in sorted({(r.size, r.method) for r in gain.itertuples()} | {(c.size, c.method) for c in kl_cells}):
         row: dict = {"size": size, "method": method}
+        dense = CellKey(size, method, 1.0, "dense", 0.0)
         g = gain[(gain["size"] == size) & (gain["method"] == method)]
         if not g.empty:
             r = g.iloc[0]
             row.update(pass1_diff=r["diff"], ci_low=r["ci_low"], ci_high=r["ci_high"], n=r["n"], seeds=r["seeds"],
                        verdict=_retention_verdict(r["diff"], r["ci_low"], r["ci_high"], limit, r["note"]))
-        kl = store.get(CellKey(size, method, 1.0, "dense", 0.0), "mbpp", "alignment_kl")
+        kl = store.get(dense, "mbpp", "alignment_kl")
         if kl is not None:
             lo, hi = percentile_interval(replicate_means({"x": kl}, n_resamples=n_boot)["x"])
             row.update(kl_to_base=float(kl.mean()), kl_ci_low=lo, kl_ci_high=hi)
-        margin = store.get(CellKey(size, method, 1.0, "dense", 0.0), HELD_OUT_CHECK, "implicit_margin")
-        if margin is not None:  # the model's own reward on pairs it never trained on: did the alignment generalise?
-            right = (margin > 0).astype(float)
+        right = store.get(dense, check, "implicit_reward_accuracy")
+        longer = store.get(CellKey(size, BASE, 1.0, "dense", 0.0), check, "longer_wins")
+        if right is not None:  # the model's own reward on pairs it never trained on: did the alignment generalise?
             lo, hi = percentile_interval(replicate_means({"x": right}, n_resamples=n_boot)["x"])
             row.update(implicit_acc=float(right.mean()), acc_ci_low=lo, acc_ci_high=hi)
+            if longer is not None and longer.shape[1] == right.shape[1]:
+                d = paired_difference(right, longer, n_resamples=n_boot, seed=0)
+                row.update(length_baseline=float(longer.mean()), over_length=d.estimate, over_ci_low=d.low,
+                           over_ci_high=d.high)
+        row["check"] = _check(row, settings)
         rows.append(row)
-    table = pd.DataFrame(rows, columns=["size", "method", "pass1_diff", "ci_low", "ci_high", "n", "seeds", "verdict",
-                                        "kl_to_base", "kl_ci_low", "kl_ci_high", "implicit_acc", "acc_ci_low",
-                                        "acc_ci_high"])
-    inside = int(table["verdict"].isin(["within", "unclear"]).sum())
-    judged = int(table["verdict"].isin(["within", "outside", "unclear"]).sum())
-    text = (f"{settings.alignment_tuning + ' ' if settings.alignment_tuning else ''}Criterion: dense generated-task "
-            f"pass@1 of every aligned model within {limit * 100:g} points of its base (aligned - base, paired on the "
-            f"same tasks, CI over items and seeds): {inside} of {judged} measurable aligned models meet it on the "
-            f"estimate, {int((table['verdict'] == 'within').sum())} of them with the whole CI inside ('unclear': "
-            "estimate inside, CI reaching past the limit; 'not measurable': both at the floor, where no drop can "
-            "show). The cost is KL(aligned || base) per token on the MBPP reference solutions, code neither model "
-            f"trained on (> 0: the alignment moved the model). implicit_acc: the aligned model's own implicit reward "
-            f"(beta log pi/pi_ref) ranking the held-out {HELD_OUT_CHECK} pairs, against 0.5 -- whether what it learned "
-            "carries to pairs it never trained on.")
+    table = pd.DataFrame(rows, columns=["size", "method", "check", "kl_to_base", "kl_ci_low", "kl_ci_high",
+                                        "implicit_acc", "acc_ci_low", "acc_ci_high", "length_baseline",
+                                        "over_length", "over_ci_low", "over_ci_high", "pass1_diff", "ci_low",
+                                        "ci_high", "n", "seeds", "verdict"])
+    passed = int((table["check"] == "passed").sum())
+    text = (f"{settings.alignment_tuning + ' ' if settings.alignment_tuning else ''}Manipulation check, read before "
+            f"any alignment Finding: {passed} of {len(table)} aligned models pass it. A model passes when the "
+            f"alignment moved it (KL(aligned || base) per token on the MBPP reference solutions, code neither model "
+            f"trained on, at least {settings.min_kl:g}), when its own implicit reward (beta log pi/pi_base) ranks the "
+            f"held-out {check} pairs above 0.5 and above the longer-response-wins baseline on the same pairs "
+            f"(implicit_acc; over_length = implicit_acc - baseline, paired; both CIs excluding the bound), and when "
+            f"its dense {data} pass@1 stays within {limit * 100:g} points of its base (pass1_diff, paired on the "
+            "same tasks, CI over items and seeds; verdict 'within': the whole CI inside, 'unclear': the estimate "
+            "inside, 'not measurable': both at the floor, where no drop can show).")
     return [Block("h2", "Cost of alignment"), Block("p", text), Block("table", table=table)]
+
+
+def _check(row: dict, settings: ReportConfig) -> str:
+    """'passed', or 'failed: ' and the parts that did not hold (or could not be measured)."""
+    fails = []
+    if not row.get("kl_to_base", -1.0) >= max(settings.min_kl, 1e-12):
+        fails.append("KL" if "kl_to_base" in row else "KL not measured")
+    if not row.get("acc_ci_low", 0.0) > 0.5:
+        fails.append("accuracy vs 0.5" if "implicit_acc" in row else f"no implicit reward on {settings.check_set}")
+    if not row.get("over_ci_low", 0.0) > 0:
+        fails.append("accuracy vs length baseline")
+    if row.get("verdict") not in ("within", None) and not str(row.get("verdict", "")).startswith("not measurable"):
+        fails.append(f"pass@1 {row['verdict']}")
+    return "passed" if not fails else "failed: " + ", ".join(fails)
+
+
+def base_preference_blocks(df: pd.DataFrame, settings: ReportConfig) -> list[Block]:
+    """Whether sparsity keeps the base model's own preferences (an instruct model's shipped tuning), per dialogue
+    set and sparse setting: its accuracy against the labels beside the length baseline, and against its dense self
+    -- pairs ranked the other way (flip rate, Wilson CI) and the margins' correlation (Fisher-z CI)."""
+    sub = df[(df["method"] == BASE) & df["dataset"].isin(DIALOGUE_SETS) & (df["subset_fraction"] == 1.0)]
+    sparse = sub[(sub["mode"] != "dense") & (sub["metric"] == "flip_rate")]
+    if sparse.empty:
+        return []
+    rows = []
+    for r in sparse.sort_values(["dataset", "mode", "target_sparsity"]).itertuples():
+        cell = sub[(sub["dataset"] == r.dataset) & (sub["mode"] == r.mode) & (sub["target_sparsity"] == r.target_sparsity)]
+        dense = sub[(sub["dataset"] == r.dataset) & (sub["mode"] == "dense")]
+
+        def val(frame: pd.DataFrame, metric: str) -> float:
+            hit = frame[frame["metric"] == metric]["value"]
+            return float(hit.iloc[0]) if not hit.empty else math.nan
+
+        corr = cell[cell["metric"] == "margin_correlation"]
+        realized = df[(df["cell"] == r.cell) & (df["dataset"] == r.dataset) & (df["metric"] == "realized_sparsity")]
+        rows.append({"set": r.dataset, "mode": r.mode, "target": r.target_sparsity, "n": r.n,
+                     "realized": float(realized["value"].iloc[0]) if not realized.empty else math.nan,
+                     "accuracy dense": val(dense, "reward_accuracy"), "accuracy sparse": val(cell, "reward_accuracy"),
+                     "length baseline": val(dense, "length_baseline_accuracy"),
+                     "flip rate": r.value, "flip low": r.ci_low, "flip high": r.ci_high,
+                     "margin corr": float(corr["value"].iloc[0]) if not corr.empty else math.nan,
+                     "corr low": float(corr["ci_low"].iloc[0]) if not corr.empty else math.nan,
+                     "corr high": float(corr["ci_high"].iloc[0]) if not corr.empty else math.nan})
+    notes = " ".join(f"{k}: {v}" for k, v in settings.set_notes.items() if k in set(sparse["dataset"]))
+    text = ("The base model's own preferences under sparsity, read against its dense self rather than the labels: "
+            "the share of held-out pairs it ranks the other way (flip rate, Wilson 95% CI) and the correlation of its "
+            "margins sparse vs dense (Fisher-z 95% CI), with its accuracy and the longer-response-wins baseline "
+            "beside them; realized = sparsity realized on that set's pass." + (f" {notes}" if notes else ""))
+    return [Block("h2", "Base model's preferences under sparsity"), Block("p", text),
+            Block("table", table=pd.DataFrame(rows))]
 
 
 def _retention_verdict(diff: float, low: float, high: float, limit: float, note: str) -> str:
@@ -297,7 +355,7 @@ def build_blocks(df: pd.DataFrame, traces: pd.DataFrame | None, fig_dir: Path, t
     blocks = [Block("h1", title), *[Block("p", n) for n in notes],
               *findings_blocks(found, settings, bool(store), df), Block("h2", "Caveats"),
               *[Block("p", c) for c in [*caveats(df, store, found), *family_caveats(df, beside)]],
-              *(alignment_cost_blocks(store, settings) if store else [])]
+              *(alignment_cost_blocks(store, settings) if store else []), *base_preference_blocks(df, settings)]
     figs = _figures(seed_pooled(df, store), traces, fig_dir)
     if figs:
         blocks += [Block("h2", "Figures"), *figs]
