@@ -20,6 +20,7 @@ from tqdm import tqdm
 from sparsealign.ledger import CellHeld, Ledger
 from sparsealign.lifetime import die_with_parent, reap_tree_on_exit
 from sparsealign.study.cells import Cell
+from sparsealign.study.progress import Eta, format_left
 
 log = logging.getLogger("sparsealign.study")
 CellFn = Callable[[Cell], dict[str, Any] | tuple[dict[str, Any], dict[str, Any]]]
@@ -53,27 +54,55 @@ def run_one(ledger_path: Path, cell: Cell, config_hash: str, fn: CellFn) -> str:
         return "done" if ran else "skipped"
 
 
+class Progress:
+    """The study's progress line: cells finished, and the time left priced from the ledger's measured seconds per
+    unit of work (`study.progress.Eta`; without one, tqdm's own per-cell rate, which is meaningless across stages)."""
+
+    def __init__(self, total: int, desc: str, ledger_path: Path, eta: Eta | None, enabled: bool, parallel: int = 1):
+        self.ledger_path, self.eta, self.parallel = ledger_path, eta, parallel  # cells at once share the time left
+        fmt = "{desc}: {n_fmt}/{total_fmt} cells |{bar}| [{elapsed}] {postfix}" if eta is not None else None
+        self.bar = tqdm(total=total, desc=desc, unit="cell", file=sys.stderr, disable=not enabled,
+                        dynamic_ncols=True, bar_format=fmt)
+
+    def show(self, cell_id: str) -> None:
+        seconds = self.eta.seconds_left() if self.eta is not None else None
+        left = f"{format_left(None if seconds is None else seconds / self.parallel)} | " if self.eta is not None else ""
+        self.bar.set_postfix_str(f"{left}{cell_id[:60]}")
+
+    def finished(self, cell: Cell) -> None:
+        if self.eta is not None:
+            with Ledger(self.ledger_path) as ledger:
+                row = ledger.get(ledger_stage(cell.stage), cell.key)
+            ok = row is not None and row.status == "done" and row.started_at and row.ended_at
+            self.eta.finished(cell.id, row.ended_at - row.started_at if ok else None)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def run_local(cells: list[Cell], ledger_path: Path, config_hash: str, fn: CellFn, *, progress: bool = True,
-              workers: int = 1) -> dict:
+              workers: int = 1, eta: Eta | None = None) -> dict:
     """Cells in order, one at a time, or with `workers` > 1 in that many spawned processes, each cell starting as
     soon as its parents have finished (the ledger serialises their writes)."""
     if workers > 1:
-        return _run_parallel(cells, ledger_path, config_hash, fn, progress=progress, workers=workers)
+        return _run_parallel(cells, ledger_path, config_hash, fn, progress=progress, workers=workers, eta=eta)
     counts = {"done": 0, "skipped": 0, "failed": 0}
-    bar = tqdm(cells, desc="study", unit="cell", file=sys.stderr, disable=not progress, dynamic_ncols=True)
-    for cell in bar:
-        bar.set_postfix_str(cell.id[:60])
+    bar = Progress(len(cells), "study", ledger_path, eta, progress)
+    for cell in cells:
+        bar.show(cell.id)
         counts[run_one(ledger_path, cell, config_hash, fn)] += 1
+        bar.finished(cell)
+    bar.close()
     return counts
 
 
 def _run_parallel(cells: list[Cell], ledger_path: Path, config_hash: str, fn: CellFn, *, progress: bool,
-                  workers: int) -> dict:
+                  workers: int, eta: Eta | None = None) -> dict:
     counts = {"done": 0, "skipped": 0, "failed": 0}
     ids = {c.id for c in cells}
     pending, finished, running = list(cells), set(), {}
-    bar = tqdm(total=len(cells), desc=f"study ({workers} workers)", unit="cell", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
+    bar = Progress(len(cells), f"study ({workers} workers)", ledger_path, eta, progress, parallel=workers)
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch/OpenMP state
     # Workers die with this process, however it dies: a killed study leaves no orphan holding memory or a cell.
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent,
@@ -89,8 +118,8 @@ def _run_parallel(cells: list[Cell], ledger_path: Path, config_hash: str, fn: Ce
                 cell = running.pop(future)
                 counts[future.result()] += 1
                 finished.add(cell.id)
-                bar.set_postfix_str(cell.id[:60])
-                bar.update()
+                bar.finished(cell)
+                bar.show(cell.id)
     bar.close()
     return counts
 
@@ -106,6 +135,7 @@ def run_ray(
     gpus_per_cell: float = 0.0,
     num_cpus: int | None = None,
     progress: bool = True,
+    eta: Eta | None = None,
 ) -> dict:
     """Each cell is a Ray task; parents are passed as object refs so Ray schedules them in DAG order."""
     import ray  # the optional `ray` extra: only this executor needs it
@@ -132,8 +162,8 @@ def run_ray(
         refs[cell.id] = task.options(**opts).remote(cell, *[refs[p.id] for p in cell.parents if p.id in refs])
     counts = {"done": 0, "skipped": 0, "failed": 0}
     pending = {ref: cell_id for cell_id, ref in refs.items()}
-    bar = tqdm(total=len(pending), desc="study (ray)", unit="cell", file=sys.stderr, disable=not progress,
-               dynamic_ncols=True)
+    by_id = {cell.id: cell for cell in cells}
+    bar = Progress(len(pending), "study (ray)", ledger_path, eta, progress)
     try:
         while pending:  # in completion order, so the progress line moves as cells finish anywhere in the cluster
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -145,8 +175,8 @@ def run_ray(
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 log.error("cell %s failed in Ray: %s", cell_id, first)
                 print(f"warning: cell {cell_id} failed in Ray: {first}", file=sys.stderr)
-            bar.update(1)
-            bar.set_postfix_str(cell_id[:60])
+            bar.finished(by_id[cell_id])
+            bar.show(cell_id)
     finally:
         bar.close()
         if started_here:

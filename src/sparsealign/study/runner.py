@@ -17,6 +17,7 @@ from sparsealign.study.config import ExecutorConfig, StudyConfig
 from sparsealign.study.executor import run_local, run_ray
 from sparsealign.study.layout import REPORT_SETTINGS
 from sparsealign.study.pipeline import Study, run_cell
+from sparsealign.study.progress import Eta
 
 
 def run_identity(cfg: StudyConfig) -> StudyConfig:
@@ -47,13 +48,15 @@ def run_study(cfg: StudyConfig, *, name: str | None = None, restart: bool = Fals
     ledger_path = run.ledger.path.resolve()
     run.ledger.close()  # the executor opens its own connections; the study log stays attached until the end
     fn = functools.partial(run_cell, study)  # picklable: Ray ships it to the workers
+    eta = Eta.of(cells, cfg)
     try:
         if cfg.executor.kind == "ray":
             counts = run_ray(cells, ledger_path, chash, fn, address=cfg.executor.address,
                              cpus_per_cell=cfg.executor.cpus_per_cell, gpus_per_cell=cfg.executor.gpus_per_cell,
-                             progress=progress)
+                             progress=progress, eta=eta)
         else:
-            counts = run_local(cells, ledger_path, chash, fn, progress=progress, workers=cfg.executor.workers)
+            counts = run_local(cells, ledger_path, chash, fn, progress=progress, workers=cfg.executor.workers,
+                               eta=eta)
         outputs = write(study) if write is not None else {}
     finally:
         run.close()
