@@ -75,3 +75,17 @@ def test_too_little_kl_fails_the_check() -> None:
     items = _items({"dpo": 0.0})
     _, _, table = alignment_cost_blocks(ItemStore(items), ReportConfig(min_kl=0.5), n_boot=300)
     assert table.table.set_index("method").loc["dpo", "check"].startswith("failed: KL,")
+
+
+def test_the_kl_of_the_check_is_read_where_the_config_says() -> None:
+    """kl_dataset=hh: KL on held-out dialogue responses (evaluation.dialogue_kl_pairs), not on the MBPP code."""
+    items = _items({"dpo": 0.0})
+    for key, arrays in items.items():
+        if "/dpo/" in key:
+            arrays["hh_alignment_kl"] = [0.05] * 40
+    _, text, table = alignment_cost_blocks(ItemStore(items), ReportConfig(kl_dataset="hh", min_kl=0.03), n_boot=300)
+    row = table.table.set_index("method").loc["dpo"]
+    assert abs(row["kl_to_base"] - 0.05) < 1e-12 and not row["check"].startswith("failed: KL")
+    assert "chosen responses of held-out HH pairs" in text.text
+    _, _, table = alignment_cost_blocks(ItemStore(items), ReportConfig(min_kl=0.03), n_boot=300)  # mbpp: 0.02
+    assert table.table.set_index("method").loc["dpo", "check"].startswith("failed: KL")

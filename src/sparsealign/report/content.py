@@ -23,6 +23,8 @@ HEADLINE_ACCURACY = ("pass@1", "preference_accuracy", "reward_accuracy")
 REFERENCE_LABEL = facts(REFERENCE).label  # DPO
 SPARSITY_FIGURE_METRICS = (*HEADLINE_ACCURACY, "divergence", "preference_divergence", "flip_rate")
 SIZE_FIGURE_METRICS = (*HEADLINE_ACCURACY, "divergence", "preference_divergence")
+KL_TEXT = {"mbpp": "the MBPP reference solutions, code neither model trained on",
+           "hh": "the chosen responses of held-out HH pairs"}
 SECONDARY_RESAMPLES = 1000  # the per-row tables have hundreds of rows; the primary contrasts use report.bootstrap
 MICRO_CAVEAT = ("The micro family (ReLU LLaMA-architecture models of 10^4-10^6 parameters, pretrained here) can stand "
                 "in for the mechanics -- how activation sparsity, threshold control and the alignment losses interact, "
@@ -107,10 +109,10 @@ def alignment_cost_blocks(store: ItemStore, settings: ReportConfig, *, n_boot: i
     (KL(aligned || base) on the MBPP references), does its own implicit reward rank the held-out `check_set` pairs
     above 0.5 and above "the longer response wins" (paired on the same pairs), and did it keep dense pass@1 on
     `retention_dataset` (aligned - base, paired over items and seeds, within `retention_points`)."""
-    data, check = settings.retention_dataset, settings.check_set
+    data, check, kl_data = settings.retention_dataset, settings.check_set, settings.kl_dataset
     gain = scaling.alignment_gain_table(store, dataset=data, metric="pass@1", n_boot=n_boot)
     gain = gain[gain["mode"] == "dense"] if not gain.empty else gain
-    kl_cells = [c for c in store.cells("mbpp", "alignment_kl") if c.mode == "dense" and c.subset == 1.0]
+    kl_cells = [c for c in store.cells(kl_data, "alignment_kl") if c.mode == "dense" and c.subset == 1.0]
     if gain.empty and not kl_cells:
         return []
     limit = settings.retention_points
@@ -123,7 +125,7 @@ def alignment_cost_blocks(store: ItemStore, settings: ReportConfig, *, n_boot: i
             r = g.iloc[0]
             row.update(pass1_diff=r["diff"], ci_low=r["ci_low"], ci_high=r["ci_high"], n=r["n"], seeds=r["seeds"],
                        verdict=_retention_verdict(r["diff"], r["ci_low"], r["ci_high"], limit, r["note"]))
-        kl = store.get(dense, "mbpp", "alignment_kl")
+        kl = store.get(dense, kl_data, "alignment_kl")
         if kl is not None:
             lo, hi = percentile_interval(replicate_means({"x": kl}, n_resamples=n_boot)["x"])
             row.update(kl_to_base=float(kl.mean()), kl_ci_low=lo, kl_ci_high=hi)
@@ -145,8 +147,8 @@ def alignment_cost_blocks(store: ItemStore, settings: ReportConfig, *, n_boot: i
     passed = int((table["check"] == "passed").sum())
     text = (f"{settings.alignment_tuning + ' ' if settings.alignment_tuning else ''}Manipulation check, read before "
             f"any alignment Finding: {passed} of {len(table)} aligned models pass it. A model passes when the "
-            f"alignment moved it (KL(aligned || base) per token on the MBPP reference solutions, code neither model "
-            f"trained on, at least {settings.min_kl:g}), when its own implicit reward (beta log pi/pi_base) ranks the "
+            f"alignment moved it (KL(aligned || base) per token on {KL_TEXT.get(kl_data, kl_data)}, at least "
+            f"{settings.min_kl:g}), when its own implicit reward (beta log pi/pi_base) ranks the "
             f"held-out {check} pairs above 0.5 and above the longer-response-wins baseline on the same pairs "
             f"(implicit_acc; over_length = implicit_acc - baseline, paired; both CIs excluding the bound), and when "
             f"its dense {data} pass@1 stays within {limit * 100:g} points of its base (pass1_diff, paired on the "

@@ -220,6 +220,9 @@ class EvaluationConfig(StrictModel):
         default_factory=lambda: ["hh", "uf", "code"],
         description="held-out preference sets scored in sparse cells and in the dense cells of annotation "
         "subset models (dense full-data cells score them all)")
+    dialogue_kl_pairs: int = Field(0, ge=0, description="dense aligned cells: KL(aligned || base) per token on the "
+                                   "chosen responses of this many held-out HH pairs (0 = off; the manipulation "
+                                   "check's KL on held-out text of the alignment's own domain)")
     base_only_sets: list[Literal["hh", "uf", "code"]] = Field(
         default_factory=list, description="held-out preference sets only the base model's cells score (e.g. "
         "UltraFeedback on an instruct model: whether sparsity keeps the preferences its makers tuned in)")
@@ -290,7 +293,10 @@ class ReportConfig(StrictModel):
         "manipulation check: the held-out preference set the aligned models' own implicit reward must rank above "
         "0.5 and above the longer-response-wins baseline"))
     min_kl: float = Field(0.0, ge=0, description=(
-        "manipulation check: the least KL(aligned || base) per token on the MBPP references that counts as moved"))
+        "manipulation check: the least KL(aligned || base) per token on kl_dataset that counts as moved"))
+    kl_dataset: str = Field("mbpp", description=(
+        "manipulation check: where KL(aligned || base) is read -- mbpp (the reference solutions) or hh (held-out "
+        "chosen responses, evaluation.dialogue_kl_pairs)"))
     set_notes: dict[str, str] = Field(default_factory=dict, description=(
         "a sentence per held-out set the report prints beside its results (e.g. that an instruct model was tuned on "
         "the set's source split, so its accuracy there is retention, not generalisation)"))

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from sparsealign.align.config import facts
+from sparsealign.align.logps import TokenizeSettings, encode_pairs
 from sparsealign.align.sidecar import read_record
 from sparsealign.data.mbpp.generated import generated_split
 from sparsealign.data.mbpp.tasks import load_mbpp
@@ -45,7 +46,7 @@ from sparsealign.data.preference import load_pairs
 from sparsealign.data.records import MbppTask, PreferencePair
 from sparsealign.evaluate.generation import SamplingConfig
 from sparsealign.evaluate.mbpp.evaluator import MbppEvalConfig, save_records
-from sparsealign.evaluate.mbpp.likelihood import CachedModel, code_likelihood
+from sparsealign.evaluate.mbpp.likelihood import CachedModel, code_likelihood, score_parts
 from sparsealign.evaluate.mbpp.run import MbppRunConfig
 from sparsealign.evaluate.mbpp.run import evaluate_loaded as mbpp_on_model
 from sparsealign.evaluate.preference.metrics import calibrated_divergence, margin_correlation
@@ -60,6 +61,7 @@ from sparsealign.sparse.artifacts import target_dir
 from sparsealign.sparse.bench.quality import decode_tokens_per_s
 from sparsealign.sparse.runtime.patch import SparsityHandle
 from sparsealign.sparse.spec import SparsitySpec
+from sparsealign.stats.intervals import bootstrap_ci
 from sparsealign.study.cells import BASE, EvalCell, model_seed
 from sparsealign.study.config import DIALOGUE_SETS
 from sparsealign.study.layout import Study
@@ -184,6 +186,28 @@ def likelihood_step(ctx: EvalContext) -> None:
         ctx.items[f"mbpp_{name}"] = metric.values.tolist()
 
 
+def dialogue_kl_step(ctx: EvalContext) -> None:
+    """KL(aligned || base) per token on the chosen responses of the first `dialogue_kl_pairs` held-out HH pairs
+    (dense aligned cells): how far the alignment moved the model on held-out text of its own domain, the
+    manipulation check's first part (`mbpp_alignment_kl` is the same on code, the cost side)."""
+    study, cell, n = ctx.study, ctx.cell, ctx.cell.evaluation.dialogue_kl_pairs
+    path = study.pairs_dir(cell.size) / "heldout_hh.jsonl"
+    if not n or cell.calibrate is not None or cell.method == BASE or not path.exists() or path.stat().st_size == 0:
+        return
+    ev = cell.evaluation
+    pairs = load_pairs(path, warn=False).pairs[:n]
+    feats, _ = encode_pairs(ctx.tok, pairs, TokenizeSettings(max_length=ev.max_length,
+                                                             max_prompt_length=ev.max_prompt_length))
+    base = load_model(study.base_model_path(cell.size), study.cfg.load)[0]
+    sums, counts = score_parts(ctx.model, [(f["prompt_ids"], f["chosen_ids"]) for f in feats],
+                               ctx.tok.pad_token_id or 0, kl_to={"kl": base})["kl"]
+    values = sums / counts
+    ci = bootstrap_ci(values, n_resamples=ev.bootstrap, seed=study.cfg.seed)
+    ctx.metrics.update({"hh_alignment_kl": ci.estimate, "hh_alignment_kl_ci_low": ci.low,
+                        "hh_alignment_kl_ci_high": ci.high})
+    ctx.items["hh_alignment_kl"] = values.tolist()
+
+
 def _compared_against(study: Study, cell: EvalCell) -> bool:
     """Dense cells whose projection inputs another cell reads: the base model's (KL(aligned || base)) and those of
     models in the sparse grid (KL(dense || sparse)); the others keep no file."""
@@ -295,8 +319,8 @@ def speed_step(ctx: EvalContext) -> None:
                                                       ctx.cell.evaluation.speed_tokens)
 
 
-EVAL_STEPS: list[Callable[[EvalContext], None]] = [code_step, likelihood_step, preference_step, sparsity_step,
-                                                   speed_step]
+EVAL_STEPS: list[Callable[[EvalContext], None]] = [code_step, likelihood_step, preference_step, dialogue_kl_step,
+                                                   sparsity_step, speed_step]
 
 
 def scoring_config(study: Study, cell: EvalCell, model_path: str) -> PreferenceRunConfig:
