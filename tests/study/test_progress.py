@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from sparsealign.study.cells import AlignCell, EvalCell, expand
 from sparsealign.study.config import load_study_config
-from sparsealign.study.progress import LIKELIHOOD_WEIGHT, PAIR_WEIGHT, RATIONALE_WEIGHT, Eta, cell_units, format_left
+from sparsealign.study.progress import (
+    LIKELIHOOD_WEIGHT,
+    PAIR_WEIGHT,
+    RATIONALE_WEIGHT,
+    Eta,
+    cell_units,
+    format_left,
+)
 
 
 def test_eval_cells_are_sized_by_what_they_generate_and_score() -> None:

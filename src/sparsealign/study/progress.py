@@ -22,12 +22,15 @@ LIKELIHOOD_WEIGHT = 0.4  # one reference solution scored, in generated-task unit
 PAIR_WEIGHT = 0.3  # one held-out pair scored
 RATIONALE_WEIGHT = 1.5  # a rationale method's pair-epoch (a third sequence per pair)
 MBPP_TEST_TASKS = 500
+HELD_OUT_MUTANTS = 600
 
 
 def _preference_pairs(cell: EvalCell, cfg: StudyConfig) -> float:
     ev, a = cell.evaluation, cfg.alignment
     full = cell.calibrate is None and cell.subset == 1.0
-    sizes = {"hh": a.heldout_pairs, "uf": ev.uf_pairs or 1000, "code": a.code_pair_tasks * 0.2}
+    # held-out code pairs: ~600 reference-vs-mutant pairs (500 MBPP + 200 generated tasks), or 20% of the own
+    code = HELD_OUT_MUTANTS if ev.heldout_code == "mutants" else a.code_pair_tasks * 0.2
+    sizes = {"hh": a.heldout_pairs, "uf": ev.uf_pairs or 1000, "code": code}
     if not cfg.family.reads_english:
         sizes.update(dict.fromkeys(DIALOGUE_SETS, 0))
     return sum(n for name, n in sizes.items() if (full or name in ev.sparse_sets)
