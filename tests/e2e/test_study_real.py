@@ -18,10 +18,12 @@ FAMILY = "smollm2 (pretrained)"
 TINY = [  # the preset, cut to a CI-sized grid: every stage and every dataset of the real preset still runs
     "threads=1", "alignment.methods=[dpo]", "alignment.max_pairs=8", "alignment.heldout_pairs=8",
     "alignment.code_pair_tasks=4", "alignment.code_pair_samples=2", "alignment.rationale_max_new_tokens=8",
-    "alignment.settings.batch_size=4", "alignment.settings.grad_accum=1", "sparsity.modes=[static]", "sparsity.calibration_texts=4", "evaluation.mbpp_limit=2",
+    "alignment.settings.batch_size=4", "alignment.settings.grad_accum=1", "sparsity.modes=[static]",
+    "sparsity.targets=[0.5]", "sparsity.calibration_texts=4", "evaluation.mbpp_limit=2",
     "evaluation.mbpp_base_tasks=3", "evaluation.max_new_tokens=24", "evaluation.max_length=96",
-    "evaluation.max_prompt_length=48", "evaluation.preference_sets=[hh-rlhf/helpful-base/test.jsonl.gz]",
-    "evaluation.likelihood_tasks=3", "evaluation.bootstrap=100", "evaluation.speed_tokens=4", "report.bootstrap=200", "report.min_items=2",
+    "evaluation.max_prompt_length=48", "evaluation.uf_pairs=8",
+    "evaluation.likelihood_tasks=3", "evaluation.bootstrap=100", "evaluation.speed_tokens=4", "report.bootstrap=200",
+    "report.min_items=2",
 ]
 
 
@@ -30,7 +32,7 @@ def test_real_preset_validates_and_plans(cli):
     assert result.returncode == 0, result.stderr
     plan = result.json()
     assert plan["sizes"] == ["smollm2-135m"] and plan["params"] == {"smollm2-135m": 134515008.0}
-    assert plan["by_stage"] == {"pretrain": 1, "pairs": 1, "align": 2, "eval": 9, "calibrate": 3}
+    assert plan["by_stage"] == {"pretrain": 1, "pairs": 1, "align": 2, "eval": 15, "calibrate": 3}
     bad = cli("study", "plan", "--preset", "real", "--set", "evaluation.mbpp_base_tasks=100")
     assert bad.returncode != 0 and "mbpp_base_tasks" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -69,6 +71,18 @@ def test_tiny_real_preset_end_to_end_is_its_own_family(cli, tmp_path):
     assert (df["metric"] == "realized_sparsity").any() and (df["metric"] == "reward_accuracy").any()
     nll = df[df["metric"] == "reference_nll"]  # the continuous MBPP metric, every full-data cell
     assert len(nll) == 4 and (nll["value"] > 0).all()
+    # the aligned model's sparse code arm is the continuous metric only (sparse_mbpp: base)
+    assert set(dpo["mode"]) == {"dense"} and set(base["mode"]) == {"dense", "static"}
+    # UltraFeedback: the base model's cells only, dense and sparse, with flips and margin correlation sparse
+    uf = df[df["dataset"] == "uf"]
+    assert set(uf["method"]) == {"base"} and set(uf["mode"]) == {"dense", "static"}
+    assert {"flip_rate", "margin_correlation"} <= set(uf.loc[uf["mode"] == "static", "metric"])
+    # DPO's implicit reward beta log(pi/pi_base) at every setting, policy and base under the same thresholds
+    implicit = df[(df["metric"] == "implicit_reward_accuracy") & (df["dataset"] == "hh")]
+    assert set(implicit["method"]) == {"dpo"} and set(implicit["mode"]) == {"dense", "static"}
+    assert set(implicit["n"]) == {8}
+    kl = df[(df["metric"] == "alignment_kl") & (df["dataset"] == "hh")]  # the manipulation check's KL
+    assert list(kl["method"]) == ["dpo"] and list(kl["n"]) == [8] and (kl["value"] > 0).all()
 
     train = [json.loads(line) for line in (run / "pairs/smollm2-135m/train.jsonl").read_text().splitlines()]
     hh = [p for p in train if not p["id"].startswith("code:")]
@@ -83,5 +97,9 @@ def test_tiny_real_preset_end_to_end_is_its_own_family(cli, tmp_path):
     assert set(real["sizes"]) == {1} and real["slope"].isna().all()
 
     report = (run / "report.md").read_text()
+    assert "Manipulation check" in report and "Base model's preferences under sparsity" in report
+    findings = json.loads((run / "findings.json").read_text())
+    assert any(f["estimand"] == "interaction" and f["metric"] == "implicit_reward_accuracy" and f["n"] == 8
+               for f in findings)
     assert FAMILY in report and "micro-m" in report  # the beside run's rows, labelled with their family
     assert "never in a fit" in report or "no fit ever mixes them" in report
