@@ -17,10 +17,14 @@ Rewards.  Every model — base and aligned, dense and sparse — is compared on 
 aligned − base subtracts like quantities (`<set>_reward_accuracy`, `<set>_margin` / `<set>_correct` items).  Dense
 cells of aligned models also report their method's own implicit reward as `<set>_implicit_*`: the preference runner
 reads it from the same log-probs (`also`), with the β and reference their `sparsealign_alignment.json` records; the
-reference's log-probs are the ones the base model's dense cell (a parent) left in the reference cache.
+reference's log-probs are the ones the base model's dense cell (a parent) left in the reference cache.  Every cell
+also records per pair the summed log-prob of chosen minus rejected (`<set>_logratio`): the results stage pairs an
+aligned cell's with the base cell's at the same setting into the implicit reward with policy and reference both under
+that setting (`study.results.relative_to_base`), the scale of the real preset's interaction.
 
 Code likelihood (`likelihood_step`): NLL of the 500 MBPP reference solutions, with natural ReLU sparsity and
-KL(aligned || base) in dense cells, and KL(dense || sparse) in sparse cells.
+KL(aligned || base) in dense cells, and KL(dense || sparse) in sparse cells.  `dialogue_kl_step`: KL(aligned || base)
+on held-out HH chosen responses (dense aligned cells; the manipulation check on the alignment's own domain).
 """
 
 from __future__ import annotations
