@@ -35,13 +35,17 @@ def test_time_left_prices_each_stage_at_its_own_measured_rate() -> None:
     eta = Eta({"eval:a": ("eval", 100.0), "eval:b": ("eval", 300.0), "align:x": ("align", 50.0),
                "calibrate:c": ("calibrate", 10.0)})
     assert eta.seconds_left() is None and format_left(None) == "left: estimating"
+    eta.units["pretrain:f"] = ("pretrain", 1.0)
+    eta.finished("pretrain:f", 0.05)  # a cached lookup: no rate to extrapolate from
+    assert eta.seconds_left() is None
     eta.finished("eval:a", 200.0)  # 2 s per eval unit
-    # the unpriced stages fall back to the overall rate (2 s/unit): 300*2 + 50*2 + 10*2
-    assert eta.seconds_left() == 300 * 2 + 50 * 2 + 10 * 2
-    eta.finished("align:x", 25.0)  # 0.5 s per align unit; overall now 225 s / 150 units = 1.5
-    assert eta.seconds_left() == 300 * 2 + 10 * 1.5
+    # the unpriced stages fall back to the overall rate (200.05 s / 101 units)
+    overall = 200.05 / 101
+    assert abs(eta.seconds_left() - (300 * 2 + 50 * overall + 10 * overall)) < 1e-9
+    eta.finished("align:x", 25.0)  # 0.5 s per align unit; overall now 225.05 s / 151 units
+    assert abs(eta.seconds_left() - (300 * 2 + 10 * 225.05 / 151)) < 1e-9
     eta.finished("eval:b", None)  # failed: no time recorded, nothing left of it
-    assert eta.seconds_left() == 10 * 1.5
+    assert abs(eta.seconds_left() - 10 * 225.05 / 151) < 1e-9
     assert format_left(4000) == "left ~1h07m" and format_left(125) == "left ~2m"
 
 
@@ -54,4 +58,10 @@ def test_the_progress_line_shows_the_time_left_from_the_ledger(tmp_path, capsys)
                        eta=Eta.of(cells, cfg))
     assert counts == {"done": 3, "skipped": 0, "failed": 0}
     err = capsys.readouterr().err
-    assert "left: estimating" in err and "left ~0m" in err and "3/3 cells" in err
+    assert "left: estimating" in err and "3/3 cells" in err and "left ~" not in err  # instant cells price nothing
+    eta = Eta.of(cells, cfg)
+    eta.spent["align"] = [600.0, 100.0]  # 6 s per align unit, as a resumed run knows from its ledger
+    run_local(cells, tmp_path / "ledger2.sqlite", "h", lambda cell: {}, progress=True, eta=eta)
+    err = capsys.readouterr().err
+    minutes = round(sum(u for _, u in Eta.of(cells, cfg).units.values()) * 6 / 60)  # every cell at 6 s per unit
+    assert format_left(minutes * 60) in err and minutes > 60

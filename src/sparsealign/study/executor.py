@@ -60,7 +60,7 @@ class Progress:
 
     def __init__(self, total: int, desc: str, ledger_path: Path, eta: Eta | None, enabled: bool, parallel: int = 1):
         self.ledger_path, self.eta, self.parallel = ledger_path, eta, parallel  # cells at once share the time left
-        fmt = "{desc}: {n_fmt}/{total_fmt} cells |{bar}| [{elapsed}] {postfix}" if eta is not None else None
+        fmt = "{desc}: {n_fmt}/{total_fmt} cells |{bar}| [{elapsed}]{postfix}" if eta is not None else None
         self.bar = tqdm(total=total, desc=desc, unit="cell", file=sys.stderr, disable=not enabled,
                         dynamic_ncols=True, bar_format=fmt)
 

@@ -23,6 +23,7 @@ PAIR_WEIGHT = 0.3  # one held-out pair scored
 RATIONALE_WEIGHT = 1.5  # a rationale method's pair-epoch (a third sequence per pair)
 MBPP_TEST_TASKS = 500
 HELD_OUT_MUTANTS = 600
+MIN_PRICED_SECONDS = 30.0  # below this, the finished cells were lookups (a cached family): no rate to extrapolate
 
 
 def _preference_pairs(cell: EvalCell, cfg: StudyConfig) -> float:
@@ -84,9 +85,9 @@ class Eta:
             acc[1] += units
 
     def seconds_left(self) -> float | None:
-        """None until some cell has been priced (nothing finished yet)."""
+        """None until finished cells have taken MIN_PRICED_SECONDS (a cached lookup prices nothing)."""
         total = [sum(v[0] for v in self.spent.values()), sum(v[1] for v in self.spent.values())]
-        if total[1] <= 0 or total[0] <= 0:
+        if total[1] <= 0 or total[0] < MIN_PRICED_SECONDS:
             return None
         left = 0.0
         for stage, units in self.units.values():
