@@ -387,7 +387,7 @@ def cell_align_config(method: str, settings: dict[str, Any], *, model: str, data
 
 def preset_path(name: str) -> Path:
     """Packaged study presets: default (micro, ~10 min on 2 cores), small (larger micro grid), real (SmolLM2-135M-
-    Instruct with LoRA, <= 90 min on 2 cores), paper (cluster)."""
+    Instruct with LoRA, ~2.5-3 h on 2 cores), paper (cluster)."""
     if name not in PRESETS:
         raise UserError(f"unknown study preset {name!r}", hint=f"use one of {', '.join(PRESETS)} or a YAML path")
     return Path(str(resources.files("sparsealign") / "configs" / f"study-{name}.yaml"))
