@@ -20,9 +20,10 @@ from sparsealign.errors import ConfigError, UserError
 from sparsealign.models.micro import get_recipe
 from sparsealign.sparse.config import ControllerConfig
 from sparsealign.sparse.modes import needs_predictors
-from sparsealign.study.config import AlignSettings, EvaluationConfig, FamilyConfig, StudyConfig
+from sparsealign.study.config import DIALOGUE_SETS, AlignSettings, EvaluationConfig, FamilyConfig, StudyConfig
 
 BASE = "base"
+PREFERENCE_SETS = (*DIALOGUE_SETS, "code")  # held-out preference sets, in the order an eval cell scores them
 
 
 def frac_tag(frac: float) -> str:
@@ -168,6 +169,20 @@ class EvalCell(Cell):
         if self.calibrate is not None and self.dense is not None:
             return (self.calibrate, self.dense)
         return (self.model, self.pairs) + ((self.reference,) if self.reference is not None else ())
+
+    @property
+    def preference_sets(self) -> list[str]:
+        """Held-out sets this cell scores: all in dense full-data cells, `sparse_sets` elsewhere, never a
+        `base_only_sets` one in an aligned model's cell."""
+        ev, full = self.evaluation, self.calibrate is None and self.subset == 1.0
+        return [n for n in PREFERENCE_SETS if (full or n in ev.sparse_sets)
+                and (self.method == BASE or n not in ev.base_only_sets)]
+
+    @property
+    def generates_mbpp(self) -> bool:
+        """Full-data cells generate MBPP programs, except aligned models' sparse cells under `sparse_mbpp: base`."""
+        return self.subset == 1.0 and not (self.evaluation.sparse_mbpp == BASE and self.calibrate is not None
+                                           and self.method != BASE)
 
     @property
     def key(self) -> str:

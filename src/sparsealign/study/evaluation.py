@@ -67,10 +67,8 @@ from sparsealign.sparse.runtime.patch import SparsityHandle
 from sparsealign.sparse.spec import SparsitySpec
 from sparsealign.stats.intervals import bootstrap_ci
 from sparsealign.study.cells import BASE, EvalCell, model_seed
-from sparsealign.study.config import DIALOGUE_SETS
 from sparsealign.study.layout import Study
 
-PREFERENCE_SETS = (*DIALOGUE_SETS, "code")
 # preference divergence is not read at the reward's raw scale (a near-constant there): `_divergence` below
 SUMMARY_METRICS = ("reward_accuracy", "ranking_accuracy", "bt_cross_entropy", "mean_margin")
 LENGTH_METRICS = ("length_baseline_accuracy", "length_controlled_accuracy", "length_agreement")
@@ -149,8 +147,7 @@ def code_step(ctx: EvalContext) -> None:
     generated tasks (reported apart, as "generated"); full-data models only -- subset models answer the
     annotation-efficiency question (preferences)."""
     ev = ctx.cell.evaluation
-    if ctx.cell.subset != 1.0 or (ev.sparse_mbpp == BASE and ctx.cell.calibrate is not None
-                                  and ctx.cell.method != BASE):
+    if not ctx.cell.generates_mbpp:
         return
     split = load_mbpp(split=ev.mbpp_split)
     if ev.mbpp_base_tasks and ctx.cell.method == BASE:
@@ -239,15 +236,12 @@ def _kl_model(ctx: EvalContext, against: EvalCell | None, n_tasks: int, dense: b
 def preference_step(ctx: EvalContext) -> None:
     """Held-out pairs (dialogue, then code) through the preference runner: the shared reward, the model's own
     implicit reward beside it (dense aligned cells), and flips against the dense cell's margins (sparse cells)."""
-    study, cell, ev = ctx.study, ctx.cell, ctx.cell.evaluation
+    study, cell = ctx.study, ctx.cell
     dense_items, dense_metrics = None, {}
     if cell.dense is not None:
         dense_items = json.loads((study.eval_dir(cell.dense) / "items.json").read_text())
         dense_metrics = json.loads((study.eval_dir(cell.dense) / "metrics.json").read_text())
-    full = cell.calibrate is None and cell.subset == 1.0  # sparse and annotation-subset cells: ev.sparse_sets only
-    sets = [n for n in PREFERENCE_SETS if (full or n in ev.sparse_sets)
-            and (cell.method == BASE or n not in ev.base_only_sets)]
-    for name in sets:
+    for name in cell.preference_sets:
         path = study.pairs_dir(cell.size) / f"heldout_{name}.jsonl"
         if not path.exists() or path.stat().st_size == 0:
             continue

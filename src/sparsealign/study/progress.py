@@ -28,20 +28,17 @@ MIN_PRICED_SECONDS = 30.0  # below this, the finished cells were lookups (a cach
 
 def _preference_pairs(cell: EvalCell, cfg: StudyConfig) -> float:
     ev, a = cell.evaluation, cfg.alignment
-    full = cell.calibrate is None and cell.subset == 1.0
     # held-out code pairs: ~600 reference-vs-mutant pairs (500 MBPP + 200 generated tasks), or 20% of the own
     code = HELD_OUT_MUTANTS if ev.heldout_code == "mutants" else a.code_pair_tasks * 0.2
     sizes = {"hh": a.heldout_pairs, "uf": ev.uf_pairs or 1000, "code": code}
     if not cfg.family.reads_english:
         sizes.update(dict.fromkeys(DIALOGUE_SETS, 0))
-    return sum(n for name, n in sizes.items() if (full or name in ev.sparse_sets)
-               and (cell.method == BASE or name not in ev.base_only_sets))
+    return sum(sizes[name] for name in cell.preference_sets)
 
 
 def _eval_units(cell: EvalCell, cfg: StudyConfig) -> float:
     ev = cell.evaluation
-    generates = cell.subset == 1.0 and not (ev.sparse_mbpp == BASE and cell.calibrate is not None
-                                            and cell.method != BASE)
+    generates = cell.generates_mbpp
     mbpp = (ev.mbpp_base_tasks if cell.method == BASE and ev.mbpp_base_tasks else ev.mbpp_limit or MBPP_TEST_TASKS)
     tasks = (min(mbpp, MBPP_TEST_TASKS) + ev.generated_tasks) if generates else 0
     likelihood = 0 if cell.subset != 1.0 else min(MBPP_TEST_TASKS, MBPP_TEST_TASKS if ev.likelihood_tasks is None
