@@ -21,7 +21,7 @@ TINY = [  # the preset, cut to a CI-sized grid: every stage and every dataset of
     "alignment.settings.batch_size=4", "alignment.settings.grad_accum=1", "sparsity.modes=[static]",
     "sparsity.targets=[0.5]", "sparsity.calibration_texts=4", "evaluation.mbpp_limit=2",
     "evaluation.mbpp_base_tasks=3", "evaluation.max_new_tokens=24", "evaluation.max_length=96",
-    "evaluation.max_prompt_length=48", "evaluation.uf_pairs=8",
+    "evaluation.max_prompt_length=48", "evaluation.uf_pairs=8", "evaluation.mbpp_base_full_targets=[]",
     "evaluation.likelihood_tasks=3", "evaluation.bootstrap=100", "evaluation.speed_tokens=4", "report.bootstrap=200",
     "report.min_items=2",
 ]
@@ -73,6 +73,8 @@ def test_tiny_real_preset_end_to_end_is_its_own_family(cli, tmp_path):
     assert len(nll) == 4 and (nll["value"] > 0).all()
     # the aligned model's sparse code arm is the continuous metric only (sparse_mbpp: base)
     assert set(dpo["mode"]) == {"dense"} and set(base["mode"]) == {"dense", "static"}
+    # the whole split only dense and at mbpp_base_full_targets (none here): sparse, the base does the shared tasks
+    assert set(base.loc[base["mode"] == "static", "dataset"]) == {"mbpp"}
     # UltraFeedback: the base model's cells only, dense and sparse, with flips and margin correlation sparse
     uf = df[df["dataset"] == "uf"]
     assert set(uf["method"]) == {"base"} and set(uf["mode"]) == {"dense", "static"}

@@ -89,3 +89,15 @@ def test_resolved_config_round_trips_and_lists_only_set_settings():
     # the report settings are not part of the saved identity (they travel in config/report.json beside it)
     assert "report" not in dumped and cfg.report != ReportConfig()
     assert StudyConfig.model_validate(dumped) == cfg.model_copy(update={"report": ReportConfig()})
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [("evaluation.mbpp_base_full_targets=[0.4]", "[0.4] are not in sparsity.targets [0.3, 0.5]"),
+     ("evaluation.mbpp_base_tasks=null", "mbpp_base_full_targets needs mbpp_base_tasks")],
+    ids=["target-not-run", "no-base-tasks"],
+)
+def test_base_full_targets_must_name_targets_the_study_runs(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_study_config(None, "real", [override])
+    assert needle in str(err.value) and "\n" not in str(err.value), str(err.value)

@@ -179,6 +179,15 @@ class EvalCell(Cell):
                 and (self.method == BASE or n not in ev.base_only_sets)]
 
     @property
+    def mbpp_full(self) -> bool:
+        """Whether this cell generates programs for `mbpp_base_tasks` tasks (dataset mbppfull): the base model
+        dense and at the `mbpp_base_full_targets` (every target when unset); the others do `mbpp_limit` tasks."""
+        ev = self.evaluation
+        here = self.calibrate is None or ev.mbpp_base_full_targets is None or any(
+            abs(self.sparsity - t) < 1e-9 for t in ev.mbpp_base_full_targets)
+        return bool(ev.mbpp_base_tasks) and self.method == BASE and here
+
+    @property
     def generates_mbpp(self) -> bool:
         """Full-data cells generate MBPP programs, except aligned models' sparse cells under `sparse_mbpp: base`."""
         return self.subset == 1.0 and not (self.evaluation.sparse_mbpp == BASE and self.calibrate is not None

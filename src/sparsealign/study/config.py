@@ -198,6 +198,10 @@ class EvaluationConfig(StrictModel):
                                         "whole split when it has fewer), reported as dataset `mbppfull`; their "
                                         "first mbpp_limit tasks are also `mbpp`, paired with the aligned models' "
                                         "(None: base cells evaluate mbpp_limit tasks like the others)")
+    mbpp_base_full_targets: list[float] | None = Field(
+        None, description="sparse targets at which base cells evaluate all mbpp_base_tasks (None: every target; "
+        "dense always does); at the other targets they evaluate mbpp_limit tasks, paired with the dense base's first "
+        "ones -- the whole split at one target per mode is enough for the thresholds contrast and costs half as much")
     generated_tasks: int = Field(100, ge=0, description="generated MBPP-format tasks (reported separately)")
     max_new_tokens: int = Field(96, ge=8)
     generation_batch_size: int = Field(16, ge=1, description="MBPP prompts decoded at once (greedy, continuous "
@@ -238,6 +242,9 @@ class EvaluationConfig(StrictModel):
         if self.mbpp_base_tasks is not None and (self.mbpp_limit is None or self.mbpp_base_tasks < self.mbpp_limit):
             raise ValueError("mbpp_base_tasks must be >= mbpp_limit (the base model's tasks include every task the "
                              "aligned models are evaluated on)")
+        if self.mbpp_base_full_targets is not None and not self.mbpp_base_tasks:
+            raise ValueError("mbpp_base_full_targets needs mbpp_base_tasks (the targets at which base cells "
+                             "evaluate that many tasks)")
         return self
 
 
@@ -338,6 +345,11 @@ class StudyConfig(StrictModel):
         missing = set(self.sparsity.methods or ()) - set(self.alignment.methods)
         if missing:
             raise ValueError(f"sparsity.methods {sorted(missing)} are not in alignment.methods")
+        stray = [t for t in self.evaluation.mbpp_base_full_targets or ()
+                 if not any(abs(t - s) < 1e-9 for s in self.sparsity.targets)]
+        if stray:
+            raise ValueError(f"evaluation.mbpp_base_full_targets {stray} are not in sparsity.targets "
+                             f"{self.sparsity.targets}: name targets the study runs")
         return self
 
     @model_validator(mode="after")

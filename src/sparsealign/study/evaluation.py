@@ -143,14 +143,15 @@ def _mbpp(ctx: EvalContext, tasks: list[MbppTask], name: str, prefix: tuple[str,
 
 
 def code_step(ctx: EvalContext) -> None:
-    """MBPP (reported as "mbpp"; base models with `mbpp_base_tasks` also as "mbppfull", e.g. the whole split) and
+    """MBPP (reported as "mbpp"; base models with `mbpp_base_tasks` also as "mbppfull", e.g. the whole split, at the
+    settings `EvalCell.mbpp_full` names) and
     generated tasks (reported apart, as "generated"); full-data models only -- subset models answer the
     annotation-efficiency question (preferences)."""
     ev = ctx.cell.evaluation
     if not ctx.cell.generates_mbpp:
         return
     split = load_mbpp(split=ev.mbpp_split)
-    if ev.mbpp_base_tasks and ctx.cell.method == BASE:
+    if ctx.cell.mbpp_full:
         _mbpp(ctx, split[: ev.mbpp_base_tasks], "mbppfull", prefix=("mbpp", len(split[: ev.mbpp_limit])))
     else:
         _mbpp(ctx, split[: ev.mbpp_limit], "mbpp")

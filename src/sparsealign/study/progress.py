@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sparsealign.align.config import facts
-from sparsealign.study.cells import BASE, AlignCell, CalibrateCell, Cell, EvalCell, PairsCell
+from sparsealign.study.cells import AlignCell, CalibrateCell, Cell, EvalCell, PairsCell
 from sparsealign.study.config import DIALOGUE_SETS, StudyConfig
 
 LIKELIHOOD_WEIGHT = 0.4  # one reference solution scored, in generated-task units
@@ -39,7 +39,7 @@ def _preference_pairs(cell: EvalCell, cfg: StudyConfig) -> float:
 def _eval_units(cell: EvalCell, cfg: StudyConfig) -> float:
     ev = cell.evaluation
     generates = cell.generates_mbpp
-    mbpp = (ev.mbpp_base_tasks if cell.method == BASE and ev.mbpp_base_tasks else ev.mbpp_limit or MBPP_TEST_TASKS)
+    mbpp = (ev.mbpp_base_tasks if cell.mbpp_full else ev.mbpp_limit) or MBPP_TEST_TASKS
     tasks = (min(mbpp, MBPP_TEST_TASKS) + ev.generated_tasks) if generates else 0
     likelihood = 0 if cell.subset != 1.0 else min(MBPP_TEST_TASKS, MBPP_TEST_TASKS if ev.likelihood_tasks is None
                                                   else ev.likelihood_tasks)
