@@ -65,8 +65,10 @@ class Progress:
                         dynamic_ncols=True, bar_format=fmt)
 
     def show(self, cell_id: str) -> None:
-        seconds = self.eta.seconds_left() if self.eta is not None else None
-        left = f"{format_left(None if seconds is None else seconds / self.parallel)} | " if self.eta is not None else ""
+        left = ""
+        if self.eta is not None:
+            seconds = self.eta.seconds_left()
+            left = format_left(None if seconds is None else seconds / self.parallel, self.eta.unpriced()) + " | "
         self.bar.set_postfix_str(f"{left}{cell_id[:60]}")
 
     def finished(self, cell: Cell) -> None:

@@ -82,19 +82,28 @@ class Eta:
             acc[1] += units
 
     def seconds_left(self) -> float | None:
-        """None until finished cells have taken MIN_PRICED_SECONDS (a cached lookup prices nothing)."""
-        total = [sum(v[0] for v in self.spent.values()), sum(v[1] for v in self.spent.values())]
-        if total[1] <= 0 or total[0] < MIN_PRICED_SECONDS:
+        """The cells left of stages with a measured rate, at that rate (a stage's units mean nothing in another
+        stage: an unpriced stage is named by `unpriced`, not guessed); None until finished cells have taken
+        MIN_PRICED_SECONDS (a cached lookup prices nothing)."""
+        if sum(v[0] for v in self.spent.values()) < MIN_PRICED_SECONDS:
             return None
         left = 0.0
         for stage, units in self.units.values():
-            seconds, done = self.spent.get(stage, total)
-            left += units * seconds / done
+            seconds, done = self.spent.get(stage, (0.0, 0.0))
+            left += units * seconds / done if done > 0 else 0.0
         return left
 
+    def unpriced(self) -> list[str]:
+        """Stages with cells left but none finished yet, in the order their cells come."""
+        return list(dict.fromkeys(stage for stage, _ in self.units.values()
+                                  if self.spent.get(stage, (0.0, 0.0))[1] <= 0))
 
-def format_left(seconds: float | None) -> str:
+
+def format_left(seconds: float | None, unpriced: Iterable[str] = ()) -> str:
+    """`left ~1h07m`; with stages not priced yet, the priced part is a lower bound: `left > ~12m + eval (unpriced)`."""
     if seconds is None:
         return "left: estimating"
     minutes = round(seconds / 60)
-    return f"left ~{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"left ~{minutes}m"
+    text = f"~{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"~{minutes}m"
+    stages = ", ".join(unpriced)
+    return f"left > {text} + {stages} (unpriced)" if stages else f"left {text}"
