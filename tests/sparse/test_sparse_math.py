@@ -226,3 +226,41 @@ def test_the_c_decode_step_follows_the_python_rule():
         for name in ("m", "delta", "seen", "ema"):
             assert float(getattr(fast, name)[c][0]) == pytest.approx(float(getattr(slow, name)[c][0]), rel=1e-12)
     assert float(slow.delta[0][0]) != 0.0 and int(fast.seen[0][0]) == 120
+
+
+def test_the_c_scan_follows_the_python_scan_on_packed_padded_rows():
+    """`scan` in one C call gives the thresholds and final state of the numpy scan, on rows that are packed pairs
+    (the rejected branch restarts from the end of the prompt), padded at the end, tied, and jump 50x in scale."""
+    from sparsealign.sparse.runtime import kernels
+
+    lib = kernels.load()
+    if lib is None:
+        pytest.skip("no C compiler here: scan runs in numpy only")
+    rng = np.random.default_rng(1)
+    B, T, D, prompt, chosen = 3, 40, 257, 10, 14
+    v = np.abs(rng.standard_normal((B, T, D))).astype(np.float32)
+    v[:, 20:30] *= 50.0
+    v[rng.random((B, T, D)) < 0.5] = 0.0
+    v[2] = np.round(v[2] * 4) / 4  # row 2: a handful of distinct values, ties at every quantile
+    valid = np.ones((B, T), dtype=bool)
+    valid[1, 33:] = False  # padding: the row's state must not move
+    parents = np.tile(np.arange(-1, T - 1), (B, 1))
+    parents[:2, prompt + chosen] = prompt - 1  # rows 0 and 1: the rejected response branches off the prompt
+    parents[~valid] = -1
+    cfg = ControllerConfig(max_ratio=2.0)
+    fast, slow = (ThresholdController([0.5], [0.7], [1.0], cfg) for _ in range(2))
+    for ctl in (fast, slow):
+        ctl._rows(0, B)
+    t_fast = fast._scan_c(lib, 0, v, valid, torch.from_numpy(parents))
+    t_slow = slow._scan_numpy(0, v, valid, torch.from_numpy(parents))
+    np.testing.assert_allclose(t_fast.numpy(), t_slow.numpy(), rtol=1e-6)
+    for name in ("m", "delta", "ema"):
+        np.testing.assert_allclose(getattr(fast, name)[0].numpy(), getattr(slow, name)[0].numpy(), rtol=1e-9)
+    # tokens seen: a branched row counts its prompt and rejected response, the padded one stops at its end
+    assert fast.seen[0].tolist() == slow.seen[0].tolist() == [T - chosen, 33 - chosen, T]
+    # row 0's rejected branch gets the thresholds of prompt + rejected scanned as one sequence of its own
+    alone = ThresholdController([0.5], [0.7], [1.0], cfg)
+    linear = np.ascontiguousarray(np.concatenate([v[:1, :prompt], v[:1, prompt + chosen:]], axis=1))
+    alone._rows(0, 1)
+    np.testing.assert_allclose(alone._scan_c(lib, 0, linear, None, None)[0, prompt:].numpy(),
+                               t_fast[0, prompt + chosen:].numpy(), rtol=1e-6)

@@ -207,6 +207,7 @@ int64_t precheck(const int8_t* q, const float* s, const float* e, const float* q
    reference; tests/sparse/test_sparse_math.py checks they agree) in one call -- in Python, on caches the weight
    stream has just flushed, the same step costs ~0.4 ms per layer.  a [D] = |activations| (>= 0); k = the
    quantile's rank; state m, delta, seen, ema updated in place; returns the threshold applied to this token. */
+#define RADIX_MIN 256  /* rows shorter than this: selection on the positives directly */
 static float select_kth(float* v, int64_t n, int64_t k) {  /* k-th smallest (0-based), Hoare selection */
     int64_t lo = 0, hi = n - 1;
     while (lo < hi) {
@@ -228,13 +229,43 @@ double controller_step(const float* a, int64_t n, int64_t D, int64_t k, float fl
     double t = __builtin_exp(*m + *delta);
     float tf = (float)t;
     int64_t npos = 0, above = 0;
-    for (int64_t i = 0; i < n; i++) {
-        float v = a[i];
-        if (v > 0.f) scratch[npos++] = v;
-        above += v > tf;
+    float kth = 0.f;
+    if (n < RADIX_MIN) {
+        for (int64_t i = 0; i < n; i++) {
+            float v = a[i];
+            if (v > 0.f) scratch[npos++] = v;
+            above += v > tf;
+        }
+        int64_t j = k - (D - npos);  /* rank among the positive values: the zeros come first */
+        kth = j > 0 ? select_kth(scratch, npos, j - 1) : 0.f;
+    } else {
+        /* Hoare selection mispredicts a branch per comparison (~40 ns per value at D = 1,536); a positive float's
+           bits order like the float, so one histogram pass over the top 11 bits finds the bucket of the j-th value
+           and only that bucket (tens of values) is selected in. */
+        uint32_t hist[2048] = {0};
+        for (int64_t i = 0; i < n; i++) {
+            float v = a[i];
+            uint32_t bits;
+            memcpy(&bits, &v, 4);
+            int pos = v > 0.f;
+            hist[bits >> 20] += pos;
+            npos += pos;
+            above += v > tf;
+        }
+        int64_t j = k - (D - npos);
+        if (j > 0) {
+            int64_t below = 0;
+            uint32_t key = 0;
+            while (below + hist[key] < (uint64_t)j) below += hist[key++];
+            int64_t nb = 0;
+            for (int64_t i = 0; i < n; i++) {
+                uint32_t bits;
+                memcpy(&bits, &a[i], 4);
+                if (a[i] > 0.f && (bits >> 20) == key) scratch[nb++] = a[i];
+            }
+            kth = select_kth(scratch, nb, j - 1 - below);
+        }
     }
-    int64_t j = k - (D - npos);  /* rank among the positive values: the zeros come first */
-    float kth = j > 0 ? select_kth(scratch, npos, j - 1) : 0.f;
     double log_q = __builtin_log((double)(kth > floor_ ? kth : floor_));
     double f = (double)above / (double)D;
     int warm = *seen < warmup;
@@ -247,6 +278,40 @@ double controller_step(const float* a, int64_t n, int64_t D, int64_t k, float fl
     *ema = ema_c * *ema + (1 - ema_c) * (1.0 - f);
     *seen += 1;
     return t;
+}
+/* The controller's teacher-forced scan (`ThresholdController.scan`) in one call.  a [B, T, D]: |v| (float32).  Each
+   row b runs its positions in order from its state (m, delta, seen, ema [B], updated in place): out[b, j] = the
+   threshold applied (exp(m + delta), float32), then `controller_step` on the position unless valid[b, j] == 0
+   (padding: state untouched; valid NULL = all real).  parent [B, T] (NULL: linear rows): where a real position's
+   parent p >= 0 is not j - 1, the row continues from the state it had after p (a packed pair's rejected branch
+   starts from the end of the prompt); hist [B, T, 4] keeps each position's state for that.  Rows are independent:
+   they split over nthreads (a layer's scan is milliseconds, well above an OpenMP region's cost); scratch is [B, D]. */
+void controller_scan(const float* a, int64_t B, int64_t T, int64_t D, const uint8_t* valid, const int64_t* parent,
+                     double* hist, float* out, int nthreads, int64_t k, float floor_, double* m, double* delta,
+                     int64_t* seen, double* ema, double density, double track_warm, double track, double step_warm,
+                     double step, int64_t warmup, double band, double bound, double ema_c, float* scratch) {
+    #pragma omp parallel for num_threads(nthreads) if(nthreads > 1 && B > 1) schedule(static)
+    for (int64_t b = 0; b < B; b++) {
+        double mb = m[b], db = delta[b], eb = ema[b];
+        int64_t sb = seen[b];
+        for (int64_t j = 0; j < T; j++) {
+            int64_t i = b * T + j;
+            int real = valid == NULL || valid[i];
+            if (parent != NULL && real && parent[i] >= 0 && parent[i] != j - 1) {
+                const double* h = hist + (b * T + parent[i]) * 4;
+                mb = h[0]; db = h[1]; sb = (int64_t)h[2]; eb = h[3];
+            }
+            out[i] = (float)__builtin_exp(mb + db);
+            if (real)
+                controller_step(a + i * D, D, D, k, floor_, &mb, &db, &sb, &eb, density, track_warm, track,
+                                step_warm, step, warmup, band, bound, ema_c, scratch + b * D);
+            if (parent != NULL) {
+                double* h = hist + i * 4;
+                h[0] = mb; h[1] = db; h[2] = (double)sb; h[3] = eb;
+            }
+        }
+        m[b] = mb; delta[b] = db; seen[b] = sb; ema[b] = eb;
+    }
 }
 /* Static / dynamic batch-1 FFN after the gate pre-check, in one call: exact gate rows of the nc candidates,
    act (0 relu, 1 silu), the threshold (t_static, or the controller's step when m is not NULL: `controller_step`

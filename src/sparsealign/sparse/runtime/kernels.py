@@ -8,6 +8,7 @@ beside this file) read each active row in place, once, 4 rows in flight:
     updown:     y = sum_j c[j] * (W_up[idx[j]] . x) * W_down^T[idx[j]]   (up and down of the active set)
     precheck:   rows whose int8 bound on |act(W_gate x)| can exceed a floor (exact gate pre-check)
     sparse_ffn: static / dynamic FFN of one token after the pre-check (controller_step: the dynamic update)
+    controller_scan: a teacher-forced forward's dynamic thresholds, every row and position in one call
     colsparse:  TEAL's column-sparse matvec; stream_sum: the bandwidth probe
 
 OpenMP splits j over torch's thread count (per-thread accumulators, summed at the end).  No torch headers, so the
@@ -84,6 +85,7 @@ def load() -> ctypes.CDLL | None:
     lib.sparse_ffn.argtypes = [P, P, I64, I64, P, INT, FLT, P, P, I64, P, P, P, P, P, P, *state]
     lib.sparse_ffn.restype = I64
     lib.controller_step.restype = ctypes.c_double
+    lib.controller_scan.argtypes = [P, I64, I64, I64, P, P, P, P, INT, *state]
     lib.stream_sum.argtypes = [P, I64, INT]
     lib.stream_sum.restype = FLT
     return lib
