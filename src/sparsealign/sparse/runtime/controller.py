@@ -85,6 +85,11 @@ def _branch_points(parents: torch.Tensor | None, valid: np.ndarray | None) -> tu
     return branches, saves
 
 
+def _address(a: np.ndarray | None) -> int | None:
+    """A numpy array's data pointer for ctypes (None: the kernel's NULL)."""
+    return None if a is None else a.ctypes.data
+
+
 def controller_update(m: Array, delta: Array, log_q: Array, f: Array, density: float, alpha: Array, eta: Array,
                       band: float, bound: float) -> tuple[Array, Array]:
     """One step of the update rule above for a vector of rows (torch tensors or numpy arrays); returns (m', delta')."""
@@ -185,10 +190,9 @@ class ThresholdController:
         par = None if parents is None else np.ascontiguousarray(parents.numpy(), dtype=np.int64)
         hist = None if par is None else np.empty((B, T, 4))
         scratch = np.empty((B, D), dtype=np.float32)
-        ptr = (lambda v: None if v is None else v.ctypes.data)  # noqa: E731
         state = [store[c].contiguous() for store in (self.m, self.delta, self.seen, self.ema)]
         threads = max(1, min(torch.get_num_threads(), kernels.MAX_THREADS, B))
-        lib.controller_scan(values.ctypes.data, B, T, D, ptr(valid), ptr(par), ptr(hist), out.ctypes.data, threads,
+        lib.controller_scan(values.ctypes.data, B, T, D, _address(valid), _address(par), _address(hist), out.ctypes.data, threads,
                             *self._rule(c, D, [v.data_ptr() for v in state]), scratch.ctypes.data)
         self.m[c], self.delta[c], self.seen[c], self.ema[c] = state
         return torch.from_numpy(out)
