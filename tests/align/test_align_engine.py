@@ -104,6 +104,29 @@ def test_reference_logps_are_cached_and_reused(tmp_path, model_dir, hh, private_
     assert second["eval_rewards/margins"] == pytest.approx(first["eval_rewards/margins"], abs=1e-6)
 
 
+def test_packed_reference_pass_gives_the_loader_pass_log_probs(tmp_path, model_dir, hh):
+    # training pairs take the packed pass (prompt once for both responses); held-out pairs the loader's batches
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+
+    from sparsealign.align.engine import tokenize_settings
+    from sparsealign.align.logps import PairCollator, encode_pairs
+    from sparsealign.align.losses import LossParams
+    from sparsealign.align.trainer import AlignTrainer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    feats, _ = encode_pairs(tok, with_rationales(hh[0][:12]), tokenize_settings(AlignConfig(model=str(model_dir),
+                                                                                           data=HH, **SMALL)),
+                            rationale=True)
+    trainer = AlignTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir),
+                           args=TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=3,
+                                                  report_to=[]),
+                           data_collator=PairCollator(tok.pad_token_id), loss_params=LossParams("dpo", beta=0.1))
+    packed, loader = trainer.reference_pass(feats, packed=True), trainer.reference_pass(feats)
+    assert packed.shape == loader.shape == (12, 2)
+    assert packed == pytest.approx(loader, abs=1e-4)
+    assert packed[:, 0].tolist() != packed[:, 1].tolist()  # chosen and rejected really are different sequences
+
+
 def test_separate_reference_model_gives_the_dpo_rewards_of_its_log_probs(tmp_path, model_dir, hh):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

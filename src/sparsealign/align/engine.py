@@ -172,11 +172,12 @@ def _with_reference(cfg: AlignConfig, trainer: Any, train_feats: list, eval_feat
         scorer = AlignTrainer(model=ref_model, args=trainer.args, data_collator=trainer.data_collator,
                               loss_params=trainer.loss_params)
     out = []
-    for feats in (train_feats, eval_feats):
+    for feats, packed in ((train_feats, True), (eval_feats, False)):
         if not feats:
             out.append(feats)
             continue
-        logps, hit = cached_reference_logps(scorer, feats, reference_key(ref_name, feats, extra))
+        logps, hit = cached_reference_logps(scorer, feats, reference_key(ref_name, feats, {**extra, "packed": packed}),
+                                            packed=packed)
         metrics["ref_cache_hits"] += int(hit)
         out.append(attach(feats, logps))
     if scorer is not trainer:

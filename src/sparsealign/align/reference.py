@@ -41,7 +41,8 @@ def cache_path(key: str) -> Path:
     return cache_dir() / "ref_logps" / f"{key}.safetensors"
 
 
-def cached_reference_logps(trainer: Any, features: list[dict[str, Any]], key: str) -> tuple[torch.Tensor, bool]:
+def cached_reference_logps(trainer: Any, features: list[dict[str, Any]], key: str,
+                           packed: bool = False) -> tuple[torch.Tensor, bool]:
     """[N, 2] (chosen, rejected) reference log-probs from the cache, or from `trainer.reference_pass` (then cached).
 
     Every process takes the same branch (rank 0 decides), because the pass itself is collective.
@@ -57,7 +58,7 @@ def cached_reference_logps(trainer: Any, features: list[dict[str, Any]], key: st
         logps = load_file(path)["logps"]
         if logps.shape == (len(features), 2):
             return logps, True
-    logps = trainer.reference_pass(features)
+    logps = trainer.reference_pass(features, packed=packed)
     if trainer.is_world_process_zero():
         with atomic_path(path, suffix=".safetensors") as tmp:
             save_file({"logps": logps.contiguous()}, str(tmp))
