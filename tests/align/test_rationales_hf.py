@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from sparsealign.cli import main
 from sparsealign.data.preference import load_pairs
 from sparsealign.models.tiny import save_pretrained, tiny_model_and_tokenizer
@@ -38,3 +40,26 @@ def test_generate_with_local_hf_model(tmp_path: Path, data_dir: Path, capsys):
     assert [p.id for p in got] == [p.id for p in pairs[:3]]
     for p in got:
         assert p.rationale and p.meta["rationale_source"] == f"hf:{model_dir}"
+
+
+def test_batched_rationales_reach_their_own_pairs(data_dir: Path):
+    # prompts are batched by length, not in pair order: each pair must still get the text it gets when run alone
+    from sparsealign.align.rationales import hf_generator
+
+    pairs = load_pairs(HH, limit=12).pairs
+    model, tok = tiny_model_and_tokenizer([p.prompt + p.chosen + p.rejected for p in pairs], vocab_size=400,
+                                          hidden_size=32, num_layers=1, num_heads=2, max_position_embeddings=512)
+    model.generation_config.suppress_tokens = [tok.pad_token_id, tok.bos_token_id, tok.eos_token_id]
+    with torch.no_grad():  # large weights: greedy continuations depend on the prompt, not one repeated token
+        for w in model.parameters():
+            w.mul_(6.0)
+
+    generate = hf_generator(model, tok, batch_size=5, max_new_tokens=6, max_input_tokens=400)
+    batched: dict[int, str] = {}
+    generate(pairs, batched.__setitem__)
+    alone = {}
+    for i, pair in enumerate(pairs):  # one pair per call: nothing to reorder
+        generate([pair], lambda _, text, i=i: alone.__setitem__(i, text))
+    assert sorted(batched) == list(range(len(pairs)))
+    assert batched == alone
+    assert len(set(alone.values())) > len(pairs) // 2  # texts differ by pair, so a misplaced one would show

@@ -157,7 +157,7 @@ def self_rationales(model_path: str, pairs: list[PreferencePair], cfg: StudyConf
     """Rationales for HH training pairs written by the base model itself, as `rationales generate --source hf`
     does (its generator, greedy; fills `pair.rationale` in place)."""
     model, tok = load_model(model_path, cfg.load)
-    generator = hf_generator(model, tok, batch_size=8, max_new_tokens=cfg.alignment.rationale_max_new_tokens,
+    generator = hf_generator(model, tok, batch_size=16, max_new_tokens=cfg.alignment.rationale_max_new_tokens,
                              temperature=0.0, seed=cfg.seed)
     counts = fill_rationales(pairs, generator, source=f"hf:{model_path}", save=lambda _: None)
     return {f"hh_rationales_{k}": v for k, v in counts.items()}
