@@ -24,11 +24,17 @@ def test_eval_cells_are_sized_by_what_they_generate_and_score() -> None:
     hh, uf, code = 600, 500, 24 * 0.2
     # base: 500 MBPP tasks generated, 500 references scored, HH + UF + code pairs
     assert cell_units(base_dense, cfg) == 500 + LIKELIHOOD_WEIGHT * 500 + PAIR_WEIGHT * (hh + uf + code) + 1
-    # base sparse: the whole split at the mbpp_base_full_targets (0.3), the first 200 tasks at 0.5; HH + UF
+    # base sparse: the whole split at the mbpp_base_full_targets (0.3), the first 200 tasks at 0.5; HH + UF;
+    # with sparse_mbpp_targets=[0.3] no programs at 0.5
     for target, tasks in (("0.30", 500), ("0.50", 200)):
         cell = cells[f"smollm2-135m/base/f1.000/static/{target}"]
         assert cell.mbpp_full == (tasks == 500)
         assert cell_units(cell, cfg) == tasks + LIKELIHOOD_WEIGHT * 500 + PAIR_WEIGHT * (hh + uf) + 1
+    cut = {c.key: c for c in expand(load_study_config(None, "real", ["evaluation.sparse_mbpp_targets=[0.3]"]))
+           if isinstance(c, EvalCell)}
+    assert [k for k, c in cut.items() if c.method == "base" and c.generates_mbpp] == [
+        "smollm2-135m/base/f1.000/dense/0.00", "smollm2-135m/base/f1.000/static/0.30",
+        "smollm2-135m/base/f1.000/dynamic/0.30"]
     # an aligned model's sparse cell: no generation (sparse_mbpp: base), no UF (base_only_sets), HH only
     assert cell_units(dpo_sparse, cfg) == LIKELIHOOD_WEIGHT * 500 + PAIR_WEIGHT * hh + 1
     assert cell_units(dpo_dense, cfg) == 200 + LIKELIHOOD_WEIGHT * 500 + PAIR_WEIGHT * (hh + code) + 1

@@ -94,8 +94,9 @@ def test_resolved_config_round_trips_and_lists_only_set_settings():
 @pytest.mark.parametrize(
     ("override", "needle"),
     [("evaluation.mbpp_base_full_targets=[0.4]", "[0.4] are not in sparsity.targets [0.3, 0.5]"),
+     ("evaluation.sparse_mbpp_targets=[0.4]", "sparse_mbpp_targets [0.4] are not in sparsity.targets"),
      ("evaluation.mbpp_base_tasks=null", "mbpp_base_full_targets needs mbpp_base_tasks")],
-    ids=["target-not-run", "no-base-tasks"],
+    ids=["target-not-run", "sparse-target-not-run", "no-base-tasks"],
 )
 def test_base_full_targets_must_name_targets_the_study_runs(override, needle):
     with pytest.raises(ConfigError) as err:

@@ -178,20 +178,24 @@ class EvalCell(Cell):
         return [n for n in PREFERENCE_SETS if (full or n in ev.sparse_sets)
                 and (self.method == BASE or n not in ev.base_only_sets)]
 
+    def _at(self, targets: list[float] | None) -> bool:
+        """Dense, or a sparse cell at one of `targets` (None: every target)."""
+        return self.calibrate is None or targets is None or any(abs(self.sparsity - t) < 1e-9 for t in targets)
+
     @property
     def mbpp_full(self) -> bool:
         """Whether this cell generates programs for `mbpp_base_tasks` tasks (dataset mbppfull): the base model
         dense and at the `mbpp_base_full_targets` (every target when unset); the others do `mbpp_limit` tasks."""
         ev = self.evaluation
-        here = self.calibrate is None or ev.mbpp_base_full_targets is None or any(
-            abs(self.sparsity - t) < 1e-9 for t in ev.mbpp_base_full_targets)
-        return bool(ev.mbpp_base_tasks) and self.method == BASE and here
+        return bool(ev.mbpp_base_tasks) and self.method == BASE and self._at(ev.mbpp_base_full_targets)
 
     @property
     def generates_mbpp(self) -> bool:
-        """Full-data cells generate MBPP programs, except aligned models' sparse cells under `sparse_mbpp: base`."""
-        return self.subset == 1.0 and not (self.evaluation.sparse_mbpp == BASE and self.calibrate is not None
-                                           and self.method != BASE)
+        """Full-data cells generate MBPP programs, except aligned models' sparse cells under `sparse_mbpp: base`
+        and sparse cells off the `sparse_mbpp_targets`."""
+        ev = self.evaluation
+        aligned_sparse = ev.sparse_mbpp == BASE and self.calibrate is not None and self.method != BASE
+        return self.subset == 1.0 and not aligned_sparse and self._at(ev.sparse_mbpp_targets)
 
     @property
     def key(self) -> str:

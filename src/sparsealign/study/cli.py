@@ -8,7 +8,7 @@ import sys
 import click
 
 PRESET_HELP = ("packaged study preset: default (micro family; measured 18.6 min on 2 idle cores, README), small, real "
-               "(SmolLM2-135M-Instruct; measured 77.6 min on 2 idle cores, docs/study.md), paper (cluster)")
+               "(SmolLM2-135M-Instruct; 2.3-2.7 h on 2 idle cores, docs/study.md), paper (cluster)")
 
 
 def _load(config: str | None, preset: str, overrides: tuple[str, ...]):

@@ -233,6 +233,9 @@ class EvaluationConfig(StrictModel):
     sparse_mbpp: Literal["all", "base"] = Field(
         "all", description="which models' sparse cells generate MBPP programs (pass@1): all, or the base model only "
         "(aligned models then read the sparse code arm through the continuous metric)")
+    sparse_mbpp_targets: list[float] | None = Field(
+        None, description="sparse targets at which sparse cells generate MBPP programs (None: every target); at the "
+        "others the code arm is the continuous metric alone -- e.g. a target where pass@1 sits at its floor")
     bootstrap: int = Field(1000, ge=100)
     speed_tokens: int = Field(32, ge=4, description="decode tokens timed for tokens/s")
     sandbox_workers: int = Field(2, ge=1)
@@ -345,11 +348,13 @@ class StudyConfig(StrictModel):
         missing = set(self.sparsity.methods or ()) - set(self.alignment.methods)
         if missing:
             raise ValueError(f"sparsity.methods {sorted(missing)} are not in alignment.methods")
-        stray = [t for t in self.evaluation.mbpp_base_full_targets or ()
-                 if not any(abs(t - s) < 1e-9 for s in self.sparsity.targets)]
-        if stray:
-            raise ValueError(f"evaluation.mbpp_base_full_targets {stray} are not in sparsity.targets "
-                             f"{self.sparsity.targets}: name targets the study runs")
+        ev = self.evaluation
+        for name, targets in (("mbpp_base_full_targets", ev.mbpp_base_full_targets),
+                              ("sparse_mbpp_targets", ev.sparse_mbpp_targets)):
+            stray = [t for t in targets or () if not any(abs(t - s) < 1e-9 for s in self.sparsity.targets)]
+            if stray:
+                raise ValueError(f"evaluation.{name} {stray} are not in sparsity.targets "
+                                 f"{self.sparsity.targets}: name targets the study runs")
         return self
 
     @model_validator(mode="after")
