@@ -58,6 +58,7 @@ def test_time_left_prices_each_stage_at_its_own_measured_rate() -> None:
     assert eta.seconds_left() == 0 and eta.unpriced() == ["calibrate"]
     assert format_left(4000) == "left ~1h07m" and format_left(125) == "left ~2m"
     assert format_left(600, eta.unpriced()) == "left > ~10m + calibrate (unpriced)"
+    assert format_left(20, ["eval", "calibrate"]) == "left: eval, calibrate (unpriced)"  # no "~0m +"
 
 
 def test_the_progress_line_shows_the_time_left_from_the_ledger(tmp_path, capsys) -> None:

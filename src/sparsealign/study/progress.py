@@ -106,4 +106,6 @@ def format_left(seconds: float | None, unpriced: Iterable[str] = ()) -> str:
     minutes = round(seconds / 60)
     text = f"~{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"~{minutes}m"
     stages = ", ".join(unpriced)
+    if stages and minutes == 0:  # nothing priced is left: the whole rest is unpriced
+        return f"left: {stages} (unpriced)"
     return f"left > {text} + {stages} (unpriced)" if stages else f"left {text}"
