@@ -9,6 +9,7 @@ Stdlib only: pool workers call it before anything heavy is imported.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import select
@@ -18,6 +19,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 
 PR_SET_PDEATHSIG = 1
 POLL_S = 0.25
@@ -159,3 +162,25 @@ def owner_alive(owner: str, heartbeat: float | None, now: float | None = None) -
     if host == socket.gethostname() and pid_text.isdigit() and started:
         return bool(alive_of({int(pid_text): started}))
     return heartbeat is not None and (now or time.time()) - heartbeat < LEASE_S
+
+
+@contextlib.contextmanager
+def child_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A spawn-context process pool whose workers die with this process.  On an exception (Ctrl-C included) the
+    running workers are killed and nothing waits for them: `ProcessPoolExecutor`'s own exit joins its running tasks,
+    which kept an interrupted study waiting until every worker finished (167 s measured while pretraining).  (A killed
+    worker's semaphores are reported by multiprocessing's resource tracker at exit; SIGINT to the workers first did
+    not end them within 5 s while pretraining.)"""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch/OpenMP state
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent,
+                               initargs=(os.getpid(),))
+    try:
+        yield pool
+    except BaseException:
+        for process in list((pool._processes or {}).values()):  # no public handle on the workers
+            process.kill()
+        pool.shutdown(wait=True, cancel_futures=True)  # the workers are dead: this only releases the queues
+        raise
+    pool.shutdown(wait=True)

@@ -32,6 +32,7 @@ from sparsealign.data.mbpp.generated import generated_split
 from sparsealign.data.mbpp.prompts import lm_eval_query
 from sparsealign.data.records import MbppTask, mbpp_split_of
 from sparsealign.io import atomic_dir, atomic_write_json
+from sparsealign.lifetime import child_pool
 from sparsealign.models.micro import PretrainRecipe, SizeSpec, non_embedding_params
 from sparsealign.models.tiny import build_llama, train_tokenizer
 from sparsealign.sandbox.pool import SandboxPool
@@ -320,11 +321,7 @@ def ensure_family(recipe: PretrainRecipe, *, root: str | Path | None = None, for
     if todo:
         tok = _load_tokenizer_or_train(root, docs, recipe)
         if workers > 1 and len(todo) > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch/OpenMP state
-            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+            with child_pool(min(workers, len(todo))) as pool:
                 futures = {s.name: pool.submit(_worker, recipe.model_dump(), s.name, str(root), key, eval_generated)
                            for s in todo}
                 infos.update({name: f.result() for name, f in futures.items()})

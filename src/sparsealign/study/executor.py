@@ -7,18 +7,17 @@ marks the cell failed without running it, and an exception in one cell is record
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import sys
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from sparsealign.ledger import CellHeld, Ledger
-from sparsealign.lifetime import die_with_parent, reap_tree_on_exit
+from sparsealign.lifetime import child_pool, reap_tree_on_exit
 from sparsealign.study.cells import Cell
 from sparsealign.study.progress import Eta, format_left
 
@@ -105,10 +104,8 @@ def _run_parallel(cells: list[Cell], ledger_path: Path, config_hash: str, fn: Ce
     ids = {c.id for c in cells}
     pending, finished, running = list(cells), set(), {}
     bar = Progress(len(cells), f"study ({workers} workers)", ledger_path, eta, progress, parallel=workers)
-    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch/OpenMP state
     # Workers die with this process, however it dies: a killed study leaves no orphan holding memory or a cell.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent,
-                             initargs=(os.getpid(),)) as pool:
+    with child_pool(workers) as pool:
         while pending or running:
             for cell in [c for c in pending if all(d in finished or d not in ids for d in c.deps)]:
                 if len(running) == workers:
