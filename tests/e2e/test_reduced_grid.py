@@ -16,9 +16,11 @@ printed with 17 significant digits:
   and the dynamic cells' realized sparsity / FLOPs skipped by ~0.001 (each prompt position is now counted once).
   Issue 21 added rows: the reference methods' implicit reward at every setting (`study.results.relative_to_base`)
   and sparse cells' margin correlation with their dense self; DPO's dense implicit reward accuracy now carries the
-  Wilson CI of its 0/1 items (was a bootstrap); every earlier value is unchanged.
+  Wilson CI of its 0/1 items (was a bootstrap); every earlier value is unchanged.  The packed reference pass of
+  the training pairs (2026-12-07) moved the DPO rows by float rounding of the reference log-probs (largest: UF
+  margin scale 93.7967 -> 93.7949); base and ORPO rows are unchanged.
 - `reduced_study_results.csv`: the table as it is now; every column of every row must equal it.  A change meant to
-  move these numbers regenerates it: `python tests/e2e/test_reduced_grid.py RUN_DIR` on a finished run.
+  move these numbers regenerates it: `PYTHONPATH=tests python tests/e2e/test_reduced_grid.py RUN_DIR` on a finished run.
 """
 
 from __future__ import annotations
