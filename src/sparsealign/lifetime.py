@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import multiprocessing
 import os
 import select
 import signal
@@ -171,8 +172,6 @@ def child_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     which kept an interrupted study waiting until every worker finished (167 s measured while pretraining).  (A killed
     worker's semaphores are reported by multiprocessing's resource tracker at exit; SIGINT to the workers first did
     not end them within 5 s while pretraining.)"""
-    import multiprocessing
-
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch/OpenMP state
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent,
                                initargs=(os.getpid(),))

@@ -126,10 +126,10 @@ class AlignTrainer(Trainer):
         """Log-probs of chosen/rejected under the current (initial) model, [N, 2] in dataset order, on every process.
 
         `packed` (single process): pairs packed (the prompt runs once for both responses) and batched longest first,
-        as evaluation scores them (1.7x faster than the loader on SmolLM2 in bf16) -- for training pairs, whose reference log-probs only
-        enter the loss; held-out pairs keep the loader's batches, so at the start policy and reference give
-        bit-identical log-probs there (every reward exactly 0).  DDP: the unwrapped model scores an
-        accelerate-sharded loader (as TRL's precompute does);
+        as evaluation scores them (1.7x faster than the loader on SmolLM2 in bf16) -- for training pairs, whose
+        reference log-probs only enter the loss; held-out pairs keep the loader's batches, so at the start policy
+        and reference give bit-identical log-probs there (every reward exactly 0).  DDP: the unwrapped model scores
+        an accelerate-sharded loader (as TRL's precompute does);
         wrapping it here would keep the Trainer from wrapping it for training.  FSDP/DeepSpeed shard the weights, so
         there the Trainer's own prediction loop runs the pass.  Rationale rows are not part of it (the reference
         scores only chosen and rejected), so they are dropped from the features first.
@@ -145,10 +145,12 @@ class AlignTrainer(Trainer):
         if packed and self.accelerator.num_processes == 1:
             was_training = self.model.training
             self.model.eval()
-            with self.accelerator.autocast():
-                scores = score_features(self.model, features, self.data_collator.pad_id,
-                                        max(8, self.args.per_device_eval_batch_size))
-            self.model.train(was_training)
+            try:
+                with self.accelerator.autocast():
+                    scores = score_features(self.model, features, self.data_collator.pad_id,
+                                            max(8, self.args.per_device_eval_batch_size))
+            finally:
+                self.model.train(was_training)
             return torch.stack([scores["chosen_logps"], scores["rejected_logps"]], dim=1).float()
         loader = torch.utils.data.DataLoader(ListDataset(features), batch_size=self.args.per_device_eval_batch_size,
                                              collate_fn=self.data_collator, shuffle=False)

@@ -192,8 +192,8 @@ class ThresholdController:
         scratch = np.empty((B, D), dtype=np.float32)
         state = [store[c].contiguous() for store in (self.m, self.delta, self.seen, self.ema)]
         threads = max(1, min(torch.get_num_threads(), kernels.MAX_THREADS, B))
-        lib.controller_scan(values.ctypes.data, B, T, D, _address(valid), _address(par), _address(hist), out.ctypes.data, threads,
-                            *self._rule(c, D, [v.data_ptr() for v in state]), scratch.ctypes.data)
+        lib.controller_scan(_address(values), B, T, D, _address(valid), _address(par), _address(hist), _address(out),
+                            threads, *self._rule(c, D, [v.data_ptr() for v in state]), _address(scratch))
         self.m[c], self.delta[c], self.seen[c], self.ema[c] = state
         return torch.from_numpy(out)
 
