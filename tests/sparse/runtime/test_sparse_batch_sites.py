@@ -158,6 +158,29 @@ def test_calibrated_quantiles_give_the_target_on_the_calibration_set(stories, te
     assert abs(stats["realized_sparsity"] - 0.5) < 0.06
 
 
+@torch.no_grad()
+def test_a_scoring_forward_under_sparsity_prints_no_cache_name_warning(stories, calibrated):
+    """A forward without a KV cache (every teacher-forced score) must not read the output's deprecated
+    `past_key_values` alias: transformers 5.2x warns on it even when the cache is empty (it printed into the real
+    study's progress line)."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    model, tok = stories
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    hf_logging.warning_once.cache_clear()  # an earlier test may have printed it once already
+    hf_logging.get_logger().addHandler(handler)
+    try:
+        with apply_sparsity(model, calibrated[1][0.5], "dynamic", "sparse"):
+            model(input_ids=tok(["Write a function"], return_tensors="pt")["input_ids"], use_cache=False)
+    finally:
+        hf_logging.get_logger().removeHandler(handler)
+    assert not [m for m in records if "deprecated" in m], records
+
+
 def test_controller_recovers_from_a_50x_jump_on_real_activations(calibrated):
     """Real |SiLU(gate)| streams (every layer): after 128 tokens, every 16-token window's realized sparsity is
     within 0.02 of the same stream without the jump, which is itself on target (docs/sparse.md)."""
