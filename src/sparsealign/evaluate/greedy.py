@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from sparsealign.sparse.runtime.state import output_cache
+
 
 def shared_prefix_length(encoded: Sequence[Sequence[int]]) -> int:
     """Tokens every prompt starts with, leaving each prompt at least one token of its own (0 for one prompt)."""
@@ -68,7 +70,7 @@ def greedy_decode(
     if P:
         device = next(model.parameters()).device
         out_p = model(input_ids=torch.tensor([encoded[0][:P]], device=device), use_cache=True)
-        prefix_cache = out_p.cache if getattr(out_p, "cache", None) is not None else out_p.past_key_values
+        prefix_cache = output_cache(out_p)
     out: list[list[int]] = [[] for _ in encoded]
     row_state = [m for m in model.modules() if callable(getattr(m, "batch_select_indices", None))]
     pending = deque(sorted(range(len(encoded)), key=lambda i: len(encoded[i])))

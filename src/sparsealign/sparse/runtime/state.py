@@ -26,7 +26,7 @@ from sparsealign.sparse.runtime.controller import ThresholdController
 INPUT_SITES = SITES[1:]
 
 
-def _output_cache(output: Any) -> Any:
+def output_cache(output: Any) -> Any:
     """The KV cache a forward returned: the `cache` field from transformers 5.2x on (reading the old name there warns
     even when the field is empty, as in every scoring call), `past_key_values` before."""
     fields = getattr(output, "__dataclass_fields__", {})
@@ -114,7 +114,7 @@ class Runtime:
 
     def after_call(self, _module: nn.Module, _args: tuple, output: Any) -> None:
         """Forward post-hook: remember the cache this call extended (and the state at the end of a fresh one)."""
-        cache = _output_cache(output)
+        cache = output_cache(output)
         self.last_cache = weakref.ref(cache) if cache is not None else lambda: None
         if self.controller is not None and self.fresh and hasattr(cache, "get_seq_length"):
             self.root = (cache.get_seq_length(), self.controller.snapshot())
