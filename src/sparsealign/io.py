@@ -41,6 +41,19 @@ def _publishable(path: Path, mode: int) -> None:
 
 
 @contextlib.contextmanager
+def exclusive(lock_path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `lock_path` (created if missing) for the block: one builder of a shared
+    artifact at a time across processes; the others wait, then find it built.  Released on exit or process death."""
+    import fcntl
+
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is fsynced and renamed over `path`.
 

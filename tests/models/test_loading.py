@@ -183,6 +183,27 @@ def test_smollm2_gguf_same_greedy_tokens_through_transformers_our_loader_our_cac
         assert _greedy(again, tok2) == expected
 
 
+@pytest.mark.real_model
+def test_two_processes_on_a_cold_cache_dequantize_the_gguf_once(tmp_path):
+    """Parallel study cells (or test workers) reach a cold cache together: one converts, the other waits for its lock
+    and reads that copy (without the lock both convert, ~25 s each, and the second replaces the first's folder)."""
+    import os
+    import subprocess
+
+    code = ("from sparsealign.models import loading\n"
+            "print(loading.gguf_to_folder(loading.packaged_gguf('smollm2-135m-instruct')))")
+    env = {**os.environ, "SPARSEALIGN_CACHE_DIR": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [proc.communicate(timeout=600) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], [err for _, err in outs]
+    assert sum(err.count("dequantizing to fp32 once") for _, err in outs) == 1
+    folders = {out.strip() for out, _ in outs}
+    assert len(folders) == 1 and (Path(folders.pop()) / "model.safetensors").exists()
+    leftovers = [p.name for p in (tmp_path / "cache" / "gguf").iterdir() if p.name.endswith((".tmp", ".old"))]
+    assert not leftovers
+
+
 # -- through the CLI: every --model goes through the loader --------------------------------------------------------
 def test_eval_mbpp_takes_a_peft_adapter_folder_as_model(cli, adapter_dir):
     res = cli("eval", "mbpp", "--model", str(adapter_dir), "--split", "test", "--limit", "2", "--max-new-tokens", "8",

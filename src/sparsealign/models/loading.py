@@ -32,7 +32,7 @@ from pydantic import Field
 
 from sparsealign.config import StrictModel
 from sparsealign.errors import UserError
-from sparsealign.io import atomic_dir
+from sparsealign.io import atomic_dir, exclusive
 from sparsealign.settings import cache_dir
 
 log = logging.getLogger("sparsealign.models")
@@ -225,6 +225,16 @@ def gguf_to_folder(gguf: Path) -> Path:
         return out
     if importlib.util.find_spec("gguf") is None:
         raise UserError(f"{gguf}: reading GGUF files needs the `gguf` package", hint=GGUF_INSTALL)
+    # one dequantizer at a time: parallel study cells (or test workers) on a cold cache would each spend ~25 s and
+    # replace each other's folder; the others wait and read the first one's copy
+    with exclusive(out.with_name(out.name + ".lock")):
+        if not (out / "config.json").exists():
+            _dequantize(gguf, out, sha256)
+    return out
+
+
+def _dequantize(gguf: Path, out: Path, sha256: str) -> None:
+    """Read `gguf` through transformers and publish it as a plain fp32 safetensors folder at `out` (atomically)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -246,7 +256,6 @@ def gguf_to_folder(gguf: Path) -> Path:
         plain.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "source.json").write_text(json.dumps({"gguf": str(gguf.resolve()), "sha256": sha256}))
-    return out
 
 
 # -- loading ------------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ same metrics as an uninterrupted one.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from sparsealign.data.preference import load_pairs, write_pairs_jsonl
 from sparsealign.data.records import PreferencePair
 from sparsealign.data.splits import nested_subsets, split_pairs
 from sparsealign.evaluate.preference.metrics import length_metrics
-from sparsealign.io import atomic_write_json
+from sparsealign.io import atomic_write_json, exclusive
 from sparsealign.ledger import Ledger
 from sparsealign.models.loading import load_model
 from sparsealign.models.micro import get_recipe
@@ -140,8 +139,7 @@ def heldout_code_pairs(study: Study) -> tuple[list[PreferencePair], dict[str, in
     # one builder at a time: two sizes' pairs cells run at once, and whether a slow reference passes its tests
     # within the timeout can differ between two builds on a busy machine (task 123: 600 vs 599 pairs), so the
     # second cell must wait and read the first one's pairs, never build its own
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive(path.with_suffix(".lock")):
         if path.exists() and stats_path.exists():
             return load_pairs(path, warn=False).pairs, json.loads(stats_path.read_text())
         ev = study.cfg.evaluation
